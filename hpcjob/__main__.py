@@ -1,0 +1,5 @@
+"""`python -m hpcjob` runs the CLI."""
+
+from hpcjob.cli import main
+
+main()

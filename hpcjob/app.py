@@ -1,0 +1,463 @@
+"""The operations behind the commands: prepare, submit, refresh, wait, read logs, cancel.
+
+Each takes a `Context` (settings, profile, and lazily the ledger and the scheduler of one
+invocation) and returns plain values; the CLI only parses options and prints what comes back.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from hpcjob import __version__
+from hpcjob.config import Profile, Settings, load_settings, resolve_profile
+from hpcjob.errors import EXIT_USAGE, HpcjobError
+from hpcjob.jobstate import JobState
+from hpcjob.joblog import JobOutput, headline, parse_metrics_jsonl, parse_output
+from hpcjob.ledger import Ledger, NewRun, Run
+from hpcjob.render import RenderContext, render_script, script_hash, template_dirs
+from hpcjob.resources import workload_files
+from hpcjob.scheduler import Scheduler, scheduler_for
+from hpcjob.spec import WORKLOADS, JobSpec, SpecRequest, build_spec
+
+PCAM_SPLIT_FILE = "camelyonpatch_level_2_split_{split}_{xy}.h5"
+# Files a run directory holds that are hpcjob's own, not the workload's artifacts.
+_OWN_FILES = {"job.sh", "run.json", "metrics.jsonl"}
+# A run stuck in SUBMITTING this long with no job found by its token never reached the scheduler.
+_SUBMIT_GRACE_S = 120
+
+
+@dataclass
+class Context:
+    """One invocation: where hpcjob keeps its files, the profile, the ledger and the scheduler."""
+
+    settings: Settings
+    profile: Profile
+    _ledger: Ledger | None = field(default=None, repr=False)
+    _scheduler: Scheduler | None = field(default=None, repr=False)
+
+    @property
+    def ledger(self) -> Ledger:
+        if self._ledger is None:
+            self._ledger = Ledger(self.settings.ledger_path)
+        return self._ledger
+
+    @property
+    def scheduler(self) -> Scheduler:
+        if self._scheduler is None:
+            self._scheduler = scheduler_for(self.profile, self.settings)
+        return self._scheduler
+
+    def close(self) -> None:
+        if self._ledger is not None:
+            self._ledger.close()
+
+
+def open_context(profile_flag: str | None = None, flags: dict[str, Any] | None = None) -> Context:
+    settings = load_settings()
+    return Context(settings, resolve_profile(settings, profile_flag=profile_flag, flags=flags))
+
+
+# -- prepare and submit -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A validated, rendered job that has not touched the ledger or the scheduler."""
+
+    spec: JobSpec
+    new_run: NewRun
+    script: str
+
+
+def prepare(ctx: Context, request: SpecRequest, *, check_data: bool = True) -> Prepared:
+    """Fill the request from the profile, validate it, render the script."""
+    profile = ctx.profile
+    local = profile.scheduler == "local"
+    data_dir = request.data_dir or profile.get("data_dir")
+    if data_dir and local:
+        data_dir = os.path.abspath(os.path.expanduser(data_dir))
+    filled = SpecRequest(
+        **{
+            **request.__dict__,
+            "partition": request.partition or profile.partitions.get(request.workload),
+            "account": request.account or profile.get("account"),
+            "data_dir": data_dir,
+        }
+    )
+    spec = build_spec(filled)
+    if check_data and local and spec.data_dir:
+        check_local_data(spec)
+    run_root = str(profile.get("remote_root") or ctx.settings.runs_dir)
+    if not profile.get("host"):
+        # Slurm reads `#SBATCH --output` without a shell: the path must be absolute.
+        run_root = os.path.abspath(os.path.expanduser(run_root))
+    new = NewRun(
+        profile=profile.name,
+        cluster="",  # filled in at submit, when the scheduler is known
+        scheduler=profile.scheduler,
+        workload=spec.workload,
+        spec=spec.to_dict(),
+        script="",
+        script_hash="",
+        run_dir="",
+    )
+    run_dir = f"{run_root.rstrip('/')}/{new.run_id}"
+    render_ctx = RenderContext(
+        run_id=new.run_id,
+        token=new.token,
+        run_dir=run_dir,
+        modules=profile.modules,
+        venv=profile.get("venv"),
+        python=str(profile.get("python") or "python3"),
+    )
+    dirs = template_dirs([profile.get("template_dir"), ctx.settings.user_template_dir])
+    script = render_script(spec, render_ctx, dirs)
+    new = NewRun(
+        **{**new.__dict__, "script": script, "script_hash": script_hash(script), "run_dir": run_dir}
+    )
+    return Prepared(spec=spec, new_run=new, script=script)
+
+
+def check_local_data(spec: JobSpec) -> None:
+    """The PCAM files must exist when the job runs on this machine."""
+    assert spec.data_dir is not None
+    folder = Path(spec.data_dir)
+    needed = [PCAM_SPLIT_FILE.format(split=s, xy=xy) for s in ("train", "valid") for xy in "xy"]
+    if not folder.is_dir():
+        problem = f"the data directory {folder} does not exist"
+    else:
+        missing = [name for name in needed if not (folder / name).is_file()]
+        if not missing:
+            return
+        problem = f"{folder} lacks {', '.join(missing)}"
+    raise HpcjobError(
+        f"Cannot run {spec.workload}: {problem}.",
+        hint="Point --data-dir at the PCAM HDF5 files, or make a small synthetic set: "
+        "python workloads/synth.py data/pcam-synth (the README's `make demo` does this).",
+        exit_code=EXIT_USAGE,
+    )
+
+
+def run_json(ctx: Context, prepared: Prepared) -> dict[str, Any]:
+    """What `run.json` in the run directory holds: enough to know and rerun the run."""
+    return {
+        "run_id": prepared.new_run.run_id,
+        "token": prepared.new_run.token,
+        "created_at": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "hpcjob_version": __version__,
+        "profile": ctx.profile.name,
+        "scheduler": ctx.profile.scheduler,
+        "spec": prepared.spec.to_dict(),
+        "script_sha256": prepared.new_run.script_hash,
+        "workload_sha256": workload_hash(),
+        "project_git": project_git(Path.cwd()),
+    }
+
+
+def workload_hash() -> str:
+    digest = hashlib.sha256()
+    for name, data in sorted(workload_files().items()):
+        digest.update(name.encode() + b"\0" + data)
+    return digest.hexdigest()
+
+
+def project_git(folder: Path) -> dict[str, Any] | None:
+    """The user's project commit, branch and dirty flag (None outside a git checkout)."""
+
+    def git(*args: str) -> str | None:
+        try:
+            done = subprocess.run(
+                ["git", "-C", str(folder), *args], capture_output=True, text=True, timeout=10
+            )
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return done.stdout.strip() if done.returncode == 0 else None
+
+    commit = git("rev-parse", "HEAD")
+    if commit is None:
+        return None
+    status = git("status", "--porcelain", "--untracked-files=no")
+    return {
+        "commit": commit,
+        "branch": git("rev-parse", "--abbrev-ref", "HEAD"),
+        "dirty": bool(status),
+    }
+
+
+def submit(ctx: Context, prepared: Prepared) -> Run:
+    """Record the run, stage its directory, hand it to the scheduler, record the job id.
+
+    The run is in the ledger (SUBMITTING, with its token) before the scheduler sees it, so a
+    crash in between is found and completed by the next refresh.
+    """
+    scheduler = ctx.scheduler
+    new = NewRun(**{**prepared.new_run.__dict__, "cluster": scheduler.cluster})
+    run = ctx.ledger.create_run(new)
+    try:
+        stage(scheduler, prepared, run_json(ctx, prepared))
+    except (HpcjobError, OSError) as exc:
+        reason = f"staging the run directory failed: {exc}"
+        ctx.ledger.mark_unsubmitted(run.run_id, reason)
+        raise HpcjobError(
+            f"Could not stage {new.run_dir}: {exc}",
+            hint="Check that the folder is writable and the disk is not full.",
+        ) from exc
+    script_path = f"{new.run_dir}/job.sh"
+    try:
+        job_id = scheduler.submit(script_path, token=new.token, workdir=new.run_dir)
+    except HpcjobError as exc:
+        found = scheduler.find_by_token(new.token)
+        if found is None:
+            ctx.ledger.mark_unsubmitted(run.run_id, exc.message)
+            raise
+        job_id = found
+    output = output_path(run, job_id)
+    return ctx.ledger.set_submitted(run.run_id, job_id, output)
+
+
+def stage(scheduler: Scheduler, prepared: Prepared, meta: dict[str, Any]) -> None:
+    """Create the run directory (before submitting: Slurm fails a job whose output dir is
+    missing) and write the script, run.json and a snapshot of the workload code."""
+    shell = scheduler.shell
+    run_dir = prepared.new_run.run_dir
+    shell.makedirs(f"{run_dir}/workload")
+    for name, data in workload_files().items():
+        shell.write_bytes(f"{run_dir}/workload/{name}", data)
+    shell.write_bytes(f"{run_dir}/run.json", json.dumps(meta, indent=2).encode())
+    shell.write_bytes(f"{run_dir}/job.sh", prepared.script.encode(), mode=0o755)
+
+
+def output_path(run: Run, job_id: str) -> str:
+    return f"{run.run_dir}/slurm-{job_id}.out"
+
+
+# -- watch ------------------------------------------------------------------------------------
+
+
+def refresh(ctx: Context) -> list[Run]:
+    """Bring every unfinished run of the profile up to date with ONE scheduler query.
+
+    Runs that just ended get their output harvested (metrics, facts, artifacts) once; finished
+    runs are never asked about again. A job the scheduler does not report is left as it was:
+    missing is never taken for done.
+    """
+    ledger = ctx.ledger
+    pending = ledger.unfinished(ctx.profile.name)
+    if not pending:
+        return []
+    scheduler = ctx.scheduler
+    pending = [_complete_submission(ctx, run) for run in pending]
+    with_jobs = [run for run in pending if run.job_id and run.cluster == scheduler.cluster]
+    infos = scheduler.poll([run.job_id for run in with_jobs if run.job_id])
+    updated: list[Run] = []
+    for run in with_jobs:
+        info = infos.get(run.job_id or "")
+        if info is None:
+            updated.append(run)
+            continue
+        fresh = run
+        if (info.state, info.node, info.started_at, info.ended_at) != (
+            run.state,
+            run.node,
+            run.started_at,
+            run.ended_at,
+        ):
+            fresh = ledger.record_info(run, info, scheduler.name)
+        if fresh.state == JobState.RUNNING or (fresh.state.is_final and not run.state.is_final):
+            harvest(ctx, fresh)
+        updated.append(fresh)
+    return updated
+
+
+def _complete_submission(ctx: Context, run: Run) -> Run:
+    """A run left SUBMITTING by a crash: find its job by token, or mark it never submitted."""
+    if run.state != JobState.SUBMITTING or run.job_id:
+        return run
+    job_id = ctx.scheduler.find_by_token(run.token)
+    if job_id is not None:
+        return ctx.ledger.set_submitted(run.run_id, job_id, output_path(run, job_id))
+    created = datetime.fromisoformat(run.created_at.replace("Z", "+00:00"))
+    if (datetime.now(timezone.utc) - created).total_seconds() > _SUBMIT_GRACE_S:
+        ctx.ledger.mark_unsubmitted(run.run_id, "the submission never reached the scheduler")
+        return ctx.ledger.get_run(run.run_id)
+    return run
+
+
+def harvest(ctx: Context, run: Run) -> JobOutput:
+    """Read the run's output and metrics.jsonl into the ledger (idempotent)."""
+    shell = ctx.scheduler.shell
+    parsed = JobOutput()
+    if run.output_path and shell.exists(run.output_path):
+        parse_output(_read_text(ctx, run.output_path), parsed)
+    metrics_path = f"{run.run_dir}/metrics.jsonl"
+    if shell.exists(metrics_path):
+        parse_metrics_jsonl(_read_text(ctx, metrics_path), parsed)
+    ctx.ledger.add_metrics(run.run_id, parsed.metric_list())
+    ctx.ledger.set_facts(run.run_id, parsed.facts)
+    if run.state.is_final or run.state == JobState.RUNNING:
+        files = shell.list_files(run.run_dir) if shell.exists(run.run_dir) else []
+        ctx.ledger.set_artifacts(
+            run.run_id,
+            [
+                (name, f"{run.run_dir}/{name}", size)
+                for name, size in files
+                if _is_artifact(name, run)
+            ],
+        )
+    return parsed
+
+
+_MAX_READ = 64 * 1024 * 1024
+
+
+def _read_text(ctx: Context, path: str) -> str:
+    data = ctx.scheduler.shell.read_bytes(path, 0, _MAX_READ)
+    return data.decode("utf-8", errors="replace")
+
+
+def _is_artifact(name: str, run: Run) -> bool:
+    top = name.split("/", 1)[0]
+    if name in _OWN_FILES or top == "workload" or name.startswith(("exit-status", ".")):
+        return False
+    return not (name.startswith("slurm-") and name.endswith(".out"))
+
+
+def wait(
+    ctx: Context,
+    run: Run,
+    on_tick: Callable[[Run], None] | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+    timeout_s: float | None = None,
+) -> Run:
+    """Refresh until the run is final, backing off from the scheduler's start interval to its cap."""
+    interval = ctx.scheduler.poll_start_s
+    started = time.monotonic()
+    while True:
+        refresh(ctx)
+        run = ctx.ledger.get_run(run.run_id)
+        if on_tick is not None:
+            on_tick(run)
+        if run.state.is_final:
+            return run
+        if timeout_s is not None and time.monotonic() - started > timeout_s:
+            raise HpcjobError(
+                f"Gave up waiting for run {run.run_id} after {timeout_s:g} s; it is {run.state.value}.",
+                hint=f"It keeps running; check it with `hpcjob status` or `hpcjob wait {run.run_id}`.",
+            )
+        sleep(interval)
+        interval = min(interval * 2, ctx.scheduler.poll_cap_s)
+
+
+def resolve(ctx: Context, ref: str) -> Run:
+    """A run by job id, run id or `last`, brought up to date if it is still unfinished."""
+    run = ctx.ledger.resolve(ref, cluster=None)
+    if not run.state.is_final and run.profile == ctx.profile.name:
+        refresh(ctx)
+        run = ctx.ledger.get_run(run.run_id)
+    return run
+
+
+def read_log(ctx: Context, run: Run, offset: int = 0) -> bytes:
+    """The job's output from `offset`; empty while the job has not written anything."""
+    if not run.output_path:
+        return b""
+    shell = ctx.scheduler.shell
+    if not shell.exists(run.output_path):
+        return b""
+    return shell.read_bytes(run.output_path, offset)
+
+
+def cancel(ctx: Context, run: Run) -> Run:
+    if run.state.is_final:
+        raise HpcjobError(
+            f"Run {run.run_id} (job {run.job_id}) already ended: {run.state.value}.",
+            exit_code=1,
+        )
+    if not run.job_id:
+        raise HpcjobError(f"Run {run.run_id} has no job id yet; nothing to cancel.")
+    ctx.scheduler.cancel([run.job_id])
+    refresh(ctx)
+    return ctx.ledger.get_run(run.run_id)
+
+
+# -- rows for output --------------------------------------------------------------------------
+
+
+def elapsed_s(run: Run, now: datetime | None = None) -> int | None:
+    if not run.started_at:
+        return None
+    start = _parse_time(run.started_at)
+    end = _parse_time(run.ended_at) if run.ended_at else (now or datetime.now(timezone.utc))
+    return max(0, int((end - start).total_seconds()))
+
+
+def _parse_time(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+def run_row(run: Run, latest: list[Any] | None = None) -> dict[str, Any]:
+    """The row `status`, `runs` and `submit` print: same keys in the table and in --json."""
+    spec = run.spec
+    return {
+        "run_id": run.run_id,
+        "job_id": run.job_id,
+        "workload": run.workload,
+        "state": run.state.value,
+        "profile": run.profile,
+        "partition": (spec.get("resources") or {}).get("partition"),
+        "elapsed_s": elapsed_s(run),
+        "node": run.node,
+        "exit_code": run.exit_code,
+        "last_metric": headline(latest or []),
+        "submitted_at": run.submitted_at,
+        "started_at": run.started_at,
+        "ended_at": run.ended_at,
+        "run_dir": run.run_dir,
+        "output_path": run.output_path,
+        "reason": run.reason,
+    }
+
+
+def rows(ctx: Context, runs: list[Run]) -> list[dict[str, Any]]:
+    latest = ctx.ledger.latest_metrics([r.run_id for r in runs])
+    return [run_row(r, latest.get(r.run_id)) for r in runs]
+
+
+def run_detail(ctx: Context, run: Run) -> dict[str, Any]:
+    """Everything the ledger knows of one run (`show`)."""
+    ledger = ctx.ledger
+    detail = run_row(run, ledger.latest_metrics([run.run_id]).get(run.run_id))
+    detail.update(
+        token=run.token,
+        cluster=run.cluster,
+        scheduler=run.scheduler,
+        signal=run.signal,
+        created_at=run.created_at,
+        spec=run.spec,
+        script_sha256=run.script_hash,
+        script=run.script,
+        history=[
+            {"state": h.state.value, "at": h.at, "source": h.source, "detail": h.detail}
+            for h in ledger.history(run.run_id)
+        ],
+        metrics=[{"step": m.step, "key": m.key, "value": m.value} for m in ledger.metrics(run.run_id)],
+        facts=ledger.facts(run.run_id),
+        artifacts=[
+            {"name": name, "path": path, "size": size}
+            for name, path, size in ledger.artifacts(run.run_id)
+        ],
+    )
+    return detail
+
+
+def workload_names() -> list[str]:
+    return list(WORKLOADS)

@@ -1,0 +1,506 @@
+"""The command line: each command parses options, calls one function in `app`, prints via `output`.
+
+Heavy modules (jinja2, sqlite, paramiko, torch) are imported inside the commands that need them, so
+`hpcjob --help` starts about as fast as Typer itself.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+import time
+from collections.abc import Callable
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+from hpcjob import __version__
+from hpcjob.errors import EXIT_JOB_FAILED, HpcjobError
+
+app = typer.Typer(
+    name="hpcjob",
+    help="Run ML jobs on a Slurm cluster (or this machine) and record every run.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+config_app = typer.Typer(help="Show or create the configuration.", no_args_is_help=True)
+app.add_typer(config_app, name="config")
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def boundary(func: F) -> F:
+    """The one error boundary: an HpcjobError becomes `Error:`/`Hint:` on stderr and its exit code."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from hpcjob import output
+
+        try:
+            return func(*args, **kwargs)
+        except HpcjobError as exc:
+            output.error(exc)
+            raise typer.Exit(exc.exit_code) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"hpcjob {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
+    ] = False,
+) -> None:
+    """Run ML jobs on a Slurm cluster (or this machine) and record every run."""
+
+
+ProfileOpt = Annotated[
+    str | None, typer.Option("--profile", "-P", help="Profile to use (see `hpcjob config show`).")
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts instead of a table.")]
+RefArg = Annotated[str, typer.Argument(help="A job id, a run id, or `last`.")]
+
+
+def _context(profile: str | None, **flags: Any) -> Any:
+    from hpcjob.app import open_context
+
+    return open_context(profile, flags)
+
+
+# -- submit / render ------------------------------------------------------------------------
+
+
+def _submit_or_render(
+    ctx: typer.Context,
+    workload: Annotated[str, typer.Argument(help="gpu-check, eda, train or setup-env.")],
+    partition: Annotated[str | None, typer.Option("--partition", "-p", help="Slurm partition.")] = None,
+    time_limit: Annotated[
+        str | None, typer.Option("--time", "-t", help="Time limit: MM, HH:MM:SS, D-HH:MM:SS …")
+    ] = None,
+    nodes: Annotated[int | None, typer.Option(help="Number of nodes.")] = None,
+    cpus: Annotated[int | None, typer.Option("--cpus", "-c", help="CPU cores per task.")] = None,
+    mem: Annotated[str | None, typer.Option(help="Memory per node, e.g. 16G.")] = None,
+    gpus: Annotated[int | None, typer.Option(help="GPUs (default 1 on gpu partitions).")] = None,
+    account: Annotated[str | None, typer.Option("--account", "-A", help="Budget account.")] = None,
+    constraint: Annotated[str | None, typer.Option(help="Node features, e.g. scratch-node.")] = None,
+    job_name: Annotated[str | None, typer.Option("--job-name", "-J", help="Job name.")] = None,
+    data_dir: Annotated[str | None, typer.Option(help="Folder with the PCAM .h5 files.")] = None,
+    stage_data: Annotated[
+        bool, typer.Option("--stage-data", help="Copy the data to the node-local $TMPDIR first.")
+    ] = False,
+    epochs: Annotated[int | None, typer.Option(help="[train] Epochs (3).")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="[train] Batch size (256).")] = None,
+    lr: Annotated[float | None, typer.Option(help="[train] Learning rate (1e-3).")] = None,
+    hidden_units: Annotated[str | None, typer.Option(help="[train] e.g. 512,256.")] = None,
+    dropout: Annotated[float | None, typer.Option(help="[train] Dropout rate (0.2).")] = None,
+    seed: Annotated[int | None, typer.Option(help="[train] Random seed (0).")] = None,
+    num_workers: Annotated[int | None, typer.Option(help="[train] Loader workers (0).")] = None,
+    weighted_sampling: Annotated[
+        bool | None,
+        typer.Option("--weighted-sampling/--no-weighted-sampling", help="[train] Balance classes."),
+    ] = None,
+    block_size: Annotated[int | None, typer.Option(help="[eda] Images per read (1024).")] = None,
+    wait: Annotated[bool, typer.Option("--wait", "-w", help="Wait for the job to end.")] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Validate and render; submit nothing.")
+    ] = False,
+    profile: ProfileOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    from hpcjob import app as core
+    from hpcjob import output
+    from hpcjob.spec import SpecRequest
+
+    rendering = ctx.info_name == "render"
+    request = SpecRequest(
+        workload=workload,
+        partition=partition,
+        time=time_limit,
+        nodes=nodes,
+        cpus_per_task=cpus,
+        mem=mem,
+        gpus=gpus,
+        account=account,
+        constraint=constraint,
+        job_name=job_name,
+        data_dir=data_dir,
+        stage_data=stage_data,
+        args={
+            "epochs": epochs,
+            "batch_size": batch_size,
+            "lr": lr,
+            "hidden_units": hidden_units,
+            "dropout": dropout,
+            "seed": seed,
+            "num_workers": num_workers,
+            "weighted_sampling": weighted_sampling,
+            "block_size": block_size,
+        },
+        require_data=not rendering,
+    )
+    context = _context(profile)
+    try:
+        prepared = core.prepare(context, request, check_data=not (rendering or dry_run))
+        if rendering:
+            output.print_text(prepared.script)
+            return
+        if dry_run:
+            _show_dry_run(context, prepared, json_out)
+            return
+        run = core.submit(context, prepared)
+        if not json_out:
+            output.info(
+                f"Submitted [bold]{run.workload}[/] as job [bold]{run.job_id}[/] "
+                f"(run {run.run_id}, profile {run.profile}); output: {run.output_path}"
+            )
+        if wait:
+            run = _wait_with_progress(context, run, quiet=json_out)
+        if json_out:
+            output.print_json(core.rows(context, [run])[0])
+        elif wait:
+            output.print_table(core.rows(context, [run]))
+        if wait and run.state.value != "COMPLETED":
+            raise typer.Exit(EXIT_JOB_FAILED)
+    finally:
+        context.close()
+
+
+def _show_dry_run(context: Any, prepared: Any, json_out: bool) -> None:
+    from hpcjob import output
+
+    summary = {
+        "dry_run": True,
+        "workload": prepared.spec.workload,
+        "profile": context.profile.name,
+        "spec": prepared.spec.to_dict(),
+        "run_dir": prepared.new_run.run_dir,
+        "script": prepared.script,
+    }
+    if json_out:
+        output.print_json(summary)
+        return
+    output.print_text(prepared.script)
+    output.info(
+        f"[green]Valid.[/] Dry run: nothing was submitted (profile {context.profile.name}, "
+        f"run directory would be {prepared.new_run.run_dir})."
+    )
+
+
+def _wait_with_progress(context: Any, run: Any, quiet: bool) -> Any:
+    from hpcjob import app as core
+    from hpcjob import output
+
+    def describe(current: Any) -> str:
+        latest = context.ledger.latest_metrics([current.run_id]).get(current.run_id)
+        metric = core.headline(latest or [])
+        elapsed = output.duration(core.elapsed_s(current))
+        return f"job {current.job_id} {current.state.value} {elapsed} {metric}".rstrip()
+
+    try:
+        if quiet:
+            return core.wait(context, run)
+        with output.spinner(f"job {run.job_id} {run.state.value}") as status:
+            return core.wait(context, run, on_tick=lambda cur: status.update(describe(cur)))
+    except KeyboardInterrupt:
+        output.info(f"Stopped waiting; job {run.job_id} keeps running (`hpcjob status`).")
+        raise typer.Exit(130) from None
+
+
+app.command(
+    "submit",
+    help="Validate, render and submit a job; record it in the ledger.",
+)(boundary(_submit_or_render))
+app.command(
+    "render",
+    help="Print the job script a submit would use; submit nothing.",
+)(boundary(_submit_or_render))
+
+
+# -- watching -------------------------------------------------------------------------------
+
+
+@app.command()
+@boundary
+def status(
+    profile: ProfileOpt = None,
+    limit: Annotated[int, typer.Option(help="Finished runs to show besides the active ones.")] = 10,
+    check: Annotated[
+        bool, typer.Option("--check", help="Exit 3 if a listed run ended other than COMPLETED.")
+    ] = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Refresh the profile's unfinished runs (one scheduler query) and show recent runs."""
+    from hpcjob import app as core
+    from hpcjob import output
+
+    context = _context(profile)
+    try:
+        core.refresh(context)
+        ledger = context.ledger
+        active = ledger.unfinished(context.profile.name)
+        recent = [
+            r
+            for r in ledger.list_runs(profile=context.profile.name, limit=limit + len(active))
+            if r.state.is_final
+        ][:limit]
+        runs = sorted(active + recent, key=lambda r: r.created_at, reverse=True)
+        rows = core.rows(context, runs)
+        if json_out:
+            output.print_json(rows)
+        else:
+            output.print_table(
+                rows,
+                title=f"Runs of profile {context.profile.name}",
+                empty=f"No runs in profile {context.profile.name} yet. "
+                "Try: hpcjob submit gpu-check --wait",
+            )
+        if check and any(r.state.is_final and r.state.value != "COMPLETED" for r in runs):
+            raise typer.Exit(EXIT_JOB_FAILED)
+    finally:
+        context.close()
+
+
+@app.command()
+@boundary
+def runs(
+    workload: Annotated[str | None, typer.Option(help="Only this workload.")] = None,
+    state: Annotated[str | None, typer.Option(help="Only this state, e.g. FAILED.")] = None,
+    limit: Annotated[int, typer.Option(help="At most this many runs.")] = 20,
+    profile: ProfileOpt = None,
+    all_profiles: Annotated[
+        bool, typer.Option("--all-profiles", help="Runs of every profile.")
+    ] = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """The run history, newest first (unfinished runs of the profile are refreshed first)."""
+    from hpcjob import app as core
+    from hpcjob import output
+    from hpcjob.jobstate import JobState
+
+    if state is not None and JobState.parse(state) == JobState.UNKNOWN and state != "UNKNOWN":
+        raise HpcjobError(
+            f"{state!r} is not a job state.",
+            hint="Use one of: " + ", ".join(s.value for s in JobState),
+            exit_code=2,
+        )
+    if limit < 1:
+        raise HpcjobError("--limit must be at least 1.", exit_code=2)
+    context = _context(profile)
+    try:
+        core.refresh(context)
+        found = context.ledger.list_runs(
+            workload=workload,
+            state=JobState.parse(state).value if state else None,
+            profile=None if all_profiles else context.profile.name,
+            limit=limit,
+        )
+        rows = core.rows(context, found)
+        if json_out:
+            output.print_json(rows)
+        else:
+            output.print_table(rows, empty="No runs match.")
+    finally:
+        context.close()
+
+
+@app.command()
+@boundary
+def show(
+    ref: RefArg,
+    profile: ProfileOpt = None,
+    script: Annotated[bool, typer.Option("--script/--no-script", help="Include the script.")] = True,
+    json_out: JsonOpt = False,
+) -> None:
+    """Everything the ledger knows of a run: spec, script, paths, states, metrics, artifacts."""
+    from hpcjob import app as core
+    from hpcjob import output
+
+    context = _context(profile)
+    try:
+        run = core.resolve(context, ref)
+        detail = core.run_detail(context, run)
+        if json_out:
+            output.print_json(detail)
+        else:
+            output.print_run_detail(detail, show_script=script)
+    finally:
+        context.close()
+
+
+@app.command()
+@boundary
+def logs(
+    ref: RefArg,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Stream while it runs.")] = False,
+    tail: Annotated[int | None, typer.Option(help="Only the last N lines.")] = None,
+    profile: ProfileOpt = None,
+) -> None:
+    """Print a job's output; with --follow, keep printing until the job ends."""
+    from hpcjob import app as core
+    from hpcjob import output
+
+    context = _context(profile)
+    try:
+        run = core.resolve(context, ref)
+        data = core.read_log(context, run)
+        text = data.decode("utf-8", errors="replace")
+        if tail is not None:
+            text = "".join(text.splitlines(keepends=True)[-tail:]) if tail > 0 else ""
+        output.print_text(text)
+        if not follow:
+            if not data and not run.state.is_final:
+                output.info(f"Job {run.job_id} is {run.state.value} and has written nothing yet.")
+            if run.state.is_final:
+                core.harvest(context, run)
+            return
+        _follow(context, run, len(data))
+    finally:
+        context.close()
+
+
+def _follow(context: Any, run: Any, offset: int) -> None:
+    from hpcjob import app as core
+    from hpcjob import output
+
+    try:
+        while True:
+            chunk = core.read_log(context, run, offset)
+            if chunk:
+                offset += len(chunk)
+                output.print_text(chunk.decode("utf-8", errors="replace"))
+            if run.state.is_final and not chunk:
+                core.harvest(context, run)
+                output.info(f"Job {run.job_id} ended: {run.state.value}.")
+                return
+            time.sleep(0.5)
+            if not run.state.is_final:
+                core.refresh(context)
+                run = context.ledger.get_run(run.run_id)
+    except KeyboardInterrupt:
+        return
+
+
+@app.command()
+@boundary
+def wait(
+    ref: RefArg,
+    profile: ProfileOpt = None,
+    timeout: Annotated[float | None, typer.Option(help="Give up after this many seconds.")] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Wait for a run to end; exit 0 if it COMPLETED, 3 otherwise."""
+    from hpcjob import app as core
+    from hpcjob import output
+
+    context = _context(profile)
+    try:
+        run = core.resolve(context, ref)
+        if not run.state.is_final:
+            run = (
+                core.wait(context, run, timeout_s=timeout)
+                if json_out
+                else _wait_with_progress(context, run, quiet=False)
+            )
+        rows = core.rows(context, [run])
+        output.print_json(rows[0]) if json_out else output.print_table(rows)
+        if run.state.value != "COMPLETED":
+            raise typer.Exit(EXIT_JOB_FAILED)
+    finally:
+        context.close()
+
+
+@app.command()
+@boundary
+def cancel(
+    refs: Annotated[list[str], typer.Argument(help="Job ids, run ids or `last`.")],
+    profile: ProfileOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Cancel jobs."""
+    from hpcjob import app as core
+    from hpcjob import output
+
+    context = _context(profile)
+    try:
+        done = [core.cancel(context, core.resolve(context, ref)) for ref in refs]
+        rows = core.rows(context, done)
+        if json_out:
+            output.print_json(rows)
+        else:
+            for run in done:
+                output.info(f"Cancelled job {run.job_id} (run {run.run_id}): {run.state.value}.")
+    finally:
+        context.close()
+
+
+# -- config ---------------------------------------------------------------------------------
+
+
+@config_app.command("show")
+@boundary
+def config_show(profile: ProfileOpt = None, json_out: JsonOpt = False) -> None:
+    """The effective settings of a profile and where each value came from."""
+    from hpcjob import output
+    from hpcjob.config import load_settings, resolve_profile
+
+    settings = load_settings()
+    resolved = resolve_profile(settings, profile_flag=profile)
+    rows = [
+        {"key": key, "value": resolved.values[key], "source": resolved.sources.get(key, "")}
+        for key in sorted(resolved.values)
+    ]
+    if json_out:
+        output.print_json(
+            {
+                "profile": resolved.name,
+                "home": str(settings.home),
+                "config_file": str(settings.config_path),
+                "config_file_exists": settings.config_path.exists(),
+                "ledger": str(settings.ledger_path),
+                "settings": rows,
+            }
+        )
+        return
+    output.print_pairs(
+        [
+            ("profile", resolved.name),
+            ("home", str(settings.home)),
+            (
+                "config file",
+                f"{settings.config_path}"
+                + ("" if settings.config_path.exists() else " (none; `hpcjob config init`)"),
+            ),
+            ("ledger", str(settings.ledger_path)),
+        ]
+    )
+    output.print_table(rows, columns=(("key", "key"), ("value", "value"), ("source", "source")))
+
+
+@config_app.command("init")
+@boundary
+def config_init(
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing file.")] = False,
+) -> None:
+    """Write a commented starter config to $HPCJOB_HOME/config.toml."""
+    from hpcjob import output
+    from hpcjob.config import load_settings, write_starter_config
+
+    path = write_starter_config(load_settings(), force=force)
+    output.info(f"Wrote {path}. Edit it, then check with `hpcjob config show`.")
+    print(path)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,132 @@
+"""Pure parsing of what a job wrote: metrics and facts from its output and `metrics.jsonl`.
+
+Two sources feed the same result: JSON objects (one per line in `metrics.jsonl`, or on stdout
+behind the `HPCJOB_METRIC ` prefix) and the human lines students print, such as
+`Epoch 3: Train_Loss = 0.6523, Val_Loss = 0.7066`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from hpcjob.ledger import Metric
+
+METRIC_PREFIX = "HPCJOB_METRIC "
+_EPOCH_RE = re.compile(r"^\s*Epoch\s+(\d+)\s*(?:/\s*\d+)?\s*[:\-]\s*(.+)$", re.IGNORECASE)
+_PAIR_RE = re.compile(
+    r"([A-Za-z][A-Za-z0-9_ ]*?)\s*[=:]\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?|nan|inf)",
+    re.IGNORECASE,
+)
+_RESERVED = {"step", "epoch", "time", "facts"}
+_MAX_KEY = 64
+
+
+@dataclass
+class JobOutput:
+    """Metrics keyed by (step, key), later lines winning; facts merged in order."""
+
+    metrics: dict[tuple[int, str], Metric] = field(default_factory=dict)
+    facts: dict[str, Any] = field(default_factory=dict)
+
+    def metric_list(self) -> list[Metric]:
+        return sorted(self.metrics.values(), key=lambda m: (m.step, m.key))
+
+
+def normalise_key(text: str) -> str:
+    """`Train_Loss` / `Val Acc` → `train_loss` / `val_acc`."""
+    key = re.sub(r"[^0-9a-z]+", "_", text.strip().lower()).strip("_")
+    return key[:_MAX_KEY]
+
+
+def _number(value: Any) -> float | None | str:
+    """A finite float, None for NaN/Inf (stored as missing), or "skip" for non-numbers."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return "skip"
+    number = float(value)
+    return number if math.isfinite(number) else None
+
+
+def parse_metric_object(obj: Any, out: JobOutput, line_no: int = 0) -> None:
+    """One JSON object of the output contract into `out` (anything malformed is ignored)."""
+    if not isinstance(obj, dict):
+        return
+    facts = obj.get("facts")
+    if isinstance(facts, dict):
+        out.facts.update({str(k)[:_MAX_KEY]: v for k, v in facts.items()})
+    step_value = obj.get("step", obj.get("epoch"))
+    if isinstance(step_value, bool) or not isinstance(step_value, (int, float)):
+        return
+    if not math.isfinite(step_value):
+        return
+    step = int(step_value)
+    at = obj.get("time") if isinstance(obj.get("time"), str) else None
+    for raw_key, raw_value in obj.items():
+        key = normalise_key(str(raw_key))
+        if not key or key in _RESERVED:
+            continue
+        value = _number(raw_value)
+        if value != "skip":
+            out.metrics[(step, key)] = Metric(step, key, value if value is None else float(value), at)
+
+
+def parse_human_line(line: str, out: JobOutput) -> bool:
+    """`Epoch 3: Train_Loss = 0.6523, Val_Loss = 0.7066` into `out`; False if not such a line."""
+    match = _EPOCH_RE.match(line)
+    if not match:
+        return False
+    step = int(match.group(1))
+    found = False
+    for name, text in _PAIR_RE.findall(match.group(2)):
+        key = normalise_key(name)
+        if not key or key in _RESERVED:
+            continue
+        number = float(text)
+        out.metrics[(step, key)] = Metric(step, key, number if math.isfinite(number) else None)
+        found = True
+    return found
+
+
+def parse_output(text: str, out: JobOutput | None = None) -> JobOutput:
+    """Metrics and facts from a job's stdout (the human lines and the prefixed JSON lines)."""
+    out = out or JobOutput()
+    for line_no, line in enumerate(text.splitlines()):
+        if line.startswith(METRIC_PREFIX):
+            try:
+                parse_metric_object(json.loads(line[len(METRIC_PREFIX) :]), out, line_no)
+            except (json.JSONDecodeError, RecursionError):
+                continue
+        else:
+            parse_human_line(line, out)
+    return out
+
+
+def parse_metrics_jsonl(text: str, out: JobOutput | None = None) -> JobOutput:
+    """Metrics and facts from `metrics.jsonl`; a torn last line (still being written) is skipped."""
+    out = out or JobOutput()
+    for line_no, line in enumerate(text.splitlines()):
+        if not line.strip():
+            continue
+        try:
+            parse_metric_object(json.loads(line), out, line_no)
+        except (json.JSONDecodeError, RecursionError):
+            continue
+    return out
+
+
+def headline(metrics: list[Metric]) -> str:
+    """The one metric a status table shows for a run's latest step."""
+    if not metrics:
+        return ""
+    by_key = {m.key: m for m in metrics}
+    for key in ("val_loss", "train_loss", "loss", "val_acc", "tflops"):
+        if key in by_key:
+            metric = by_key[key]
+            break
+    else:
+        metric = metrics[0]
+    value = "nan" if metric.value is None else f"{metric.value:.4g}"
+    return f"epoch {metric.step} {metric.key}={value}"

@@ -1,0 +1,491 @@
+"""The run ledger: a SQLite record of every run, its state history, metrics, facts and artifacts.
+
+WAL mode so readers never wait for a writer; every write is one `BEGIN IMMEDIATE` transaction;
+schema changes are named migrations applied together with their record in one transaction.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import sqlite3
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from hpcjob.errors import HpcjobError
+from hpcjob.jobstate import JobState
+from hpcjob.scheduler import JobInfo
+
+
+def utc_now() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    name: str
+    why: str
+    sql: str
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(
+        1,
+        "initial",
+        "Runs with their spec, script and paths; state history; metrics; facts; artifacts.",
+        """
+        CREATE TABLE runs (
+            run_id TEXT PRIMARY KEY,
+            token TEXT NOT NULL UNIQUE,
+            job_id TEXT,
+            profile TEXT NOT NULL,
+            cluster TEXT NOT NULL,
+            scheduler TEXT NOT NULL,
+            workload TEXT NOT NULL,
+            spec_json TEXT NOT NULL,
+            script TEXT NOT NULL,
+            script_hash TEXT NOT NULL,
+            run_dir TEXT NOT NULL,
+            output_path TEXT,
+            state TEXT NOT NULL,
+            exit_code INTEGER,
+            signal INTEGER,
+            node TEXT,
+            reason TEXT,
+            created_at TEXT NOT NULL,
+            submitted_at TEXT,
+            started_at TEXT,
+            ended_at TEXT,
+            updated_at TEXT NOT NULL
+        );
+        CREATE INDEX runs_job ON runs (cluster, job_id);
+        CREATE INDEX runs_state ON runs (profile, state);
+        CREATE INDEX runs_created ON runs (created_at);
+        CREATE TABLE state_history (
+            id INTEGER PRIMARY KEY,
+            run_id TEXT NOT NULL REFERENCES runs (run_id) ON DELETE CASCADE,
+            state TEXT NOT NULL,
+            at TEXT NOT NULL,
+            source TEXT NOT NULL,
+            detail TEXT
+        );
+        CREATE INDEX state_history_run ON state_history (run_id, id);
+        CREATE TABLE metrics (
+            run_id TEXT NOT NULL REFERENCES runs (run_id) ON DELETE CASCADE,
+            step INTEGER NOT NULL,
+            key TEXT NOT NULL,
+            value REAL,
+            at TEXT,
+            PRIMARY KEY (run_id, step, key)
+        );
+        CREATE TABLE facts (
+            run_id TEXT NOT NULL REFERENCES runs (run_id) ON DELETE CASCADE,
+            key TEXT NOT NULL,
+            value_json TEXT NOT NULL,
+            PRIMARY KEY (run_id, key)
+        );
+        CREATE TABLE artifacts (
+            run_id TEXT NOT NULL REFERENCES runs (run_id) ON DELETE CASCADE,
+            name TEXT NOT NULL,
+            path TEXT NOT NULL,
+            size INTEGER,
+            PRIMARY KEY (run_id, name)
+        );
+        """,
+    ),
+)
+SCHEMA_VERSION = MIGRATIONS[-1].version
+
+
+@dataclass(frozen=True)
+class Run:
+    run_id: str
+    token: str
+    job_id: str | None
+    profile: str
+    cluster: str
+    scheduler: str
+    workload: str
+    spec: dict[str, Any]
+    script: str
+    script_hash: str
+    run_dir: str
+    output_path: str | None
+    state: JobState
+    exit_code: int | None
+    signal: int | None
+    node: str | None
+    reason: str | None
+    created_at: str
+    submitted_at: str | None
+    started_at: str | None
+    ended_at: str | None
+    updated_at: str
+
+
+@dataclass(frozen=True)
+class NewRun:
+    profile: str
+    cluster: str
+    scheduler: str
+    workload: str
+    spec: dict[str, Any]
+    script: str
+    script_hash: str
+    run_dir: str
+    run_id: str = field(default_factory=lambda: new_run_id())
+    token: str = field(default_factory=lambda: "hpcjob-" + secrets.token_hex(16))
+
+
+@dataclass(frozen=True)
+class Metric:
+    step: int
+    key: str
+    value: float | None
+    at: str | None = None
+
+
+@dataclass(frozen=True)
+class StateChange:
+    state: JobState
+    at: str
+    source: str
+    detail: str | None
+
+
+def new_run_id() -> str:
+    """Short, typeable, never all digits (so it cannot be mistaken for a job id)."""
+    return "r" + secrets.token_hex(3)
+
+
+class Ledger:
+    """One SQLite database file; open one per invocation."""
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = str(path)
+        if self.path != ":memory:":
+            _create_private(Path(self.path))
+        try:
+            self.db = sqlite3.connect(
+                self.path, isolation_level=None, timeout=30.0, check_same_thread=False
+            )
+            self.db.row_factory = sqlite3.Row
+            self.db.execute("PRAGMA busy_timeout = 30000")
+            self.db.execute("PRAGMA journal_mode = WAL")
+            self.db.execute("PRAGMA synchronous = NORMAL")
+            self.db.execute("PRAGMA foreign_keys = ON")
+            self.migrate()
+        except sqlite3.DatabaseError as exc:
+            raise _ledger_error(self.path, exc) from exc
+
+    def close(self) -> None:
+        self.db.close()
+
+    # -- schema -------------------------------------------------------------------------------
+
+    def schema_version(self) -> int:
+        row = self.db.execute(
+            "SELECT name FROM sqlite_master WHERE type='table' AND name='schema_migrations'"
+        ).fetchone()
+        if row is None:
+            return 0
+        return int(self.db.execute("SELECT MAX(version) FROM schema_migrations").fetchone()[0] or 0)
+
+    def migrate(self, upto: int | None = None) -> None:
+        """Apply each pending migration together with its record, in one transaction each."""
+        if self.schema_version() == SCHEMA_VERSION and upto is None:
+            return  # the common case takes no write lock, so opening never waits on a writer
+        self._write_sql(
+            "CREATE TABLE IF NOT EXISTS schema_migrations "
+            "(version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at TEXT NOT NULL)"
+        )
+        current = self.schema_version()
+        if current > SCHEMA_VERSION:
+            raise HpcjobError(
+                f"The ledger {self.path} was written by a newer hpcjob (schema {current}, "
+                f"this one knows {SCHEMA_VERSION}).",
+                hint="Upgrade hpcjob: pip install --upgrade hpcjob",
+            )
+        for migration in MIGRATIONS:
+            if migration.version <= current or (upto is not None and migration.version > upto):
+                continue
+            self.db.execute("BEGIN IMMEDIATE")
+            try:
+                for statement in migration.sql.split(";"):
+                    if statement.strip():
+                        self.db.execute(statement)
+                self.db.execute(
+                    "INSERT INTO schema_migrations VALUES (?, ?, ?)",
+                    (migration.version, migration.name, utc_now()),
+                )
+                self.db.execute("COMMIT")
+            except BaseException:
+                self.db.execute("ROLLBACK")
+                raise
+
+    def _write_sql(self, sql: str, params: Sequence[Any] = ()) -> None:
+        self._transaction([(sql, params)])
+
+    def _transaction(self, statements: Iterable[tuple[str, Sequence[Any]]]) -> None:
+        try:
+            self.db.execute("BEGIN IMMEDIATE")
+            try:
+                for sql, params in statements:
+                    self.db.execute(sql, params)
+                self.db.execute("COMMIT")
+            except BaseException:
+                self.db.execute("ROLLBACK")
+                raise
+        except sqlite3.OperationalError as exc:
+            raise _ledger_error(self.path, exc) from exc
+
+    # -- runs ---------------------------------------------------------------------------------
+
+    def create_run(self, new: NewRun) -> Run:
+        """Record a run as SUBMITTING, before the scheduler sees it."""
+        now = utc_now()
+        self._transaction(
+            [
+                (
+                    "INSERT INTO runs (run_id, token, profile, cluster, scheduler, workload, "
+                    "spec_json, script, script_hash, run_dir, state, created_at, updated_at) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (new.run_id, new.token, new.profile, new.cluster, new.scheduler,
+                     new.workload, json.dumps(new.spec, sort_keys=True), new.script,
+                     new.script_hash, new.run_dir, JobState.SUBMITTING.value, now, now),
+                ),  # fmt: skip
+                _history(new.run_id, JobState.SUBMITTING, now, "hpcjob", None),
+            ]
+        )
+        return self.get_run(new.run_id)
+
+    def set_submitted(self, run_id: str, job_id: str, output_path: str) -> Run:
+        now = utc_now()
+        self._transaction(
+            [
+                (
+                    "UPDATE runs SET job_id = ?, output_path = ?, state = ?, submitted_at = ?, "
+                    "updated_at = ? WHERE run_id = ?",
+                    (job_id, output_path, JobState.PENDING.value, now, now, run_id),
+                ),
+                _history(run_id, JobState.PENDING, now, "scheduler", f"job {job_id}"),
+            ]
+        )
+        return self.get_run(run_id)
+
+    def mark_unsubmitted(self, run_id: str, reason: str) -> None:
+        """A submission that never reached the scheduler: final, and safe to submit again."""
+        now = utc_now()
+        self._transaction(
+            [
+                (
+                    "UPDATE runs SET state = ?, reason = ?, ended_at = ?, updated_at = ? "
+                    "WHERE run_id = ?",
+                    (JobState.UNSUBMITTED.value, reason, now, now, run_id),
+                ),
+                _history(run_id, JobState.UNSUBMITTED, now, "hpcjob", reason),
+            ]
+        )
+
+    def record_info(self, run: Run, info: JobInfo, source: str) -> Run:
+        """Store what the scheduler says of a run; a state change also enters the history."""
+        now = utc_now()
+        statements: list[tuple[str, Sequence[Any]]] = [
+            (
+                "UPDATE runs SET state = ?, exit_code = COALESCE(?, exit_code), "
+                "signal = COALESCE(?, signal), node = COALESCE(?, node), reason = ?, "
+                "started_at = COALESCE(?, started_at), ended_at = COALESCE(?, ended_at), "
+                "updated_at = ? WHERE run_id = ?",
+                (info.state.value, info.exit_code, info.signal, info.node, info.reason,
+                 info.started_at, info.ended_at, now, run.run_id),
+            )  # fmt: skip
+        ]
+        if info.state != run.state:
+            statements.append(_history(run.run_id, info.state, now, source, info.reason))
+        self._transaction(statements)
+        return self.get_run(run.run_id)
+
+    def get_run(self, run_id: str) -> Run:
+        row = self.db.execute("SELECT * FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+        if row is None:
+            raise HpcjobError(f"No run {run_id!r} in the ledger.")
+        return _run(row)
+
+    def resolve(self, ref: str, cluster: str | None = None) -> Run:
+        """A run by run id, job id (newest first, the current cluster preferred) or `last`."""
+        ref = ref.strip()
+        if ref == "last":
+            row = self.db.execute(
+                "SELECT * FROM runs ORDER BY created_at DESC, rowid DESC LIMIT 1"
+            ).fetchone()
+            if row is None:
+                raise HpcjobError(
+                    "The ledger has no runs yet.",
+                    hint="Submit one: hpcjob submit gpu-check --wait",
+                )
+            return _run(row)
+        row = self.db.execute("SELECT * FROM runs WHERE run_id = ?", (ref,)).fetchone()
+        if row is None:
+            row = self.db.execute(
+                "SELECT * FROM runs WHERE job_id = ? "
+                "ORDER BY (cluster = ?) DESC, created_at DESC, rowid DESC LIMIT 1",
+                (ref, cluster or ""),
+            ).fetchone()
+        if row is None and len(ref) >= 3 and ref.startswith("r"):
+            rows = self.db.execute(
+                "SELECT * FROM runs WHERE run_id LIKE ? LIMIT 2", (ref + "%",)
+            ).fetchall()
+            row = rows[0] if len(rows) == 1 else None
+        if row is None:
+            raise HpcjobError(
+                f"No run or job {ref!r} in the ledger.",
+                hint="`hpcjob runs` lists them; use a job id, a run id or `last`.",
+            )
+        return _run(row)
+
+    def unfinished(self, profile: str) -> list[Run]:
+        """Runs of a profile whose state may still change."""
+        final = [s.value for s in JobState if s.is_final]
+        marks = ",".join("?" * len(final))
+        rows = self.db.execute(
+            f"SELECT * FROM runs WHERE profile = ? AND state NOT IN ({marks}) ORDER BY created_at",
+            (profile, *final),
+        ).fetchall()
+        return [_run(r) for r in rows]
+
+    def list_runs(
+        self,
+        *,
+        workload: str | None = None,
+        state: str | None = None,
+        profile: str | None = None,
+        since: str | None = None,
+        limit: int | None = 50,
+    ) -> list[Run]:
+        clauses, params = [], []
+        for column, value in (("workload", workload), ("state", state), ("profile", profile)):
+            if value is not None:
+                clauses.append(f"{column} = ?")
+                params.append(value)
+        if since is not None:
+            clauses.append("(created_at >= ? OR ended_at IS NULL OR ended_at >= ?)")
+            params += [since, since]
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        sql = f"SELECT * FROM runs {where} ORDER BY created_at DESC, rowid DESC"
+        if limit is not None:
+            sql += f" LIMIT {int(limit)}"
+        return [_run(r) for r in self.db.execute(sql, params).fetchall()]
+
+    def history(self, run_id: str) -> list[StateChange]:
+        rows = self.db.execute(
+            "SELECT state, at, source, detail FROM state_history WHERE run_id = ? ORDER BY id",
+            (run_id,),
+        ).fetchall()
+        return [StateChange(JobState.parse(r[0]), r[1], r[2], r[3]) for r in rows]
+
+    # -- metrics, facts, artifacts ------------------------------------------------------------
+
+    def add_metrics(self, run_id: str, metrics: Iterable[Metric]) -> int:
+        rows = [(run_id, m.step, m.key, m.value, m.at) for m in metrics]
+        if rows:
+            self._transaction(
+                ("INSERT OR REPLACE INTO metrics VALUES (?, ?, ?, ?, ?)", row) for row in rows
+            )
+        return len(rows)
+
+    def metrics(self, run_id: str) -> list[Metric]:
+        rows = self.db.execute(
+            "SELECT step, key, value, at FROM metrics WHERE run_id = ? ORDER BY step, key",
+            (run_id,),
+        ).fetchall()
+        return [Metric(r[0], r[1], r[2], r[3]) for r in rows]
+
+    def latest_metrics(self, run_ids: Sequence[str]) -> dict[str, list[Metric]]:
+        """Each run's metrics at its highest step."""
+        if not run_ids:
+            return {}
+        marks = ",".join("?" * len(run_ids))
+        rows = self.db.execute(
+            f"SELECT m.run_id, m.step, m.key, m.value, m.at FROM metrics m "
+            f"JOIN (SELECT run_id, MAX(step) AS step FROM metrics WHERE run_id IN ({marks}) "
+            f"GROUP BY run_id) last ON m.run_id = last.run_id AND m.step = last.step "
+            f"ORDER BY m.key",
+            list(run_ids),
+        ).fetchall()
+        found: dict[str, list[Metric]] = {}
+        for r in rows:
+            found.setdefault(r[0], []).append(Metric(r[1], r[2], r[3], r[4]))
+        return found
+
+    def set_facts(self, run_id: str, facts: dict[str, Any]) -> None:
+        if facts:
+            self._transaction(
+                ("INSERT OR REPLACE INTO facts VALUES (?, ?, ?)", (run_id, k, json.dumps(v)))
+                for k, v in facts.items()
+            )
+
+    def facts(self, run_id: str) -> dict[str, Any]:
+        rows = self.db.execute(
+            "SELECT key, value_json FROM facts WHERE run_id = ? ORDER BY key", (run_id,)
+        ).fetchall()
+        return {r[0]: json.loads(r[1]) for r in rows}
+
+    def set_artifacts(self, run_id: str, artifacts: Iterable[tuple[str, str, int | None]]) -> None:
+        rows = list(artifacts)
+        if rows:
+            self._transaction(
+                ("INSERT OR REPLACE INTO artifacts VALUES (?, ?, ?, ?)", (run_id, *a))
+                for a in rows
+            )
+
+    def artifacts(self, run_id: str) -> list[tuple[str, str, int | None]]:
+        rows = self.db.execute(
+            "SELECT name, path, size FROM artifacts WHERE run_id = ? ORDER BY name", (run_id,)
+        ).fetchall()
+        return [(r[0], r[1], r[2]) for r in rows]
+
+
+def _history(
+    run_id: str, state: JobState, at: str, source: str, detail: str | None
+) -> tuple[str, Sequence[Any]]:
+    return (
+        "INSERT INTO state_history (run_id, state, at, source, detail) VALUES (?, ?, ?, ?, ?)",
+        (run_id, state.value, at, source, detail),
+    )
+
+
+def _run(row: sqlite3.Row) -> Run:
+    data = dict(row)
+    data["spec"] = json.loads(data.pop("spec_json"))
+    data["state"] = JobState.parse(data["state"])
+    return Run(**data)
+
+
+def _create_private(path: Path) -> None:
+    """The ledger and its folder are private to the user (0700/0600)."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if not path.exists():
+        try:
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        except FileExistsError:
+            pass  # another hpcjob process created it first
+
+
+def _ledger_error(path: str, exc: sqlite3.Error) -> HpcjobError:
+    text = str(exc)
+    if "locked" in text or "busy" in text:
+        return HpcjobError(
+            f"The ledger {path} stayed locked by another process for 30 s ({text}).",
+            hint="Another hpcjob (or a program reading the file) holds it; try again shortly.",
+        )
+    if "not a database" in text or "malformed" in text or "disk image" in text:
+        return HpcjobError(
+            f"The ledger {path} is damaged ({text}). hpcjob has not changed it.",
+            hint="Keep a copy of the file, then restore a backup or move it aside to start anew.",
+        )
+    return HpcjobError(f"The ledger {path} cannot be used: {text}.")

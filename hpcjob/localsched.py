@@ -1,0 +1,469 @@
+"""The embedded scheduler: Slurm's behaviour for job scripts on this machine, without Slurm.
+
+A submitted script gets a job id, a record under `<local_dir>/jobs/` and a detached supervisor
+process (`python -m hpcjob.localsched`) that survives the CLI. The supervisor waits for a free slot
+(at most `max_jobs` run at once, first come first served), runs the script with Slurm's
+environment variables, writes its output where `#SBATCH --output` says, enforces `--time`
+(TERM, then KILL after `kill_wait_s`), sends the `--signal` warning, and records the final state.
+A supervisor that dies is noticed by the next poll: its job is marked FAILED with the reason.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from hpcjob.errors import HpcjobError
+from hpcjob.jobstate import JobState
+from hpcjob.scheduler import JobInfo
+from hpcjob.shell import LocalShell
+from hpcjob.spec import parse_memory_mb, parse_time_limit
+
+_TICK_S = 0.05
+
+
+def utc_now() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass(frozen=True)
+class ScriptHeader:
+    """The #SBATCH directives the embedded scheduler honours."""
+
+    job_name: str
+    output: str
+    time_s: int | None
+    partition: str | None
+    cpus_per_task: int | None
+    mem_mb: int | None
+    gpus: int
+    account: str | None
+    comment: str | None
+    signal: tuple[int, int] | None  # (signal number, seconds before the limit)
+
+
+_SHORT_FLAGS = {"-J": "job-name", "-t": "time", "-o": "output", "-p": "partition",
+                "-c": "cpus-per-task", "-G": "gpus", "-A": "account", "-N": "nodes"}  # fmt: skip
+
+
+def parse_script_header(script: str, default_name: str = "job") -> ScriptHeader:
+    """Read the #SBATCH lines at the top of a script, as sbatch does (pure)."""
+    options: dict[str, str] = {}
+    for line in script.splitlines()[1:]:
+        stripped = line.strip()
+        if stripped and not stripped.startswith("#"):
+            break  # sbatch stops at the first command
+        if not stripped.startswith("#SBATCH"):
+            continue
+        try:
+            words = shlex.split(stripped[len("#SBATCH") :], comments=False)
+        except ValueError as exc:
+            raise HpcjobError(f"Cannot read the job script line {line!r}: {exc}") from exc
+        for word in words:
+            key, _, value = word.partition("=")
+            key = _SHORT_FLAGS.get(key, key.lstrip("-"))
+            options[key] = value
+    if "array" in options:
+        raise HpcjobError(
+            "The embedded scheduler does not run job arrays.",
+            hint="Submit arrays to a Slurm profile, or submit the tasks one by one.",
+        )
+    return ScriptHeader(
+        job_name=options.get("job-name", default_name),
+        output=options.get("output", "slurm-%j.out"),
+        time_s=parse_time_limit(options["time"]) if "time" in options else None,
+        partition=options.get("partition"),
+        cpus_per_task=int(options["cpus-per-task"]) if "cpus-per-task" in options else None,
+        mem_mb=parse_memory_mb(options["mem"]) if "mem" in options else None,
+        gpus=int(options.get("gpus", "0").split(":")[-1] or 0),
+        account=options.get("account"),
+        comment=options.get("comment"),
+        signal=_parse_signal(options["signal"]) if "signal" in options else None,
+    )
+
+
+def _parse_signal(text: str) -> tuple[int, int]:
+    """`B:USR1@30` → (SIGUSR1, 30)."""
+    spec = text.split(":", 1)[-1]
+    name, _, when = spec.partition("@")
+    signame = name if name.startswith("SIG") else "SIG" + name
+    number = int(name) if name.isdigit() else int(getattr(signal, signame))
+    return number, int(when or 60)
+
+
+def expand_output(pattern: str, job_id: str, job_name: str) -> str:
+    """Slurm's filename patterns: %j job id, %x job name, %u user, %% a percent sign."""
+    user = os.environ.get("USER", "user")
+    return (
+        pattern.replace("%%", "\0")
+        .replace("%j", job_id)
+        .replace("%A", job_id)
+        .replace("%x", job_name)
+        .replace("%u", user)
+        .replace("\0", "%")
+    )
+
+
+class LocalScheduler:
+    """The Scheduler protocol on this machine (see the module docstring)."""
+
+    name = "local"
+    poll_start_s = 0.2
+    poll_cap_s = 2.0
+
+    def __init__(self, local_dir: Path, max_jobs: int = 2, kill_wait_s: float = 5.0) -> None:
+        self.root = local_dir
+        self.max_jobs = max(1, max_jobs)
+        self.kill_wait_s = float(os.environ.get("HPCJOB_LOCAL_KILL_WAIT", kill_wait_s))
+        self.shell = LocalShell()
+        self.cluster = f"local:{socket.gethostname()}"
+        for sub in ("jobs", "queue", "slots", "tokens", "tmp"):
+            (self.root / sub).mkdir(parents=True, exist_ok=True)
+
+    # -- the protocol -------------------------------------------------------------------------
+
+    def submit(self, script_path: str, *, token: str, workdir: str) -> str:
+        script = Path(script_path)
+        header = parse_script_header(script.read_text(encoding="utf-8"), script.name)
+        job_id = self._next_id()
+        record = {
+            "job_id": job_id,
+            "name": header.job_name,
+            "token": token,
+            "script": str(script),
+            "workdir": workdir,
+            "output": expand_output(header.output, job_id, header.job_name),
+            "time_s": header.time_s,
+            "signal": header.signal,
+            "cpus": header.cpus_per_task,
+            "mem_mb": header.mem_mb,
+            "gpus": header.gpus,
+            "partition": header.partition or "local",
+            "account": header.account,
+            "max_jobs": self.max_jobs,
+            "kill_wait_s": self.kill_wait_s,
+            "state": JobState.PENDING.value,
+            "submitted_at": utc_now(),
+        }
+        self._write(job_id, record)
+        (self.root / "tokens" / token).write_text(job_id)
+        (self.root / "queue" / job_id).touch()
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "hpcjob.localsched", str(self.root), job_id],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,  # survives the CLI and its terminal
+            close_fds=True,
+        )
+        with self._locked(job_id) as rec:
+            rec.setdefault("supervisor", _proc_identity(proc.pid))
+        return job_id
+
+    def poll(self, job_ids: Sequence[str]) -> dict[str, JobInfo]:
+        infos: dict[str, JobInfo] = {}
+        for job_id in job_ids:
+            if not (self.root / "jobs" / f"{job_id}.json").exists():
+                continue
+            record = self._read(job_id)
+            if record["state"] in ("PENDING", "RUNNING") and not _supervisor_alive(record):
+                record = self._fail_orphan(job_id)
+            infos[job_id] = _info(record)
+        return infos
+
+    def cancel(self, job_ids: Sequence[str]) -> None:
+        for job_id in job_ids:
+            if not (self.root / "jobs" / f"{job_id}.json").exists():
+                raise HpcjobError(f"The embedded scheduler has no job {job_id}.")
+            with self._locked(job_id) as rec:
+                if rec["state"] == "PENDING":
+                    rec.update(state="CANCELLED", ended_at=utc_now(), reason="cancelled while pending")
+                    (self.root / "queue" / job_id).unlink(missing_ok=True)
+                elif rec["state"] == "RUNNING":
+                    rec["cancel_requested"] = utc_now()
+                    _signal_group(rec.get("pgid"), signal.SIGTERM)
+
+    def find_by_token(self, token: str) -> str | None:
+        path = self.root / "tokens" / token
+        return path.read_text().strip() if path.exists() else None
+
+    # -- records ------------------------------------------------------------------------------
+
+    def _next_id(self) -> str:
+        counter = self.root / "next_id"
+        with open(self.root / "next_id.lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            current = int(counter.read_text()) if counter.exists() else 1
+            counter.write_text(str(current + 1))
+        return str(current)
+
+    def _read(self, job_id: str) -> dict[str, Any]:
+        data: dict[str, Any] = json.loads((self.root / "jobs" / f"{job_id}.json").read_text())
+        return data
+
+    def _write(self, job_id: str, record: dict[str, Any]) -> None:
+        path = self.root / "jobs" / f"{job_id}.json"
+        tmp = path.with_name(f".{path.name}.{os.getpid()}")
+        tmp.write_text(json.dumps(record, indent=1))
+        os.replace(tmp, path)
+
+    @contextmanager
+    def _locked(self, job_id: str) -> Iterator[dict[str, Any]]:
+        """Read-modify-write one record under its lock (the supervisor and the CLI both write)."""
+        with open(self.root / "jobs" / f"{job_id}.lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            record = self._read(job_id)
+            yield record
+            self._write(job_id, record)
+
+    def _fail_orphan(self, job_id: str) -> dict[str, Any]:
+        with self._locked(job_id) as rec:
+            if rec["state"] in ("PENDING", "RUNNING") and not _supervisor_alive(rec):
+                _signal_group(rec.get("pgid"), signal.SIGKILL)
+                pid = (rec.get("supervisor") or {}).get("pid", "?")
+                rec.update(
+                    state="FAILED",
+                    ended_at=utc_now(),
+                    reason=f"the embedded scheduler's runner (pid {pid}) died; the job was stopped",
+                )
+                (self.root / "queue" / job_id).unlink(missing_ok=True)
+            return dict(rec)
+
+    # -- the supervisor (runs in its own detached process) ------------------------------------
+
+    def supervise(self, job_id: str) -> None:
+        with self._locked(job_id) as rec:
+            rec["supervisor"] = _proc_identity(os.getpid())
+        slot = self._wait_for_slot(job_id)
+        if slot is None:
+            return
+        try:
+            self._run(job_id)
+        finally:
+            slot.close()
+
+    def _wait_for_slot(self, job_id: str) -> Any:
+        """Hold a slot lock for the job's life (released by the OS even if this process dies)."""
+        queue = self.root / "queue"
+        while True:
+            if self._read(job_id)["state"] != "PENDING":
+                return None  # cancelled while waiting
+            ahead = [q for q in os.listdir(queue) if q.isdigit() and int(q) < int(job_id)]
+            ahead = [q for q in ahead if _supervisor_alive(self._read(q))]
+            if not ahead:
+                for index in range(self.max_jobs):
+                    handle = open(self.root / "slots" / f"slot-{index}", "a")  # noqa: SIM115
+                    try:
+                        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                        return handle
+                    except BlockingIOError:
+                        handle.close()
+            time.sleep(_TICK_S * 2)
+
+    def _run(self, job_id: str) -> None:
+        rec = self._read(job_id)
+        output = Path(rec["output"])
+        if not Path(rec["workdir"]).is_dir() or not output.parent.is_dir():
+            # What Slurm does too: the job fails at once with exit code 0:53 and no output.
+            self._finish(job_id, "FAILED", 0, 53, f"output directory {output.parent} is missing")
+            return
+        tmpdir = self.root / "tmp" / job_id
+        tmpdir.mkdir(exist_ok=True)
+        with open(output, "wb") as out:
+            proc = subprocess.Popen(
+                ["/bin/bash", rec["script"]],
+                cwd=rec["workdir"],
+                env=_slurm_env(rec, str(tmpdir)),
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+            with self._locked(job_id) as live:
+                if live["state"] != "PENDING":  # cancelled in the instant before the start
+                    _signal_group(proc.pid, signal.SIGKILL)
+                live.update(state="RUNNING", started_at=utc_now(), pgid=proc.pid,
+                            node=socket.gethostname())  # fmt: skip
+            (self.root / "queue" / job_id).unlink(missing_ok=True)
+            ending = self._watch(proc, rec, out)
+        _signal_group(proc.pid, signal.SIGKILL)  # like Slurm: nothing of the job outlives it
+        _remove_tree(tmpdir)
+        returncode = proc.returncode
+        if ending:
+            self._finish(job_id, ending, 0, 15 if ending == "CANCELLED" else 0, None)
+        elif returncode == 0:
+            self._finish(job_id, "COMPLETED", 0, 0, None)
+        elif returncode < 0:
+            self._finish(job_id, "FAILED", 0, -returncode, None)
+        else:
+            self._finish(job_id, "FAILED", returncode, 0, None)
+
+    def _watch(self, proc: subprocess.Popen[bytes], rec: dict[str, Any], out: Any) -> str | None:
+        """Wait for the script; enforce cancel and the time limit. Returns CANCELLED/TIMEOUT/None."""
+        started = time.monotonic()
+        limit = rec.get("time_s")
+        warn = rec.get("signal")
+        warned = False
+        ending: str | None = None
+        kill_at: float | None = None
+        while proc.poll() is None:
+            time.sleep(_TICK_S)
+            elapsed = time.monotonic() - started
+            if warn and limit and not warned and elapsed >= limit - warn[1]:
+                warned = True
+                _signal_pid(proc.pid, warn[0])  # B: the batch shell only
+            if ending is None and self._read(rec["job_id"]).get("cancel_requested"):
+                ending, kill_at = "CANCELLED", time.monotonic() + self.kill_wait_s
+                _banner(out, rec, "")
+                _signal_group(proc.pid, signal.SIGTERM)
+            elif ending is None and limit and elapsed >= limit:
+                ending, kill_at = "TIMEOUT", time.monotonic() + self.kill_wait_s
+                _banner(out, rec, " DUE TO TIME LIMIT")
+                _signal_group(proc.pid, signal.SIGTERM)
+            if kill_at is not None and time.monotonic() >= kill_at:
+                _signal_group(proc.pid, signal.SIGKILL)
+        return ending
+
+    def _finish(self, job_id: str, state: str, exit_code: int, sig: int, reason: str | None) -> None:
+        with self._locked(job_id) as rec:
+            rec.update(state=state, exit_code=exit_code, signal=sig, ended_at=utc_now())
+            if reason:
+                rec["reason"] = reason
+        (self.root / "queue" / job_id).unlink(missing_ok=True)
+
+
+def _banner(out: Any, rec: dict[str, Any], why: str) -> None:
+    stamp = datetime.now().strftime("%Y-%m-%dT%H:%M:%S")
+    host = socket.gethostname()
+    out.write(
+        f"slurmstepd: error: *** JOB {rec['job_id']} ON {host} CANCELLED AT {stamp}{why} ***\n"
+        .encode()
+    )
+    out.flush()
+
+
+def _slurm_env(rec: dict[str, Any], tmpdir: str) -> dict[str, str]:
+    host = socket.gethostname()
+    env = dict(os.environ)
+    env.update(
+        SLURM_JOB_ID=rec["job_id"],
+        SLURM_JOBID=rec["job_id"],
+        SLURM_JOB_NAME=rec["name"],
+        SLURM_SUBMIT_DIR=rec["workdir"],
+        SLURM_SUBMIT_HOST=host,
+        SLURM_JOB_PARTITION=rec["partition"],
+        SLURM_JOB_NODELIST=host,
+        SLURMD_NODENAME=host,
+        SLURM_NNODES="1",
+        SLURM_JOB_NUM_NODES="1",
+        SLURM_NTASKS="1",
+        SLURM_CLUSTER_NAME="local",
+        SLURM_RESTART_COUNT="0",
+        TMPDIR=tmpdir,
+    )
+    env["SLURM_CPUS_ON_NODE"] = str(rec.get("cpus") or os.cpu_count() or 1)
+    if rec.get("cpus"):
+        env["SLURM_CPUS_PER_TASK"] = str(rec["cpus"])
+    if rec.get("mem_mb"):
+        env["SLURM_MEM_PER_NODE"] = str(rec["mem_mb"])
+    if rec.get("gpus"):
+        env["SLURM_GPUS"] = str(rec["gpus"])
+    if rec.get("account"):
+        env["SLURM_JOB_ACCOUNT"] = rec["account"]
+    return env
+
+
+def _info(rec: dict[str, Any]) -> JobInfo:
+    return JobInfo(
+        job_id=rec["job_id"],
+        state=JobState.parse(rec["state"]),
+        exit_code=rec.get("exit_code"),
+        signal=rec.get("signal"),
+        node=rec.get("node"),
+        submitted_at=rec.get("submitted_at"),
+        started_at=rec.get("started_at"),
+        ended_at=rec.get("ended_at"),
+        reason=rec.get("reason"),
+    )
+
+
+def _proc_identity(pid: int) -> dict[str, Any]:
+    """A pid plus its start time, so a recycled pid is not taken for the same process."""
+    return {"pid": pid, "start": _proc_start(pid)}
+
+
+def _proc_start(pid: int) -> str | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat.rsplit(")", 1)[1].split()
+    return None if fields[0] == "Z" else fields[19]  # zombies linger: treat them as dead
+
+
+def _supervisor_alive(rec: dict[str, Any]) -> bool:
+    ident = rec.get("supervisor")
+    if not ident:
+        # Spawned a moment ago and not yet registered: give it a grace period.
+        submitted = rec.get("submitted_at")
+        if submitted is None:
+            return False
+        age = datetime.now(timezone.utc) - datetime.fromisoformat(submitted.replace("Z", "+00:00"))
+        return age.total_seconds() < 10
+    if not Path("/proc").is_dir():  # no /proc (macOS): ask the kernel about the pid alone
+        try:
+            os.kill(int(ident["pid"]), 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+    start = _proc_start(int(ident["pid"]))
+    return start is not None and (ident.get("start") is None or start == ident["start"])
+
+
+def _signal_group(pgid: int | None, sig: int) -> None:
+    if pgid:
+        try:
+            os.killpg(pgid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+def _signal_pid(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def _remove_tree(path: Path) -> None:
+    import shutil
+
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def main(argv: list[str]) -> None:
+    """Entry of the detached supervisor: `python -m hpcjob.localsched LOCAL_DIR JOB_ID`."""
+    root, job_id = Path(argv[0]), argv[1]
+    record = json.loads((root / "jobs" / f"{job_id}.json").read_text())
+    scheduler = LocalScheduler(root, max_jobs=int(record["max_jobs"]),
+                               kill_wait_s=float(record["kill_wait_s"]))  # fmt: skip
+    scheduler.supervise(job_id)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

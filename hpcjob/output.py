@@ -1,0 +1,254 @@
+"""The only printer: Rich tables and panels for people, JSON for scripts.
+
+stdout carries data (a table, a script, a log, or JSON); progress, hints and errors go to stderr,
+so `--json` output is always clean JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+from hpcjob.errors import HpcjobError
+
+_STATE_STYLE = {
+    "COMPLETED": "green",
+    "RUNNING": "cyan",
+    "PENDING": "yellow",
+    "SUBMITTING": "yellow",
+    "COMPLETING": "cyan",
+    "CANCELLED": "magenta",
+    "UNSUBMITTED": "magenta",
+    "UNKNOWN": "dim",
+}
+_BAD = "bold red"
+
+
+def _console(stderr: bool = False) -> Any:
+    from rich.console import Console
+
+    # Messages on stderr are not wrapped mid-sentence; tables on stdout fit the terminal.
+    return Console(stderr=stderr, highlight=False, soft_wrap=stderr)
+
+
+def state_text(state: str | None) -> str:
+    if not state:
+        return ""
+    return f"[{_STATE_STYLE.get(state, _BAD)}]{state}[/]"
+
+
+def duration(seconds: int | float | None) -> str:
+    if seconds is None:
+        return ""
+    seconds = int(seconds)
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    clock = f"{hours}:{minutes:02d}:{secs:02d}"
+    return f"{days}-{clock}" if days else clock
+
+
+def print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, default=str, allow_nan=False) + "\n")
+    sys.stdout.flush()
+
+
+def print_text(text: str) -> None:
+    sys.stdout.write(text)
+    sys.stdout.flush()
+
+
+def info(message: str) -> None:
+    _console(stderr=True).print(message)
+
+
+def warn(message: str) -> None:
+    _console(stderr=True).print(f"[yellow]Warning:[/] {message}")
+
+
+def error(exc: HpcjobError) -> None:
+    """The one place an error reaches the user: `Error: …` and `Hint: …` on stderr."""
+    from rich.markup import escape
+
+    console = _console(stderr=True)
+    console.print(f"[bold red]Error:[/] {escape(exc.message)}")
+    if exc.hint:
+        console.print(f"[bold]Hint:[/] {escape(exc.hint)}")
+
+
+RUN_COLUMNS = (
+    ("run_id", "run"),
+    ("job_id", "job id"),
+    ("workload", "workload"),
+    ("state", "state"),
+    ("elapsed_s", "elapsed"),
+    ("node", "node"),
+    ("last_metric", "last metric"),
+)
+
+
+def print_table(
+    rows: Sequence[dict[str, Any]],
+    columns: Sequence[tuple[str, str]] = RUN_COLUMNS,
+    title: str | None = None,
+    empty: str = "Nothing to show.",
+) -> None:
+    from rich.markup import escape
+    from rich.table import Table
+
+    if not rows:
+        info(empty)
+        return
+    table = Table(title=title, title_justify="left", header_style="bold")
+    for _, header in columns:
+        table.add_column(header)
+    for row in rows:
+        cells = []
+        for key, _ in columns:
+            value = row.get(key)
+            if key == "state":
+                cells.append(state_text(value))
+            elif key.endswith("_s") and isinstance(value, (int, float)):
+                cells.append(duration(value))
+            else:
+                cells.append("" if value is None else escape(str(value)))
+        table.add_row(*cells)
+    _console().print(table)
+
+
+def print_pairs(pairs: Sequence[tuple[str, Any]], title: str | None = None) -> None:
+    """A two-column key/value table (config show, show's header)."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    table = Table(title=title, title_justify="left", show_header=False, box=None, padding=(0, 2))
+    table.add_column(style="bold")
+    table.add_column()
+    for key, value in pairs:
+        table.add_row(key, state_text(value) if key == "state" else escape(_plain(value)))
+    _console().print(table)
+
+
+def _plain(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, (list, dict)):
+        return json.dumps(value)
+    return str(value)
+
+
+def print_run_detail(detail: dict[str, Any], show_script: bool = True) -> None:
+    """`hpcjob show`: the run, its states, metrics, facts, artifacts and script."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    res = (detail.get("spec") or {}).get("resources") or {}
+    print_pairs(
+        [
+            ("run", detail["run_id"]),
+            ("job id", detail["job_id"]),
+            ("workload", detail["workload"]),
+            ("state", detail["state"]),
+            ("exit code", _exit(detail)),
+            ("reason", detail.get("reason")),
+            ("profile", f"{detail['profile']} ({detail['scheduler']}, {detail['cluster']})"),
+            ("resources", _resources(res)),
+            ("arguments", " ".join(f"{k}={v}" for k, v in (detail["spec"].get("args") or {}).items())),
+            ("data", detail["spec"].get("data_dir")),
+            ("submitted", detail["submitted_at"]),
+            ("started", detail["started_at"]),
+            ("ended", detail["ended_at"]),
+            ("elapsed", duration(detail["elapsed_s"])),
+            ("node", detail["node"]),
+            ("run dir", detail["run_dir"]),
+            ("output", detail["output_path"]),
+            ("script sha256", detail["script_sha256"][:16]),
+        ],
+        title=f"Run {detail['run_id']}",
+    )
+    console = _console()
+    history = " → ".join(f"{h['state']} ({h['at'][11:19]})" for h in detail["history"])
+    console.print(f"\n[bold]States:[/] {escape(history)}")
+    _print_metrics(detail["metrics"])
+    if detail["facts"]:
+        console.print("\n[bold]Facts:[/]")
+        print_pairs([(k, v) for k, v in detail["facts"].items()])
+    if detail["artifacts"]:
+        table = Table(title="Artifacts", title_justify="left", header_style="bold")
+        for column in ("name", "size", "path"):
+            table.add_column(column)
+        for art in detail["artifacts"]:
+            table.add_row(escape(art["name"]), _size(art["size"]), escape(art["path"]))
+        console.print()
+        console.print(table)
+    if show_script:
+        console.print("\n[bold]Script:[/]")
+        console.print(escape(detail["script"]), soft_wrap=True)
+
+
+def _print_metrics(metrics: list[dict[str, Any]]) -> None:
+    from rich.table import Table
+
+    if not metrics:
+        _console().print("\n[bold]Metrics:[/] none recorded")
+        return
+    keys = sorted({m["key"] for m in metrics})
+    steps: dict[int, dict[str, Any]] = {}
+    for m in metrics:
+        steps.setdefault(m["step"], {})[m["key"]] = m["value"]
+    table = Table(title="Metrics", title_justify="left", header_style="bold")
+    table.add_column("epoch")
+    for key in keys:
+        table.add_column(key, justify="right")
+    for step in sorted(steps):
+        table.add_row(str(step), *(_num(steps[step].get(k)) for k in keys))
+    console = _console()
+    console.print()
+    console.print(table)
+
+
+def _num(value: Any) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.4f}" if isinstance(value, float) and abs(value) < 1e4 else f"{value:g}"
+
+
+def _size(size: int | None) -> str:
+    if size is None:
+        return ""
+    value = float(size)
+    for unit in ("B", "KiB", "MiB"):
+        if value < 1024:
+            return f"{value:.0f} B" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} GiB"
+
+
+def _exit(detail: dict[str, Any]) -> str:
+    code, sig = detail.get("exit_code"), detail.get("signal")
+    if code is None:
+        return ""
+    return f"{code}" + (f" (signal {sig})" if sig else "")
+
+
+def _resources(res: dict[str, Any]) -> str:
+    parts = [f"partition={res.get('partition') or '(default)'}"]
+    if res.get("time_s"):
+        from hpcjob.spec import format_time
+
+        parts.append(f"time={format_time(res['time_s'])}")
+    for key in ("nodes", "cpus_per_task", "mem_mb", "gpus", "account", "constraint"):
+        if res.get(key):
+            parts.append(f"{key}={res[key]}")
+    return " ".join(parts)
+
+
+@contextmanager
+def spinner(text: str) -> Iterator[Any]:
+    """A spinner on stderr while waiting; yields the Rich status to update its text."""
+    console = _console(stderr=True)
+    with console.status(text) as status:
+        yield status

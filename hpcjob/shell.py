@@ -1,0 +1,153 @@
+"""How commands and files reach the machine that runs the scheduler.
+
+`LocalShell` is this machine. (`SSHShell`, a login node over paramiko, has the same surface.) Both
+run argv lists — never a shell string built from user input — and read and write files. `run()` is
+the one loud chokepoint for external commands: its error names the argv, the exit status and the
+tail of stderr.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from hpcjob.errors import HpcjobError
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    argv: tuple[str, ...]
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+class Shell(Protocol):
+    """Commands and files on the scheduler's machine."""
+
+    def run(
+        self,
+        argv: Sequence[str],
+        *,
+        check: bool = True,
+        timeout: float | None = 60,
+        env: Mapping[str, str] | None = None,
+    ) -> CommandResult: ...
+
+    def read_bytes(self, path: str, offset: int = 0, limit: int | None = None) -> bytes: ...
+
+    def write_bytes(self, path: str, data: bytes, mode: int = 0o644) -> None: ...
+
+    def makedirs(self, path: str) -> None: ...
+
+    def exists(self, path: str) -> bool: ...
+
+    def size(self, path: str) -> int | None: ...
+
+    def expand_home(self, path: str) -> str: ...
+
+    def list_files(self, path: str, max_depth: int = 2) -> list[tuple[str, int]]:
+        """Files under a folder as (relative path, size), at most `max_depth` folders down."""
+        ...
+
+
+def command_error(result: CommandResult, what: str | None = None) -> HpcjobError:
+    """The error for a failed command: argv, exit status, the tail of stderr."""
+    tail = "\n".join((result.stderr or result.stdout).strip().splitlines()[-8:])
+    return HpcjobError(
+        f"{what or 'Command'} failed: `{' '.join(result.argv)}` exited with {result.returncode}"
+        + (f":\n{tail}" if tail else "."),
+    )
+
+
+class LocalShell:
+    """This machine: subprocess for commands, the filesystem for files."""
+
+    def run(
+        self,
+        argv: Sequence[str],
+        *,
+        check: bool = True,
+        timeout: float | None = 60,
+        env: Mapping[str, str] | None = None,
+    ) -> CommandResult:
+        full_env = None if env is None else {**os.environ, **env}
+        try:
+            proc = subprocess.run(
+                list(argv),
+                capture_output=True,
+                text=True,
+                errors="replace",
+                timeout=timeout,
+                env=full_env,
+                stdin=subprocess.DEVNULL,
+            )
+        except FileNotFoundError as exc:
+            raise HpcjobError(
+                f"`{argv[0]}` was not found on this machine.",
+                hint="Is the program installed and on PATH?",
+            ) from exc
+        except subprocess.TimeoutExpired as exc:
+            raise HpcjobError(
+                f"`{' '.join(argv)}` did not answer within {timeout:g} s.",
+                hint="The scheduler may be busy; try again in a minute.",
+            ) from exc
+        result = CommandResult(tuple(argv), proc.returncode, proc.stdout, proc.stderr)
+        if check and proc.returncode != 0:
+            raise command_error(result)
+        return result
+
+    def read_bytes(self, path: str, offset: int = 0, limit: int | None = None) -> bytes:
+        with open(self.expand_home(path), "rb") as handle:
+            handle.seek(offset)
+            return handle.read() if limit is None else handle.read(limit)
+
+    def write_bytes(self, path: str, data: bytes, mode: int = 0o644) -> None:
+        """Write atomically: a half-written file is never seen under the final name."""
+        target = Path(self.expand_home(path))
+        tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.chmod(tmp, mode)
+            os.replace(tmp, target)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+
+    def makedirs(self, path: str) -> None:
+        Path(self.expand_home(path)).mkdir(parents=True, exist_ok=True)
+
+    def exists(self, path: str) -> bool:
+        return Path(self.expand_home(path)).exists()
+
+    def size(self, path: str) -> int | None:
+        try:
+            return Path(self.expand_home(path)).stat().st_size
+        except FileNotFoundError:
+            return None
+
+    def expand_home(self, path: str) -> str:
+        return os.path.expanduser(path)
+
+    def list_files(self, path: str, max_depth: int = 2) -> list[tuple[str, int]]:
+        root = Path(self.expand_home(path))
+        found: list[tuple[str, int]] = []
+        for folder, dirs, files in os.walk(root):
+            depth = len(Path(folder).relative_to(root).parts)
+            if depth >= max_depth:
+                dirs.clear()
+            for name in files:
+                try:
+                    size = (Path(folder) / name).stat().st_size
+                except FileNotFoundError:
+                    continue  # removed while we looked
+                found.append((str((Path(folder) / name).relative_to(root)), size))
+        return sorted(found)

@@ -1,0 +1,359 @@
+"""What a job asks for: `JobSpec` and `Resources`, and the pure validation that builds them.
+
+Every problem in a request is collected and reported at once (exit code 2), each with its fix,
+before anything is rendered or submitted.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from hpcjob.errors import EXIT_USAGE, HpcjobError
+
+_TIME_FORMATS = "MM, MM:SS, HH:MM:SS, D-HH, D-HH:MM or D-HH:MM:SS"
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+# Partition, account and constraint values go into #SBATCH lines unquoted: keep them plain words.
+_WORD_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_CONSTRAINT_RE = re.compile(r"^[A-Za-z0-9_.\-&|\[\]*:]{1,128}$")
+_MEM_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:I?B)?\s*$", re.IGNORECASE)
+_MEM_FACTOR = {"K": 1 / 1024, "": 1, "M": 1, "G": 1024, "T": 1024 * 1024}
+
+
+def parse_time_limit(text: str) -> int:
+    """Seconds in a Slurm time limit (`--time`): MM, MM:SS, HH:MM:SS, D-HH, D-HH:MM, D-HH:MM:SS."""
+    value = text.strip()
+    match = re.fullmatch(r"(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?", value)
+    if not match:
+        raise ValueError(f"{text!r} is not a Slurm time ({_TIME_FORMATS})")
+    days, first, second, third = match.groups()
+    if days is not None:  # D-HH[:MM[:SS]]
+        hours, minutes, seconds = int(first), int(second or 0), int(third or 0)
+        total = int(days) * 86400 + hours * 3600 + minutes * 60 + seconds
+        parts_ok = hours < 24 and minutes < 60 and seconds < 60
+    elif third is not None:  # HH:MM:SS
+        minutes, seconds = int(second), int(third)
+        total, parts_ok = int(first) * 3600 + minutes * 60 + seconds, minutes < 60 and seconds < 60
+    elif second is not None:  # MM:SS
+        total, parts_ok = int(first) * 60 + int(second), int(second) < 60
+    else:  # MM
+        total, parts_ok = int(first) * 60, True
+    if not parts_ok:
+        raise ValueError(f"{text!r} has a field out of range ({_TIME_FORMATS})")
+    if total <= 0:
+        raise ValueError(f"{text!r} is zero; a job needs some time")
+    return total
+
+
+def format_time(seconds: int) -> str:
+    """Slurm's `D-HH:MM:SS` (or `HH:MM:SS` under a day)."""
+    days, rest = divmod(int(seconds), 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    clock = f"{hours:02d}:{minutes:02d}:{secs:02d}"
+    return f"{days}-{clock}" if days else clock
+
+
+def parse_memory_mb(text: str) -> int:
+    """Megabytes in a Slurm memory size: `16G`, `500M`, `16GB`, `1T`, a bare number is MB."""
+    match = _MEM_RE.match(text)
+    if not match:
+        raise ValueError(f"{text!r} is not a memory size (e.g. 16G, 500M)")
+    number, unit = float(match.group(1)), match.group(2).upper()
+    megabytes = int(round(number * _MEM_FACTOR[unit]))
+    if megabytes <= 0:
+        raise ValueError(f"{text!r} is less than 1 MB")
+    return megabytes
+
+
+def format_memory(megabytes: int) -> str:
+    """`16G` when whole gigabytes, else `1500M`."""
+    return f"{megabytes // 1024}G" if megabytes % 1024 == 0 else f"{megabytes}M"
+
+
+@dataclass(frozen=True)
+class Resources:
+    """What a job asks of the scheduler; rendered into the #SBATCH header."""
+
+    partition: str | None = None
+    time_s: int = 3600
+    nodes: int = 1
+    cpus_per_task: int | None = None
+    mem_mb: int | None = None
+    gpus: int = 0
+    account: str | None = None
+    constraint: str | None = None
+    job_name: str = "hpcjob"
+
+    @property
+    def time(self) -> str:
+        return format_time(self.time_s)
+
+    @property
+    def mem(self) -> str | None:
+        return None if self.mem_mb is None else format_memory(self.mem_mb)
+
+
+@dataclass(frozen=True)
+class ArgDef:
+    """One workload argument: its option name, type, default and the rule it must satisfy."""
+
+    name: str
+    kind: type
+    default: Any
+    help: str
+    minimum: float | None = None
+    exclusive_minimum: bool = False
+    maximum: float | None = None
+    exclusive_maximum: bool = False
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+
+@dataclass(frozen=True)
+class WorkloadDef:
+    """A built-in workload: its template, its program in workloads/, its arguments and defaults."""
+
+    name: str
+    template: str
+    program: str | None
+    default_time: str
+    needs_data: bool
+    args: tuple[ArgDef, ...] = ()
+    description: str = ""
+
+
+_TRAIN_ARGS = (
+    ArgDef("epochs", int, 3, "number of epochs", minimum=1),
+    ArgDef("batch_size", int, 256, "images per batch", minimum=1),
+    ArgDef("lr", float, 1e-3, "learning rate", minimum=0, exclusive_minimum=True),
+    ArgDef("hidden_units", str, "512,256", "MLP hidden layer sizes, comma-separated"),
+    ArgDef("dropout", float, 0.2, "dropout rate", minimum=0, maximum=1, exclusive_maximum=True),
+    ArgDef("seed", int, 0, "random seed", minimum=0),
+    ArgDef("num_workers", int, 0, "data loader worker processes", minimum=0),
+    ArgDef("weighted_sampling", bool, True, "balance classes by weighted sampling"),
+)
+
+WORKLOADS: dict[str, WorkloadDef] = {
+    w.name: w
+    for w in (
+        WorkloadDef(
+            "gpu-check",
+            "gpu-check.sbatch.j2",
+            "check_gpu.py",
+            "00:10:00",
+            needs_data=False,
+            description="versions, visible GPUs and a matmul benchmark on the node",
+        ),
+        WorkloadDef(
+            "eda",
+            "eda.sbatch.j2",
+            "eda.py",
+            "01:00:00",
+            needs_data=True,
+            args=(ArgDef("block_size", int, 1024, "images read per block", minimum=1),),
+            description="exploratory data analysis of the PCAM HDF5 files",
+        ),
+        WorkloadDef(
+            "train",
+            "train.sbatch.j2",
+            "train.py",
+            "02:00:00",
+            needs_data=True,
+            args=_TRAIN_ARGS,
+            description="MLP training on PCAM, per-epoch losses into the ledger",
+        ),
+        WorkloadDef(
+            "setup-env",
+            "setup-env.sbatch.j2",
+            None,
+            "01:00:00",
+            needs_data=False,
+            description="create the profile's venv with the modules loaded and install packages",
+        ),
+    )
+}
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """A whole request: which workload, with which resources and arguments, on which data."""
+
+    workload: str
+    resources: Resources
+    args: dict[str, Any] = field(default_factory=dict)
+    data_dir: str | None = None
+    stage_data: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> JobSpec:
+        return cls(
+            workload=data["workload"],
+            resources=Resources(**data["resources"]),
+            args=dict(data.get("args", {})),
+            data_dir=data.get("data_dir"),
+            stage_data=bool(data.get("stage_data", False)),
+        )
+
+
+@dataclass(frozen=True)
+class SpecRequest:
+    """Raw values from the command line and the profile, before validation. None = not given."""
+
+    workload: str
+    partition: str | None = None
+    time: str | None = None
+    nodes: int | None = None
+    cpus_per_task: int | None = None
+    mem: str | None = None
+    gpus: int | None = None
+    account: str | None = None
+    constraint: str | None = None
+    job_name: str | None = None
+    data_dir: str | None = None
+    stage_data: bool = False
+    args: dict[str, Any] = field(default_factory=dict)
+    # `render` previews a script without data; submitting needs it.
+    require_data: bool = True
+
+
+DATA_PLACEHOLDER = "/path/to/pcam"
+
+
+def build_spec(request: SpecRequest) -> JobSpec:
+    """Validate a request into a JobSpec, reporting every problem at once (exit 2)."""
+    problems: list[str] = []
+    workload = WORKLOADS.get(request.workload)
+    if workload is None:
+        raise HpcjobError(
+            f"Unknown workload {request.workload!r}.",
+            hint=f"Choose one of: {', '.join(WORKLOADS)}.",
+            exit_code=EXIT_USAGE,
+        )
+    resources = _build_resources(request, workload, problems)
+    args = _build_args(request.args, workload, problems)
+    data_dir = request.data_dir
+    if workload.needs_data and not data_dir and not request.require_data:
+        data_dir = DATA_PLACEHOLDER
+    if workload.needs_data and not data_dir:
+        problems.append(
+            f"{workload.name} needs the PCAM data: give --data-dir DIR "
+            "(or set data_dir in your profile)"
+        )
+    if request.data_dir is not None and ("\n" in request.data_dir or "\0" in request.data_dir):
+        problems.append("--data-dir must not contain a newline or NUL byte")
+    if problems:
+        raise HpcjobError(
+            "The job request has problems:\n" + "\n".join(f"  - {p}" for p in problems),
+            hint="Fix the values above; `hpcjob submit --help` lists every option.",
+            exit_code=EXIT_USAGE,
+        )
+    return JobSpec(
+        workload=workload.name,
+        resources=resources,
+        args=args,
+        data_dir=data_dir if workload.needs_data else None,
+        stage_data=request.stage_data and workload.needs_data,
+    )
+
+
+def _build_resources(request: SpecRequest, workload: WorkloadDef, problems: list[str]) -> Resources:
+    time_s = 0
+    try:
+        time_s = parse_time_limit(request.time or workload.default_time)
+    except ValueError as exc:
+        problems.append(f"--time: {exc}")
+    mem_mb = None
+    if request.mem is not None:
+        try:
+            mem_mb = parse_memory_mb(request.mem)
+        except ValueError as exc:
+            problems.append(f"--mem: {exc}")
+    for flag, value, minimum in (
+        ("--nodes", request.nodes, 1),
+        ("--cpus", request.cpus_per_task, 1),
+        ("--gpus", request.gpus, 0),
+    ):
+        if value is not None and value < minimum:
+            problems.append(f"{flag} must be at least {minimum}, got {value}")
+    for flag, value, pattern, rule in (
+        ("--partition", request.partition, _WORD_RE, "letters, digits, '.', '_' or '-'"),
+        ("--account", request.account, _WORD_RE, "letters, digits, '.', '_' or '-'"),
+        ("--job-name", request.job_name, _NAME_RE, "1-64 letters, digits, '.', '_' or '-'"),
+        ("--constraint", request.constraint, _CONSTRAINT_RE, "feature names with & | [ ] *"),
+    ):
+        if value is not None and not pattern.match(value):
+            problems.append(f"{flag} {value!r} is not valid: use {rule}")
+    gpus = request.gpus
+    if gpus is None:
+        # A GPU partition without a GPU request is never what a student means.
+        gpus = 1 if request.partition and "gpu" in request.partition.lower() else 0
+    return Resources(
+        partition=request.partition,
+        time_s=time_s,
+        nodes=request.nodes or 1,
+        cpus_per_task=request.cpus_per_task,
+        mem_mb=mem_mb,
+        gpus=gpus,
+        account=request.account or None,
+        constraint=request.constraint,
+        job_name=request.job_name or f"hpcjob-{workload.name}",
+    )
+
+
+def _build_args(raw: dict[str, Any], workload: WorkloadDef, problems: list[str]) -> dict[str, Any]:
+    known = {a.name: a for a in workload.args}
+    for name, value in raw.items():
+        if name not in known and value is not None:
+            flag = "--" + name.replace("_", "-")
+            problems.append(f"{flag} does not apply to the {workload.name} workload")
+    args: dict[str, Any] = {}
+    for arg in workload.args:
+        value = raw.get(arg.name)
+        args[arg.name] = arg.default if value is None else value
+        problem = _check_arg(arg, args[arg.name])
+        if problem:
+            problems.append(problem)
+    return args
+
+
+def _check_arg(arg: ArgDef, value: Any) -> str | None:
+    if arg.name == "hidden_units":
+        parts = str(value).split(",")
+        if not all(p.strip().isdigit() and int(p) > 0 for p in parts):
+            return f"{arg.flag} {value!r} must be positive whole numbers separated by commas"
+        return None
+    if arg.kind in (int, float) and not isinstance(value, bool):
+        if not math.isfinite(value):
+            return f"{arg.flag} must be a finite number, got {value}"
+        if arg.minimum is not None and (
+            value <= arg.minimum if arg.exclusive_minimum else value < arg.minimum
+        ):
+            bound = "greater than" if arg.exclusive_minimum else "at least"
+            return f"{arg.flag} must be {bound} {arg.minimum:g}, got {value}"
+        if arg.maximum is not None and (
+            value >= arg.maximum if arg.exclusive_maximum else value > arg.maximum
+        ):
+            bound = "less than" if arg.exclusive_maximum else "at most"
+            return f"{arg.flag} must be {bound} {arg.maximum:g}, got {value}"
+    return None
+
+
+def workload_argv(spec: JobSpec) -> list[str]:
+    """The workload program's own arguments for this spec (unquoted; render quotes them)."""
+    argv: list[str] = []
+    for name, value in spec.args.items():
+        flag = "--" + name.replace("_", "-")
+        if isinstance(value, bool):
+            if not value:
+                argv.append("--no-" + name.replace("_", "-"))
+        else:
+            argv += [flag, str(value)]
+    return argv

@@ -1,0 +1,154 @@
+"""The SQLite run ledger: migrations, runs and their history, metrics, refs, damaged files."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from pathlib import Path
+
+import pytest
+
+from hpcjob.errors import HpcjobError
+from hpcjob.jobstate import JobState
+from hpcjob.ledger import MIGRATIONS, SCHEMA_VERSION, Ledger, Metric, NewRun
+from hpcjob.scheduler import JobInfo
+
+
+def new_run(**overrides: object) -> NewRun:
+    values: dict[str, object] = dict(
+        profile="local",
+        cluster="local:test",
+        scheduler="local",
+        workload="train",
+        spec={"workload": "train", "resources": {"partition": None}},
+        script="#!/bin/bash\necho hi\n",
+        script_hash="abc",
+        run_dir="/runs/x",
+    )
+    values.update(overrides)
+    return NewRun(**values)  # type: ignore[arg-type]
+
+
+def test_migrates_from_blank_and_records_each_migration() -> None:
+    ledger = Ledger(":memory:")
+    assert ledger.schema_version() == SCHEMA_VERSION
+    names = [r[0] for r in ledger.db.execute("SELECT name FROM schema_migrations ORDER BY 1")]
+    assert names == sorted(m.name for m in MIGRATIONS)
+    tables = {r[0] for r in ledger.db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    assert {"runs", "state_history", "metrics", "facts", "artifacts"} <= tables
+
+
+def test_migrating_again_is_a_no_op(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.db"
+    Ledger(path).close()
+    ledger = Ledger(path)
+    assert ledger.db.execute("SELECT COUNT(*) FROM schema_migrations").fetchone()[0] == len(
+        MIGRATIONS
+    )
+
+
+def test_newer_schema_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.db"
+    ledger = Ledger(path)
+    ledger.db.execute("INSERT INTO schema_migrations VALUES (999, 'future', 'now')")
+    ledger.close()
+    with pytest.raises(HpcjobError, match="newer hpcjob"):
+        Ledger(path)
+
+
+def test_run_lifecycle_and_history() -> None:
+    ledger = Ledger(":memory:")
+    run = ledger.create_run(new_run())
+    assert run.state == JobState.SUBMITTING and run.token.startswith("hpcjob-")
+    run = ledger.set_submitted(run.run_id, "42", "/runs/x/slurm-42.out")
+    assert (run.job_id, run.state) == ("42", JobState.PENDING)
+    run = ledger.record_info(
+        run, JobInfo("42", JobState.RUNNING, node="n1", started_at="2026-01-01T00:00:00Z"), "t"
+    )
+    run = ledger.record_info(run, JobInfo("42", JobState.COMPLETED, exit_code=0), "t")
+    assert run.node == "n1" and run.exit_code == 0
+    states = [h.state for h in ledger.history(run.run_id)]
+    assert states == [JobState.SUBMITTING, JobState.PENDING, JobState.RUNNING, JobState.COMPLETED]
+    assert ledger.unfinished("local") == []
+
+
+def test_resolve_by_run_id_job_id_prefix_and_last() -> None:
+    ledger = Ledger(":memory:")
+    first = ledger.set_submitted(ledger.create_run(new_run()).run_id, "7", "o")
+    second = ledger.set_submitted(ledger.create_run(new_run()).run_id, "8", "o")
+    assert ledger.resolve("last").run_id == second.run_id
+    assert ledger.resolve("7").run_id == first.run_id
+    assert ledger.resolve(first.run_id).job_id == "7"
+    with pytest.raises(HpcjobError, match="No run or job"):
+        ledger.resolve("12345")
+
+
+def test_empty_ledger_has_a_friendly_last() -> None:
+    with pytest.raises(HpcjobError, match="no runs yet"):
+        Ledger(":memory:").resolve("last")
+
+
+def test_metrics_upsert_and_latest() -> None:
+    ledger = Ledger(":memory:")
+    run = ledger.create_run(new_run())
+    ledger.add_metrics(run.run_id, [Metric(1, "loss", 0.5), Metric(2, "loss", 0.4)])
+    ledger.add_metrics(run.run_id, [Metric(2, "loss", 0.3), Metric(2, "val_loss", None)])
+    assert [(m.step, m.key, m.value) for m in ledger.metrics(run.run_id)] == [
+        (1, "loss", 0.5),
+        (2, "loss", 0.3),
+        (2, "val_loss", None),
+    ]
+    latest = ledger.latest_metrics([run.run_id])[run.run_id]
+    assert {m.key for m in latest} == {"loss", "val_loss"}
+
+
+def test_ledger_file_is_private(tmp_path: Path) -> None:
+    path = tmp_path / "home" / "ledger.db"
+    Ledger(path).close()
+    assert path.stat().st_mode & 0o077 == 0
+    assert path.parent.stat().st_mode & 0o077 == 0
+
+
+def test_damaged_ledger_is_reported_and_left_untouched(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.db"
+    garbage = b"this is not a database" * 100
+    path.write_bytes(garbage)
+    with pytest.raises(HpcjobError, match="damaged"):
+        Ledger(path)
+    assert path.read_bytes() == garbage
+
+
+def test_readers_are_not_blocked_by_a_writer(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.db"
+    writer = Ledger(path)
+    run = writer.create_run(new_run())
+    writer.db.execute("BEGIN IMMEDIATE")
+    writer.db.execute("UPDATE runs SET node = 'x' WHERE run_id = ?", (run.run_id,))
+    reader = Ledger(path)
+    seen: list[str | None] = []
+    thread = threading.Thread(target=lambda: seen.append(reader.get_run(run.run_id).node))
+    thread.start()
+    thread.join(timeout=5)
+    writer.db.execute("COMMIT")
+    assert seen == [None]  # read the last committed state without waiting
+
+
+def test_writers_wait_for_each_other_instead_of_failing(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.db"
+    ledgers = [Ledger(path) for _ in range(4)]
+    errors: list[BaseException] = []
+
+    def work(ledger: Ledger) -> None:
+        try:
+            for _ in range(20):
+                ledger.create_run(new_run())
+        except (sqlite3.Error, HpcjobError) as exc:  # pragma: no cover - the failure we test for
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(lg,)) for lg in ledgers]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert ledgers[0].db.execute("SELECT COUNT(*) FROM runs").fetchone()[0] == 80

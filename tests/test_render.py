@@ -1,0 +1,155 @@
+"""Rendering: golden scripts, the quoting helper, and hostile values rendered AND executed."""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from hpcjob.errors import HpcjobError
+from hpcjob.render import RenderContext, render_script, sbatch_line, shell_path, template_dirs
+from hpcjob.spec import JobSpec, SpecRequest, build_spec
+
+GOLDEN = Path(__file__).parent / "golden"
+
+SNELLIUS = dict(
+    modules=("2025", "Python/3.13.1-GCCcore-14.2.0"), venv="~/hpcjob/venv", python="python3"
+)
+CASES = {
+    "gpu-check-local": (SpecRequest(workload="gpu-check"), {"python": "/usr/bin/python3"}),
+    "gpu-check-a100": (SpecRequest(workload="gpu-check", partition="gpu_a100"), SNELLIUS),
+    "train-snellius": (
+        SpecRequest(
+            workload="train",
+            partition="gpu_a100",
+            time="1-00:00:00",
+            cpus_per_task=18,
+            mem="120G",
+            account="ecf1234",
+            constraint="scratch-node",
+            data_dir="/projects/0/pcam",
+            stage_data=True,
+            args={"epochs": 3, "lr": 1e-4, "weighted_sampling": False},
+        ),
+        SNELLIUS,
+    ),
+    "eda-rome": (SpecRequest(workload="eda", partition="rome", data_dir="~/pcam"), SNELLIUS),
+    "setup-env": (SpecRequest(workload="setup-env", partition="rome"), SNELLIUS),
+}
+
+
+def render(spec: JobSpec, run_dir: str = "/home/u/hpcjob/runs/r000001", **ctx: object) -> str:
+    context = RenderContext(
+        run_id="r000001", token="hpcjob-" + "0" * 32, run_dir=run_dir, **ctx  # type: ignore[arg-type]
+    )
+    return render_script(spec, context, template_dirs([]))
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_golden_scripts(name: str) -> None:
+    request, ctx = CASES[name]
+    script = render(build_spec(request), **ctx)
+    golden = GOLDEN / f"{name}.sh"
+    if os.environ.get("UPDATE_GOLDEN") == "1" or not golden.exists():
+        golden.write_text(script)
+        if os.environ.get("UPDATE_GOLDEN") != "1":
+            pytest.fail(f"{golden} did not exist; written now — review and commit it")
+    expected = golden.read_text()
+    if script != expected:
+        diff = "".join(
+            difflib.unified_diff(expected.splitlines(True), script.splitlines(True), "golden", "now")
+        )
+        pytest.fail(f"{name} differs from {golden} (UPDATE_GOLDEN=1 to accept):\n{diff}")
+
+
+def test_sbatch_line_quotes_spaces_and_refuses_what_it_cannot_quote() -> None:
+    assert sbatch_line("time", "01:00:00") == "#SBATCH --time=01:00:00"
+    assert sbatch_line("output", "/a b/x.out") == '#SBATCH --output="/a b/x.out"'
+    for bad in ('a"b', "a\nb", "a\\b"):
+        with pytest.raises(HpcjobError):
+            sbatch_line("output", bad)
+
+
+def test_shell_path_keeps_home() -> None:
+    assert shell_path("~/venv dir") == "\"$HOME\"/'venv dir'"
+    assert shell_path("/x/$(y)") == "'/x/$(y)'"
+
+
+HOSTILE = [
+    "$(touch PWNED1)",
+    "; touch PWNED2 #",
+    "`touch PWNED3`",
+    "it's \"quoted\" & | > PWNED4",
+    "  spaces  and\ttabs ",
+    "~/$HOME/${PATH}",
+]
+
+
+@pytest.mark.parametrize("value", HOSTILE)
+def test_hostile_values_are_inert_when_executed(tmp_path: Path, value: str) -> None:
+    """Render with a hostile data path and run dir, execute the script, and check that the program
+    received the value byte for byte and nothing else ran."""
+    run_dir = tmp_path / "my runs" / "r000001"
+    run_dir.mkdir(parents=True)
+    recorder = tmp_path / "record argv"
+    recorder.write_text(
+        '#!/bin/bash\nprintf "%s\\0" "$@" > "$HPCJOB_RUN_DIR/argv"\n'
+        'printf "%s" "$HPCJOB_DATA_DIR" > "$HPCJOB_RUN_DIR/data_dir"\n'
+    )
+    recorder.chmod(0o755)
+    spec = build_spec(SpecRequest(workload="train", data_dir=value, args={"hidden_units": "8,4"}))
+    script = render(spec, run_dir=str(run_dir), python=str(recorder))
+    (run_dir / "job.sh").write_text(script)
+    done = subprocess.run(
+        ["bash", str(run_dir / "job.sh")], cwd=tmp_path, capture_output=True, text=True, timeout=30
+    )
+    assert done.returncode == 0, done.stderr
+    argv = (run_dir / "argv").read_text().split("\0")[:-1]
+    expected_data = value if not value.startswith("~/") else str(Path.home()) + value[1:]
+    assert argv[argv.index("--data-dir") + 1] == expected_data
+    assert argv[argv.index("--hidden-units") + 1] == "8,4"
+    assert (run_dir / "exit-status").read_text().split()[0] == "0"
+    leftovers = [p.name for p in tmp_path.rglob("PWNED*")] + [
+        p.name for p in Path.cwd().glob("PWNED*")
+    ]
+    assert leftovers == []
+
+
+def test_hostile_module_and_venv_names_are_quoted() -> None:
+    spec = build_spec(SpecRequest(workload="gpu-check"))
+    script = render(spec, modules=("2025; touch PWNED",), venv="/v/$(touch X)")
+    assert "module load '2025; touch PWNED'" in script
+    assert "source '/v/$(touch X)'/bin/activate" in script
+
+
+def test_newline_in_data_dir_is_refused() -> None:
+    with pytest.raises(HpcjobError, match="newline"):
+        build_spec(SpecRequest(workload="train", data_dir="/a\n#SBATCH --partition=x"))
+
+
+def test_user_template_overrides_builtin_by_name(tmp_path: Path) -> None:
+    (tmp_path / "gpu-check.sbatch.j2").write_text(
+        '{% extends "base.sbatch.j2" %}{% block command %}echo mine {{ run_id }}\n{% endblock %}'
+    )
+    spec = build_spec(SpecRequest(workload="gpu-check"))
+    context = RenderContext(run_id="r1", token="t", run_dir="/r")
+    script = render_script(spec, context, template_dirs([tmp_path]))
+    assert "echo mine r1" in script and "#SBATCH --job-name=hpcjob-gpu-check" in script
+
+
+def test_undefined_template_variable_is_an_error(tmp_path: Path) -> None:
+    (tmp_path / "gpu-check.sbatch.j2").write_text("{{ no_such_thing }}")
+    spec = build_spec(SpecRequest(workload="gpu-check"))
+    context = RenderContext(run_id="r1", token="t", run_dir="/r")
+    with pytest.raises(HpcjobError, match="undefined"):
+        render_script(spec, context, template_dirs([tmp_path]))
+
+
+def test_spec_round_trips_through_json() -> None:
+    spec = CASES["train-snellius"][0]
+    built = build_spec(spec)
+    assert JobSpec.from_dict(json.loads(json.dumps(built.to_dict()))) == built

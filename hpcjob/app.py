@@ -20,8 +20,8 @@ from typing import Any
 from hpcjob import __version__
 from hpcjob.config import Profile, Settings, load_settings, resolve_profile
 from hpcjob.errors import EXIT_USAGE, HpcjobError
-from hpcjob.jobstate import JobState
 from hpcjob.joblog import JobOutput, headline, parse_metrics_jsonl, parse_output
+from hpcjob.jobstate import JobState
 from hpcjob.ledger import Ledger, NewRun, Run
 from hpcjob.render import RenderContext, render_script, script_hash, template_dirs
 from hpcjob.resources import workload_files
@@ -338,7 +338,7 @@ def wait(
     sleep: Callable[[float], None] = time.sleep,
     timeout_s: float | None = None,
 ) -> Run:
-    """Refresh until the run is final, backing off from the scheduler's start interval to its cap."""
+    """Refresh until the run is final, backing off from the start interval up to the cap."""
     interval = ctx.scheduler.poll_start_s
     started = time.monotonic()
     while True:
@@ -350,8 +350,9 @@ def wait(
             return run
         if timeout_s is not None and time.monotonic() - started > timeout_s:
             raise HpcjobError(
-                f"Gave up waiting for run {run.run_id} after {timeout_s:g} s; it is {run.state.value}.",
-                hint=f"It keeps running; check it with `hpcjob status` or `hpcjob wait {run.run_id}`.",
+                f"Gave up waiting for run {run.run_id} after {timeout_s:g} s; "
+                f"it is {run.state.value}.",
+                hint=f"It keeps running; see `hpcjob status` or `hpcjob wait {run.run_id}`.",
             )
         sleep(interval)
         interval = min(interval * 2, ctx.scheduler.poll_cap_s)
@@ -449,7 +450,9 @@ def run_detail(ctx: Context, run: Run) -> dict[str, Any]:
             {"state": h.state.value, "at": h.at, "source": h.source, "detail": h.detail}
             for h in ledger.history(run.run_id)
         ],
-        metrics=[{"step": m.step, "key": m.key, "value": m.value} for m in ledger.metrics(run.run_id)],
+        metrics=[
+            {"step": m.step, "key": m.key, "value": m.value} for m in ledger.metrics(run.run_id)
+        ],
         facts=ledger.facts(run.run_id),
         artifacts=[
             {"name": name, "path": path, "size": size}

@@ -7,7 +7,6 @@ Heavy modules (jinja2, sqlite, paramiko, torch) are imported inside the commands
 from __future__ import annotations
 
 import functools
-import sys
 import time
 from collections.abc import Callable
 from typing import Annotated, Any, TypeVar
@@ -32,7 +31,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def boundary(func: F) -> F:
-    """The one error boundary: an HpcjobError becomes `Error:`/`Hint:` on stderr and its exit code."""
+    """The one error boundary: HpcjobError → `Error:`/`Hint:` on stderr and its exit code."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -81,7 +80,9 @@ def _context(profile: str | None, **flags: Any) -> Any:
 def _submit_or_render(
     ctx: typer.Context,
     workload: Annotated[str, typer.Argument(help="gpu-check, eda, train or setup-env.")],
-    partition: Annotated[str | None, typer.Option("--partition", "-p", help="Slurm partition.")] = None,
+    partition: Annotated[
+        str | None, typer.Option("--partition", "-p", help="Slurm partition.")
+    ] = None,
     time_limit: Annotated[
         str | None, typer.Option("--time", "-t", help="Time limit: MM, HH:MM:SS, D-HH:MM:SS …")
     ] = None,
@@ -90,7 +91,9 @@ def _submit_or_render(
     mem: Annotated[str | None, typer.Option(help="Memory per node, e.g. 16G.")] = None,
     gpus: Annotated[int | None, typer.Option(help="GPUs (default 1 on gpu partitions).")] = None,
     account: Annotated[str | None, typer.Option("--account", "-A", help="Budget account.")] = None,
-    constraint: Annotated[str | None, typer.Option(help="Node features, e.g. scratch-node.")] = None,
+    constraint: Annotated[
+        str | None, typer.Option(help="Node features, e.g. scratch-node.")
+    ] = None,
     job_name: Annotated[str | None, typer.Option("--job-name", "-J", help="Job name.")] = None,
     data_dir: Annotated[str | None, typer.Option(help="Folder with the PCAM .h5 files.")] = None,
     stage_data: Annotated[
@@ -197,10 +200,11 @@ def _show_dry_run(context: Any, prepared: Any, json_out: bool) -> None:
 def _wait_with_progress(context: Any, run: Any, quiet: bool) -> Any:
     from hpcjob import app as core
     from hpcjob import output
+    from hpcjob.joblog import headline
 
     def describe(current: Any) -> str:
         latest = context.ledger.latest_metrics([current.run_id]).get(current.run_id)
-        metric = core.headline(latest or [])
+        metric = headline(latest or [])
         elapsed = output.duration(core.elapsed_s(current))
         return f"job {current.job_id} {current.state.value} {elapsed} {metric}".rstrip()
 
@@ -316,7 +320,9 @@ def runs(
 def show(
     ref: RefArg,
     profile: ProfileOpt = None,
-    script: Annotated[bool, typer.Option("--script/--no-script", help="Include the script.")] = True,
+    script: Annotated[
+        bool, typer.Option("--script/--no-script", help="Include the script.")
+    ] = True,
     json_out: JsonOpt = False,
 ) -> None:
     """Everything the ledger knows of a run: spec, script, paths, states, metrics, artifacts."""
@@ -503,4 +509,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

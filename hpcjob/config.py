@@ -1,4 +1,4 @@
-"""Profiles: which cluster, how to reach it, modules, venv and paths — and where each value came from.
+"""Profiles: which cluster, how to reach it, modules, venv, paths — and where each value came from.
 
 Precedence, highest first: a command-line flag, an environment variable (`HPCJOB_<KEY>`), the
 profile in `$HPCJOB_HOME/config.toml`, the built-in profile of the same name.
@@ -137,7 +137,7 @@ class Profile:
 
 
 def read_config_file(path: Path) -> dict[str, Any]:
-    """The parsed config file, or {} when there is none; a broken file is an error, never ignored."""
+    """The parsed config file, or {} when there is none; a broken file is an error."""
     if not path.exists():
         return {}
     try:
@@ -158,7 +158,7 @@ def _check_file_structure(data: dict[str, Any], path: Path) -> None:
     if unknown:
         raise HpcjobError(
             f"{path}: unknown top-level key(s) {', '.join(sorted(unknown))}.",
-            hint="The file holds `default_profile = \"name\"` and [profiles.NAME] tables.",
+            hint='The file holds `default_profile = "name"` and [profiles.NAME] tables.',
         )
     profiles = data.get("profiles", {})
     if not isinstance(profiles, dict) or not all(isinstance(v, dict) for v in profiles.values()):
@@ -189,7 +189,7 @@ def _check_value(key: str, value: Any, where: str) -> None:
         isinstance(value, dict) and all(isinstance(v, str) for v in value.values())
     ):
         raise HpcjobError(
-            f"{where}: {key} must be a table of workload = \"partition\", got {value!r}."
+            f'{where}: {key} must be a table of workload = "partition", got {value!r}.'
         )
     if key == "scheduler" and value not in SCHEDULERS:
         raise HpcjobError(

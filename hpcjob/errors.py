@@ -16,7 +16,8 @@ class HpcjobError(Exception):
         return self.message if self.hint is None else f"{self.message}\nHint: {self.hint}"
 
 
-# Exit codes (DESIGN.md): 0 ok, 1 HpcjobError, 2 usage/validation, 3 a waited-on job did not complete.
+# Exit codes (DESIGN.md): 0 ok, 1 HpcjobError, 2 usage/validation,
+# 3 a waited-on job ended in a state other than COMPLETED.
 EXIT_ERROR = 1
 EXIT_USAGE = 2
 EXIT_JOB_FAILED = 3

@@ -42,7 +42,7 @@ def normalise_key(text: str) -> str:
     return key[:_MAX_KEY]
 
 
-def _number(value: Any) -> float | None | str:
+def _number(value: Any) -> float | str | None:
     """A finite float, None for NaN/Inf (stored as missing), or "skip" for non-numbers."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return "skip"
@@ -70,7 +70,9 @@ def parse_metric_object(obj: Any, out: JobOutput, line_no: int = 0) -> None:
             continue
         value = _number(raw_value)
         if value != "skip":
-            out.metrics[(step, key)] = Metric(step, key, value if value is None else float(value), at)
+            out.metrics[(step, key)] = Metric(
+                step, key, value if value is None else float(value), at
+            )
 
 
 def parse_human_line(line: str, out: JobOutput) -> bool:

@@ -6,7 +6,7 @@ from enum import Enum
 
 
 class JobState(str, Enum):
-    """A job's state. Values are Slurm's state names; SUBMITTING/UNSUBMITTED/UNKNOWN are hpcjob's."""
+    """A job's state: Slurm's names, plus hpcjob's SUBMITTING, UNSUBMITTED and UNKNOWN."""
 
     # hpcjob's own: recorded before sbatch returns / a submission that never reached the scheduler /
     # a job neither squeue nor sacct knows (yet) — never taken for "done".

@@ -6,6 +6,7 @@ schema changes are named migrations applied together with their record in one tr
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -255,10 +256,22 @@ class Ledger:
                     "INSERT INTO runs (run_id, token, profile, cluster, scheduler, workload, "
                     "spec_json, script, script_hash, run_dir, state, created_at, updated_at) "
                     "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (new.run_id, new.token, new.profile, new.cluster, new.scheduler,
-                     new.workload, json.dumps(new.spec, sort_keys=True), new.script,
-                     new.script_hash, new.run_dir, JobState.SUBMITTING.value, now, now),
-                ),  # fmt: skip
+                    (
+                        new.run_id,
+                        new.token,
+                        new.profile,
+                        new.cluster,
+                        new.scheduler,
+                        new.workload,
+                        json.dumps(new.spec, sort_keys=True),
+                        new.script,
+                        new.script_hash,
+                        new.run_dir,
+                        JobState.SUBMITTING.value,
+                        now,
+                        now,
+                    ),
+                ),
                 _history(new.run_id, JobState.SUBMITTING, now, "hpcjob", None),
             ]
         )
@@ -301,9 +314,18 @@ class Ledger:
                 "signal = COALESCE(?, signal), node = COALESCE(?, node), reason = ?, "
                 "started_at = COALESCE(?, started_at), ended_at = COALESCE(?, ended_at), "
                 "updated_at = ? WHERE run_id = ?",
-                (info.state.value, info.exit_code, info.signal, info.node, info.reason,
-                 info.started_at, info.ended_at, now, run.run_id),
-            )  # fmt: skip
+                (
+                    info.state.value,
+                    info.exit_code,
+                    info.signal,
+                    info.node,
+                    info.reason,
+                    info.started_at,
+                    info.ended_at,
+                    now,
+                    run.run_id,
+                ),
+            )
         ]
         if info.state != run.state:
             statements.append(_history(run.run_id, info.state, now, source, info.reason))
@@ -439,8 +461,7 @@ class Ledger:
         rows = list(artifacts)
         if rows:
             self._transaction(
-                ("INSERT OR REPLACE INTO artifacts VALUES (?, ?, ?, ?)", (run_id, *a))
-                for a in rows
+                ("INSERT OR REPLACE INTO artifacts VALUES (?, ?, ?, ?)", (run_id, *a)) for a in rows
             )
 
     def artifacts(self, run_id: str) -> list[tuple[str, str, int | None]]:
@@ -470,10 +491,8 @@ def _create_private(path: Path) -> None:
     """The ledger and its folder are private to the user (0700/0600)."""
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     if not path.exists():
-        try:
+        with contextlib.suppress(FileExistsError):  # another hpcjob process created it first
             os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
-        except FileExistsError:
-            pass  # another hpcjob process created it first
 
 
 def _ledger_error(path: str, exc: sqlite3.Error) -> HpcjobError:

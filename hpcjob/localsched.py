@@ -10,6 +10,7 @@ A supervisor that dies is noticed by the next poll: its job is marked FAILED wit
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -29,7 +30,7 @@ from typing import Any
 from hpcjob.errors import HpcjobError
 from hpcjob.jobstate import JobState
 from hpcjob.scheduler import JobInfo
-from hpcjob.shell import LocalShell
+from hpcjob.shell import LocalShell, Shell
 from hpcjob.spec import parse_memory_mb, parse_time_limit
 
 _TICK_S = 0.05
@@ -55,8 +56,16 @@ class ScriptHeader:
     signal: tuple[int, int] | None  # (signal number, seconds before the limit)
 
 
-_SHORT_FLAGS = {"-J": "job-name", "-t": "time", "-o": "output", "-p": "partition",
-                "-c": "cpus-per-task", "-G": "gpus", "-A": "account", "-N": "nodes"}  # fmt: skip
+_SHORT_FLAGS = {
+    "-J": "job-name",
+    "-t": "time",
+    "-o": "output",
+    "-p": "partition",
+    "-c": "cpus-per-task",
+    "-G": "gpus",
+    "-A": "account",
+    "-N": "nodes",
+}
 
 
 def parse_script_header(script: str, default_name: str = "job") -> ScriptHeader:
@@ -72,10 +81,11 @@ def parse_script_header(script: str, default_name: str = "job") -> ScriptHeader:
             words = shlex.split(stripped[len("#SBATCH") :], comments=False)
         except ValueError as exc:
             raise HpcjobError(f"Cannot read the job script line {line!r}: {exc}") from exc
-        for word in words:
-            key, _, value = word.partition("=")
-            key = _SHORT_FLAGS.get(key, key.lstrip("-"))
-            options[key] = value
+        while words:
+            key, has_value, value = words.pop(0).partition("=")
+            if not has_value and words and not words[0].startswith("-"):
+                value = words.pop(0)  # `-t 1:30` / `--time 1:30`
+            options[_SHORT_FLAGS.get(key, key.lstrip("-"))] = value
     if "array" in options:
         raise HpcjobError(
             "The embedded scheduler does not run job arrays.",
@@ -128,7 +138,7 @@ class LocalScheduler:
         self.root = local_dir
         self.max_jobs = max(1, max_jobs)
         self.kill_wait_s = float(os.environ.get("HPCJOB_LOCAL_KILL_WAIT", kill_wait_s))
-        self.shell = LocalShell()
+        self.shell: Shell = LocalShell()
         self.cluster = f"local:{socket.gethostname()}"
         for sub in ("jobs", "queue", "slots", "tokens", "tmp"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
@@ -190,7 +200,9 @@ class LocalScheduler:
                 raise HpcjobError(f"The embedded scheduler has no job {job_id}.")
             with self._locked(job_id) as rec:
                 if rec["state"] == "PENDING":
-                    rec.update(state="CANCELLED", ended_at=utc_now(), reason="cancelled while pending")
+                    rec.update(
+                        state="CANCELLED", ended_at=utc_now(), reason="cancelled while pending"
+                    )
                     (self.root / "queue" / job_id).unlink(missing_ok=True)
                 elif rec["state"] == "RUNNING":
                     rec["cancel_requested"] = utc_now()
@@ -295,8 +307,9 @@ class LocalScheduler:
             with self._locked(job_id) as live:
                 if live["state"] != "PENDING":  # cancelled in the instant before the start
                     _signal_group(proc.pid, signal.SIGKILL)
-                live.update(state="RUNNING", started_at=utc_now(), pgid=proc.pid,
-                            node=socket.gethostname())  # fmt: skip
+                live.update(
+                    state="RUNNING", started_at=utc_now(), pgid=proc.pid, node=socket.gethostname()
+                )
             (self.root / "queue" / job_id).unlink(missing_ok=True)
             ending = self._watch(proc, rec, out)
         _signal_group(proc.pid, signal.SIGKILL)  # like Slurm: nothing of the job outlives it
@@ -312,7 +325,7 @@ class LocalScheduler:
             self._finish(job_id, "FAILED", returncode, 0, None)
 
     def _watch(self, proc: subprocess.Popen[bytes], rec: dict[str, Any], out: Any) -> str | None:
-        """Wait for the script; enforce cancel and the time limit. Returns CANCELLED/TIMEOUT/None."""
+        """Wait for the script, enforcing cancel and the time limit; CANCELLED, TIMEOUT or None."""
         started = time.monotonic()
         limit = rec.get("time_s")
         warn = rec.get("signal")
@@ -337,7 +350,9 @@ class LocalScheduler:
                 _signal_group(proc.pid, signal.SIGKILL)
         return ending
 
-    def _finish(self, job_id: str, state: str, exit_code: int, sig: int, reason: str | None) -> None:
+    def _finish(
+        self, job_id: str, state: str, exit_code: int, sig: int, reason: str | None
+    ) -> None:
         with self._locked(job_id) as rec:
             rec.update(state=state, exit_code=exit_code, signal=sig, ended_at=utc_now())
             if reason:
@@ -348,10 +363,8 @@ class LocalScheduler:
 def _banner(out: Any, rec: dict[str, Any], why: str) -> None:
     stamp = datetime.now().strftime("%Y-%m-%dT%H:%M:%S")
     host = socket.gethostname()
-    out.write(
-        f"slurmstepd: error: *** JOB {rec['job_id']} ON {host} CANCELLED AT {stamp}{why} ***\n"
-        .encode()
-    )
+    line = f"slurmstepd: error: *** JOB {rec['job_id']} ON {host} CANCELLED AT {stamp}{why} ***\n"
+    out.write(line.encode())
     out.flush()
 
 
@@ -437,17 +450,13 @@ def _supervisor_alive(rec: dict[str, Any]) -> bool:
 
 def _signal_group(pgid: int | None, sig: int) -> None:
     if pgid:
-        try:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pgid, sig)
-        except (ProcessLookupError, PermissionError):
-            pass
 
 
 def _signal_pid(pid: int, sig: int) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.kill(pid, sig)
-    except ProcessLookupError:
-        pass
 
 
 def _remove_tree(path: Path) -> None:
@@ -460,8 +469,9 @@ def main(argv: list[str]) -> None:
     """Entry of the detached supervisor: `python -m hpcjob.localsched LOCAL_DIR JOB_ID`."""
     root, job_id = Path(argv[0]), argv[1]
     record = json.loads((root / "jobs" / f"{job_id}.json").read_text())
-    scheduler = LocalScheduler(root, max_jobs=int(record["max_jobs"]),
-                               kill_wait_s=float(record["kill_wait_s"]))  # fmt: skip
+    scheduler = LocalScheduler(
+        root, max_jobs=int(record["max_jobs"]), kill_wait_s=float(record["kill_wait_s"])
+    )
     scheduler.supervise(job_id)
 
 

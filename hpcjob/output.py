@@ -156,7 +156,10 @@ def print_run_detail(detail: dict[str, Any], show_script: bool = True) -> None:
             ("reason", detail.get("reason")),
             ("profile", f"{detail['profile']} ({detail['scheduler']}, {detail['cluster']})"),
             ("resources", _resources(res)),
-            ("arguments", " ".join(f"{k}={v}" for k, v in (detail["spec"].get("args") or {}).items())),
+            (
+                "arguments",
+                " ".join(f"{k}={v}" for k, v in (detail["spec"].get("args") or {}).items()),
+            ),
             ("data", detail["spec"].get("data_dir")),
             ("submitted", detail["submitted_at"]),
             ("started", detail["started_at"]),

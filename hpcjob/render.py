@@ -44,7 +44,7 @@ def sbatch_line(key: str, value: object) -> str:
     if any(ch in text for ch in '"\\\n\r\0'):
         raise HpcjobError(
             f"The value {text!r} for --{key} cannot go into a job script header.",
-            hint='Avoid double quotes, backslashes and newlines in names and paths.',
+            hint="Avoid double quotes, backslashes and newlines in names and paths.",
         )
     if any(ch.isspace() for ch in text):
         text = f'"{text}"'

@@ -1,4 +1,4 @@
-"""Where the built-in templates and workload programs live, in a checkout and in an installed wheel."""
+"""Where the built-in templates and workload programs live: in a checkout or an installed wheel."""
 
 from __future__ import annotations
 

@@ -67,5 +67,5 @@ def scheduler_for(profile: Profile, settings: Settings) -> Scheduler:
     raise HpcjobError(
         f"Profile {profile.name!r} uses the Slurm scheduler, which this version of hpcjob cannot "
         "drive yet.",
-        hint="Use the embedded scheduler: --profile local (or scheduler = \"local\").",
+        hint='Use the embedded scheduler: --profile local (or scheduler = "local").',
     )

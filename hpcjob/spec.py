@@ -62,7 +62,7 @@ def parse_memory_mb(text: str) -> int:
     if not match:
         raise ValueError(f"{text!r} is not a memory size (e.g. 16G, 500M)")
     number, unit = float(match.group(1)), match.group(2).upper()
-    megabytes = int(round(number * _MEM_FACTOR[unit]))
+    megabytes = round(number * _MEM_FACTOR[unit])
     if megabytes <= 0:
         raise ValueError(f"{text!r} is less than 1 MB")
     return megabytes
@@ -276,13 +276,13 @@ def _build_resources(request: SpecRequest, workload: WorkloadDef, problems: list
             mem_mb = parse_memory_mb(request.mem)
         except ValueError as exc:
             problems.append(f"--mem: {exc}")
-    for flag, value, minimum in (
+    for flag, count, minimum in (
         ("--nodes", request.nodes, 1),
         ("--cpus", request.cpus_per_task, 1),
         ("--gpus", request.gpus, 0),
     ):
-        if value is not None and value < minimum:
-            problems.append(f"{flag} must be at least {minimum}, got {value}")
+        if count is not None and count < minimum:
+            problems.append(f"{flag} must be at least {minimum}, got {count}")
     for flag, value, pattern, rule in (
         ("--partition", request.partition, _WORD_RE, "letters, digits, '.', '_' or '-'"),
         ("--account", request.account, _WORD_RE, "letters, digits, '.', '_' or '-'"),

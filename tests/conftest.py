@@ -25,11 +25,16 @@ def isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("HPCJOB_PROFILE", "local")
     monkeypatch.setenv("HPCJOB_LOCAL_KILL_WAIT", "1")
     for key in list(os.environ):
-        if key.startswith("HPCJOB_") and key not in (
-            "HPCJOB_HOME",
-            "HPCJOB_PROFILE",
-            "HPCJOB_LOCAL_KILL_WAIT",
-        ) and not key.startswith("HPCJOB_TEST_"):
+        if (
+            key.startswith("HPCJOB_")
+            and key
+            not in (
+                "HPCJOB_HOME",
+                "HPCJOB_PROFILE",
+                "HPCJOB_LOCAL_KILL_WAIT",
+            )
+            and not key.startswith("HPCJOB_TEST_")
+        ):
             monkeypatch.delenv(key)
     return home
 
@@ -76,9 +81,22 @@ def pcam_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """A small synthetic PCAM set (official flavour) made by the workloads' own generator."""
     out = tmp_path_factory.mktemp("pcam")
     subprocess.run(
-        [sys.executable, str(REPO / "workloads" / "synth.py"), str(out), "--flavour", "official",
-         "--train", "1024", "--valid", "256", "--test", "256", "--seed", "1"],
+        [
+            sys.executable,
+            str(REPO / "workloads" / "synth.py"),
+            str(out),
+            "--flavour",
+            "official",
+            "--train",
+            "1024",
+            "--valid",
+            "256",
+            "--test",
+            "256",
+            "--seed",
+            "1",
+        ],
         check=True,
         capture_output=True,
-    )  # fmt: skip
+    )
     yield out

@@ -1,4 +1,4 @@
-"""Profiles: precedence flag > environment > config file > built-in, with the source of each value."""
+"""Profiles: precedence flag > environment > config file > built-in, and each value's source."""
 
 from __future__ import annotations
 

@@ -30,7 +30,7 @@ def test_prefixed_json_and_facts() -> None:
         'HPCJOB_METRIC {"step": 1, "epoch": 1, "train_loss": 0.5, "val_auc": 0.9, '
         '"time": "2026-01-01T00:00:00Z", "note": "text is ignored", "ok": true}\n'
         "HPCJOB_METRIC {not json\n"
-        'HPCJOB_METRIC [1, 2]\n'
+        "HPCJOB_METRIC [1, 2]\n"
         'HPCJOB_METRIC {"step": "x", "loss": 1}\n'
     )
     out = parse_output(text)

@@ -44,7 +44,10 @@ CASES = {
 
 def render(spec: JobSpec, run_dir: str = "/home/u/hpcjob/runs/r000001", **ctx: object) -> str:
     context = RenderContext(
-        run_id="r000001", token="hpcjob-" + "0" * 32, run_dir=run_dir, **ctx  # type: ignore[arg-type]
+        run_id="r000001",
+        token="hpcjob-" + "0" * 32,
+        run_dir=run_dir,
+        **ctx,  # type: ignore[arg-type]
     )
     return render_script(spec, context, template_dirs([]))
 
@@ -61,7 +64,9 @@ def test_golden_scripts(name: str) -> None:
     expected = golden.read_text()
     if script != expected:
         diff = "".join(
-            difflib.unified_diff(expected.splitlines(True), script.splitlines(True), "golden", "now")
+            difflib.unified_diff(
+                expected.splitlines(True), script.splitlines(True), "golden", "now"
+            )
         )
         pytest.fail(f"{name} differs from {golden} (UPDATE_GOLDEN=1 to accept):\n{diff}")
 
@@ -83,7 +88,7 @@ HOSTILE = [
     "$(touch PWNED1)",
     "; touch PWNED2 #",
     "`touch PWNED3`",
-    "it's \"quoted\" & | > PWNED4",
+    'it\'s "quoted" & | > PWNED4',
     "  spaces  and\ttabs ",
     "~/$HOME/${PATH}",
 ]

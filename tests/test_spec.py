@@ -44,7 +44,8 @@ def test_format_time_round_trips() -> None:
 
 
 @pytest.mark.parametrize(
-    ("text", "mb"), [("16G", 16384), ("500M", 500), ("1T", 1048576), ("16GB", 16384), ("2048", 2048)]
+    ("text", "mb"),
+    [("16G", 16384), ("500M", 500), ("1T", 1048576), ("16GB", 16384), ("2048", 2048)],
 )
 def test_memory(text: str, mb: int) -> None:
     assert parse_memory_mb(text) == mb
@@ -70,8 +71,19 @@ def test_all_problems_reported_at_once_with_exit_2() -> None:
         build_spec(request)
     message = info.value.message
     assert info.value.exit_code == 2
-    for fragment in ("--time", "--mem", "--cpus", "--partition", "--job-name", "--epochs",
-                     "--lr", "--batch-size", "--dropout", "--hidden-units", "--data-dir"):  # fmt: skip
+    for fragment in (
+        "--time",
+        "--mem",
+        "--cpus",
+        "--partition",
+        "--job-name",
+        "--epochs",
+        "--lr",
+        "--batch-size",
+        "--dropout",
+        "--hidden-units",
+        "--data-dir",
+    ):
         assert fragment in message, fragment
 
 
@@ -103,9 +115,7 @@ def test_defaults_and_gpu_partition_gets_a_gpu() -> None:
 
 def test_workload_argv() -> None:
     spec = build_spec(
-        SpecRequest(
-            workload="train", data_dir="/d", args={"epochs": 2, "weighted_sampling": False}
-        )
+        SpecRequest(workload="train", data_dir="/d", args={"epochs": 2, "weighted_sampling": False})
     )
     argv = workload_argv(spec)
     assert argv[:2] == ["--epochs", "2"]

@@ -1,0 +1,252 @@
+"""The CLI end to end on the embedded scheduler: every command's happy path and its error paths."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import Result, run_hpcjob
+
+Invoke = Any
+
+
+def submit_json(cli: Invoke, *args: str) -> dict[str, Any]:
+    result = cli("submit", *args, "--json")
+    assert result.exit_code in (0, 3), result.stderr
+    data: dict[str, Any] = result.json()
+    return data
+
+
+def test_gpu_check_wait_records_a_completed_run(cli: Invoke) -> None:
+    run = submit_json(cli, "gpu-check", "--wait")
+    assert run["state"] == "COMPLETED"
+    assert run["job_id"] and run["run_id"].startswith("r")
+    shown = cli("show", run["job_id"], "--json").json()
+    assert shown["run_id"] == run["run_id"]
+    assert "#SBATCH --job-name=hpcjob-gpu-check" in shown["script"]
+    assert shown["facts"]  # check_gpu's facts reached the ledger
+    assert [h["state"] for h in shown["history"]][:2] == ["SUBMITTING", "PENDING"]
+    assert shown["history"][-1]["state"] == "COMPLETED"
+    logs = cli("logs", run["run_id"])
+    assert "no GPU requested, CPU only" in logs.stdout
+
+
+def test_train_run_end_to_end(cli: Invoke, pcam_dir: Path) -> None:
+    run = submit_json(
+        cli, "train", "--epochs", "2", "--data-dir", str(pcam_dir), "--hidden-units", "64",
+        "--batch-size", "64", "--wait",
+    )  # fmt: skip
+    assert run["state"] == "COMPLETED", cli("logs", run["job_id"]).stdout
+    assert run["last_metric"].startswith("epoch 2 val_loss=")
+    shown = cli("show", "last", "--json").json()
+    metrics = {(m["step"], m["key"]): m["value"] for m in shown["metrics"]}
+    assert {(1, "train_loss"), (2, "train_loss"), (2, "val_loss"), (2, "val_auc")} <= set(metrics)
+    assert "loss.png" in {a["name"] for a in shown["artifacts"]}
+    table = cli("show", "last", "--no-script")
+    assert "train_loss" in table.stdout and "COMPLETED" in table.stdout
+    status = cli("status", "--json").json()
+    assert [r["run_id"] for r in status] == [run["run_id"]]
+    assert status[0]["elapsed_s"] is not None and status[0]["node"]
+
+
+def test_status_and_runs_tables_and_filters(cli: Invoke, tmp_path: Path) -> None:
+    assert cli("runs", "--json").json() == []
+    assert "No runs" in cli("status").stderr
+    ok = submit_json(cli, "gpu-check", "--wait")
+    bad = submit_json(cli, "gpu-check", "--gpus", "1", "--wait")  # no GPU here: it fails
+    assert bad["state"] == "FAILED" and bad["exit_code"] == 1
+    runs = cli("runs", "--json").json()
+    assert [r["run_id"] for r in runs] == [bad["run_id"], ok["run_id"]]  # newest first
+    assert [r["run_id"] for r in cli("runs", "--state", "failed", "--json").json()] == [
+        bad["run_id"]
+    ]
+    assert cli("runs", "--workload", "train", "--json").json() == []
+    assert len(cli("runs", "--limit", "1", "--json").json()) == 1
+    table = cli("status")
+    assert table.exit_code == 0
+    assert "COMPLETED" in table.stdout and "FAILED" in table.stdout
+    assert cli("status", "--check").exit_code == 3
+    bogus = cli("runs", "--state", "DONE")
+    assert bogus.exit_code == 2 and "not a job state" in bogus.stderr
+
+
+def test_wait_exit_code_three_on_failure(cli: Invoke) -> None:
+    result = cli("submit", "gpu-check", "--gpus", "1", "--wait")
+    assert result.exit_code == 3
+    assert "FAILED" in result.stdout
+    assert cli("wait", "last").exit_code == 3
+
+
+def test_cancel_a_running_job_and_logs_follow(cli: Invoke, tmp_path: Path) -> None:
+    # A user template whose job prints, then sleeps: something to follow and to cancel.
+    templates = Path(os.environ["HPCJOB_HOME"]) / "templates"
+    templates.mkdir(parents=True)
+    (templates / "gpu-check.sbatch.j2").write_text(
+        '{% extends "base.sbatch.j2" %}{% block command %}'
+        "echo started; sleep 60\n{% endblock %}"
+    )
+    run = submit_json(cli, "gpu-check")
+    deadline = time.monotonic() + 20
+    while cli("show", run["job_id"], "--json").json()["state"] != "RUNNING":
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    follower = subprocess.Popen(
+        [sys.executable, "-m", "hpcjob", "logs", run["job_id"], "--follow"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(1.5)
+    cancelled = cli("cancel", run["job_id"], "--json").json()
+    assert cancelled[0]["run_id"] == run["run_id"]
+    out, err = follower.communicate(timeout=30)
+    assert follower.returncode == 0
+    assert "started" in out and "CANCELLED" in out
+    assert "ended: CANCELLED" in err
+    again = cli("cancel", run["job_id"])
+    assert again.exit_code == 1 and "already ended" in again.stderr
+
+
+def test_job_runs_on_after_the_cli_exits() -> None:
+    """Submit from a separate process that exits at once; the job still completes."""
+    home = os.environ["HPCJOB_HOME"]
+    templates = Path(home) / "templates"
+    templates.mkdir(parents=True)
+    (templates / "gpu-check.sbatch.j2").write_text(
+        '{% extends "base.sbatch.j2" %}{% block command %}sleep 2; echo survived\n{% endblock %}'
+    )
+    submitted = run_hpcjob("submit", "gpu-check", "--json")
+    assert submitted.exit_code == 0, submitted.stderr
+    job_id = json.loads(submitted.stdout)["job_id"]
+    first = json.loads(run_hpcjob("show", job_id, "--json").stdout)
+    assert first["state"] in ("PENDING", "RUNNING")
+    waited = run_hpcjob("wait", job_id, "--json")
+    assert waited.exit_code == 0 and json.loads(waited.stdout)["state"] == "COMPLETED"
+    assert "survived" in run_hpcjob("logs", job_id).stdout
+
+
+def test_time_limit_gives_timeout(cli: Invoke) -> None:
+    templates = Path(os.environ["HPCJOB_HOME"]) / "templates"
+    templates.mkdir(parents=True)
+    (templates / "gpu-check.sbatch.j2").write_text(
+        '{% extends "base.sbatch.j2" %}{% block command %}sleep 30\n{% endblock %}'
+    )
+    result = cli("submit", "gpu-check", "--time", "0:02", "--wait", "--json")
+    assert result.exit_code == 3
+    assert result.json()["state"] == "TIMEOUT"
+    assert "DUE TO TIME LIMIT" in cli("logs", "last").stdout
+
+
+def test_render_and_dry_run_submit_nothing(cli: Invoke) -> None:
+    rendered = cli("render", "train", "--partition", "gpu_a100", "--epochs", "3")
+    assert rendered.exit_code == 0
+    assert "#SBATCH --partition=gpu_a100" in rendered.stdout
+    assert "--epochs 3" in rendered.stdout
+    dry = cli("submit", "train", "--dry-run", "--data-dir", "/nowhere", "--json")
+    assert dry.exit_code == 0
+    assert dry.json()["dry_run"] is True and "#!/bin/bash" in dry.json()["script"]
+    assert cli("runs", "--json").json() == []
+
+
+def test_validation_errors_exit_2_without_traceback(cli: Invoke) -> None:
+    result = cli("submit", "train", "--epochs", "0", "--time", "1h", "--lr", "-1")
+    assert result.exit_code == 2
+    assert "Error:" in result.stderr and "Traceback" not in result.stderr
+    assert "--epochs" in result.stderr and "--time" in result.stderr
+    assert cli("submit", "nosuch").exit_code == 2
+    missing = cli("submit", "train", "--data-dir", "/definitely/not/here")
+    assert missing.exit_code == 2 and "does not exist" in missing.stderr
+    assert "synth.py" in missing.stderr
+    assert cli("runs", "--json").json() == []  # nothing half-recorded
+
+
+def test_unknown_refs_and_empty_ledger(cli: Invoke) -> None:
+    for args in (["show", "last"], ["logs", "last"], ["show", "12345"], ["cancel", "r000000"]):
+        result = cli(*args)
+        assert result.exit_code == 1, args
+        assert "Error:" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_damaged_ledger_is_a_sentence(cli: Invoke) -> None:
+    home = Path(os.environ["HPCJOB_HOME"])
+    home.mkdir(parents=True)
+    (home / "ledger.db").write_bytes(b"garbage" * 512)
+    result = cli("status")
+    assert result.exit_code == 1 and "damaged" in result.stderr
+
+
+def test_config_show_and_init(cli: Invoke) -> None:
+    shown = cli("config", "show", "--json").json()
+    assert shown["profile"] == "local" and shown["config_file_exists"] is False
+    sources = {row["key"]: row["source"] for row in shown["settings"]}
+    assert sources["scheduler"] == "built-in profile local"
+    created = cli("config", "init")
+    assert created.exit_code == 0 and Path(created.stdout.strip()).exists()
+    assert cli("config", "init").exit_code == 1
+    snellius = cli("config", "show", "--profile", "snellius", "--account", "x", "--json")
+    assert snellius.exit_code == 2  # config show takes no resource flags
+    snellius = cli("config", "show", "--profile", "snellius", "--json").json()
+    values = {row["key"]: row["value"] for row in snellius["settings"]}
+    assert values["host"] == "snellius.surf.nl"
+    assert "Python/3.13.1-GCCcore-14.2.0" in values["modules"]
+    broken = Path(created.stdout.strip())
+    broken.write_text("[profiles.local\n")
+    result = cli("status")
+    assert result.exit_code == 1 and "not valid TOML" in result.stderr
+
+
+def test_json_output_is_clean_and_parseable(cli: Invoke) -> None:
+    run = submit_json(cli, "gpu-check", "--wait")
+    for args in (["status", "--json"], ["runs", "--json"], ["show", "last", "--json"]):
+        result: Result = cli(*args)
+        json.loads(result.stdout)
+    detail = cli("show", run["run_id"], "--json").json()
+    assert {"run_id", "job_id", "state", "metrics", "script", "history"} <= set(detail)
+
+
+def test_version_and_help() -> None:
+    assert run_hpcjob("--version").stdout.startswith("hpcjob ")
+    helped = run_hpcjob("--help")
+    assert helped.exit_code == 0 and "submit" in helped.stdout
+
+
+@pytest.mark.parametrize("command", [["--help"], ["status"], ["runs"], ["show", "last"]])
+def test_light_commands_do_not_import_heavy_modules(command: list[str]) -> None:
+    probe = (
+        "import sys\n"
+        f"sys.argv = ['hpcjob', *{command!r}]\n"
+        "from hpcjob.cli import main\n"
+        "try:\n    main()\nexcept SystemExit:\n    pass\n"
+        "heavy = [m for m in ('torch', 'h5py', 'paramiko', 'numpy') if m in sys.modules]\n"
+        "print('HEAVY', heavy, file=sys.stderr)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    assert "HEAVY []" in done.stderr, done.stderr
+
+
+def test_interrupted_wait_leaves_the_job_running(tmp_path: Path) -> None:
+    home = Path(os.environ["HPCJOB_HOME"])
+    (home / "templates").mkdir(parents=True)
+    (home / "templates" / "gpu-check.sbatch.j2").write_text(
+        '{% extends "base.sbatch.j2" %}{% block command %}sleep 3; echo done\n{% endblock %}'
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hpcjob", "submit", "gpu-check", "--wait"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(1.5)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=20)
+    assert proc.returncode == 130 and "keeps running" in err
+    waited = run_hpcjob("wait", "last", "--json")
+    assert json.loads(waited.stdout)["state"] == "COMPLETED"

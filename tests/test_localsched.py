@@ -1,0 +1,159 @@
+"""The embedded scheduler: states, time limit, cancel, queueing, surviving the CLI, dead runners."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from hpcjob.errors import HpcjobError
+from hpcjob.jobstate import JobState
+from hpcjob.localsched import LocalScheduler, expand_output, parse_script_header
+from hpcjob.scheduler import JobInfo
+
+
+def write_script(folder: Path, body: str, *, time_limit: str = "05:00", extra: str = "") -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    script = folder / "job.sh"
+    script.write_text(
+        "#!/bin/bash\n"
+        f"#SBATCH --job-name=test-job\n#SBATCH --time={time_limit}\n"
+        f"#SBATCH --output={folder}/slurm-%j.out\n{extra}"
+        "#SBATCH --comment=tok\n\n" + body + "\n"
+    )
+    return script
+
+
+def submit(sched: LocalScheduler, folder: Path, body: str, **kw: str) -> str:
+    script = write_script(folder, body, **kw)
+    return sched.submit(str(script), token=f"tok-{folder.name}", workdir=str(folder))
+
+
+def wait_for(
+    sched: LocalScheduler, job_id: str, states: set[JobState], limit: float = 30
+) -> JobInfo:
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        info = sched.poll([job_id])[job_id]
+        if info.state in states:
+            return info
+        time.sleep(0.05)
+    raise AssertionError(f"job {job_id} never reached {states}: {sched.poll([job_id])}")
+
+
+@pytest.fixture
+def sched(tmp_path: Path) -> LocalScheduler:
+    return LocalScheduler(tmp_path / "local", max_jobs=2, kill_wait_s=1)
+
+
+def test_header_parsing() -> None:
+    header = parse_script_header(
+        "#!/bin/bash\n#SBATCH --job-name=a\n#SBATCH -t 1:30\n"
+        '#SBATCH --output="/x y/slurm-%j.out"\n#SBATCH --gpus=2\n#SBATCH --signal=B:USR1@30\n'
+        "echo hi\n#SBATCH --partition=ignored-after-first-command\n"
+    )
+    assert (header.job_name, header.time_s, header.output) == ("a", 90, "/x y/slurm-%j.out")
+    assert header.gpus == 2 and header.partition is None
+    assert header.signal == (signal.SIGUSR1, 30)
+    assert expand_output("/r/slurm-%j-%x.out", "12", "n") == "/r/slurm-12-n.out"
+    with pytest.raises(HpcjobError, match="arrays"):
+        parse_script_header("#!/bin/bash\n#SBATCH --array=0-3\n")
+
+
+def test_completed_job_has_slurm_environment(sched: LocalScheduler, tmp_path: Path) -> None:
+    run = tmp_path / "run1"
+    job = submit(sched, run, 'echo "id=$SLURM_JOB_ID name=$SLURM_JOB_NAME dir=$SLURM_SUBMIT_DIR"')
+    info = wait_for(sched, job, {JobState.COMPLETED})
+    assert info.exit_code == 0 and info.node and info.started_at and info.ended_at
+    out = (run / f"slurm-{job}.out").read_text()
+    assert f"id={job} name=test-job dir={run}" in out
+    assert sched.find_by_token("tok-run1") == job
+
+
+def test_failed_job_keeps_exit_code(sched: LocalScheduler, tmp_path: Path) -> None:
+    job = submit(sched, tmp_path / "run", "echo boom >&2; exit 3")
+    info = wait_for(sched, job, {JobState.FAILED})
+    assert (info.exit_code, info.signal) == (3, 0)
+    assert "boom" in (tmp_path / "run" / f"slurm-{job}.out").read_text()
+
+
+def test_time_limit_gives_timeout_and_kills_stubborn_jobs(
+    sched: LocalScheduler, tmp_path: Path
+) -> None:
+    # The job ignores TERM; KILL must follow after kill_wait.
+    job = submit(sched, tmp_path / "run", "trap '' TERM; sleep 60", time_limit="0:01")
+    started = time.monotonic()
+    info = wait_for(sched, job, {JobState.TIMEOUT})
+    assert time.monotonic() - started < 10
+    assert "DUE TO TIME LIMIT" in (tmp_path / "run" / f"slurm-{job}.out").read_text()
+    assert info.state.is_final
+
+
+def test_warning_signal_before_the_limit(sched: LocalScheduler, tmp_path: Path) -> None:
+    body = "trap 'echo got-usr1; exit 0' USR1\nfor i in $(seq 100); do sleep 0.1; done"
+    job = submit(
+        sched, tmp_path / "run", body, time_limit="0:03", extra="#SBATCH --signal=B:USR1@2\n"
+    )
+    wait_for(sched, job, {JobState.COMPLETED})
+    assert "got-usr1" in (tmp_path / "run" / f"slurm-{job}.out").read_text()
+
+
+def test_cancel_running_and_pending(tmp_path: Path) -> None:
+    sched = LocalScheduler(tmp_path / "local", max_jobs=1, kill_wait_s=1)
+    first = submit(sched, tmp_path / "a", "sleep 60")
+    wait_for(sched, first, {JobState.RUNNING})
+    second = submit(sched, tmp_path / "b", "echo never")
+    time.sleep(0.5)
+    assert sched.poll([second])[second].state == JobState.PENDING  # one slot, taken
+    sched.cancel([second])
+    assert sched.poll([second])[second].state == JobState.CANCELLED
+    sched.cancel([first])
+    info = wait_for(sched, first, {JobState.CANCELLED}, limit=10)
+    assert info.ended_at
+    assert not (tmp_path / "b" / f"slurm-{second}.out").exists()
+
+
+def test_queue_runs_jobs_in_order_within_the_limit(tmp_path: Path) -> None:
+    sched = LocalScheduler(tmp_path / "local", max_jobs=1, kill_wait_s=1)
+    log = tmp_path / "order.log"
+    jobs = [submit(sched, tmp_path / f"j{i}", f"echo {i} >> {log}; sleep 0.2") for i in range(3)]
+    for job in jobs:
+        wait_for(sched, job, {JobState.COMPLETED})
+    assert log.read_text().split() == ["0", "1", "2"]
+    infos = sched.poll(jobs)
+    ends = [infos[j].ended_at or "" for j in jobs]
+    starts = [infos[j].started_at or "" for j in jobs]
+    assert starts[1] >= ends[0] and starts[2] >= ends[1]
+
+
+def test_missing_output_directory_fails_like_slurm(sched: LocalScheduler, tmp_path: Path) -> None:
+    script = write_script(tmp_path / "run", "echo hi")
+    script.write_text(script.read_text().replace(str(tmp_path / "run"), str(tmp_path / "gone"), 1))
+    text = script.read_text().replace(f"--output={tmp_path}/run", f"--output={tmp_path}/gone")
+    script.write_text(text)
+    job = sched.submit(str(script), token="t", workdir=str(tmp_path / "run"))
+    info = wait_for(sched, job, {JobState.FAILED})
+    assert (info.exit_code, info.signal) == (0, 53)
+    assert "missing" in (info.reason or "")
+
+
+def test_dead_runner_marks_the_job_failed(sched: LocalScheduler, tmp_path: Path) -> None:
+    job = submit(sched, tmp_path / "run", "sleep 60")
+    wait_for(sched, job, {JobState.RUNNING})
+    record = sched._read(job)
+    os.kill(record["supervisor"]["pid"], signal.SIGKILL)
+    info = wait_for(sched, job, {JobState.FAILED})
+    assert "runner" in (info.reason or "") and "died" in (info.reason or "")
+    time.sleep(0.2)
+    stat = Path(f"/proc/{record['pgid']}/stat")
+    # The job's processes were stopped too (gone, or a zombie awaiting its reaper).
+    assert not stat.exists() or stat.read_text().rsplit(")", 1)[1].split()[0] == "Z"
+
+
+def test_unknown_jobs_are_left_out(sched: LocalScheduler) -> None:
+    assert sched.poll(["999"]) == {}
+    with pytest.raises(HpcjobError):
+        sched.cancel(["999"])

@@ -6,6 +6,7 @@ invocation) and returns plain values; the CLI only parses options and prints wha
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -25,8 +26,8 @@ from hpcjob.jobstate import JobState
 from hpcjob.ledger import Ledger, NewRun, Run
 from hpcjob.render import RenderContext, render_script, script_hash, template_dirs
 from hpcjob.resources import workload_files
-from hpcjob.scheduler import Scheduler, scheduler_for
-from hpcjob.spec import WORKLOADS, JobSpec, SpecRequest, build_spec
+from hpcjob.scheduler import JobInfo, Scheduler, parse_utc, scheduler_for, utc_now
+from hpcjob.spec import WORKLOADS, JobSpec, SpecRequest, build_spec, check_against_partitions
 
 PCAM_SPLIT_FILE = "camelyonpatch_level_2_split_{split}_{xy}.h5"
 # Files a run directory holds that are hpcjob's own, not the workload's artifacts.
@@ -41,6 +42,7 @@ class Context:
 
     settings: Settings
     profile: Profile
+    notes: list[str] = field(default_factory=list)  # said once on stderr at the end
     _ledger: Ledger | None = field(default=None, repr=False)
     _scheduler: Scheduler | None = field(default=None, repr=False)
 
@@ -78,13 +80,16 @@ class Prepared:
     script: str
 
 
-def prepare(ctx: Context, request: SpecRequest, *, check_data: bool = True) -> Prepared:
-    """Fill the request from the profile, validate it, render the script."""
+def prepare(
+    ctx: Context, request: SpecRequest, *, check_data: bool = True, check_cluster: bool = True
+) -> Prepared:
+    """Fill the request from the profile, validate it (against the live cluster's partitions
+    unless `check_cluster` is off, as for `render`), render the script."""
     profile = ctx.profile
     local = profile.scheduler == "local"
     data_dir = request.data_dir or profile.get("data_dir")
-    if data_dir and local:
-        data_dir = os.path.abspath(os.path.expanduser(data_dir))
+    if data_dir and not profile.get("host"):
+        data_dir = os.path.abspath(os.path.expanduser(data_dir))  # the job runs elsewhere (cwd)
     filled = SpecRequest(
         **{
             **request.__dict__,
@@ -96,6 +101,10 @@ def prepare(ctx: Context, request: SpecRequest, *, check_data: bool = True) -> P
     spec = build_spec(filled)
     if check_data and local and spec.data_dir:
         check_local_data(spec)
+    if check_cluster:
+        partitions = cached_partitions(ctx)
+        if partitions is not None:
+            check_against_partitions(spec, partitions)
     run_root = str(profile.get("remote_root") or ctx.settings.runs_dir)
     if not profile.get("host"):
         # Slurm reads `#SBATCH --output` without a shell: the path must be absolute.
@@ -127,6 +136,52 @@ def prepare(ctx: Context, request: SpecRequest, *, check_data: bool = True) -> P
     return Prepared(spec=spec, new_run=new, script=script)
 
 
+_PARTITIONS_TTL_S = 300
+
+
+def cached_partitions(ctx: Context, refresh: bool = False) -> list[Any] | None:
+    """The scheduler's partitions from one sinfo, kept for a few minutes per profile."""
+    if ctx.profile.scheduler == "local":
+        return None
+    from hpcjob.slurm import Partition
+
+    cache = ctx.settings.home / "cache" / f"partitions-{ctx.profile.name}.json"
+    if not refresh and cache.exists() and time.time() - cache.stat().st_mtime < _PARTITIONS_TTL_S:
+        try:
+            return [Partition(**item) for item in json.loads(cache.read_text())]
+        except (ValueError, TypeError):
+            pass  # a damaged cache is just asked for again
+    partitions = ctx.scheduler.partitions()
+    if partitions is None:
+        return None
+    cache.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = cache.with_suffix(f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps([dataclasses.asdict(p) for p in partitions]))
+    os.replace(tmp, cache)
+    return partitions
+
+
+def partition_row(part: Any) -> dict[str, Any]:
+    """A partition as `hpcjob partitions` shows it (same keys in the table and in --json)."""
+    from hpcjob.spec import format_memory, format_time
+
+    gpus = ", ".join(f"{n}× {kind}" for kind, n in sorted(part.gpus_per_node.items()))
+    return {
+        "name": part.name + ("*" if part.is_default else ""),  # sinfo marks the default so
+        "partition": part.name,
+        "default": part.is_default,
+        "state": part.state,
+        "time_limit": format_time(part.max_time_s) if part.max_time_s else "unlimited",
+        "time_limit_s": part.max_time_s,
+        "nodes": part.nodes,
+        "cpus_per_node": part.cpus_per_node,
+        "mem_per_node": format_memory(part.mem_mb),
+        "mem_mb": part.mem_mb,
+        "gpus": gpus or "-",
+        "gpus_per_node": part.gpus_per_node,
+    }
+
+
 def check_local_data(spec: JobSpec) -> None:
     """The PCAM files must exist when the job runs on this machine."""
     assert spec.data_dir is not None
@@ -152,7 +207,7 @@ def run_json(ctx: Context, prepared: Prepared) -> dict[str, Any]:
     return {
         "run_id": prepared.new_run.run_id,
         "token": prepared.new_run.token,
-        "created_at": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "created_at": utc_now(),
         "hpcjob_version": __version__,
         "profile": ctx.profile.name,
         "scheduler": ctx.profile.scheduler,
@@ -258,12 +313,20 @@ def refresh(ctx: Context) -> list[Run]:
     pending = [_complete_submission(ctx, run) for run in pending]
     with_jobs = [run for run in pending if run.job_id and run.cluster == scheduler.cluster]
     infos = scheduler.poll([run.job_id for run in with_jobs if run.job_id])
+    accounting_off = getattr(scheduler, "accounting_off", None)
+    if accounting_off:
+        ctx.notes.append(
+            f"Slurm's accounting (sacct) is not answering ({accounting_off}); states come from "
+            "squeue and the jobs' exit-status files until it is back."
+        )
     updated: list[Run] = []
     for run in with_jobs:
-        info = infos.get(run.job_id or "")
+        info = infos.get(run.job_id or "") or exit_status_info(ctx, run)
         if info is None:
-            updated.append(run)
+            updated.append(run)  # unknown to the scheduler (yet): never taken for done
             continue
+        if info.facts:
+            ledger.set_facts(run.run_id, info.facts)
         fresh = run
         if (info.state, info.node, info.started_at, info.ended_at) != (
             run.state,
@@ -278,6 +341,31 @@ def refresh(ctx: Context) -> list[Run]:
     return updated
 
 
+def exit_status_path(run: Run) -> str:
+    task = run.job_id.split("_", 1)[1] if run.job_id and "_" in run.job_id else None
+    return f"{run.run_dir}/exit-status" + (f".{task}" if task else "")
+
+
+def exit_status_info(ctx: Context, run: Run) -> JobInfo | None:
+    """How a job the scheduler no longer reports ended, from the file its script's EXIT trap
+    wrote — where accounting is off, this is the only record."""
+    shell = ctx.scheduler.shell
+    path = exit_status_path(run)
+    if not run.job_id or not shell.exists(path):
+        return None
+    words = shell.read_bytes(path, 0, 200).decode(errors="replace").split()
+    if not words or not words[0].lstrip("-").isdigit():
+        return None
+    code = int(words[0])
+    return JobInfo(
+        job_id=run.job_id,
+        state=JobState.COMPLETED if code == 0 else JobState.FAILED,
+        exit_code=code,
+        ended_at=words[1] if len(words) > 1 else None,
+        reason="from the job's exit-status file (the scheduler no longer reports it)",
+    )
+
+
 def _complete_submission(ctx: Context, run: Run) -> Run:
     """A run left SUBMITTING by a crash: find its job by token, or mark it never submitted."""
     if run.state != JobState.SUBMITTING or run.job_id:
@@ -285,7 +373,7 @@ def _complete_submission(ctx: Context, run: Run) -> Run:
     job_id = ctx.scheduler.find_by_token(run.token)
     if job_id is not None:
         return ctx.ledger.set_submitted(run.run_id, job_id, output_path(run, job_id))
-    created = datetime.fromisoformat(run.created_at.replace("Z", "+00:00"))
+    created = parse_utc(run.created_at)
     if (datetime.now(timezone.utc) - created).total_seconds() > _SUBMIT_GRACE_S:
         ctx.ledger.mark_unsubmitted(run.run_id, "the submission never reached the scheduler")
         return ctx.ledger.get_run(run.run_id)
@@ -348,14 +436,35 @@ def wait(
             on_tick(run)
         if run.state.is_final:
             return run
+        _sleep_until_due(ctx, run, interval, sleep)
+        interval = min(interval * 2, ctx.scheduler.poll_cap_s)
         if timeout_s is not None and time.monotonic() - started > timeout_s:
             raise HpcjobError(
                 f"Gave up waiting for run {run.run_id} after {timeout_s:g} s; "
                 f"it is {run.state.value}.",
                 hint=f"It keeps running; see `hpcjob status` or `hpcjob wait {run.run_id}`.",
             )
+
+
+_FILE_TICK_S = 0.25
+
+
+def _sleep_until_due(
+    ctx: Context, run: Run, interval: float, sleep: Callable[[float], None]
+) -> None:
+    """Sleep until the next poll is due — or until the job's exit-status file appears, which
+    costs the scheduler nothing to watch and ends a wait as soon as the job has ended."""
+    if interval <= _FILE_TICK_S:
         sleep(interval)
-        interval = min(interval * 2, ctx.scheduler.poll_cap_s)
+        return
+    deadline = time.monotonic() + interval
+    path = exit_status_path(run)
+    shell = ctx.scheduler.shell
+    watch = not shell.exists(path)  # already there (job ending slowly): just back off
+    while time.monotonic() < deadline:
+        sleep(_FILE_TICK_S)
+        if watch and shell.exists(path):
+            return
 
 
 def resolve(ctx: Context, ref: str) -> Run:
@@ -396,13 +505,9 @@ def cancel(ctx: Context, run: Run) -> Run:
 def elapsed_s(run: Run, now: datetime | None = None) -> int | None:
     if not run.started_at:
         return None
-    start = _parse_time(run.started_at)
-    end = _parse_time(run.ended_at) if run.ended_at else (now or datetime.now(timezone.utc))
+    start = parse_utc(run.started_at)
+    end = parse_utc(run.ended_at) if run.ended_at else (now or datetime.now(timezone.utc))
     return max(0, int((end - start).total_seconds()))
-
-
-def _parse_time(text: str) -> datetime:
-    return datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
 def run_row(run: Run, latest: list[Any] | None = None) -> dict[str, Any]:

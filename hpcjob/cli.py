@@ -6,9 +6,10 @@ Heavy modules (jinja2, sqlite, paramiko, torch) are imported inside the commands
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Annotated, Any, TypeVar
 
 import typer
@@ -68,10 +69,19 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts in
 RefArg = Annotated[str, typer.Argument(help="A job id, a run id, or `last`.")]
 
 
-def _context(profile: str | None, **flags: Any) -> Any:
+@contextlib.contextmanager
+def _session(profile: str | None) -> Iterator[Any]:
+    """The invocation's Context; its notes go to stderr and its ledger is closed at the end."""
+    from hpcjob import output
     from hpcjob.app import open_context
 
-    return open_context(profile, flags)
+    context = open_context(profile)
+    try:
+        yield context
+    finally:
+        for note in dict.fromkeys(context.notes):
+            output.warn(note)
+        context.close()
 
 
 # -- submit / render ------------------------------------------------------------------------
@@ -149,9 +159,13 @@ def _submit_or_render(
         },
         require_data=not rendering,
     )
-    context = _context(profile)
-    try:
-        prepared = core.prepare(context, request, check_data=not (rendering or dry_run))
+    with _session(profile) as context:
+        prepared = core.prepare(
+            context,
+            request,
+            check_data=not (rendering or dry_run),
+            check_cluster=not rendering,
+        )
         if rendering:
             output.print_text(prepared.script)
             return
@@ -172,8 +186,6 @@ def _submit_or_render(
             output.print_table(core.rows(context, [run]))
         if wait and run.state.value != "COMPLETED":
             raise typer.Exit(EXIT_JOB_FAILED)
-    finally:
-        context.close()
 
 
 def _show_dry_run(context: Any, prepared: Any, json_out: bool) -> None:
@@ -245,8 +257,7 @@ def status(
     from hpcjob import app as core
     from hpcjob import output
 
-    context = _context(profile)
-    try:
+    with _session(profile) as context:
         core.refresh(context)
         ledger = context.ledger
         active = ledger.unfinished(context.profile.name)
@@ -268,8 +279,6 @@ def status(
             )
         if check and any(r.state.is_final and r.state.value != "COMPLETED" for r in runs):
             raise typer.Exit(EXIT_JOB_FAILED)
-    finally:
-        context.close()
 
 
 @app.command()
@@ -297,8 +306,7 @@ def runs(
         )
     if limit < 1:
         raise HpcjobError("--limit must be at least 1.", exit_code=2)
-    context = _context(profile)
-    try:
+    with _session(profile) as context:
         core.refresh(context)
         found = context.ledger.list_runs(
             workload=workload,
@@ -311,8 +319,6 @@ def runs(
             output.print_json(rows)
         else:
             output.print_table(rows, empty="No runs match.")
-    finally:
-        context.close()
 
 
 @app.command()
@@ -329,16 +335,13 @@ def show(
     from hpcjob import app as core
     from hpcjob import output
 
-    context = _context(profile)
-    try:
+    with _session(profile) as context:
         run = core.resolve(context, ref)
         detail = core.run_detail(context, run)
         if json_out:
             output.print_json(detail)
         else:
             output.print_run_detail(detail, show_script=script)
-    finally:
-        context.close()
 
 
 @app.command()
@@ -353,8 +356,7 @@ def logs(
     from hpcjob import app as core
     from hpcjob import output
 
-    context = _context(profile)
-    try:
+    with _session(profile) as context:
         run = core.resolve(context, ref)
         data = core.read_log(context, run)
         text = data.decode("utf-8", errors="replace")
@@ -368,8 +370,6 @@ def logs(
                 core.harvest(context, run)
             return
         _follow(context, run, len(data))
-    finally:
-        context.close()
 
 
 def _follow(context: Any, run: Any, offset: int) -> None:
@@ -406,8 +406,7 @@ def wait(
     from hpcjob import app as core
     from hpcjob import output
 
-    context = _context(profile)
-    try:
+    with _session(profile) as context:
         run = core.resolve(context, ref)
         if not run.state.is_final:
             run = (
@@ -419,8 +418,6 @@ def wait(
         output.print_json(rows[0]) if json_out else output.print_table(rows)
         if run.state.value != "COMPLETED":
             raise typer.Exit(EXIT_JOB_FAILED)
-    finally:
-        context.close()
 
 
 @app.command()
@@ -434,8 +431,7 @@ def cancel(
     from hpcjob import app as core
     from hpcjob import output
 
-    context = _context(profile)
-    try:
+    with _session(profile) as context:
         done = [core.cancel(context, core.resolve(context, ref)) for ref in refs]
         rows = core.rows(context, done)
         if json_out:
@@ -443,8 +439,42 @@ def cancel(
         else:
             for run in done:
                 output.info(f"Cancelled job {run.job_id} (run {run.run_id}): {run.state.value}.")
-    finally:
-        context.close()
+
+
+@app.command()
+@boundary
+def partitions(profile: ProfileOpt = None, json_out: JsonOpt = False) -> None:
+    """The cluster's partitions: time limit, nodes, CPUs, memory and GPUs per node, state."""
+    from hpcjob import app as core
+    from hpcjob import output
+
+    with _session(profile) as context:
+        found = core.cached_partitions(context, refresh=True)
+        if found is None:
+            if json_out:
+                output.print_json([])
+            output.info(
+                f"Profile {context.profile.name} uses the embedded scheduler: any partition name "
+                "runs here, on this machine."
+            )
+            return
+        rows = [core.partition_row(p) for p in found]
+        if json_out:
+            output.print_json(rows)
+            return
+        output.print_table(
+            rows,
+            columns=(
+                ("name", "partition"),
+                ("time_limit", "time limit"),
+                ("nodes", "nodes"),
+                ("cpus_per_node", "CPUs/node"),
+                ("mem_per_node", "memory/node"),
+                ("gpus", "GPUs/node"),
+                ("state", "state"),
+            ),
+            title=f"Partitions of profile {context.profile.name}",
+        )
 
 
 # -- config ---------------------------------------------------------------------------------

@@ -13,17 +13,12 @@ import secrets
 import sqlite3
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from hpcjob.errors import HpcjobError
 from hpcjob.jobstate import JobState
-from hpcjob.scheduler import JobInfo
-
-
-def utc_now() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+from hpcjob.scheduler import JobInfo, utc_now
 
 
 @dataclass(frozen=True)

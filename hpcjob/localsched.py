@@ -29,15 +29,11 @@ from typing import Any
 
 from hpcjob.errors import HpcjobError
 from hpcjob.jobstate import JobState
-from hpcjob.scheduler import JobInfo
+from hpcjob.scheduler import JobInfo, parse_utc, utc_now
 from hpcjob.shell import LocalShell, Shell
 from hpcjob.spec import parse_memory_mb, parse_time_limit
 
 _TICK_S = 0.05
-
-
-def utc_now() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 @dataclass(frozen=True)
@@ -211,6 +207,10 @@ class LocalScheduler:
     def find_by_token(self, token: str) -> str | None:
         path = self.root / "tokens" / token
         return path.read_text().strip() if path.exists() else None
+
+    def partitions(self) -> None:
+        """Any partition name runs here, on this machine."""
+        return None
 
     # -- records ------------------------------------------------------------------------------
 
@@ -434,7 +434,7 @@ def _supervisor_alive(rec: dict[str, Any]) -> bool:
         submitted = rec.get("submitted_at")
         if submitted is None:
             return False
-        age = datetime.now(timezone.utc) - datetime.fromisoformat(submitted.replace("Z", "+00:00"))
+        age = datetime.now(timezone.utc) - parse_utc(submitted)
         return age.total_seconds() < 10
     if not Path("/proc").is_dir():  # no /proc (macOS): ask the kernel about the pid alone
         try:

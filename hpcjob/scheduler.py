@@ -6,9 +6,11 @@ sbatch/squeue/sacct through a Shell. Everything above this seam only sees `JobIn
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any, Protocol
 
 from hpcjob.errors import HpcjobError
 from hpcjob.jobstate import JobState
@@ -16,6 +18,15 @@ from hpcjob.jobstate import JobState
 if TYPE_CHECKING:
     from hpcjob.config import Profile, Settings
     from hpcjob.shell import Shell
+
+
+def utc_now() -> str:
+    """Now as ISO-8601 UTC, the form every time in hpcjob takes."""
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_utc(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
 @dataclass(frozen=True)
@@ -31,6 +42,8 @@ class JobInfo:
     started_at: str | None = None
     ended_at: str | None = None
     reason: str | None = None
+    # What the scheduler's accounting adds (elapsed, CPU time, peak memory, GPUs); into the ledger.
+    facts: dict[str, Any] = field(default_factory=dict)
 
 
 class Scheduler(Protocol):
@@ -57,6 +70,10 @@ class Scheduler(Protocol):
         """The job id submitted with this token, if the scheduler has one."""
         ...
 
+    def partitions(self) -> list[Any] | None:
+        """The partitions requests are checked against; None when any name runs (embedded)."""
+        ...
+
 
 def scheduler_for(profile: Profile, settings: Settings) -> Scheduler:
     """The scheduler a profile names."""
@@ -64,8 +81,168 @@ def scheduler_for(profile: Profile, settings: Settings) -> Scheduler:
         from hpcjob.localsched import LocalScheduler
 
         return LocalScheduler(settings.local_dir, max_jobs=int(profile.get("max_local_jobs") or 2))
-    raise HpcjobError(
-        f"Profile {profile.name!r} uses the Slurm scheduler, which this version of hpcjob cannot "
-        "drive yet.",
-        hint='Use the embedded scheduler: --profile local (or scheduler = "local").',
+    host = profile.get("host")
+    if host:
+        raise HpcjobError(
+            f"Profile {profile.name!r} reaches its cluster over SSH ({host}), which this version "
+            "of hpcjob cannot do yet.",
+            hint="Run hpcjob on the login node itself (profile `slurm`), or use --profile local.",
+        )
+    from hpcjob.shell import LocalShell
+
+    return SlurmScheduler(LocalShell(), cluster=f"slurm:{socket.gethostname()}")
+
+
+class SlurmScheduler:
+    """Slurm through a Shell: sbatch, one squeue + at most one sacct per poll, scancel, sinfo.
+
+    squeue (with `--states=all`, which keeps ended jobs for a few minutes) answers for live jobs;
+    sacct is asked only about jobs squeue no longer shows or shows as ended. sacct's interim
+    `allocation` records are ignored until the real one arrives. Where accounting is off, sacct
+    errors are remembered (`accounting_off`) and the caller falls back to the exit-status file.
+    """
+
+    name = "slurm"
+    poll_start_s = 2.0
+    poll_cap_s = 30.0
+
+    def __init__(self, shell: Shell, cluster: str) -> None:
+        self.shell = shell
+        self.cluster = cluster
+        self.accounting_off: str | None = None
+
+    def submit(self, script_path: str, *, token: str, workdir: str) -> str:
+        from hpcjob import slurm
+
+        argv = slurm.sbatch_argv(script_path, comment=token, extra=[f"--chdir={workdir}"])
+        result = self.shell.run(argv, check=False, timeout=120)
+        if result.returncode != 0:
+            message, hint = slurm.parse_sbatch_error(result.stderr)
+            raise HpcjobError(message, hint=hint)
+        return slurm.parse_sbatch_job_id(result.stdout).job_id
+
+    def poll(self, job_ids: Sequence[str]) -> dict[str, JobInfo]:
+        from hpcjob import slurm
+
+        if not job_ids:
+            return {}
+        live: dict[str, slurm.SqueueRow] = {}
+        for row in self._squeue(job_ids):
+            for task in row.task_ids() if row.is_array_rest else [row.job_id]:
+                live[task] = row
+            live.setdefault(row.raw_job_id, row)
+        ended = [j for j in job_ids if j not in live or live[j].state.is_final]
+        accounted = {r.job_id: r for r in self._sacct(ended) if not r.is_interim}
+        infos: dict[str, JobInfo] = {}
+        for job_id in job_ids:
+            record, row = accounted.get(job_id), live.get(job_id)
+            if record is not None and (record.state.is_final or row is None):
+                infos[job_id] = _from_sacct(record)
+            elif row is not None:
+                infos[job_id] = _from_squeue(job_id, row)
+        return infos
+
+    def _squeue(self, job_ids: Sequence[str]) -> list[Any]:
+        from hpcjob import slurm
+        from hpcjob.shell import command_error
+
+        result = self.shell.run(slurm.squeue_argv(job_ids), check=False, timeout=60)
+        if result.returncode != 0:
+            # squeue -j with one id it no longer knows exits 1: that is "no rows", not a failure.
+            if slurm.parse_slurm_error(result.stderr).kind is slurm.SlurmErrorKind.UNKNOWN_JOB:
+                return []
+            raise command_error(result, "Asking Slurm about jobs (squeue)")
+        return slurm.parse_squeue(result.stdout)
+
+    def _sacct(self, job_ids: Sequence[str]) -> list[Any]:
+        from hpcjob import slurm
+
+        if not job_ids:
+            return []
+        result = self.shell.run(slurm.sacct_argv(job_ids), check=False, timeout=60)
+        if result.returncode != 0:
+            self.accounting_off = slurm.parse_slurm_error(result.stderr).message
+            return []
+        self.accounting_off = None
+        return slurm.parse_sacct(result.stdout)
+
+    def cancel(self, job_ids: Sequence[str]) -> None:
+        from hpcjob import slurm
+
+        result = self.shell.run(slurm.scancel_argv(job_ids), check=False, timeout=60)
+        if result.returncode != 0:
+            failures = slurm.parse_scancel_errors(result.stderr)
+            detail = "; ".join(f"job {f.job_id}: {f.reason}" for f in failures)
+            raise HpcjobError(
+                f"scancel failed: {detail or slurm.parse_slurm_error(result.stderr).message}",
+                hint="You can only cancel your own jobs; `hpcjob status` shows their states.",
+            )
+
+    def find_by_token(self, token: str) -> str | None:
+        from hpcjob import slurm
+
+        result = self.shell.run(slurm.squeue_mine_argv(), check=False, timeout=60)
+        if result.returncode == 0:
+            for row in slurm.parse_squeue(result.stdout):
+                if row.comment == token:
+                    return str(row.array_job_id or row.job_id)
+        result = self.shell.run(slurm.sacct_recent_argv(), check=False, timeout=60)
+        if result.returncode == 0:
+            for record in slurm.parse_sacct(result.stdout):
+                if record.comment == token:
+                    return str(record.array_job_id or record.job_id)
+        return None
+
+    def partitions(self) -> list[Any]:
+        from hpcjob import slurm
+
+        result = self.shell.run(slurm.sinfo_argv(), check=False, timeout=60)
+        if result.returncode != 0:
+            from hpcjob.shell import command_error
+
+            raise command_error(result, "Asking Slurm for its partitions (sinfo)")
+        return slurm.parse_sinfo(result.stdout)
+
+
+def _iso(value: datetime | None) -> str | None:
+    """sacct/squeue print the cluster's local time; the ledger keeps UTC."""
+    if value is None:
+        return None
+    return value.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _from_squeue(job_id: str, row: Any) -> JobInfo:
+    running = row.state not in (JobState.PENDING, JobState.REQUEUED)
+    return JobInfo(
+        job_id=job_id,
+        state=row.state,
+        node=row.nodes,
+        started_at=_iso(row.start_time) if running else None,
+        reason=row.reason if row.state == JobState.PENDING else None,
+    )
+
+
+def _from_sacct(record: Any) -> JobInfo:
+    facts = {
+        "elapsed_s": record.elapsed_s,
+        "cpu_time_s": record.cpu_time_s,
+        "total_cpu_s": record.total_cpu_s,
+        "max_rss_bytes": record.max_rss_bytes,
+        "req_mem_mb": record.req_mem_mb,
+        "alloc_cpus": record.alloc_cpus,
+        "alloc_gpus": record.gpus,
+        "alloc_tres": record.alloc_tres or None,
+        "time_limit_s": record.time_limit_s,
+    }
+    return JobInfo(
+        job_id=record.job_id,
+        state=record.state,
+        exit_code=record.exit_code,
+        signal=record.signal,
+        node=record.nodes,
+        submitted_at=_iso(record.submit),
+        started_at=_iso(record.start),
+        ended_at=_iso(record.end) if record.state.is_final else None,
+        reason=record.reason if record.state == JobState.PENDING else None,
+        facts={f"sacct_{k}": v for k, v in facts.items() if v is not None},
     )

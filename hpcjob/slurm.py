@@ -467,7 +467,22 @@ def parse_squeue(text: str) -> list[SqueueRow]:
     return out
 
 
+def squeue_mine_argv() -> list[str]:
+    """All of the user's jobs squeue still knows (finding a job by its token)."""
+    return ["squeue", "--me", "--states=all", f"--format={SQUEUE_FORMAT}"]
+
+
 # ------------------------------------------------------------------------------------- sacct
+def sacct_recent_argv(days: int = 7) -> list[str]:
+    """The user's jobs of the last days (finding a job by its token once squeue forgot it)."""
+    return [
+        "sacct",
+        "--parsable2",
+        f"--format={','.join(SACCT_FIELDS)}",
+        f"--starttime=now-{days}days",
+    ]
+
+
 def sacct_argv(job_ids: Iterable[str]) -> list[str]:
     """One sacct for many jobs (`-j a,b,c`); with -j sacct searches from the epoch, all states."""
     ids = _check_job_ids(job_ids, "sacct")

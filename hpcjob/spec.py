@@ -6,12 +6,17 @@ before anything is rendered or submitted.
 
 from __future__ import annotations
 
+import difflib
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hpcjob.errors import EXIT_USAGE, HpcjobError
+
+if TYPE_CHECKING:
+    from hpcjob.slurm import Partition
 
 _TIME_FORMATS = "MM, MM:SS, HH:MM:SS, D-HH, D-HH:MM or D-HH:MM:SS"
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -357,3 +362,49 @@ def workload_argv(spec: JobSpec) -> list[str]:
         else:
             argv += [flag, str(value)]
     return argv
+
+
+def check_against_partitions(spec: JobSpec, partitions: Sequence[Partition]) -> None:
+    """The request against the live cluster's partitions (from sinfo): name, time, GPUs."""
+    res = spec.resources
+    by_name = {p.name: p for p in partitions}
+    if res.partition is None:
+        default = next((p for p in partitions if p.is_default), None)
+        if default is None:
+            return  # Slurm decides; nothing to check against
+        part = default
+    elif res.partition not in by_name:
+        close = difflib.get_close_matches(res.partition, list(by_name), n=1, cutoff=0.5)
+        raise HpcjobError(
+            f"The cluster has no partition {res.partition!r}."
+            + (f" Did you mean {close[0]!r}?" if close else ""),
+            hint=f"Partitions you can use: {', '.join(sorted(by_name))} (`hpcjob partitions`).",
+            exit_code=EXIT_USAGE,
+        )
+    else:
+        part = by_name[res.partition]
+    problems = []
+    if part.max_time_s is not None and res.time_s > part.max_time_s:
+        problems.append(
+            f"--time {format_time(res.time_s)} is above {part.name}'s limit of "
+            f"{format_time(part.max_time_s)}"
+        )
+    if res.gpus and not part.gpus:
+        gpu_parts = sorted(p.name for p in partitions if p.gpus)
+        problems.append(
+            f"{part.name} has no GPUs but {res.gpus} were asked for"
+            + (f"; GPU partitions: {', '.join(gpu_parts)}" if gpu_parts else "")
+        )
+    elif res.gpus > part.gpus:
+        problems.append(f"{res.gpus} GPUs were asked for, but a {part.name} node has {part.gpus}")
+    if res.cpus_per_task and part.cpus_per_node and res.cpus_per_task > part.cpus_per_node:
+        problems.append(
+            f"--cpus {res.cpus_per_task} is more than a {part.name} node has ({part.cpus_per_node})"
+        )
+    if problems:
+        raise HpcjobError(
+            f"The request does not fit partition {part.name}:\n"
+            + "\n".join(f"  - {p}" for p in problems),
+            hint="`hpcjob partitions` shows each partition's limits and GPUs.",
+            exit_code=EXIT_USAGE,
+        )

@@ -321,7 +321,13 @@ def refresh(ctx: Context) -> list[Run]:
         )
     updated: list[Run] = []
     for run in with_jobs:
-        info = infos.get(run.job_id or "") or exit_status_info(ctx, run)
+        info = infos.get(run.job_id or "")
+        if info is None or (info.state.is_final and info.exit_code is None):
+            from_file = exit_status_info(ctx, run)
+            if info is None:
+                info = from_file
+            elif from_file is not None:  # ended, but the scheduler gave no exit code
+                info = dataclasses.replace(info, exit_code=from_file.exit_code)
         if info is None:
             updated.append(run)  # unknown to the scheduler (yet): never taken for done
             continue

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -138,6 +138,14 @@ class SlurmScheduler:
             record, row = accounted.get(job_id), live.get(job_id)
             if record is not None and (record.state.is_final or row is None):
                 infos[job_id] = _from_sacct(record)
+            elif row is not None and row.state.is_final and not self.accounting_off:
+                # Ended, but sacct's record (exit code, CPU time, memory) lags a few seconds:
+                # not final for hpcjob yet, so the next poll asks again.
+                infos[job_id] = replace(
+                    _from_squeue(job_id, row),
+                    state=JobState.COMPLETING,
+                    reason=f"{row.state.value}; waiting for Slurm's accounting record",
+                )
             elif row is not None:
                 infos[job_id] = _from_squeue(job_id, row)
         return infos

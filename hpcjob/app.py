@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -27,7 +28,14 @@ from hpcjob.ledger import Ledger, NewRun, Run
 from hpcjob.render import RenderContext, render_script, script_hash, template_dirs
 from hpcjob.resources import workload_files
 from hpcjob.scheduler import JobInfo, Scheduler, parse_utc, scheduler_for, utc_now
-from hpcjob.spec import WORKLOADS, JobSpec, SpecRequest, build_spec, check_against_partitions
+from hpcjob.spec import (
+    WORKLOADS,
+    JobSpec,
+    SpecRequest,
+    array_task_ids,
+    build_spec,
+    check_against_partitions,
+)
 
 PCAM_SPLIT_FILE = "camelyonpatch_level_2_split_{split}_{xy}.h5"
 # Files a run directory holds that are hpcjob's own, not the workload's artifacts.
@@ -87,6 +95,16 @@ def prepare(
     unless `check_cluster` is off, as for `render`), render the script."""
     profile = ctx.profile
     local = profile.scheduler == "local"
+    if local and request.array:
+        raise HpcjobError(
+            "The embedded scheduler does not run job arrays.",
+            hint="Submit the array with a Slurm profile, or submit the tasks one by one.",
+            exit_code=EXIT_USAGE,
+        )
+    after = request.after
+    if after is not None:
+        # --after takes a run id or `last` too; Slurm needs the job id.
+        after = ctx.ledger.resolve(after).job_id or after
     data_dir = request.data_dir or profile.get("data_dir")
     if data_dir and not profile.get("host"):
         data_dir = os.path.abspath(os.path.expanduser(data_dir))  # the job runs elsewhere (cwd)
@@ -94,6 +112,7 @@ def prepare(
         **{
             **request.__dict__,
             "partition": request.partition or profile.partitions.get(request.workload),
+            "after": after,
             "account": request.account or profile.get("account"),
             "data_dir": data_dir,
         }
@@ -276,7 +295,10 @@ def submit(ctx: Context, prepared: Prepared) -> Run:
             raise
         job_id = found
     output = output_path(run, job_id)
-    return ctx.ledger.set_submitted(run.run_id, job_id, output)
+    run = ctx.ledger.set_submitted(run.run_id, job_id, output)
+    if prepared.spec.resources.array:
+        ctx.ledger.create_array_tasks(run, array_task_ids(prepared.spec.resources.array))
+    return run
 
 
 def stage(scheduler: Scheduler, prepared: Prepared, meta: dict[str, Any]) -> None:
@@ -311,7 +333,12 @@ def refresh(ctx: Context) -> list[Run]:
         return []
     scheduler = ctx.scheduler
     pending = [_complete_submission(ctx, run) for run in pending]
-    with_jobs = [run for run in pending if run.job_id and run.cluster == scheduler.cluster]
+    arrays = [run for run in pending if run.is_array]
+    with_jobs = [
+        run
+        for run in pending
+        if run.job_id and run.cluster == scheduler.cluster and not run.is_array
+    ]
     infos = scheduler.poll([run.job_id for run in with_jobs if run.job_id])
     accounting_off = getattr(scheduler, "accounting_off", None)
     if accounting_off:
@@ -344,7 +371,39 @@ def refresh(ctx: Context) -> list[Run]:
         if fresh.state == JobState.RUNNING or (fresh.state.is_final and not run.state.is_final):
             harvest(ctx, fresh)
         updated.append(fresh)
+    for parent in arrays:
+        tasks = ledger.tasks(parent.run_id)
+        info = array_info(parent, tasks)
+        if info is not None and info.state != parent.state:
+            parent = ledger.record_info(parent, info, "array tasks")
+        updated.append(parent)
     return updated
+
+
+def array_info(parent: Run, tasks: list[Run]) -> JobInfo | None:
+    """An array's state from its tasks': running while any runs, COMPLETED when all did."""
+    if not tasks or not parent.job_id:
+        return None
+    states = [t.state for t in tasks]
+    starts = [t.started_at for t in tasks if t.started_at]
+    if all(s.is_final for s in states):
+        bad = [s for s in states if s != JobState.COMPLETED]
+        state = Counter(bad).most_common(1)[0][0] if bad else JobState.COMPLETED
+        ends = [t.ended_at for t in tasks if t.ended_at]
+        done = sum(s == JobState.COMPLETED for s in states)
+        return JobInfo(
+            parent.job_id,
+            state,
+            started_at=min(starts) if starts else None,
+            ended_at=max(ends) if ends else None,
+            reason=None if not bad else f"{done} of {len(tasks)} tasks COMPLETED",
+        )
+    active = any(s in (JobState.RUNNING, JobState.COMPLETING) or s.is_final for s in states)
+    return JobInfo(
+        parent.job_id,
+        JobState.RUNNING if active else JobState.PENDING,
+        started_at=min(starts) if starts else None,
+    )
 
 
 def exit_status_path(run: Run) -> str:
@@ -537,6 +596,21 @@ def run_row(run: Run, latest: list[Any] | None = None) -> dict[str, Any]:
         "output_path": run.output_path,
         "reason": run.reason,
     }
+
+
+def sort_runs(runs: list[Run]) -> list[Run]:
+    """Newest first, an array's tasks right after it in task order (as `runs` lists them)."""
+    created = {r.run_id: r.created_at for r in runs}
+
+    def key(run: Run) -> tuple[str, str, int]:
+        group = run.parent_run_id or run.run_id
+        return (
+            created.get(group, run.created_at),
+            group,
+            1 if run.array_task is None else -run.array_task,
+        )
+
+    return sorted(runs, key=key, reverse=True)
 
 
 def rows(ctx: Context, runs: list[Run]) -> list[dict[str, Any]]:

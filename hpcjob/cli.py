@@ -105,6 +105,12 @@ def _submit_or_render(
         str | None, typer.Option(help="Node features, e.g. scratch-node.")
     ] = None,
     job_name: Annotated[str | None, typer.Option("--job-name", "-J", help="Job name.")] = None,
+    array: Annotated[
+        str | None, typer.Option(help="A job array, e.g. 0-9%2 (at most 2 at once); Slurm only.")
+    ] = None,
+    after: Annotated[
+        str | None, typer.Option(help="Start after this job (id, run id or last) COMPLETED.")
+    ] = None,
     data_dir: Annotated[str | None, typer.Option(help="Folder with the PCAM .h5 files.")] = None,
     stage_data: Annotated[
         bool, typer.Option("--stage-data", help="Copy the data to the node-local $TMPDIR first.")
@@ -144,6 +150,8 @@ def _submit_or_render(
         account=account,
         constraint=constraint,
         job_name=job_name,
+        array=array,
+        after=after,
         data_dir=data_dir,
         stage_data=stage_data,
         args={
@@ -256,6 +264,7 @@ def status(
     """Refresh the profile's unfinished runs (one scheduler query) and show recent runs."""
     from hpcjob import app as core
     from hpcjob import output
+    from hpcjob.app import sort_runs
 
     with _session(profile) as context:
         core.refresh(context)
@@ -266,7 +275,7 @@ def status(
             for r in ledger.list_runs(profile=context.profile.name, limit=limit + len(active))
             if r.state.is_final
         ][:limit]
-        runs = sorted(active + recent, key=lambda r: r.created_at, reverse=True)
+        runs = sort_runs(active + recent)
         rows = core.rows(context, runs)
         if json_out:
             output.print_json(rows)
@@ -358,6 +367,15 @@ def logs(
 
     with _session(profile) as context:
         run = core.resolve(context, ref)
+        if run.is_array:
+            tasks = context.ledger.tasks(run.run_id)
+            shown = " ".join(t.job_id or "" for t in tasks[:5]) + (" …" if len(tasks) > 5 else "")
+            raise HpcjobError(
+                f"Run {run.run_id} is job array {run.job_id} of {len(tasks)} tasks; each task has "
+                "its own output.",
+                hint=f"Show one: hpcjob logs {tasks[0].job_id if tasks else f'{run.job_id}_0'} "
+                f"(tasks: {shown}).",
+            )
         data = core.read_log(context, run)
         text = data.decode("utf-8", errors="replace")
         if tail is not None:

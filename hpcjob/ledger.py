@@ -95,6 +95,19 @@ MIGRATIONS: tuple[Migration, ...] = (
         """,
     ),
 )
+MIGRATIONS += (
+    Migration(
+        2,
+        "array-tasks",
+        "A Slurm job array is one submitted run (the parent, job id `123`) whose tasks are runs "
+        "of their own (`123_4`), so each task has its state, output, metrics and history.",
+        """
+        ALTER TABLE runs ADD COLUMN parent_run_id TEXT REFERENCES runs (run_id);
+        ALTER TABLE runs ADD COLUMN array_task INTEGER;
+        CREATE INDEX runs_parent ON runs (parent_run_id)
+        """,
+    ),
+)
 SCHEMA_VERSION = MIGRATIONS[-1].version
 
 
@@ -122,6 +135,13 @@ class Run:
     started_at: str | None
     ended_at: str | None
     updated_at: str
+    parent_run_id: str | None = None
+    array_task: int | None = None
+
+    @property
+    def is_array(self) -> bool:
+        """The parent run of a job array (its state is its tasks')."""
+        return self.parent_run_id is None and bool(self.spec.get("resources", {}).get("array"))
 
 
 @dataclass(frozen=True)
@@ -286,6 +306,56 @@ class Ledger:
         )
         return self.get_run(run_id)
 
+    def create_array_tasks(self, parent: Run, tasks: Sequence[int]) -> list[Run]:
+        """One run per task of a submitted array, sharing the parent's spec and run directory."""
+        assert parent.job_id is not None
+        now = utc_now()
+        statements: list[tuple[str, Sequence[Any]]] = []
+        ids = []
+        for task in tasks:
+            run_id = new_run_id()
+            ids.append(run_id)
+            job_id = f"{parent.job_id}_{task}"
+            statements += [
+                (
+                    "INSERT INTO runs (run_id, token, job_id, profile, cluster, scheduler, "
+                    "workload, spec_json, script, script_hash, run_dir, output_path, state, "
+                    "created_at, submitted_at, updated_at, parent_run_id, array_task) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        run_id,
+                        f"{parent.token}.{task}",
+                        job_id,
+                        parent.profile,
+                        parent.cluster,
+                        parent.scheduler,
+                        parent.workload,
+                        json.dumps(parent.spec, sort_keys=True),
+                        parent.script,
+                        parent.script_hash,
+                        parent.run_dir,
+                        f"{parent.run_dir}/slurm-{job_id}.out",
+                        JobState.PENDING.value,
+                        now,
+                        parent.submitted_at,
+                        now,
+                        parent.run_id,
+                        task,
+                    ),
+                ),
+                _history(
+                    run_id, JobState.PENDING, now, "scheduler", f"task {task} of {parent.job_id}"
+                ),
+            ]
+        self._transaction(statements)
+        return [self.get_run(run_id) for run_id in ids]
+
+    def tasks(self, parent_run_id: str) -> list[Run]:
+        rows = self.db.execute(
+            "SELECT * FROM runs WHERE parent_run_id = ? ORDER BY array_task", (parent_run_id,)
+        ).fetchall()
+        return [_run(r) for r in rows]
+
     def mark_unsubmitted(self, run_id: str, reason: str) -> None:
         """A submission that never reached the scheduler: final, and safe to submit again."""
         now = utc_now()
@@ -338,7 +408,8 @@ class Ledger:
         ref = ref.strip()
         if ref == "last":
             row = self.db.execute(
-                "SELECT * FROM runs ORDER BY created_at DESC, rowid DESC LIMIT 1"
+                "SELECT * FROM runs WHERE parent_run_id IS NULL "
+                "ORDER BY created_at DESC, rowid DESC LIMIT 1"
             ).fetchone()
             if row is None:
                 raise HpcjobError(
@@ -393,7 +464,12 @@ class Ledger:
             clauses.append("(created_at >= ? OR ended_at IS NULL OR ended_at >= ?)")
             params += [since, since]
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
-        sql = f"SELECT * FROM runs {where} ORDER BY created_at DESC, rowid DESC"
+        # Newest first; an array's tasks right after it, in task order.
+        sql = (
+            f"SELECT * FROM runs {where} ORDER BY COALESCE("
+            "(SELECT p.created_at FROM runs p WHERE p.run_id = runs.parent_run_id), created_at) "
+            "DESC, COALESCE(parent_run_id, run_id) DESC, COALESCE(array_task, -1)"
+        )
         if limit is not None:
             sql += f" LIMIT {int(limit)}"
         return [_run(r) for r in self.db.execute(sql, params).fetchall()]

@@ -50,6 +50,7 @@ class ScriptHeader:
     account: str | None
     comment: str | None
     signal: tuple[int, int] | None  # (signal number, seconds before the limit)
+    after: tuple[str, ...] = ()  # afterok dependencies
 
 
 _SHORT_FLAGS = {
@@ -98,7 +99,20 @@ def parse_script_header(script: str, default_name: str = "job") -> ScriptHeader:
         account=options.get("account"),
         comment=options.get("comment"),
         signal=_parse_signal(options["signal"]) if "signal" in options else None,
+        after=_parse_dependency(options.get("dependency", "")),
     )
+
+
+def _parse_dependency(text: str) -> tuple[str, ...]:
+    """`afterok:12:13` → ("12", "13"); other dependency kinds are refused."""
+    if not text:
+        return ()
+    kind, _, ids = text.partition(":")
+    if kind != "afterok" or not ids:
+        raise HpcjobError(
+            f"The embedded scheduler understands only afterok dependencies, not {text!r}."
+        )
+    return tuple(ids.split(":"))
 
 
 def _parse_signal(text: str) -> tuple[int, int]:
@@ -159,6 +173,7 @@ class LocalScheduler:
             "gpus": header.gpus,
             "partition": header.partition or "local",
             "account": header.account,
+            "after": list(header.after),
             "max_jobs": self.max_jobs,
             "kill_wait_s": self.kill_wait_s,
             "state": JobState.PENDING.value,
@@ -271,8 +286,15 @@ class LocalScheduler:
         """Hold a slot lock for the job's life (released by the OS even if this process dies)."""
         queue = self.root / "queue"
         while True:
-            if self._read(job_id)["state"] != "PENDING":
+            record = self._read(job_id)
+            if record["state"] != "PENDING":
                 return None  # cancelled while waiting
+            blocked = self._dependency_blocks(job_id, record.get("after") or [])
+            if blocked is None:
+                return None  # never satisfied: cancelled
+            if blocked:
+                time.sleep(_TICK_S * 4)
+                continue
             ahead = [q for q in os.listdir(queue) if q.isdigit() and int(q) < int(job_id)]
             ahead = [q for q in ahead if _supervisor_alive(self._read(q))]
             if not ahead:
@@ -284,6 +306,20 @@ class LocalScheduler:
                     except BlockingIOError:
                         handle.close()
             time.sleep(_TICK_S * 2)
+
+    def _dependency_blocks(self, job_id: str, after: list[str]) -> bool | None:
+        """True while an afterok dependency has not completed; None (and the job cancelled) once
+        one ended otherwise — Slurm would leave it pending forever (DependencyNeverSatisfied)."""
+        infos = self.poll(after)
+        for dep in after:
+            info = infos.get(dep)
+            if info is not None and info.state.is_final and info.state != JobState.COMPLETED:
+                reason = f"dependency never satisfied: job {dep} ended {info.state.value}"
+                with self._locked(job_id) as rec:
+                    rec.update(state="CANCELLED", ended_at=utc_now(), reason=reason)
+                (self.root / "queue" / job_id).unlink(missing_ok=True)
+                return None
+        return any(dep not in infos or not infos[dep].state.is_final for dep in after)
 
     def _run(self, job_id: str) -> None:
         rec = self._read(job_id)

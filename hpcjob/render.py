@@ -100,7 +100,8 @@ def render_script(spec: JobSpec, ctx: RenderContext, dirs: Sequence[Path]) -> st
         "run_id": ctx.run_id,
         "token": ctx.token,
         "run_dir": ctx.run_dir,
-        "output": f"{ctx.run_dir.rstrip('/')}/{ctx.output_name}",
+        "output": f"{ctx.run_dir.rstrip('/')}/"
+        + ("slurm-%A_%a.out" if res.array else ctx.output_name),
         "modules": list(ctx.modules),
         "venv": ctx.venv,
         "python": ctx.python,

@@ -23,6 +23,8 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 # Partition, account and constraint values go into #SBATCH lines unquoted: keep them plain words.
 _WORD_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _CONSTRAINT_RE = re.compile(r"^[A-Za-z0-9_.\-&|\[\]*:]{1,128}$")
+_ARRAY_RE = re.compile(r"^\d+(?:-\d+(?::\d+)?)?(?:,\d+(?:-\d+(?::\d+)?)?)*(?:%\d+)?$")
+_JOB_ID_RE = re.compile(r"^\d+(?:_\d+)?$")
 _MEM_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:I?B)?\s*$", re.IGNORECASE)
 _MEM_FACTOR = {"K": 1 / 1024, "": 1, "M": 1, "G": 1024, "T": 1024 * 1024}
 
@@ -91,6 +93,8 @@ class Resources:
     account: str | None = None
     constraint: str | None = None
     job_name: str = "hpcjob"
+    array: str | None = None  # Slurm's --array, e.g. "0-9%2"
+    dependency: str | None = None  # Slurm's --dependency, e.g. "afterok:123"
 
     @property
     def time(self) -> str:
@@ -222,6 +226,8 @@ class SpecRequest:
     account: str | None = None
     constraint: str | None = None
     job_name: str | None = None
+    array: str | None = None
+    after: str | None = None  # the job id this one waits for (afterok)
     data_dir: str | None = None
     stage_data: bool = False
     args: dict[str, Any] = field(default_factory=dict)
@@ -296,6 +302,12 @@ def _build_resources(request: SpecRequest, workload: WorkloadDef, problems: list
     ):
         if value is not None and not pattern.match(value):
             problems.append(f"{flag} {value!r} is not valid: use {rule}")
+    if request.array is not None and not _ARRAY_RE.match(request.array):
+        problems.append(
+            f"--array {request.array!r} is not a Slurm array: use e.g. 0-9, 1,3,5, 0-20:2, 0-49%5"
+        )
+    if request.after is not None and not _JOB_ID_RE.match(request.after):
+        problems.append(f"--after {request.after!r} is not a job id (e.g. 18163908)")
     gpus = request.gpus
     if gpus is None:
         # A GPU partition without a GPU request is never what a student means.
@@ -310,6 +322,8 @@ def _build_resources(request: SpecRequest, workload: WorkloadDef, problems: list
         account=request.account or None,
         constraint=request.constraint,
         job_name=request.job_name or f"hpcjob-{workload.name}",
+        array=request.array,
+        dependency=f"afterok:{request.after}" if request.after else None,
     )
 
 
@@ -349,6 +363,13 @@ def _check_arg(arg: ArgDef, value: Any) -> str | None:
             bound = "less than" if arg.exclusive_maximum else "at most"
             return f"{arg.flag} must be {bound} {arg.maximum:g}, got {value}"
     return None
+
+
+def array_task_ids(array: str) -> list[int]:
+    """The task ids of a Slurm --array spec: `0-9%2` → 0…9, `1,4-8:2` → 1, 4, 6, 8."""
+    from hpcjob.slurm import expand_array_ids
+
+    return sorted({int(task.split("_", 1)[1]) for task in expand_array_ids(f"0_[{array}]")})
 
 
 def workload_argv(spec: JobSpec) -> list[str]:

@@ -90,8 +90,7 @@ def test_cancel_a_running_job_and_logs_follow(cli: Invoke, tmp_path: Path) -> No
     templates = Path(os.environ["HPCJOB_HOME"]) / "templates"
     templates.mkdir(parents=True)
     (templates / "gpu-check.sbatch.j2").write_text(
-        '{% extends "base.sbatch.j2" %}{% block command %}'
-        "echo started; sleep 60\n{% endblock %}"
+        '{% extends "base.sbatch.j2" %}{% block command %}echo started; sleep 60\n{% endblock %}'
     )
     run = submit_json(cli, "gpu-check")
     deadline = time.monotonic() + 20
@@ -250,3 +249,13 @@ def test_interrupted_wait_leaves_the_job_running(tmp_path: Path) -> None:
     assert proc.returncode == 130 and "keeps running" in err
     waited = run_hpcjob("wait", "last", "--json")
     assert json.loads(waited.stdout)["state"] == "COMPLETED"
+
+
+def test_arrays_are_refused_on_the_embedded_scheduler_and_after_resolves(cli: Invoke) -> None:
+    refused = cli("submit", "gpu-check", "--array", "0-3")
+    assert refused.exit_code == 2 and "does not run job arrays" in refused.stderr
+    first = submit_json(cli, "gpu-check")
+    second = submit_json(cli, "gpu-check", "--after", first["run_id"], "--wait")
+    assert second["state"] == "COMPLETED"
+    script = cli("show", second["run_id"], "--json").json()["script"]
+    assert f"#SBATCH --dependency=afterok:{first['job_id']}" in script

@@ -152,3 +152,39 @@ def test_writers_wait_for_each_other_instead_of_failing(tmp_path: Path) -> None:
         t.join()
     assert errors == []
     assert ledgers[0].db.execute("SELECT COUNT(*) FROM runs").fetchone()[0] == 80
+
+
+def test_migrates_from_every_earlier_schema(tmp_path: Path) -> None:
+    """A ledger written by each earlier schema gets the later migrations and keeps its runs."""
+    for version in range(1, SCHEMA_VERSION):
+        path = tmp_path / f"v{version}.db"
+        old = Ledger.__new__(Ledger)
+        old.path = str(path)
+        old.db = sqlite3.connect(path, isolation_level=None)
+        old.db.row_factory = sqlite3.Row
+        old.migrate(upto=version)
+        old.db.execute(
+            "INSERT INTO runs (run_id, token, profile, cluster, scheduler, workload, spec_json, "
+            "script, script_hash, run_dir, state, created_at, updated_at) VALUES ('rold', 't', "
+            "'local', 'c', 'local', 'train', '{}', 's', 'h', '/r', 'COMPLETED', 'x', 'x')"
+        )
+        old.db.close()
+        ledger = Ledger(path)
+        assert ledger.schema_version() == SCHEMA_VERSION
+        run = ledger.get_run("rold")
+        assert run.state == JobState.COMPLETED and run.parent_run_id is None
+
+
+def test_array_tasks_are_runs_of_their_own() -> None:
+    ledger = Ledger(":memory:")
+    spec = {"workload": "train", "resources": {"array": "0-2%2"}}
+    parent = ledger.create_run(new_run(spec=spec))
+    parent = ledger.set_submitted(parent.run_id, "500", "/runs/x/slurm-500.out")
+    tasks = ledger.create_array_tasks(parent, [0, 1, 2])
+    assert parent.is_array and not tasks[0].is_array
+    assert [t.job_id for t in tasks] == ["500_0", "500_1", "500_2"]
+    assert tasks[1].output_path == "/runs/x/slurm-500_1.out"
+    assert ledger.resolve("500_2").run_id == tasks[2].run_id
+    assert ledger.resolve("500").run_id == parent.run_id
+    assert ledger.resolve("last").run_id == parent.run_id  # the submitted run, not a task
+    assert [r.job_id for r in ledger.list_runs()] == ["500", "500_0", "500_1", "500_2"]

@@ -157,3 +157,25 @@ def test_unknown_jobs_are_left_out(sched: LocalScheduler) -> None:
     assert sched.poll(["999"]) == {}
     with pytest.raises(HpcjobError):
         sched.cancel(["999"])
+
+
+def test_afterok_dependency_waits_and_never_satisfied_cancels(tmp_path: Path) -> None:
+    sched = LocalScheduler(tmp_path / "local", max_jobs=2, kill_wait_s=1)
+    log = tmp_path / "order.log"
+    first = submit(sched, tmp_path / "a", f"sleep 1; echo first >> {log}")
+    second = submit(
+        sched,
+        tmp_path / "b",
+        f"echo second >> {log}",
+        extra=f"#SBATCH --dependency=afterok:{first}\n",
+    )
+    time.sleep(0.5)
+    assert sched.poll([second])[second].state == JobState.PENDING
+    wait_for(sched, second, {JobState.COMPLETED})
+    assert log.read_text().split() == ["first", "second"]
+    failing = submit(sched, tmp_path / "c", "exit 1")
+    blocked = submit(
+        sched, tmp_path / "d", "echo never", extra=f"#SBATCH --dependency=afterok:{failing}\n"
+    )
+    info = wait_for(sched, blocked, {JobState.CANCELLED})
+    assert "never satisfied" in (info.reason or "")

@@ -40,10 +40,10 @@ def test_wheel_carries_templates_and_workloads(wheel: Path) -> None:
 def test_installed_wheel_renders_and_runs_a_job(wheel: Path, tmp_path: Path) -> None:
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    probe = "import sysconfig; print(sysconfig.get_paths()['purelib'])"
     target = subprocess.run(
-        [str(venv / "bin" / "python"), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-        check=True, capture_output=True, text=True,
-    ).stdout.strip()  # fmt: skip
+        [str(venv / "bin" / "python"), "-c", probe], check=True, capture_output=True, text=True
+    ).stdout.strip()
     subprocess.run(
         [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-index",
          "--disable-pip-version-check", "--target", target, str(wheel)],

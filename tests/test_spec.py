@@ -125,3 +125,16 @@ def test_workload_argv() -> None:
 def test_render_allows_missing_data_dir() -> None:
     spec = build_spec(SpecRequest(workload="train", require_data=False))
     assert spec.data_dir == "/path/to/pcam"
+
+
+def test_arrays_and_dependencies() -> None:
+    from hpcjob.spec import array_task_ids
+
+    spec = build_spec(SpecRequest(workload="gpu-check", array="0-9%2", after="123"))
+    assert spec.resources.array == "0-9%2"
+    assert spec.resources.dependency == "afterok:123"
+    assert array_task_ids("0-9%2") == list(range(10))
+    assert array_task_ids("1,4-8:2") == [1, 4, 6, 8]
+    with pytest.raises(HpcjobError) as info:
+        build_spec(SpecRequest(workload="gpu-check", array="0-9;rm", after="$(x)"))
+    assert "--array" in info.value.message and "--after" in info.value.message

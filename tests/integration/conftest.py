@@ -28,9 +28,10 @@ USER_PACKAGES = ["torch==2.13.0", "h5py", "numpy", "matplotlib", "typer", "rich"
 
 
 def cluster_required() -> bool:
-    return os.environ.get("CI", "").lower() == "true" or os.environ.get(
-        "HPCJOB_REQUIRE_CLUSTER"
-    ) == "1"
+    return (
+        os.environ.get("CI", "").lower() == "true"
+        or os.environ.get("HPCJOB_REQUIRE_CLUSTER") == "1"
+    )
 
 
 def read_cluster_env() -> dict[str, str] | None:

@@ -135,3 +135,36 @@ def test_status_is_one_squeue_and_at_most_one_sacct(user: UserSession, tmp_path:
     calls = log.read_text().split()
     assert calls.count("squeue") == 1 and calls.count("sacct") <= 1, calls
     assert json.loads(status.stdout)[0]["state"] in ("PENDING", "RUNNING")
+
+
+@pytest.mark.slow
+def test_array_of_fifty_tasks(user: UserSession) -> None:
+    user.template("gpu-check", 'echo "task $SLURM_ARRAY_TASK_ID of $SLURM_ARRAY_JOB_ID"')
+    submitted = user.hpcjob("submit", "gpu-check", "--array", "0-49%10", "--json")
+    assert submitted.exit_code == 0, submitted.stderr
+    parent = submitted.json()
+    waited = user.hpcjob("wait", parent["run_id"], "--json", timeout=600)
+    assert waited.exit_code == 0, waited.stderr
+    assert waited.json()["state"] == "COMPLETED"
+    runs = user.hpcjob("runs", "--limit", "100", "--json").json()
+    tasks = [r for r in runs if r["job_id"] != parent["job_id"]]
+    assert len(tasks) == 50
+    assert {r["state"] for r in tasks} == {"COMPLETED"}
+    assert {r["job_id"] for r in tasks} == {f"{parent['job_id']}_{i}" for i in range(50)}
+    job_id = parent["job_id"]
+    assert f"task 4 of {job_id}" in user.hpcjob("logs", f"{job_id}_4").stdout
+    whole = user.hpcjob("logs", job_id)
+    assert whole.exit_code == 1 and f"hpcjob logs {job_id}_0" in whole.stderr
+
+
+def test_dependency_waits_for_the_first_job(user: UserSession) -> None:
+    user.template("gpu-check", "sleep 3; date +%s.%N")
+    first = user.hpcjob("submit", "gpu-check", "--json").json()
+    second = user.hpcjob("submit", "gpu-check", "--after", first["run_id"], "--json").json()
+    waited = user.hpcjob("wait", second["run_id"], "--json", timeout=300)
+    assert waited.exit_code == 0, waited.stderr
+    shown = user.hpcjob("show", second["run_id"], "--json").json()
+    assert f"#SBATCH --dependency=afterok:{first['job_id']}" in shown["script"]
+    first_end = float(user.hpcjob("logs", first["job_id"]).stdout.split()[-1])
+    second_end = float(user.hpcjob("logs", second["job_id"]).stdout.split()[-1])
+    assert second_end - first_end >= 3  # the second started only after the first ended

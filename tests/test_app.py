@@ -1,0 +1,43 @@
+"""The operations under the CLI that need no scheduler: array states, sorting, exit-status files."""
+
+from __future__ import annotations
+
+from hpcjob.app import array_info, sort_runs
+from hpcjob.jobstate import JobState
+from hpcjob.ledger import Ledger, Run
+from hpcjob.scheduler import JobInfo
+from tests.test_ledger import new_run
+
+
+def array_with(states: list[JobState]) -> tuple[Run, list[Run]]:
+    ledger = Ledger(":memory:")
+    parent = ledger.create_run(new_run(spec={"resources": {"array": "0-9"}}))
+    parent = ledger.set_submitted(parent.run_id, "9", "o")
+    tasks = ledger.create_array_tasks(parent, list(range(len(states))))
+    done = []
+    for task, state in zip(tasks, states, strict=True):
+        started = f"2026-01-01T00:00:0{task.array_task}Z" if state != JobState.PENDING else None
+        info = JobInfo(task.job_id or "", state, started_at=started)
+        done.append(ledger.record_info(task, info, "test"))
+    return parent, done
+
+
+def test_array_state_follows_its_tasks() -> None:
+    parent, tasks = array_with([JobState.PENDING, JobState.PENDING])
+    assert array_info(parent, tasks).state == JobState.PENDING  # type: ignore[union-attr]
+    parent, tasks = array_with([JobState.COMPLETED, JobState.PENDING])
+    assert array_info(parent, tasks).state == JobState.RUNNING  # type: ignore[union-attr]
+    parent, tasks = array_with([JobState.COMPLETED, JobState.COMPLETED])
+    info = array_info(parent, tasks)
+    assert info is not None and info.state == JobState.COMPLETED and info.reason is None
+    parent, tasks = array_with([JobState.COMPLETED, JobState.FAILED, JobState.FAILED])
+    info = array_info(parent, tasks)
+    assert info is not None and info.state == JobState.FAILED
+    assert info.reason == "1 of 3 tasks COMPLETED"
+    assert info.started_at == "2026-01-01T00:00:00Z"
+
+
+def test_sort_keeps_an_array_together() -> None:
+    parent, tasks = array_with([JobState.PENDING] * 3)
+    ordered = sort_runs([tasks[2], parent, tasks[0], tasks[1]])
+    assert [r.job_id for r in ordered] == ["9", "9_0", "9_1", "9_2"]

@@ -1,0 +1,464 @@
+"""Train the MLP on PCAM: the program behind `hpcjob submit train`.
+
+    python workloads/train.py --data-dir DIR --epochs 3 --output-dir . --resume auto
+
+Prints `First batch OK: …` and one `Epoch N: Train_Loss = …` line per epoch, and emits the same
+numbers through the report channel (metrics.jsonl + `HPCJOB_METRIC` lines). Writes loss.png and
+a checkpoint every epoch under <output-dir>/checkpoints/.
+
+Exit status: 0 done; 1 bad input (data, options, checkpoint); 2 usage; 65 non-finite loss;
+75 stopped by SIGUSR1/SIGTERM after saving a checkpoint (rerun with `--resume auto`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import random
+import signal
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pcam
+import torch
+from checkpoint import Checkpoints, rng_state, set_rng_state
+from model import MLP
+from report import Report
+from torch import nn
+
+EXIT_ERROR = 1
+EXIT_NONFINITE = 65  # EX_DATAERR
+EXIT_INTERRUPTED = 75  # EX_TEMPFAIL: try again (with --resume auto)
+# Settings that change the numbers: a resumed run must match the checkpoint's.
+RESULT_SETTINGS = (
+    "batch_size",
+    "lr",
+    "hidden_units",
+    "dropout",
+    "seed",
+    "weighted_sampling",
+    "filter_data",
+    "num_workers",
+    "train_fingerprint",
+)
+
+
+class NonFiniteLoss(RuntimeError):
+    """The loss became NaN or infinite; the message says where and what."""
+
+
+class UserError(RuntimeError):
+    """Bad input from the user (options, data, checkpoint): a message, no traceback."""
+
+
+@dataclass
+class Progress:
+    """Where training stands: `batch` batches of `epoch` done (1-based epochs)."""
+
+    epoch: int = 1
+    batch: int = 0
+    loss_sum: float = 0.0
+    seen: int = 0
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+class StopRequest:
+    """Records SIGUSR1/SIGTERM (Slurm's warning before the time limit); acted on between
+    batches, where a checkpoint is consistent."""
+
+    def __init__(self) -> None:
+        self.signal_name: str | None = None
+        for sig in (signal.SIGUSR1, signal.SIGTERM):
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum: int, frame: object) -> None:
+        self.signal_name = signal.Signals(signum).name
+
+
+def hidden_units(text: str) -> list[int]:
+    try:
+        units = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        units = []
+    if not units or min(units) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers like 512,256, not {text!r}")
+    return units
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description="Train an MLP on PCAM (HDF5).")
+    p.add_argument("--data-dir", type=Path, required=True, help="dir with camelyonpatch_* files")
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--hidden-units", type=hidden_units, default=[512, 256], help="e.g. 512,256")
+    p.add_argument("--dropout", type=float, default=0.2)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--num-workers", type=int, default=0)
+    p.add_argument(
+        "--weighted-sampling",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="class-balanced weighted sampling (--no-weighted-sampling: plain shuffling)",
+    )
+    p.add_argument(
+        "--filter-data",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="drop all-black/all-white images",
+    )
+    p.add_argument(
+        "--preload",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="hold the data in memory",
+    )
+    p.add_argument("--output-dir", type=Path, default=Path("."))
+    p.add_argument("--resume", default="none", help="none, auto (last checkpoint) or a path")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    # Tests only: raise SIGUSR1 at self after this many batches, for a deterministic interrupt.
+    p.add_argument("--stop-after-batches", type=int, default=None, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.epochs < 1 or args.batch_size < 1 or args.lr <= 0 or not 0 <= args.dropout < 1:
+        p.error("need epochs ≥ 1, batch size ≥ 1, lr > 0 and 0 ≤ dropout < 1")
+    return args
+
+
+def seed_everything(seed: int) -> None:
+    # Deterministic cuBLAS needs this before its first use (it only affects CUDA runs).
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)  # also seeds every CUDA device
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.benchmark = False
+
+
+def pick_device(choice: str) -> torch.device:
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda, but torch sees no CUDA device (try `check_gpu.py`)")
+    if choice == "auto":
+        choice = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(choice)
+
+
+def data_config(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "data": {
+            "data_path": str(args.data_dir),
+            "batch_size": args.batch_size,
+            "num_workers": args.num_workers,
+            "weighted_sampling": args.weighted_sampling,
+            "preload": args.preload,
+            "filter_data": args.filter_data,
+            "seed": args.seed,
+        }
+    }
+
+
+def run_settings(args: argparse.Namespace) -> dict[str, Any]:
+    settings = {k: getattr(args, k) for k in RESULT_SETTINGS if k != "train_fingerprint"}
+    settings["train_fingerprint"] = pcam.fingerprint(*pcam.split_paths(args.data_dir, "train"))
+    return settings
+
+
+def describe_nonfinite(
+    epoch: int,
+    batch: int,
+    loss: torch.Tensor,
+    x: torch.Tensor,
+    logits: torch.Tensor,
+    model: nn.Module,
+    lr: float,
+) -> str:
+    """Where the loss went non-finite, and which of inputs, outputs, weights were to blame."""
+
+    def census(t: torch.Tensor) -> str:
+        bad = ~torch.isfinite(t)
+        if not bad.any():
+            return f"all {t.numel()} finite (|max| {t.abs().max().item():.3g})"
+        nan = int(torch.isnan(t).sum())
+        return f"{int(bad.sum())} of {t.numel()} non-finite ({nan} NaN, {int(bad.sum()) - nan} Inf)"
+
+    weights = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+    parts = [
+        f"non-finite loss ({loss.item()}) at epoch {epoch}, batch {batch}",
+        f"inputs: {census(x)}",
+        f"outputs (logits): {census(logits.detach())}",
+        f"weights: {census(weights)}",
+    ]
+    if torch.isfinite(x).all() and not torch.isfinite(logits).all():
+        parts.append(f"the inputs are clean, so the model diverged: lower --lr (now {lr:g})")
+    return "; ".join(parts)
+
+
+def normalise(x: torch.Tensor) -> torch.Tensor:
+    """[0, 1] pixels → [-1, 1] (the course's Normalize(0.5, 0.5)), on the device: centred
+    inputs keep Adam's first steps from silencing every ReLU of the first layer (measured:
+    with raw [0, 1] inputs a 64-unit MLP on the course data stayed at AUC 0.5)."""
+    return x.mul(2.0).sub_(1.0)
+
+
+def check_first_batch(x: torch.Tensor, y: torch.Tensor) -> None:
+    """Refuse to train on a batch that is malformed, rather than learn from it silently."""
+    problems = []
+    if x.dtype != torch.float32 or x.ndim != 4:
+        problems.append(f"x should be float32 (B, C, H, W), is {x.dtype} {tuple(x.shape)}")
+    elif not torch.isfinite(x).all() or x.min() < 0 or x.max() > 1:
+        problems.append("x should be finite and within [0, 1]")
+    if y.dtype != torch.int64 or y.ndim != 1 or len(y) != len(x):
+        problems.append(f"y should be int64 (B,), is {y.dtype} {tuple(y.shape)}")
+    if problems:
+        raise UserError("first batch is wrong: " + "; ".join(problems))
+    print(f"First batch OK: x={tuple(x.shape)} y={tuple(y.shape)}", flush=True)
+
+
+class Trainer:
+    """One training run: model, optimiser, loaders, progress, and what it writes."""
+
+    def __init__(self, args: argparse.Namespace, report: Report) -> None:
+        self.args, self.report = args, report
+        self.device = pick_device(args.device)
+        self.train_loader, self.val_loader = pcam.get_dataloaders(data_config(args))
+        sampler, train_set, val_set = (
+            self.train_loader.batch_sampler,
+            self.train_loader.dataset,
+            self.val_loader.dataset,
+        )
+        assert isinstance(sampler, pcam.BlockBatchSampler)  # resuming mid-epoch relies on it
+        assert isinstance(train_set, pcam.PCAMDataset) and isinstance(val_set, pcam.PCAMDataset)
+        self.sampler, self.train_set, self.val_set = sampler, train_set, val_set
+        self.model = MLP((3, 96, 96), args.hidden_units, 2, args.dropout).to(self.device)
+        self.optimiser = torch.optim.Adam(self.model.parameters(), lr=args.lr)
+        self.loss_fn = nn.CrossEntropyLoss()
+        self.progress = Progress()
+        self.checkpoints = Checkpoints(args.output_dir / "checkpoints")
+        self.settings = run_settings(args)
+        self.stop = StopRequest()
+        self.batches_run = 0  # in this process, for --stop-after-batches
+        self.first_batch_checked = False
+
+    def resume(self, choice: str) -> Path | None:
+        path = self.checkpoints.find(choice)
+        if path is None:
+            return None
+        state = self.checkpoints.load(path)
+        differ = [k for k in RESULT_SETTINGS if state["settings"].get(k) != self.settings[k]]
+        if differ:
+            raise UserError(
+                f"checkpoint {path} was made with other settings ({', '.join(differ)}"
+                "); use --resume none or the original options"
+            )
+        self.model.load_state_dict(state["model"])
+        self.optimiser.load_state_dict(state["optimiser"])
+        self.progress = Progress(**state["progress"])
+        set_rng_state(state["rng"])  # last: building the model above drew from the RNG
+        return path
+
+    def save(self, tag: str | None = None) -> Path:
+        state = {
+            "model": self.model.state_dict(),
+            "optimiser": self.optimiser.state_dict(),
+            "progress": asdict(self.progress),
+            "rng": rng_state(),
+            "settings": self.settings,
+            "torch": str(torch.__version__),
+        }
+        return self.checkpoints.save(state, tag)
+
+    def train_epoch(self, epoch: int) -> bool:
+        """Train the rest of `epoch`; False when a stop signal arrived (checkpoint saved)."""
+        self.model.train()
+        self.sampler.set_epoch(epoch, start_batch=self.progress.batch)
+        for x, y in self.train_loader:
+            if not self.first_batch_checked:
+                check_first_batch(x, y)
+                self.first_batch_checked = True
+            self.step(epoch, x, y)
+            if self.stop.signal_name is not None:
+                return False
+        return True
+
+    def step(self, epoch: int, x: torch.Tensor, y: torch.Tensor) -> None:
+        x = normalise(x.to(self.device, non_blocking=True))
+        y = y.to(self.device, non_blocking=True)
+        self.optimiser.zero_grad(set_to_none=True)
+        logits = self.model(x)
+        loss = self.loss_fn(logits, y)
+        batch = self.progress.batch + 1
+        if not torch.isfinite(loss):
+            raise NonFiniteLoss(
+                describe_nonfinite(epoch, batch, loss, x, logits, self.model, self.args.lr)
+            )
+        loss.backward()
+        self.optimiser.step()
+        self.progress.batch = batch
+        self.progress.loss_sum += loss.item() * len(y)
+        self.progress.seen += len(y)
+        self.batches_run += 1
+        if self.batches_run == self.args.stop_after_batches:
+            os.kill(os.getpid(), signal.SIGUSR1)
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        self.model.eval()
+        loss_sum, labels, scores = 0.0, [], []
+        for x, y in self.val_loader:
+            x = normalise(x.to(self.device, non_blocking=True))
+            y = y.to(self.device, non_blocking=True)
+            logits = self.model(x)
+            loss_sum += self.loss_fn(logits, y).item() * len(y)
+            scores.append(torch.softmax(logits, dim=1)[:, 1].cpu())
+            labels.append(y.cpu())
+        y_all, s_all = torch.cat(labels).numpy(), torch.cat(scores).numpy()
+        return {
+            "val_loss": loss_sum / len(y_all),
+            "val_acc": float(np.mean((s_all >= 0.5) == y_all)),
+            "val_auc": roc_auc(y_all, s_all),
+        }
+
+
+def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
+    """Area under the ROC curve (Mann–Whitney U with tied scores sharing ranks); NaN when only
+    one class is present."""
+    positives = int(labels.sum())
+    negatives = len(labels) - positives
+    if positives == 0 or negatives == 0:
+        return float("nan")
+    order = np.argsort(scores, kind="mergesort")
+    sorted_scores = scores[order]
+    ranks = np.empty(len(scores), dtype=np.float64)
+    # Average rank per run of equal scores.
+    starts = np.flatnonzero(np.r_[True, sorted_scores[1:] != sorted_scores[:-1]])
+    ends = np.r_[starts[1:], len(scores)]
+    for start, end in zip(starts, ends, strict=True):
+        ranks[order[start:end]] = (start + end + 1) / 2
+    u = ranks[labels == 1].sum() - positives * (positives + 1) / 2
+    return float(u / (positives * negatives))
+
+
+def plot_losses(history: list[dict[str, float]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display on a compute node
+    import matplotlib.pyplot as plt
+
+    epochs = [h["epoch"] for h in history]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(epochs, [h["train_loss"] for h in history], "o-", label="train")
+    ax.plot(epochs, [h["val_loss"] for h in history], "s-", label="validation")
+    ax.set(xlabel="epoch", ylabel="cross-entropy loss", title="PCAM MLP")
+    ax.legend()
+    fig.tight_layout()
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def start_facts(trainer: Trainer, args: argparse.Namespace) -> dict[str, Any]:
+    train, val = trainer.train_set, trainer.val_set
+    gpu = torch.cuda.get_device_name(trainer.device) if trainer.device.type == "cuda" else None
+    return {
+        "seed": args.seed,
+        "device": str(trainer.device),
+        "gpu_name": gpu,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "train_images": len(train),
+        "val_images": len(val),
+        "train_positive_fraction": float(train.labels.mean()),
+        "val_positive_fraction": float(val.labels.mean()),
+        "x_dtype": str(train.dtype),
+        "data_fingerprint": trainer.settings["train_fingerprint"],
+        "batch_size": args.batch_size,
+        "lr": args.lr,
+        "hidden_units": args.hidden_units,
+        "dropout": args.dropout,
+        "num_workers": args.num_workers,
+        "weighted_sampling": args.weighted_sampling,
+        "epochs": args.epochs,
+    }
+
+
+def finish_epoch(trainer: Trainer, epoch: int, seconds: float, images: int) -> None:
+    """Validate, print and emit the epoch's numbers, checkpoint, plot."""
+    p = trainer.progress
+    numbers = {"train_loss": p.loss_sum / max(p.seen, 1), **trainer.evaluate()}
+    print(
+        f"Epoch {epoch}: Train_Loss = {numbers['train_loss']:.4f}, "
+        f"Val_Loss = {numbers['val_loss']:.4f}, Val_Acc = {numbers['val_acc']:.4f}, "
+        f"Val_AUC = {numbers['val_auc']:.4f}",
+        flush=True,
+    )
+    trainer.report.metric(
+        epoch, **numbers, images_per_s=images / max(seconds, 1e-9), epoch_seconds=seconds
+    )
+    p.history.append({"epoch": epoch, **numbers})
+    p.epoch, p.batch, p.loss_sum, p.seen = epoch + 1, 0, 0.0, 0
+    trainer.save(tag=f"epoch-{epoch:03d}")
+    plot_losses(p.history, trainer.args.output_dir / "loss.png")
+
+
+def interrupted(trainer: Trainer) -> int:
+    path = trainer.save()
+    p = trainer.progress
+    print(
+        f"Received {trainer.stop.signal_name}: saved {path} (epoch {p.epoch}, "
+        f"{p.batch} batches done); continue with --resume auto",
+        flush=True,
+    )
+    trainer.report.facts(
+        interrupted_by=trainer.stop.signal_name,
+        checkpoint=str(path),
+        stopped_epoch=p.epoch,
+        stopped_batch=p.batch,
+    )
+    return EXIT_INTERRUPTED
+
+
+def train(args: argparse.Namespace) -> int:
+    report = Report(args.output_dir)
+    seed_everything(args.seed)
+    trainer = Trainer(args, report)
+    resumed = trainer.resume(args.resume)
+    report.facts(**start_facts(trainer, args), resumed_from=str(resumed) if resumed else None)
+    if resumed:
+        print(
+            f"Resumed from {resumed}: epoch {trainer.progress.epoch}, "
+            f"{trainer.progress.batch} batches done",
+            flush=True,
+        )
+    for epoch in range(trainer.progress.epoch, args.epochs + 1):
+        started, before = time.perf_counter(), trainer.progress.seen
+        if not trainer.train_epoch(epoch):
+            return interrupted(trainer)
+        seconds = time.perf_counter() - started
+        finish_epoch(trainer, epoch, seconds, trainer.progress.seen - before)
+        if trainer.stop.signal_name is not None:
+            return interrupted(trainer)
+    print(f"Done: {args.epochs} epochs; checkpoints in {trainer.checkpoints.directory}", flush=True)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    if hasattr(sys.stdout, "reconfigure"):
+        sys.stdout.reconfigure(line_buffering=True)  # batch jobs buffer stdout otherwise
+    args = parse_args(argv)
+    try:
+        return train(args)
+    except NonFiniteLoss as exc:
+        print(f"Error: {exc}", file=sys.stderr, flush=True)
+        return EXIT_NONFINITE
+    except (UserError, FileNotFoundError, ValueError) as exc:
+        print(f"Error: {exc}", file=sys.stderr, flush=True)
+        return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

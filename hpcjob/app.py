@@ -324,60 +324,75 @@ def refresh(ctx: Context) -> list[Run]:
     """Bring every unfinished run of the profile up to date with ONE scheduler query.
 
     Runs that just ended get their output harvested (metrics, facts, artifacts) once; finished
-    runs are never asked about again. A job the scheduler does not report is left as it was:
-    missing is never taken for done.
+    runs are not asked about again, except once more for the accounting record (CPU time, peak
+    memory) when they ended before sacct had it. A job the scheduler does not report is left as
+    it was: missing is never taken for done.
     """
     ledger = ctx.ledger
     pending = ledger.unfinished(ctx.profile.name)
-    if not pending:
+    scheduler = ctx.scheduler if pending else None
+    if scheduler is None:
         return []
-    scheduler = ctx.scheduler
     pending = [_complete_submission(ctx, run) for run in pending]
-    arrays = [run for run in pending if run.is_array]
-    with_jobs = [
-        run
-        for run in pending
-        if run.job_id and run.cluster == scheduler.cluster and not run.is_array
-    ]
-    infos = scheduler.poll([run.job_id for run in with_jobs if run.job_id])
+    polled = [r for r in pending if r.job_id and r.cluster == scheduler.cluster and not r.is_array]
+    late = ledger.awaiting_accounting(ctx.profile.name, scheduler.cluster)
+    infos = scheduler.poll([r.job_id for r in polled + late if r.job_id])
     accounting_off = getattr(scheduler, "accounting_off", None)
     if accounting_off:
         ctx.notes.append(
             f"Slurm's accounting (sacct) is not answering ({accounting_off}); states come from "
             "squeue and the jobs' exit-status files until it is back."
         )
-    updated: list[Run] = []
-    for run in with_jobs:
+    updated = [_apply(ctx, run, infos.get(run.job_id or "")) for run in polled]
+    for run in late:
         info = infos.get(run.job_id or "")
-        if info is None or (info.state.is_final and info.exit_code is None):
-            from_file = exit_status_info(ctx, run)
-            if info is None:
-                info = from_file
-            elif from_file is not None:  # ended, but the scheduler gave no exit code
-                info = dataclasses.replace(info, exit_code=from_file.exit_code)
-        if info is None:
-            updated.append(run)  # unknown to the scheduler (yet): never taken for done
-            continue
-        if info.facts:
+        if info is not None and info.facts:
             ledger.set_facts(run.run_id, info.facts)
-        fresh = run
-        if (info.state, info.node, info.started_at, info.ended_at) != (
-            run.state,
-            run.node,
-            run.started_at,
-            run.ended_at,
-        ):
-            fresh = ledger.record_info(run, info, scheduler.name)
-        if fresh.state == JobState.RUNNING or (fresh.state.is_final and not run.state.is_final):
-            harvest(ctx, fresh)
-        updated.append(fresh)
-    for parent in arrays:
-        tasks = ledger.tasks(parent.run_id)
-        info = array_info(parent, tasks)
+            if info.state.is_final and info.state != run.state:
+                ledger.record_info(run, info, "sacct")
+    for parent in (r for r in pending if r.is_array):
+        info = array_info(parent, ledger.tasks(parent.run_id))
         if info is not None and info.state != parent.state:
             parent = ledger.record_info(parent, info, "array tasks")
         updated.append(parent)
     return updated
+
+
+def _apply(ctx: Context, run: Run, info: JobInfo | None) -> Run:
+    """Store what the scheduler (or the job's exit-status file) says of one run."""
+    info = _settle(ctx, run, info)
+    if info is None:
+        return run  # unknown to the scheduler (yet): never taken for done
+    if info.facts:
+        ctx.ledger.set_facts(run.run_id, info.facts)
+    fresh = run
+    if (info.state, info.node, info.started_at, info.ended_at) != (
+        run.state,
+        run.node,
+        run.started_at,
+        run.ended_at,
+    ):
+        fresh = ctx.ledger.record_info(run, info, ctx.scheduler.name)
+    if fresh.state == JobState.RUNNING or (fresh.state.is_final and not run.state.is_final):
+        harvest(ctx, fresh)
+    return fresh
+
+
+def _settle(ctx: Context, run: Run, info: JobInfo | None) -> JobInfo | None:
+    """Fill what the scheduler could not say from the job's exit-status file.
+
+    A job the scheduler no longer reports, or reports ended without an exit code (sacct's record
+    lags a few seconds behind squeue, or accounting is off), takes its exit code from the file;
+    without the file such a job is still COMPLETING.
+    """
+    if info is not None and not (info.state.is_final and info.exit_code is None):
+        return info
+    from_file = exit_status_info(ctx, run)
+    if info is None or from_file is None:
+        if info is not None and info.accounting_pending:
+            return dataclasses.replace(info, state=JobState.COMPLETING)
+        return info if info is not None else from_file
+    return dataclasses.replace(info, exit_code=from_file.exit_code)
 
 
 def array_info(parent: Run, tasks: list[Run]) -> JobInfo | None:

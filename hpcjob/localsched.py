@@ -167,7 +167,7 @@ class LocalScheduler:
             "workdir": workdir,
             "output": expand_output(header.output, job_id, header.job_name),
             "time_s": header.time_s,
-            "signal": header.signal,
+            "warn_signal": header.signal,  # not "signal": that is how the job ended
             "cpus": header.cpus_per_task,
             "mem_mb": header.mem_mb,
             "gpus": header.gpus,
@@ -364,7 +364,7 @@ class LocalScheduler:
         """Wait for the script, enforcing cancel and the time limit; CANCELLED, TIMEOUT or None."""
         started = time.monotonic()
         limit = rec.get("time_s")
-        warn = rec.get("signal")
+        warn = rec.get("warn_signal")
         warned = False
         ending: str | None = None
         kill_at: float | None = None

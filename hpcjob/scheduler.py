@@ -44,6 +44,8 @@ class JobInfo:
     reason: str | None = None
     # What the scheduler's accounting adds (elapsed, CPU time, peak memory, GPUs); into the ledger.
     facts: dict[str, Any] = field(default_factory=dict)
+    # Ended, but the accounting record with the exit code is not there yet (sacct lags).
+    accounting_pending: bool = False
 
 
 class Scheduler(Protocol):
@@ -139,13 +141,8 @@ class SlurmScheduler:
             if record is not None and (record.state.is_final or row is None):
                 infos[job_id] = _from_sacct(record)
             elif row is not None and row.state.is_final and not self.accounting_off:
-                # Ended, but sacct's record (exit code, CPU time, memory) lags a few seconds:
-                # not final for hpcjob yet, so the next poll asks again.
-                infos[job_id] = replace(
-                    _from_squeue(job_id, row),
-                    state=JobState.COMPLETING,
-                    reason=f"{row.state.value}; waiting for Slurm's accounting record",
-                )
+                # Ended, but sacct's record (exit code, CPU time, memory) lags a few seconds.
+                infos[job_id] = replace(_from_squeue(job_id, row), accounting_pending=True)
             elif row is not None:
                 infos[job_id] = _from_squeue(job_id, row)
         return infos

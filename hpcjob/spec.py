@@ -143,7 +143,8 @@ _TRAIN_ARGS = (
     ArgDef("hidden_units", str, "512,256", "MLP hidden layer sizes, comma-separated"),
     ArgDef("dropout", float, 0.2, "dropout rate", minimum=0, maximum=1, exclusive_maximum=True),
     ArgDef("seed", int, 0, "random seed", minimum=0),
-    ArgDef("num_workers", int, 0, "data loader worker processes", minimum=0),
+    # None: the job script picks one less than the allocated cores (at most 8).
+    ArgDef("num_workers", int, None, "data loader worker processes", minimum=0),
     ArgDef("weighted_sampling", bool, True, "balance classes by weighted sampling"),
 )
 
@@ -344,6 +345,8 @@ def _build_args(raw: dict[str, Any], workload: WorkloadDef, problems: list[str])
 
 
 def _check_arg(arg: ArgDef, value: Any) -> str | None:
+    if value is None:
+        return None  # left to the job script
     if arg.name == "hidden_units":
         parts = str(value).split(",")
         if not all(p.strip().isdigit() and int(p) > 0 for p in parts):
@@ -377,6 +380,8 @@ def workload_argv(spec: JobSpec) -> list[str]:
     argv: list[str] = []
     for name, value in spec.args.items():
         flag = "--" + name.replace("_", "-")
+        if value is None:
+            continue
         if isinstance(value, bool):
             if not value:
                 argv.append("--no-" + name.replace("_", "-"))

@@ -11,6 +11,7 @@
 #SBATCH --constraint=scratch-node
 #SBATCH --output=/home/u/hpcjob/runs/r000001/slurm-%j.out
 #SBATCH --comment=hpcjob-00000000000000000000000000000000
+#SBATCH --signal=B:USR1@120
 
 # Rendered by hpcjob 0.1.0 for run r000001.
 set -euo pipefail
@@ -53,4 +54,21 @@ echo "data:       staged to $HPCJOB_DATA_DIR"
 
 cd "$HPCJOB_RUN_DIR"
 echo "== workload train =="
-python3 /home/u/hpcjob/runs/r000001/workload/train.py --data-dir "$HPCJOB_DATA_DIR" --output-dir "$HPCJOB_RUN_DIR" --epochs 3 --batch-size 256 --lr 0.0001 --hidden-units 512,256 --dropout 0.2 --seed 0 --num-workers 0 --no-weighted-sampling
+# Data loader workers: one less than the allocated cores, at most 8.
+hpcjob_workers=$(( ${SLURM_CPUS_PER_TASK:-1} - 1 ))
+if [ "$hpcjob_workers" -gt 8 ]; then hpcjob_workers=8; fi
+# Python runs in the background so the batch shell can pass Slurm's USR1/TERM on to it;
+# --resume auto continues from the last checkpoint after a requeue (a fresh run starts anew).
+python3 /home/u/hpcjob/runs/r000001/workload/train.py --data-dir "$HPCJOB_DATA_DIR" --output-dir "$HPCJOB_RUN_DIR" --resume auto --epochs 3 --batch-size 256 --lr 0.0001 --hidden-units 512,256 --dropout 0.2 --seed 0 --no-weighted-sampling --num-workers "$hpcjob_workers" &
+hpcjob_pid=$!
+trap 'kill -USR1 "$hpcjob_pid" 2>/dev/null || true' USR1 TERM
+hpcjob_rc=0
+while true; do
+    wait "$hpcjob_pid" && hpcjob_rc=0 || hpcjob_rc=$?
+    # A trapped signal interrupts `wait`; keep waiting while train.py saves its checkpoint.
+    kill -0 "$hpcjob_pid" 2>/dev/null || break
+done
+if [ "$hpcjob_rc" -eq 75 ]; then
+    echo "hpcjob: training stopped before the time limit with a checkpoint; resubmit to resume." >&2
+fi
+exit "$hpcjob_rc"

@@ -57,14 +57,15 @@ def machine() -> str:
     return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, {date.today()}"
 
 
-def write_section(body: str) -> None:
+def write_section(body: str, heading: str = HEADING) -> None:
+    """Put `body` into bench/RESULTS.md in place of the section under `heading`."""
     text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
-    start = text.find(HEADING)
+    start = text.find(heading)
     if start == -1:
         text = text.rstrip("\n") + "\n\n" + body
     else:
-        end = text.find("\n## ", start + len(HEADING))
-        text = text[:start] + body + ("" if end == -1 else text[end + 1 :])
+        end = text.find("\n## ", start + len(heading))
+        text = text[:start] + body.rstrip("\n") + "\n" + ("" if end == -1 else text[end:])
     RESULTS.write_text(text.rstrip("\n") + "\n")
 
 

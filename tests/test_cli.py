@@ -259,3 +259,12 @@ def test_arrays_are_refused_on_the_embedded_scheduler_and_after_resolves(cli: In
     assert second["state"] == "COMPLETED"
     script = cli("show", second["run_id"], "--json").json()["script"]
     assert f"#SBATCH --dependency=afterok:{first['job_id']}" in script
+
+
+def test_eda_run_records_its_artifacts(cli: Invoke, pcam_dir: Path) -> None:
+    run = submit_json(cli, "eda", "--data-dir", str(pcam_dir), "--wait")
+    assert run["state"] == "COMPLETED", cli("logs", run["job_id"]).stdout
+    shown = cli("show", run["run_id"], "--json").json()
+    names = {a["name"] for a in shown["artifacts"]}
+    assert "eda.json" in names and any(n.endswith(".png") for n in names)
+    assert any(key.startswith("eda_") for key in shown["facts"])

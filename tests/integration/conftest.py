@@ -8,7 +8,6 @@ HPCJOB_REQUIRE_CLUSTER=1) a missing cluster is a failure, never a skip.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import shutil
 import subprocess
@@ -19,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests.conftest import Result
 
 REPO = Path(__file__).resolve().parents[2]
 STATE = Path(os.environ.get("HPCJOB_TEST_CLUSTER_DIR", "/var/tmp/hpcjob-test-cluster"))
@@ -106,16 +107,6 @@ def user_source(cluster: dict[str, str], tmp_path_factory: pytest.TempPathFactor
 
 
 @dataclass
-class Result:
-    exit_code: int
-    stdout: str
-    stderr: str
-
-    def json(self) -> Any:
-        return json.loads(self.stdout)
-
-
-@dataclass
 class UserSession:
     """hpcjob as the test user, with a HPCJOB_HOME of its own."""
 
@@ -195,3 +186,59 @@ def user_pcam(cluster: dict[str, str], user_python: str) -> Path:
         )  # fmt: skip
         subprocess.run(["chmod", "-R", "a+rX", str(target)], check=True)
     return target
+
+
+@dataclass
+class SSHLogin:
+    """The test sshd as hpctest, from a $HOME and an ssh config of the test's own."""
+
+    cluster: dict[str, str]
+    home: Path
+    ssh_config: Path
+    profile: dict[str, Any]
+
+    def shell(
+        self,
+        *,
+        ssh_config_text: str | None = None,
+        prompt: Any = None,
+        interactive: bool = False,
+        **overrides: Any,
+    ) -> Any:
+        """An SSHShell for the profile with `overrides` (a None value drops the key)."""
+        from hpcjob.ssh import ssh_shell_for
+
+        if ssh_config_text is not None:
+            self.ssh_config.write_text(ssh_config_text)
+        profile = {k: v for k, v in {**self.profile, **overrides}.items() if v is not None}
+        return ssh_shell_for(
+            profile, ssh_config_path=self.ssh_config, prompt=prompt, interactive=interactive
+        )
+
+    def sshd_log_offset(self) -> int:
+        return (STATE / "log" / "sshd.log").stat().st_size
+
+    def sshd_log_since(self, offset: int) -> str:
+        with open(STATE / "log" / "sshd.log", "rb") as handle:
+            handle.seek(offset)
+            return handle.read().decode(errors="replace")
+
+
+@pytest.fixture
+def ssh_login(cluster: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> SSHLogin:
+    """Login data for the test sshd; $HOME is a fresh folder and no ssh-agent is reachable, so
+    nothing of the developer's SSH setup is read."""
+    home = tmp_path / "ssh-home"
+    (home / ".ssh").mkdir(parents=True)
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)
+    config = tmp_path / "ssh_config"
+    config.write_text("GlobalKnownHostsFile none\n")
+    profile: dict[str, Any] = {
+        "host": cluster["HPCJOB_TEST_SSH_HOST"],
+        "port": int(cluster["HPCJOB_TEST_SSH_PORT"]),
+        "user": cluster["HPCJOB_TEST_USER"],
+        "identity_file": cluster["HPCJOB_TEST_SSH_KEY"],
+        "known_hosts": cluster["HPCJOB_TEST_KNOWN_HOSTS"],
+    }
+    return SSHLogin(cluster, home, config, profile)

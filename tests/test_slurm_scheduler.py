@@ -1,0 +1,225 @@
+"""SlurmScheduler and the refresh above it, with a Shell that replays outputs recorded from the real
+test cluster (tests/fixtures/slurm). No Slurm needed; nothing is patched globally."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import pytest
+
+from hpcjob.app import Context, Prepared, refresh, submit
+from hpcjob.config import Profile, Settings
+from hpcjob.errors import HpcjobError
+from hpcjob.jobstate import JobState
+from hpcjob.ledger import NewRun
+from hpcjob.scheduler import SlurmScheduler
+from hpcjob.shell import CommandResult
+from hpcjob.spec import SpecRequest, build_spec
+
+FIXTURES = Path(__file__).parent / "fixtures" / "slurm"
+
+
+def recorded(name: str) -> CommandResult:
+    data = json.loads((FIXTURES / f"{name}.json").read_text())
+    return CommandResult(tuple(data["command"]), data["returncode"], data["stdout"], data["stderr"])
+
+
+class ReplayShell:
+    """Answers each command (by its program name) from a queue of recorded results."""
+
+    def __init__(self, answers: Mapping[str, Sequence[CommandResult]]) -> None:
+        self.answers = {k: list(v) for k, v in answers.items()}
+        self.calls: list[list[str]] = []
+        self.files: dict[str, bytes] = {}
+
+    def run(
+        self,
+        argv: Sequence[str],
+        *,
+        check: bool = True,
+        timeout: float | None = 60,
+        env: Mapping[str, str] | None = None,
+    ) -> CommandResult:
+        self.calls.append(list(argv))
+        queue = self.answers.get(argv[0])
+        if not queue:
+            raise AssertionError(f"unexpected command {argv}")
+        return queue.pop(0) if len(queue) > 1 else queue[0]
+
+    def read_bytes(self, path: str, offset: int = 0, limit: int | None = None) -> bytes:
+        data = self.files[path][offset:]
+        return data if limit is None else data[:limit]
+
+    def write_bytes(self, path: str, data: bytes, mode: int = 0o644) -> None:
+        self.files[path] = data
+
+    def makedirs(self, path: str) -> None:
+        pass
+
+    def exists(self, path: str) -> bool:
+        return path in self.files
+
+    def size(self, path: str) -> int | None:
+        return len(self.files[path]) if path in self.files else None
+
+    def expand_home(self, path: str) -> str:
+        return path.replace("~", "/home/u", 1)
+
+    def list_files(self, path: str, max_depth: int = 2) -> list[tuple[str, int]]:
+        prefix = path.rstrip("/") + "/"
+        return [(p[len(prefix) :], len(d)) for p, d in self.files.items() if p.startswith(prefix)]
+
+    def commands(self) -> list[str]:
+        return [argv[0] for argv in self.calls]
+
+
+def test_submit_parses_the_job_id_and_passes_the_token() -> None:
+    shell = ReplayShell({"sbatch": [recorded("sbatch_comment")]})
+    job_id = SlurmScheduler(shell, "c").submit("/r/job.sh", token="hpcjob-tok", workdir="/r")
+    assert job_id == "87"
+    assert shell.calls[0][:4] == ["sbatch", "--parsable", "--comment", "hpcjob-tok"]
+
+
+@pytest.mark.parametrize(
+    ("fixture", "fragment"),
+    [
+        ("sbatch_invalid_partition", "no partition 'nosuchpart'"),
+        ("sbatch_time_above_max", "time limit"),
+        ("sbatch_gpu_impossible", "node configuration"),
+        ("sbatch_invalid_account", "account"),
+        ("sbatch_ctld_down", "controller"),
+    ],
+)
+def test_sbatch_rejections_become_sentences(fixture: str, fragment: str) -> None:
+    shell = ReplayShell({"sbatch": [recorded(fixture)]})
+    with pytest.raises(HpcjobError) as info:
+        SlurmScheduler(shell, "c").submit("/r/job.sh", token="t", workdir="/r")
+    assert fragment.lower() in str(info.value).lower()
+    assert info.value.hint
+
+
+def test_poll_is_one_squeue_and_one_sacct_for_many_jobs() -> None:
+    shell = ReplayShell({"squeue": [recorded("squeue_final")], "sacct": [recorded("sacct_final")]})
+    ids = ["95_4", "95_5", "99", "100", "101", "102", "103", "104", "105", "106", "107", "108"]
+    infos = SlurmScheduler(shell, "c").poll(ids)
+    assert shell.commands() == ["squeue", "sacct"]
+    assert infos["104"].state == JobState.CANCELLED
+    assert infos["95_4"].state == JobState.COMPLETED
+
+
+def test_interim_accounting_record_is_not_taken_for_the_end() -> None:
+    shell = ReplayShell(
+        {"squeue": [recorded("squeue_unknown_job")], "sacct": [recorded("sacct_lag_allocation")]}
+    )
+    assert SlurmScheduler(shell, "c").poll(["92"]) == {}  # missing is never done
+    shell = ReplayShell(
+        {"squeue": [recorded("squeue_unknown_job")], "sacct": [recorded("sacct_lag_complete")]}
+    )
+    info = SlurmScheduler(shell, "c").poll(["92"])["92"]
+    assert info.state == JobState.COMPLETED and info.exit_code == 0
+    assert info.facts["sacct_max_rss_bytes"] == 4600 * 1024
+
+
+def test_accounting_down_is_remembered_and_squeue_answers() -> None:
+    shell = ReplayShell(
+        {"squeue": [recorded("squeue_final")], "sacct": [recorded("sacct_dbd_down")]}
+    )
+    scheduler = SlurmScheduler(shell, "c")
+    infos = scheduler.poll(["103"])
+    assert scheduler.accounting_off and "connection" in scheduler.accounting_off.lower()
+    assert infos["103"].state == JobState.COMPLETED and infos["103"].exit_code is None
+
+
+def test_squeue_garbage_and_outages_are_clear_errors() -> None:
+    garbage = CommandResult(("squeue",), 0, "JOBID|JOBID|nonsense\n\x00\xff", "")
+    with pytest.raises(HpcjobError, match="squeue"):
+        SlurmScheduler(ReplayShell({"squeue": [garbage]}), "c").poll(["1"])
+    down = ReplayShell({"squeue": [recorded("squeue_ctld_down")]})
+    with pytest.raises(HpcjobError) as info:
+        SlurmScheduler(down, "c").poll(["100"])
+    assert "squeue" in info.value.message and "controller" in info.value.message
+
+
+def context_with(shell: ReplayShell, tmp_path: Path) -> Context:
+    profile = Profile("slurm", {"scheduler": "slurm", "remote_root": "/runs"}, {})
+    ctx = Context(Settings(tmp_path), profile)
+    ctx._scheduler = SlurmScheduler(shell, "slurm:test")
+    return ctx
+
+
+def prepared(run_dir: str = "/runs/r1") -> Prepared:
+    spec = build_spec(SpecRequest(workload="gpu-check"))
+    new = NewRun(
+        profile="slurm", cluster="", scheduler="slurm", workload="gpu-check",
+        spec=spec.to_dict(), script="#!/bin/bash\n", script_hash="h", run_dir=run_dir,
+        run_id="r1",
+    )  # fmt: skip
+    return Prepared(spec=spec, new_run=new, script="#!/bin/bash\n")
+
+
+def test_socket_timeout_checks_the_token_and_never_submits_twice(tmp_path: Path) -> None:
+    timeout = CommandResult(
+        ("sbatch",), 1, "", "sbatch: error: Batch job submission failed: Socket timed out on "
+        "send/recv operation\n",
+    )  # fmt: skip
+    ready = prepared()
+    found = CommandResult(
+        ("squeue",),
+        0,
+        "JOBID|JOBID|ARRAY_JOB_ID|ARRAY_TASK_ID|STATE|REASON|PARTITION|NODELIST|TIME|TIME_LIMIT|"
+        "START_TIME|COMMENT|NAME\n"
+        f"4242|4242|4242|N/A|PENDING|Priority|rome||0:00|10:00|N/A|{ready.new_run.token}|j\n",
+        "",
+    )
+    shell = ReplayShell({"sbatch": [timeout], "squeue": [found]})
+    run = submit(context_with(shell, tmp_path), ready)
+    assert run.job_id == "4242" and run.state == JobState.PENDING
+    assert shell.commands().count("sbatch") == 1
+
+
+def test_a_rejected_submission_is_recorded_unsubmitted(tmp_path: Path) -> None:
+    nothing = CommandResult(("x",), 0, "", "")
+    shell = ReplayShell(
+        {"sbatch": [recorded("sbatch_invalid_account")], "squeue": [nothing], "sacct": [nothing]}
+    )
+    ctx = context_with(shell, tmp_path)
+    with pytest.raises(HpcjobError):
+        submit(ctx, prepared())
+    run = ctx.ledger.get_run("r1")
+    assert run.state == JobState.UNSUBMITTED and run.reason
+
+
+def test_refresh_without_accounting_uses_the_exit_status_file(tmp_path: Path) -> None:
+    shell = ReplayShell(
+        {
+            "sbatch": [CommandResult(("sbatch",), 0, "103\n", "")],
+            "squeue": [recorded("squeue_final")],
+            "sacct": [recorded("sacct_dbd_down")],
+        }
+    )
+    ctx = context_with(shell, tmp_path)
+    submit(ctx, prepared())
+    shell.files["/runs/r1/exit-status"] = b"0 2026-11-27T22:23:05Z\n"
+    shell.calls.clear()
+    refresh(ctx)
+    run = ctx.ledger.get_run("r1")
+    assert run.state == JobState.COMPLETED and run.exit_code == 0
+    assert shell.commands() == ["squeue", "sacct"]
+    assert any("accounting" in note for note in ctx.notes)
+
+
+def test_ended_job_waits_for_accounting_without_the_file(tmp_path: Path) -> None:
+    nothing_yet = CommandResult(("sacct",), 0, recorded("sacct_final").stdout.splitlines()[0], "")
+    shell = ReplayShell(
+        {
+            "sbatch": [CommandResult(("sbatch",), 0, "103\n", "")],
+            "squeue": [recorded("squeue_final")],
+            "sacct": [nothing_yet],
+        }
+    )
+    ctx = context_with(shell, tmp_path)
+    submit(ctx, prepared())
+    refresh(ctx)
+    assert ctx.ledger.get_run("r1").state == JobState.COMPLETING

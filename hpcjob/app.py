@@ -330,12 +330,13 @@ def refresh(ctx: Context) -> list[Run]:
     """
     ledger = ctx.ledger
     pending = ledger.unfinished(ctx.profile.name)
-    scheduler = ctx.scheduler if pending else None
-    if scheduler is None:
+    late = ledger.awaiting_accounting(ctx.profile.name)
+    if not pending and not late:
         return []
+    scheduler = ctx.scheduler
     pending = [_complete_submission(ctx, run) for run in pending]
     polled = [r for r in pending if r.job_id and r.cluster == scheduler.cluster and not r.is_array]
-    late = ledger.awaiting_accounting(ctx.profile.name, scheduler.cluster)
+    late = [r for r in late if r.cluster == scheduler.cluster]
     infos = scheduler.poll([r.job_id for r in polled + late if r.job_id])
     accounting_off = getattr(scheduler, "accounting_off", None)
     if accounting_off:
@@ -550,10 +551,16 @@ def _sleep_until_due(
 def resolve(ctx: Context, ref: str) -> Run:
     """A run by job id, run id or `last`, brought up to date if it is still unfinished."""
     run = ctx.ledger.resolve(ref, cluster=None)
-    if not run.state.is_final and run.profile == ctx.profile.name:
+    if run.profile == ctx.profile.name and (
+        not run.state.is_final or (run.scheduler == "slurm" and _awaits_accounting(ctx, run))
+    ):
         refresh(ctx)
         run = ctx.ledger.get_run(run.run_id)
     return run
+
+
+def _awaits_accounting(ctx: Context, run: Run) -> bool:
+    return any(r.run_id == run.run_id for r in ctx.ledger.awaiting_accounting(ctx.profile.name))
 
 
 def read_log(ctx: Context, run: Run, offset: int = 0) -> bytes:

@@ -448,15 +448,15 @@ class Ledger:
         ).fetchall()
         return [_run(r) for r in rows]
 
-    def awaiting_accounting(self, profile: str, cluster: str, within_s: int = 3600) -> list[Run]:
+    def awaiting_accounting(self, profile: str, within_s: int = 3600) -> list[Run]:
         """Slurm runs that ended in the last hour before sacct had their record."""
         since = datetime.fromtimestamp(time.time() - within_s, timezone.utc)
         rows = self.db.execute(
-            "SELECT * FROM runs WHERE profile = ? AND cluster = ? AND scheduler = 'slurm' "
+            "SELECT * FROM runs WHERE profile = ? AND scheduler = 'slurm' "
             "AND job_id IS NOT NULL AND ended_at >= ? AND NOT (parent_run_id IS NULL AND "
             "json_extract(spec_json, '$.resources.array') IS NOT NULL) AND NOT EXISTS "
             "(SELECT 1 FROM facts f WHERE f.run_id = runs.run_id AND f.key = 'sacct_elapsed_s')",
-            (profile, cluster, since.strftime("%Y-%m-%dT%H:%M:%SZ")),
+            (profile, since.strftime("%Y-%m-%dT%H:%M:%SZ")),
         ).fetchall()
         return [r for r in map(_run, rows) if r.state.is_final]
 

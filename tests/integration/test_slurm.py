@@ -5,12 +5,23 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tests.integration.conftest import UserSession
 
 pytestmark = pytest.mark.slurm
+
+
+def accounting_facts(user: UserSession, ref: str) -> dict[str, Any]:
+    """The run's facts once sacct's record (which lags the job's end by seconds) is in."""
+    deadline = time.monotonic() + 60
+    while True:
+        facts: dict[str, Any] = user.hpcjob("show", ref, "--json").json()["facts"]
+        if "sacct_elapsed_s" in facts or time.monotonic() > deadline:
+            return facts
+        time.sleep(2)
 
 
 def test_partitions_come_from_sinfo(user: UserSession) -> None:
@@ -47,7 +58,7 @@ def test_gpu_check_on_a_fake_gpu_fails_with_the_reason(user: UserSession) -> Non
     logs = user.hpcjob("logs", run["job_id"]).stdout
     assert "asked for 1 GPU but none is visible" in logs
     assert "CUDA_VISIBLE_DEVICES=0" in logs
-    facts = user.hpcjob("show", run["job_id"], "--json").json()["facts"]
+    facts = accounting_facts(user, run["job_id"])
     assert facts["sacct_alloc_gpus"] == 1
     assert "gres/gpu:a100=1" in facts["sacct_alloc_tres"]
     assert facts["gpus_requested"] == 1
@@ -65,8 +76,9 @@ def test_train_one_epoch_on_rome(user: UserSession, user_pcam: Path) -> None:
     keys = {(m["step"], m["key"]) for m in shown["metrics"]}
     assert {(1, "train_loss"), (1, "val_loss"), (1, "val_auc")} <= keys
     assert "loss.png" in {a["name"] for a in shown["artifacts"]}
-    assert shown["facts"]["sacct_elapsed_s"] >= 0
-    assert shown["facts"]["sacct_max_rss_bytes"] > 0
+    facts = accounting_facts(user, run["job_id"])
+    assert facts["sacct_elapsed_s"] >= 0
+    assert facts["sacct_max_rss_bytes"] > 0
     assert "Epoch 1: Train_Loss = " in user.hpcjob("logs", run["job_id"]).stdout
 
 

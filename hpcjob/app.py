@@ -69,6 +69,9 @@ class Context:
     def close(self) -> None:
         if self._ledger is not None:
             self._ledger.close()
+        close_shell = getattr(getattr(self._scheduler, "shell", None), "close", None)
+        if close_shell is not None:
+            close_shell()  # the one SSH connection of this invocation
 
 
 def open_context(profile_flag: str | None = None, flags: dict[str, Any] | None = None) -> Context:
@@ -125,9 +128,11 @@ def prepare(
         if partitions is not None:
             check_against_partitions(spec, partitions)
     run_root = str(profile.get("remote_root") or ctx.settings.runs_dir)
+    # Slurm reads `#SBATCH --output` without a shell: the path must be absolute.
     if not profile.get("host"):
-        # Slurm reads `#SBATCH --output` without a shell: the path must be absolute.
         run_root = os.path.abspath(os.path.expanduser(run_root))
+    elif check_cluster:  # the login node's home; `render` shows `~` rather than connect
+        run_root = ctx.scheduler.shell.expand_home(run_root)
     new = NewRun(
         profile=profile.name,
         cluster="",  # filled in at submit, when the scheduler is known

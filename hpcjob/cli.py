@@ -495,6 +495,34 @@ def partitions(profile: ProfileOpt = None, json_out: JsonOpt = False) -> None:
         )
 
 
+@app.command()
+@boundary
+def connect(profile: ProfileOpt = None) -> None:
+    """Log in to the profile's cluster once: check the host key (asking before trusting a new
+    one), the login and the remote home."""
+    from hpcjob import output
+    from hpcjob.config import load_settings, resolve_profile
+    from hpcjob.ssh import connect_and_trust
+
+    resolved = resolve_profile(load_settings(), profile_flag=profile)
+    if not resolved.get("host"):
+        raise HpcjobError(
+            f"Profile {resolved.name!r} has no host: it runs on this machine.",
+            hint="Give a profile with `host`, e.g. --profile snellius.",
+            exit_code=2,
+        )
+    report = connect_and_trust(
+        resolved.values,
+        sources=resolved.sources,
+        profile_name=resolved.name,
+        confirm=lambda question: typer.confirm(question, default=False),
+    )
+    output.info(
+        f"Connected to {report.user}@{report.host}:{report.port} in {report.seconds:.1f} s; "
+        f"remote home {report.home}."
+    )
+
+
 # -- config ---------------------------------------------------------------------------------
 
 

@@ -256,6 +256,11 @@ def resolve_profile(
         sources.setdefault("python", "the Python running hpcjob")
         values.setdefault("remote_root", str(settings.runs_dir))
         sources.setdefault("remote_root", "built-in default ($HPCJOB_HOME/runs)")
+    else:
+        values.setdefault("remote_root", "~/hpcjob/runs")
+        sources.setdefault("remote_root", "built-in default")
+        values.setdefault("python", "python3")
+        sources.setdefault("python", "built-in default")
     for key, value in values.items():
         _check_value(key, value, sources[key])
     return Profile(name=name, values=values, sources=sources)

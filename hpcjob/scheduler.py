@@ -85,11 +85,10 @@ def scheduler_for(profile: Profile, settings: Settings) -> Scheduler:
         return LocalScheduler(settings.local_dir, max_jobs=int(profile.get("max_local_jobs") or 2))
     host = profile.get("host")
     if host:
-        raise HpcjobError(
-            f"Profile {profile.name!r} reaches its cluster over SSH ({host}), which this version "
-            "of hpcjob cannot do yet.",
-            hint="Run hpcjob on the login node itself (profile `slurm`), or use --profile local.",
-        )
+        from hpcjob.ssh import ssh_shell_for
+
+        shell = ssh_shell_for(profile.values, sources=profile.sources, profile_name=profile.name)
+        return SlurmScheduler(shell, cluster=f"slurm:{host}")
     from hpcjob.shell import LocalShell
 
     return SlurmScheduler(LocalShell(), cluster=f"slurm:{socket.gethostname()}")
@@ -151,7 +150,9 @@ class SlurmScheduler:
         from hpcjob import slurm
         from hpcjob.shell import command_error
 
-        result = self.shell.run(slurm.squeue_argv(job_ids), check=False, timeout=60)
+        result = self.shell.run(
+            slurm.squeue_argv(job_ids), check=False, timeout=60, idempotent=True
+        )
         if result.returncode != 0:
             # squeue -j with one id it no longer knows exits 1: that is "no rows", not a failure.
             if slurm.parse_slurm_error(result.stderr).kind is slurm.SlurmErrorKind.UNKNOWN_JOB:
@@ -164,7 +165,7 @@ class SlurmScheduler:
 
         if not job_ids:
             return []
-        result = self.shell.run(slurm.sacct_argv(job_ids), check=False, timeout=60)
+        result = self.shell.run(slurm.sacct_argv(job_ids), check=False, timeout=60, idempotent=True)
         if result.returncode != 0:
             self.accounting_off = slurm.parse_slurm_error(result.stderr).message
             return []
@@ -174,7 +175,9 @@ class SlurmScheduler:
     def cancel(self, job_ids: Sequence[str]) -> None:
         from hpcjob import slurm
 
-        result = self.shell.run(slurm.scancel_argv(job_ids), check=False, timeout=60)
+        result = self.shell.run(
+            slurm.scancel_argv(job_ids), check=False, timeout=60, idempotent=True
+        )
         if result.returncode != 0:
             failures = slurm.parse_scancel_errors(result.stderr)
             detail = "; ".join(f"job {f.job_id}: {f.reason}" for f in failures)
@@ -186,12 +189,12 @@ class SlurmScheduler:
     def find_by_token(self, token: str) -> str | None:
         from hpcjob import slurm
 
-        result = self.shell.run(slurm.squeue_mine_argv(), check=False, timeout=60)
+        result = self.shell.run(slurm.squeue_mine_argv(), check=False, timeout=60, idempotent=True)
         if result.returncode == 0:
             for row in slurm.parse_squeue(result.stdout):
                 if row.comment == token:
                     return str(row.array_job_id or row.job_id)
-        result = self.shell.run(slurm.sacct_recent_argv(), check=False, timeout=60)
+        result = self.shell.run(slurm.sacct_recent_argv(), check=False, timeout=60, idempotent=True)
         if result.returncode == 0:
             for record in slurm.parse_sacct(result.stdout):
                 if record.comment == token:
@@ -201,7 +204,7 @@ class SlurmScheduler:
     def partitions(self) -> list[Any]:
         from hpcjob import slurm
 
-        result = self.shell.run(slurm.sinfo_argv(), check=False, timeout=60)
+        result = self.shell.run(slurm.sinfo_argv(), check=False, timeout=60, idempotent=True)
         if result.returncode != 0:
             from hpcjob.shell import command_error
 

@@ -36,7 +36,11 @@ class Shell(Protocol):
         check: bool = True,
         timeout: float | None = 60,
         env: Mapping[str, str] | None = None,
-    ) -> CommandResult: ...
+        idempotent: bool = False,
+    ) -> CommandResult:
+        """Run argv. `idempotent` commands (queries) may be re-run after a dropped connection;
+        others (sbatch) never are: the caller checks by token what happened."""
+        ...
 
     def read_bytes(self, path: str, offset: int = 0, limit: int | None = None) -> bytes: ...
 
@@ -74,6 +78,7 @@ class LocalShell:
         check: bool = True,
         timeout: float | None = 60,
         env: Mapping[str, str] | None = None,
+        idempotent: bool = False,  # nothing to re-run on this machine
     ) -> CommandResult:
         full_env = None if env is None else {**os.environ, **env}
         try:

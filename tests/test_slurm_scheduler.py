@@ -41,6 +41,7 @@ class ReplayShell:
         check: bool = True,
         timeout: float | None = 60,
         env: Mapping[str, str] | None = None,
+        idempotent: bool = False,
     ) -> CommandResult:
         self.calls.append(list(argv))
         queue = self.answers.get(argv[0])

@@ -133,7 +133,7 @@ class SlurmScheduler:
                 live[task] = row
             live.setdefault(row.raw_job_id, row)
         ended = [j for j in job_ids if j not in live or live[j].state.is_final]
-        accounted = {r.job_id: r for r in self._sacct(ended) if not r.is_interim}
+        accounted = self._accounted(ended)
         infos: dict[str, JobInfo] = {}
         for job_id in job_ids:
             record, row = accounted.get(job_id), live.get(job_id)
@@ -145,6 +145,21 @@ class SlurmScheduler:
             elif row is not None:
                 infos[job_id] = _from_squeue(job_id, row)
         return infos
+
+    def _accounted(self, job_ids: Sequence[str]) -> dict[str, Any]:
+        """sacct's final word on these jobs, by job id. Array tasks are asked for by their
+        array's id too: tasks cancelled before they started exist in sacct only inside a
+        `123_[4-9]` row, never under their own id."""
+        from hpcjob import slurm
+
+        bases = {j.split("_", 1)[0] for j in job_ids if "_" in j} - set(job_ids)
+        records = [r for r in self._sacct([*job_ids, *sorted(bases)]) if not r.is_interim]
+        accounted = {r.job_id: r for r in records if "[" not in r.job_id}
+        for record in records:
+            if "[" in record.job_id:
+                for task in slurm.expand_array_ids(record.job_id):
+                    accounted.setdefault(task, record)
+        return accounted
 
     def _squeue(self, job_ids: Sequence[str]) -> list[Any]:
         from hpcjob import slurm

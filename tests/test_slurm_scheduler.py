@@ -224,3 +224,14 @@ def test_ended_job_waits_for_accounting_without_the_file(tmp_path: Path) -> None
     submit(ctx, prepared())
     refresh(ctx)
     assert ctx.ledger.get_run("r1").state == JobState.COMPLETING
+
+
+def test_array_tasks_that_never_started_are_found_in_their_arrays_row() -> None:
+    shell = ReplayShell(
+        {"squeue": [recorded("squeue_unknown_jobs")], "sacct": [recorded("sacct_live")]}
+    )
+    infos = SlurmScheduler(shell, "c").poll(["95_0", "95_3"])
+    sacct_call = next(argv for argv in shell.calls if argv[0] == "sacct")
+    assert sacct_call[-1] == "--jobs=95_0,95_3,95"  # the array's own id asked for too
+    assert infos["95_0"].state == JobState.RUNNING  # its own row wins
+    assert infos["95_3"].state == JobState.PENDING  # from the `95_[2-5%2]` row

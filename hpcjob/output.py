@@ -156,10 +156,7 @@ def print_run_detail(detail: dict[str, Any], show_script: bool = True) -> None:
             ("reason", detail.get("reason")),
             ("profile", f"{detail['profile']} ({detail['scheduler']}, {detail['cluster']})"),
             ("resources", _resources(res)),
-            (
-                "arguments",
-                " ".join(f"{k}={v}" for k, v in (detail["spec"].get("args") or {}).items()),
-            ),
+            ("arguments", _arguments(detail["spec"].get("args") or {})),
             ("data", detail["spec"].get("data_dir")),
             ("submitted", detail["submitted_at"]),
             ("started", detail["started_at"]),
@@ -228,6 +225,11 @@ def _size(size: int | None) -> str:
             return f"{value:.0f} B" if unit == "B" else f"{value:.1f} {unit}"
         value /= 1024
     return f"{value:.1f} GiB"
+
+
+def _arguments(args: dict[str, Any]) -> str:
+    """The workload's arguments; those left to the job script (None) are not shown."""
+    return " ".join(f"{k}={v}" for k, v in args.items() if v is not None)
 
 
 def _exit(detail: dict[str, Any]) -> str:

@@ -325,13 +325,14 @@ def output_path(run: Run, job_id: str) -> str:
 # -- watch ------------------------------------------------------------------------------------
 
 
-def refresh(ctx: Context) -> list[Run]:
+def refresh(ctx: Context, watched: frozenset[str] = frozenset()) -> list[Run]:
     """Bring every unfinished run of the profile up to date with ONE scheduler query.
 
     Runs that just ended get their output harvested (metrics, facts, artifacts) once; finished
     runs are not asked about again, except once more for the accounting record (CPU time, peak
     memory) when they ended before sacct had it. A job the scheduler does not report is left as
-    it was: missing is never taken for done.
+    it was: missing is never taken for done. Running runs' metrics are read on each refresh only
+    where that is cheap (the embedded scheduler) or for the runs being `watched` (a wait).
     """
     ledger = ctx.ledger
     pending = ledger.unfinished(ctx.profile.name)
@@ -349,7 +350,11 @@ def refresh(ctx: Context) -> list[Run]:
             f"Slurm's accounting (sacct) is not answering ({accounting_off}); states come from "
             "squeue and the jobs' exit-status files until it is back."
         )
-    updated = [_apply(ctx, run, infos.get(run.job_id or "")) for run in polled]
+    cheap = scheduler.name == "local"
+    updated = [
+        _apply(ctx, run, infos.get(run.job_id or ""), cheap or run.run_id in watched)
+        for run in polled
+    ]
     for run in late:
         info = infos.get(run.job_id or "")
         if info is not None and info.facts:
@@ -364,7 +369,7 @@ def refresh(ctx: Context) -> list[Run]:
     return updated
 
 
-def _apply(ctx: Context, run: Run, info: JobInfo | None) -> Run:
+def _apply(ctx: Context, run: Run, info: JobInfo | None, harvest_running: bool) -> Run:
     """Store what the scheduler (or the job's exit-status file) says of one run."""
     info = _settle(ctx, run, info)
     if info is None:
@@ -379,7 +384,8 @@ def _apply(ctx: Context, run: Run, info: JobInfo | None) -> Run:
         run.ended_at,
     ):
         fresh = ctx.ledger.record_info(run, info, ctx.scheduler.name)
-    if fresh.state == JobState.RUNNING or (fresh.state.is_final and not run.state.is_final):
+    running = fresh.state == JobState.RUNNING and harvest_running
+    if running or (fresh.state.is_final and not run.state.is_final):
         harvest(ctx, fresh)
     return fresh
 
@@ -477,7 +483,7 @@ def harvest(ctx: Context, run: Run) -> JobOutput:
         parse_metrics_jsonl(_read_text(ctx, metrics_path), parsed)
     ctx.ledger.add_metrics(run.run_id, parsed.metric_list())
     ctx.ledger.set_facts(run.run_id, parsed.facts)
-    if run.state.is_final or run.state == JobState.RUNNING:
+    if run.state.is_final:
         files = shell.list_files(run.run_dir) if shell.exists(run.run_dir) else []
         ctx.ledger.set_artifacts(
             run.run_id,
@@ -516,7 +522,7 @@ def wait(
     interval = ctx.scheduler.poll_start_s
     started = time.monotonic()
     while True:
-        refresh(ctx)
+        refresh(ctx, watched=frozenset({run.run_id}))
         run = ctx.ledger.get_run(run.run_id)
         if on_tick is not None:
             on_tick(run)

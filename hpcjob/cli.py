@@ -394,6 +394,10 @@ def _follow(context: Any, run: Any, offset: int) -> None:
     from hpcjob import app as core
     from hpcjob import output
 
+    # New bytes are read by offset twice a second; the scheduler is asked about the state only
+    # at its own polling pace (every 0.4 s embedded, every 4 s on Slurm).
+    state_every = 2 * context.scheduler.poll_start_s
+    asked = time.monotonic()
     try:
         while True:
             chunk = core.read_log(context, run, offset)
@@ -405,8 +409,9 @@ def _follow(context: Any, run: Any, offset: int) -> None:
                 output.info(f"Job {run.job_id} ended: {run.state.value}.")
                 return
             time.sleep(0.5)
-            if not run.state.is_final:
-                core.refresh(context)
+            if not run.state.is_final and time.monotonic() - asked >= state_every:
+                asked = time.monotonic()
+                core.refresh(context, watched=frozenset({run.run_id}))
                 run = context.ledger.get_run(run.run_id)
     except KeyboardInterrupt:
         return

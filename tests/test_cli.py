@@ -268,3 +268,19 @@ def test_eda_run_records_its_artifacts(cli: Invoke, pcam_dir: Path) -> None:
     names = {a["name"] for a in shown["artifacts"]}
     assert "eda.json" in names and any(n.endswith(".png") for n in names)
     assert any(key.startswith("eda_") for key in shown["facts"])
+
+
+def test_partitions_and_connect_on_the_embedded_scheduler(cli: Invoke) -> None:
+    parts = cli("partitions", "--json")
+    assert parts.exit_code == 0 and parts.json() == []
+    assert "any partition name runs here" in parts.stderr
+    refused = cli("connect")
+    assert refused.exit_code == 2 and "has no host" in refused.stderr
+
+
+def test_logs_tail_and_wait_on_a_finished_run(cli: Invoke) -> None:
+    run = submit_json(cli, "gpu-check", "--wait")
+    tail = cli("logs", run["job_id"], "--tail", "1")
+    assert tail.exit_code == 0 and len(tail.stdout.splitlines()) == 1
+    waited = cli("wait", run["run_id"], "--json")
+    assert waited.exit_code == 0 and waited.json()["state"] == "COMPLETED"

@@ -528,6 +528,66 @@ def connect(profile: ProfileOpt = None) -> None:
     )
 
 
+# -- setup-env ------------------------------------------------------------------------------
+
+
+@app.command("setup-env")
+@boundary
+def setup_env(
+    profile: ProfileOpt = None,
+    requirements: Annotated[
+        str | None,
+        typer.Option(help="Requirements file to install (default: the workloads' own)."),
+    ] = None,
+    editable: Annotated[
+        str | None, typer.Option(help="A project folder on the cluster to `pip install -e`.")
+    ] = None,
+    installer: Annotated[str, typer.Option(help="pip, or uv where it is on PATH.")] = "pip",
+    system_site_packages: Annotated[
+        bool,
+        typer.Option("--system-site-packages", help="Let the venv see the modules' packages."),
+    ] = False,
+    force: Annotated[bool, typer.Option("--force", help="Rebuild the venv from scratch.")] = False,
+    as_job: Annotated[
+        bool, typer.Option("--as-job", help="Run as a batch job (long installs) and wait.")
+    ] = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Create, update or repair the profile's venv with its modules, then verify it."""
+    from hpcjob import envsetup, output
+    from hpcjob.resources import workload_files
+
+    if requirements is None:
+        text = workload_files()["requirements.txt"].decode()
+    else:
+        try:
+            with open(requirements, encoding="utf-8") as handle:
+                text = handle.read()
+        except OSError as exc:
+            raise HpcjobError(f"Cannot read {requirements}: {exc.strerror}.", exit_code=2) from exc
+    with _session(profile) as context:
+        request = envsetup.request_for(
+            context,
+            text,
+            installer=installer,
+            editable=editable,
+            system_site_packages=system_site_packages,
+            force=force,
+        )
+        where = "as a batch job" if as_job else "on the login node"
+        if not json_out:
+            output.info(f"Setting up {request.venv} {where} (profile {context.profile.name}) …")
+        run_env = envsetup.setup_as_job if as_job else envsetup.setup_on_login_node
+        run, result, log = run_env(context, request)
+        if not (result.ok and run.state.value == "COMPLETED"):
+            raise envsetup.result_error(result, request, log)
+        if json_out:
+            output.print_json(envsetup.result_json(result, run))
+        else:
+            output.print_pairs(envsetup.summary_rows(result), title=f"venv {request.venv}")
+            output.info(f"Recorded as run {run.run_id}.")
+
+
 # -- config ---------------------------------------------------------------------------------
 
 

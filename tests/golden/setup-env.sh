@@ -38,6 +38,12 @@ set -u
 
 cd "$HPCJOB_RUN_DIR"
 echo "== workload setup-env =="
+if [ -f "$HPCJOB_RUN_DIR/setup-env.sh" ]; then
+    # Staged by `hpcjob setup-env --as-job`: the very script the login node runs (create or
+    # repair the venv, install, verify, then write the fingerprint marker).
+    bash "$HPCJOB_RUN_DIR/setup-env.sh"
+    exit 0
+fi
 venv_dir="$HOME"/hpcjob/venv
 if [ ! -x "$venv_dir/bin/python" ]; then
     python3 -m venv "$venv_dir"

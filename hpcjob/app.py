@@ -150,7 +150,8 @@ def prepare(
         run_dir=run_dir,
         modules=profile.modules,
         venv=profile.get("venv"),
-        python=str(profile.get("python") or "python3"),
+        # With a venv, the job runs the venv's own `python` (the profile's `python` made it).
+        python="python" if profile.get("venv") else str(profile.get("python") or "python3"),
     )
     dirs = template_dirs([profile.get("template_dir"), ctx.settings.user_template_dir])
     script = render_script(spec, render_ctx, dirs)

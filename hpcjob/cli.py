@@ -180,6 +180,11 @@ def _submit_or_render(
         if dry_run:
             _show_dry_run(context, prepared, json_out)
             return
+        from hpcjob.envsetup import venv_warning
+
+        warning = venv_warning(context)
+        if warning:
+            context.notes.append(warning)
         run = core.submit(context, prepared)
         if not json_out:
             output.info(

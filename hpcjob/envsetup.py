@@ -17,6 +17,7 @@ import os
 import re
 import time
 import unicodedata
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -154,6 +155,40 @@ def fingerprint(request: EnvRequest) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
 
+def environment_key(modules: Sequence[str], python: str) -> str:
+    """What ties a venv to a profile: its modules and Python. Stored in the marker so `submit`
+    can tell when the profile has moved on from the venv."""
+    data = {"modules": list(modules), "python": python}
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+
+
+def venv_warning(ctx: Context) -> str | None:
+    """A sentence when the profile's venv was never set up, never finished, or was set up for
+    other modules or another Python than the profile names now; None when it matches."""
+    venv = ctx.profile.get("venv")
+    if not venv or ctx.profile.scheduler == "local":
+        return None
+    shell = ctx.scheduler.shell
+    marker = f"{shell.expand_home(str(venv)).rstrip('/')}/{MARKER_NAME}"
+    fix = f"run `hpcjob setup-env --profile {ctx.profile.name}` first"
+    try:
+        stored = json.loads(shell.read_bytes(marker, 0, 65536)) if shell.exists(marker) else None
+    except (OSError, ValueError):
+        stored = None
+    if not isinstance(stored, dict):
+        return (
+            f"The venv {venv} was not set up by hpcjob setup-env, or its install did not finish: "
+            f"the job may fail with ModuleNotFoundError; {fix}."
+        )
+    expected = environment_key(ctx.profile.modules, str(ctx.profile.get("python") or "python3"))
+    if stored.get("environment") not in (None, expected):
+        return (
+            f"The venv {venv} was set up for other modules or another Python than profile "
+            f"{ctx.profile.name} names now; {fix}."
+        )
+    return None
+
+
 def check_module_names(modules: tuple[str, ...] | list[str]) -> None:
     """Refuse module names with Unicode look-alikes (pasted from a PDF) before anything runs."""
     for module in modules:
@@ -197,6 +232,7 @@ def render_setup_script(request: EnvRequest) -> str:
         venv=shell_path(request.venv),
         python=shell_quote(request.python),
         fingerprint=shell_quote(fingerprint(request)),
+        environment=shell_quote(environment_key(request.modules, request.python)),
         installer=shell_quote(request.installer),
         force="1" if request.force else "0",
         modules=modules,
@@ -499,10 +535,10 @@ def _spec_args(request: EnvRequest) -> dict[str, Any]:
 # marker is written only when everything imported.
 _VERIFY = r"""
 import importlib, importlib.metadata, json, os, sys, time
-prefix, marker, fingerprint, action, install_s, installer, venv = sys.argv[1:8]
+prefix, marker, fingerprint, action, install_s, installer, venv, environment = sys.argv[1:9]
 result = {"ok": True, "action": action, "installer": installer, "install_s": float(install_s),
           "python_version": "%d.%d.%d" % sys.version_info[:3], "packages": []}
-for pair in sys.argv[8:]:
+for pair in sys.argv[9:]:
     dist, _, module = pair.partition("=")
     entry = {"name": dist, "module": module, "ok": True}
     try:
@@ -533,7 +569,8 @@ result["venv_bytes"], result["venv_files"] = size, files
 if result["ok"] and action != "verify":
     tmp = marker + ".tmp"
     with open(tmp, "w") as handle:
-        json.dump({"fingerprint": fingerprint, "python_version": result["python_version"],
+        json.dump({"fingerprint": fingerprint, "environment": environment,
+                   "python_version": result["python_version"],
                    "installer": installer, "written_at": time.strftime("%Y-%m-%dT%H:%M:%SZ",
                    time.gmtime())}, handle)
     os.replace(tmp, marker)
@@ -624,6 +661,6 @@ if [ "$action" != verify ]; then
 fi
 
 "$venv_dir/bin/python" - "$prefix" "$marker" "$fingerprint" "$action" \\
-    "$((SECONDS - start))" "$used" "$venv_dir" {checks} <<'HPCJOB_VERIFY'
+    "$((SECONDS - start))" "$used" "$venv_dir" {environment} {checks} <<'HPCJOB_VERIFY'
 {verify}HPCJOB_VERIFY
 """

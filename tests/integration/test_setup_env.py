@@ -103,3 +103,22 @@ def test_setup_env_as_job_runs_through_slurm(remote: tuple[Path, Path]) -> None:
     assert (venv / ".hpcjob-env.json").exists()
     shown = invoke("show", done["run_id"], "--json").json()
     assert shown["job_id"].isdigit() and shown["scheduler"] == "slurm"
+
+
+def test_jobs_run_in_the_venv_setup_env_made(remote: tuple[Path, Path]) -> None:
+    """Before setup-env, submit warns; afterwards a job runs the venv's own Python, silently."""
+    venv, requirements = remote
+    templates = Path(invoke("config", "show", "--json").json()["home"]) / "templates"
+    templates.mkdir()
+    (templates / "gpu-check.sbatch.j2").write_text(
+        '{% extends "base.sbatch.j2" %}{% block command %}'
+        "{{ python }} -c \"import sys; print('python:', sys.prefix)\"\n{% endblock %}"
+    )
+    early = invoke("submit", "gpu-check", "--partition", "rome", "--json")
+    assert "was not set up by hpcjob setup-env" in early.stderr
+    invoke("cancel", early.json()["job_id"])
+    setup_env(requirements)
+    done = invoke("submit", "gpu-check", "--partition", "rome", "--wait", "--json")
+    assert done.exit_code == 0, done.stderr + invoke("logs", "last").stdout
+    assert "setup-env" not in done.stderr
+    assert f"python: {venv}" in invoke("logs", done.json()["job_id"]).stdout

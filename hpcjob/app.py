@@ -405,7 +405,9 @@ def _settle(ctx: Context, run: Run, info: JobInfo | None) -> JobInfo | None:
         if info is not None and info.accounting_pending:
             return dataclasses.replace(info, state=JobState.COMPLETING)
         return info if info is not None else from_file
-    return dataclasses.replace(info, exit_code=from_file.exit_code)
+    return dataclasses.replace(
+        info, exit_code=from_file.exit_code, ended_at=info.ended_at or from_file.ended_at
+    )
 
 
 def array_info(parent: Run, tasks: list[Run]) -> JobInfo | None:

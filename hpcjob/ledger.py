@@ -453,7 +453,8 @@ class Ledger:
         since = datetime.fromtimestamp(time.time() - within_s, timezone.utc)
         rows = self.db.execute(
             "SELECT * FROM runs WHERE profile = ? AND scheduler = 'slurm' "
-            "AND job_id IS NOT NULL AND ended_at >= ? AND NOT (parent_run_id IS NULL AND "
+            "AND job_id IS NOT NULL AND COALESCE(ended_at, updated_at) >= ? "
+            "AND NOT (parent_run_id IS NULL AND "
             "json_extract(spec_json, '$.resources.array') IS NOT NULL) AND NOT EXISTS "
             "(SELECT 1 FROM facts f WHERE f.run_id = runs.run_id AND f.key = 'sacct_elapsed_s')",
             (profile, since.strftime("%Y-%m-%dT%H:%M:%SZ")),

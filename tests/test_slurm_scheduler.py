@@ -14,7 +14,7 @@ from hpcjob.config import Profile, Settings
 from hpcjob.errors import HpcjobError
 from hpcjob.jobstate import JobState
 from hpcjob.ledger import NewRun
-from hpcjob.scheduler import SlurmScheduler
+from hpcjob.scheduler import SlurmScheduler, utc_now
 from hpcjob.shell import CommandResult
 from hpcjob.spec import SpecRequest, build_spec
 
@@ -235,3 +235,24 @@ def test_array_tasks_that_never_started_are_found_in_their_arrays_row() -> None:
     assert sacct_call[-1] == "--jobs=95_0,95_3,95"  # the array's own id asked for too
     assert infos["95_0"].state == JobState.RUNNING  # its own row wins
     assert infos["95_3"].state == JobState.PENDING  # from the `95_[2-5%2]` row
+
+
+def test_ended_before_sacct_knew_it_gets_its_record_on_a_later_refresh(tmp_path: Path) -> None:
+    header_only = CommandResult(("sacct",), 0, recorded("sacct_final").stdout.splitlines()[0], "")
+    shell = ReplayShell(
+        {
+            "sbatch": [CommandResult(("sbatch",), 0, "103\n", "")],
+            "squeue": [recorded("squeue_final")],
+            "sacct": [header_only, recorded("sacct_final")],
+        }
+    )
+    ctx = context_with(shell, tmp_path)
+    submit(ctx, prepared())
+    ended = utc_now()
+    shell.files["/runs/r1/exit-status"] = f"0 {ended}\n".encode()
+    refresh(ctx)  # squeue: ended; sacct: nothing yet; the exit-status file says 0
+    run = ctx.ledger.get_run("r1")
+    assert run.state == JobState.COMPLETED and run.ended_at == ended
+    assert "sacct_elapsed_s" not in ctx.ledger.facts("r1")
+    refresh(ctx)  # the accounting record has arrived: asked for in the one sacct call
+    assert "sacct_elapsed_s" in ctx.ledger.facts("r1")

@@ -127,12 +127,8 @@ def prepare(
         partitions = cached_partitions(ctx)
         if partitions is not None:
             check_against_partitions(spec, partitions)
-    run_root = str(profile.get("remote_root") or ctx.settings.runs_dir)
-    # Slurm reads `#SBATCH --output` without a shell: the path must be absolute.
-    if not profile.get("host"):
-        run_root = os.path.abspath(os.path.expanduser(run_root))
-    elif check_cluster:  # the login node's home; `render` shows `~` rather than connect
-        run_root = ctx.scheduler.shell.expand_home(run_root)
+    # `render` (check_cluster off) shows `~` rather than connect to a remote login node.
+    root = run_root(ctx, connect=check_cluster)
     new = NewRun(
         profile=profile.name,
         cluster="",  # filled in at submit, when the scheduler is known
@@ -143,7 +139,7 @@ def prepare(
         script_hash="",
         run_dir="",
     )
-    run_dir = f"{run_root.rstrip('/')}/{new.run_id}"
+    run_dir = f"{root.rstrip('/')}/{new.run_id}"
     render_ctx = RenderContext(
         run_id=new.run_id,
         token=new.token,
@@ -159,6 +155,15 @@ def prepare(
         **{**new.__dict__, "script": script, "script_hash": script_hash(script), "run_dir": run_dir}
     )
     return Prepared(spec=spec, new_run=new, script=script)
+
+
+def run_root(ctx: Context, connect: bool = True) -> str:
+    """Where the profile's run directories live, as an absolute path on the scheduler's machine:
+    Slurm reads `#SBATCH --output` without a shell. A remote home is only known by connecting."""
+    root = str(ctx.profile.get("remote_root") or ctx.settings.runs_dir)
+    if not ctx.profile.get("host"):
+        return os.path.abspath(os.path.expanduser(root))
+    return ctx.scheduler.shell.expand_home(root) if connect else root
 
 
 _PARTITIONS_TTL_S = 300

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import time
 import unicodedata
@@ -419,13 +418,6 @@ def request_for(
     )
 
 
-def _run_root(ctx: Context) -> str:
-    root = str(ctx.profile.get("remote_root") or ctx.settings.runs_dir)
-    if ctx.profile.get("host"):
-        return ctx.scheduler.shell.expand_home(root)
-    return os.path.abspath(os.path.expanduser(root))
-
-
 def _stage(ctx: Context, run_dir: str, request: EnvRequest, script: str) -> None:
     shell = ctx.scheduler.shell
     shell.makedirs(run_dir)
@@ -435,6 +427,7 @@ def _stage(ctx: Context, run_dir: str, request: EnvRequest, script: str) -> None
 
 def setup_on_login_node(ctx: Context, request: EnvRequest) -> tuple[Run, EnvResult, str]:
     """Run the script through the profile's shell; record it as a run of scheduler `login`."""
+    from hpcjob.app import run_root
     from hpcjob.jobstate import JobState
     from hpcjob.ledger import NewRun
     from hpcjob.render import script_hash
@@ -453,7 +446,7 @@ def setup_on_login_node(ctx: Context, request: EnvRequest) -> tuple[Run, EnvResu
         script_hash=script_hash(script),
         run_dir="",
     )
-    run_dir = f"{_run_root(ctx).rstrip('/')}/{new.run_id}"
+    run_dir = f"{run_root(ctx).rstrip('/')}/{new.run_id}"
     new = NewRun(**{**new.__dict__, "run_dir": run_dir})
     run = ctx.ledger.create_run(new)
     try:

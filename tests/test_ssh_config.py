@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import paramiko
@@ -175,6 +176,23 @@ def test_ssh_config_options_hpcjob_honours(fake_home: Path) -> None:
     assert hop.connect_timeout == 7
     [viacmd] = resolve({"host": "viacmd"})
     assert viacmd.proxy_command == "nc viacmd 22"
+
+
+def test_match_exec_works_although_paramiko_is_imported_without_invoke() -> None:
+    # A subprocess: `invoke` runs the exec command with the process's stdin.
+    code = (
+        "import sys, hpcjob.ssh as s\n"
+        "print('invoke' in sys.modules)\n"
+        "text = 'Match host cluster exec \"test 1 = 1\"\\n  HostName yes.example.org\\n'"
+        " 'Match host cluster exec \"test 1 = 2\"\\n  User never\\n'\n"
+        "[hop] = s.resolve_target({'host': 'cluster'}, text, local_user='me').hops\n"
+        "print(hop.hostname, hop.user)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, stdin=subprocess.DEVNULL
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["False", "yes.example.org", "me"]
 
 
 def test_bad_host_and_bad_port_are_errors() -> None:

@@ -1,8 +1,10 @@
 """`hpcjob setup-env`: the profile's venv, built with its modules, verified, and fingerprinted.
 
-The pure part (fingerprint, module-name check, the rendered shell script, parsing its result line)
-is separate from the edge (`setup_on_login_node`, `setup_as_job`), which stages the script through
-the scheduler's shell and records the run in the ledger like any run.
+The script and everything read from its output are pure (hpcjob/envscript.py). This module holds
+the user's words for what went wrong, the summary, and the edge: `setup_on_login_node` streams the
+staged script through the profile's shell with a progress display, `setup_as_job` runs it as the
+setup-env batch job, `check_gpu` submits a gpu-check job in the new venv; each is recorded in the
+ledger like any run.
 
 The same rendered script runs on the login node and inside the `setup-env` batch job: it creates or
 repairs the venv, installs, verifies in that very environment, and only then writes the marker
@@ -11,52 +13,48 @@ repairs the venv, installs, verifies in that very environment, and only then wri
 
 from __future__ import annotations
 
-import hashlib
+import contextlib
 import json
 import re
+import sys
 import time
 import unicodedata
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from hpcjob import __version__
-from hpcjob.errors import EXIT_USAGE, HpcjobError
-from hpcjob.render import shell_path, shell_quote
+from hpcjob.envscript import (
+    INSTALLERS,
+    LOG_NAME,
+    MARKER_NAME,
+    REQUIREMENTS_NAME,
+    SCRIPT_NAME,
+    EnvRequest,
+    EnvResult,
+    SetupProgress,
+    disk_full,
+    environment_key,
+    failing_requirement,
+    fingerprint,
+    module_problem,
+    parse_result,
+    render_setup_script,
+    requirement_names,
+    tail,
+)
+from hpcjob.errors import EXIT_JOB_FAILED, EXIT_USAGE, HpcjobError
 
 if TYPE_CHECKING:
     from hpcjob.app import Context
     from hpcjob.ledger import Run
+    from hpcjob.shell import Shell
 
-RESULT_PREFIX = "HPCJOB-SETUP-ENV-RESULT "
-MARKER_NAME = ".hpcjob-env.json"
-INSTALLERS = ("pip", "uv")
 # Snellius' home quota; the summary shows the venv against it.
 HOME_QUOTA_BYTES = 200 * 1024**3
 HOME_QUOTA_FILES = 1_000_000
 LOGIN_TIMEOUT_S = 15 * 60  # login-node commands are killed after 15 minutes on Snellius
-SCRIPT_NAME = "setup-env.sh"
-REQUIREMENTS_NAME = "requirements.txt"
-LOG_NAME = "setup-env.log"
+EXIT_INTERRUPTED = 130  # as a shell reports a command ended by Ctrl-C
 
-# Distributions whose import name is not the name with - turned into _.
-_IMPORT_NAMES = {
-    "pyyaml": "yaml",
-    "scikit-learn": "sklearn",
-    "scikit-image": "skimage",
-    "pillow": "PIL",
-    "opencv-python": "cv2",
-    "opencv-python-headless": "cv2",
-    "beautifulsoup4": "bs4",
-    "python-dateutil": "dateutil",
-    "protobuf": "google.protobuf",
-    "tomli-w": "tomli_w",
-    "pytorch-lightning": "pytorch_lightning",
-    "attrs": "attr",
-    "msgpack-python": "msgpack",
-    "pyzmq": "zmq",
-    "typing-extensions": "typing_extensions",
-}
 # Characters a PDF or a word processor puts where a module name had an ASCII one.
 _LOOKALIKES = {
     "\u2010": "-",  # HYPHEN
@@ -79,86 +77,31 @@ _LOOKALIKES = {
     "\u200b": "",  # ZERO WIDTH SPACE
     "\u2044": "/",  # FRACTION SLASH
 }
-_NAME_RE = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)")
 
 
-@dataclass(frozen=True)
-class EnvRequest:
-    """What one setup-env asks for, from the profile and the command line."""
-
-    venv: str
-    python: str = "python3"
-    modules: tuple[str, ...] = ()
-    requirements: str = ""
-    installer: str = "pip"
-    editable: str | None = None
-    system_site_packages: bool = False
-    force: bool = False
+# -- checks before anything runs ------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class EnvResult:
-    """What the script's result line says."""
-
-    ok: bool
-    action: str | None = None  # create, update, rebuild, repair, verify
-    stage: str | None = None  # where it failed: python, venv, install, verify
-    error: str | None = None
-    python_version: str | None = None
-    venv_python: str | None = None
-    installer: str | None = None
-    packages: tuple[dict[str, Any], ...] = ()
-    torch: dict[str, Any] | None = None
-    venv_bytes: int | None = None
-    venv_files: int | None = None
-    install_s: float | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def up_to_date(self) -> bool:
-        return self.action == "verify"
-
-
-# -- pure ---------------------------------------------------------------------------------------
-
-
-def requirement_names(text: str) -> list[str]:
-    """Distribution names in a requirements file (options, URLs and comments left out)."""
-    names = []
-    for raw in text.splitlines():
-        line = raw.split(" #", 1)[0].strip()
-        if not line or line.startswith(("#", "-")) or "://" in line:
+def check_module_names(modules: tuple[str, ...] | list[str]) -> None:
+    """Refuse module names with Unicode look-alikes (pasted from a PDF) before anything runs."""
+    for module in modules:
+        bad = [ch for ch in module if ord(ch) > 127]
+        if not bad:
             continue
-        match = _NAME_RE.match(line)
-        if match:
-            names.append(match.group(1))
-    return names
-
-
-def import_name(distribution: str) -> str:
-    """The module a distribution is imported as (the common exceptions, else - → _)."""
-    key = re.sub(r"[-_.]+", "-", distribution).lower()
-    return _IMPORT_NAMES.get(key, distribution.replace("-", "_").replace(".", "_"))
-
-
-def fingerprint(request: EnvRequest) -> str:
-    """sha256 of everything that decides the venv's content."""
-    data = {
-        "modules": list(request.modules),
-        "python": request.python,
-        "requirements": request.requirements,
-        "installer": request.installer,
-        "editable": request.editable,
-        "system_site_packages": request.system_site_packages,
-    }
-    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
-
-
-def environment_key(modules: Sequence[str], python: str) -> str:
-    """What ties a venv to a profile: its modules and Python. Stored in the marker so `submit`
-    can tell when the profile has moved on from the venv."""
-    data = {"modules": list(modules), "python": python}
-    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+        ch = bad[0]
+        name = unicodedata.name(ch, "unnamed character")
+        ascii_spelling = "".join(_LOOKALIKES.get(c, c) for c in module)
+        fixable = all(c in _LOOKALIKES for c in bad)
+        raise HpcjobError(
+            f"The module name {module!r} contains {ch!r} (U+{ord(ch):04X} {name}), "
+            "which `module load` will not find.",
+            hint=(
+                f'Use the ASCII spelling "{ascii_spelling}" in the profile\'s modules.'
+                if fixable
+                else "Retype the name by hand; it was probably pasted from a PDF."
+            ),
+            exit_code=EXIT_USAGE,
+        )
 
 
 def venv_warning(ctx: Context) -> str | None:
@@ -186,202 +129,6 @@ def venv_warning(ctx: Context) -> str | None:
             f"{ctx.profile.name} names now; {fix}."
         )
     return None
-
-
-def check_module_names(modules: tuple[str, ...] | list[str]) -> None:
-    """Refuse module names with Unicode look-alikes (pasted from a PDF) before anything runs."""
-    for module in modules:
-        bad = [ch for ch in module if ord(ch) > 127]
-        if not bad:
-            continue
-        ch = bad[0]
-        name = unicodedata.name(ch, "unnamed character")
-        ascii_spelling = "".join(_LOOKALIKES.get(c, c) for c in module)
-        fixable = all(c in _LOOKALIKES for c in bad)
-        raise HpcjobError(
-            f"The module name {module!r} contains {ch!r} (U+{ord(ch):04X} {name}), "
-            "which `module load` will not find.",
-            hint=(
-                f'Use the ASCII spelling "{ascii_spelling}" in the profile\'s modules.'
-                if fixable
-                else "Retype the name by hand; it was probably pasted from a PDF."
-            ),
-            exit_code=EXIT_USAGE,
-        )
-
-
-def render_setup_script(request: EnvRequest) -> str:
-    """The bash script that creates, updates or repairs the venv and verifies it.
-
-    It reads `requirements.txt` beside itself and prints one result line behind RESULT_PREFIX.
-    """
-    if request.installer not in INSTALLERS:
-        raise HpcjobError(f"Unknown installer {request.installer!r}; use pip or uv.", exit_code=2)
-    pairs = [f"{name}={import_name(name)}" for name in requirement_names(request.requirements)]
-    modules = ""
-    if request.modules:
-        loads = "".join(f"module load {shell_quote(m)}\n" for m in request.modules)
-        modules = f"set +u\nmodule purge\n{loads}set -u\n"
-    editable = f" -e {shell_path(request.editable)}" if request.editable else ""
-    site = " --system-site-packages" if request.system_site_packages else ""
-    checks = " ".join(shell_quote(p) for p in pairs)
-    return _SCRIPT.format(
-        version=__version__,
-        prefix=shell_quote(RESULT_PREFIX),
-        venv=shell_path(request.venv),
-        python=shell_quote(request.python),
-        fingerprint=shell_quote(fingerprint(request)),
-        environment=shell_quote(environment_key(request.modules, request.python)),
-        installer=shell_quote(request.installer),
-        force="1" if request.force else "0",
-        modules=modules,
-        site=site,
-        editable=editable,
-        checks=checks,
-        marker=shell_quote(MARKER_NAME),
-        verify=_VERIFY,
-    )
-
-
-def parse_result(output: str) -> EnvResult:
-    """The last result line of the script's output."""
-    for line in reversed(output.splitlines()):
-        if line.startswith(RESULT_PREFIX):
-            try:
-                data = json.loads(line[len(RESULT_PREFIX) :])
-            except ValueError as exc:
-                raise HpcjobError(f"setup-env printed a broken result line: {line!r}") from exc
-            known = {k: data.pop(k) for k in list(data) if k in _RESULT_KEYS}
-            packages = tuple(known.pop("packages", None) or ())
-            return EnvResult(packages=packages, extra=data, **known)
-    raise HpcjobError(
-        "setup-env ended without a result line.",
-        hint="The output's tail follows; the script was killed or could not start.",
-    )
-
-
-_RESULT_KEYS = {f for f in EnvResult.__dataclass_fields__ if f != "extra"}
-
-
-_PIP_FAILURES = (
-    re.compile(r"No matching distribution found for (\S+)"),
-    re.compile(r"Could not find a version that satisfies the requirement (\S+)"),
-    re.compile(r"Failed building wheel for (\S+)"),
-    re.compile(r"Failed to build (\S+)"),
-    re.compile(r"Because (\S+) was not found in the package registry"),
-    re.compile(r"No solution found when resolving dependencies:\s*\n\s*╰─▶ Because (\S+)"),
-)
-
-
-def failing_requirement(log: str) -> str | None:
-    """The requirement pip (or uv) names as the one it could not install."""
-    for pattern in _PIP_FAILURES:
-        match = pattern.search(log)
-        if match:
-            return match.group(1).rstrip(".,:")
-    return None
-
-
-def tail(text: str, lines: int = 15) -> str:
-    return "\n".join(text.rstrip().splitlines()[-lines:])
-
-
-def result_error(result: EnvResult, request: EnvRequest, output: str) -> HpcjobError:
-    """The user's words for a failed result."""
-    where = f"the venv at {request.venv}"
-    if result.error == "python_mismatch":
-        return HpcjobError(
-            f"{where} was made with Python {result.venv_python}, but the profile's python "
-            f"({request.python}, with its modules) is Python {result.python_version}.",
-            hint="Rebuild it for this Python: hpcjob setup-env --force",
-        )
-    if result.stage == "install":
-        failing = failing_requirement(output)
-        named = f" ({failing} could not be installed)" if failing else ""
-        return HpcjobError(
-            f"Installing the requirements into {where} failed{named}. The log ends:\n"
-            + tail(output),
-            hint="Fix or pin that requirement in the file, then run hpcjob setup-env again; "
-            "the venv is marked unfinished until an install passes.",
-        )
-    if result.stage == "verify":
-        broken = [p for p in result.packages if not p.get("ok")]
-        lines = "\n".join(f"  {p['name']} (import {p['module']}): {p.get('error')}" for p in broken)
-        return HpcjobError(
-            f"The install finished but {len(broken)} requirement(s) do not import in {where}:\n"
-            + lines,
-            hint="A distribution whose import name differs is checked as name-with-underscores; "
-            "otherwise the package is broken for this Python: try --force.",
-        )
-    return HpcjobError(
-        f"setup-env failed ({result.stage}: {result.error}). The output ends:\n" + tail(output),
-        hint="Check the profile's python, modules and venv path (hpcjob config show).",
-    )
-
-
-_DONE = {
-    "create": "created",
-    "update": "updated",
-    "rebuild": "rebuilt",
-    "repair": "repaired",
-    "verify": "up to date",
-}
-
-
-def summary_rows(result: EnvResult) -> list[tuple[str, Any]]:
-    """The key/value lines the summary shows."""
-    rows: list[tuple[str, Any]] = [
-        ("result", _DONE.get(result.action or "", str(result.action)) + ", verified"),
-        ("python", result.python_version),
-    ]
-    for package in result.packages:
-        rows.append((package["name"], f"ok {package.get('version') or ''}".strip()))
-    torch = result.torch
-    if torch:
-        rows.append(("torch", f"{torch.get('version')} (CUDA build {torch.get('cuda_build')})"))
-        available = torch.get("cuda_available")
-        rows.append(
-            (
-                "cuda available",
-                "yes"
-                if available
-                else "no (expected on a login node without GPUs; "
-                "`hpcjob submit gpu-check` confirms on a GPU node)",
-            )
-        )
-    if result.venv_bytes is not None and result.venv_files is not None:
-        gib = result.venv_bytes / 1024**3
-        rows.append(
-            (
-                "venv size",
-                f"{gib:.2f} GiB ({100 * result.venv_bytes / HOME_QUOTA_BYTES:.1f}% of 200 GiB), "
-                f"{result.venv_files} files ({100 * result.venv_files / HOME_QUOTA_FILES:.1f}% of "
-                "1M)",
-            )
-        )
-    if result.install_s is not None:
-        rows.append(("install seconds", result.install_s))
-    return rows
-
-
-def result_json(result: EnvResult, run: Run) -> dict[str, Any]:
-    return {
-        "run_id": run.run_id,
-        "state": run.state.value,
-        "up_to_date": result.up_to_date,
-        "action": result.action,
-        "python_version": result.python_version,
-        "installer": result.installer,
-        "packages": list(result.packages),
-        "torch": result.torch,
-        "venv_bytes": result.venv_bytes,
-        "venv_files": result.venv_files,
-        "install_s": result.install_s,
-        "run_dir": run.run_dir,
-    }
-
-
-# -- the edge -----------------------------------------------------------------------------------
 
 
 def request_for(
@@ -418,6 +165,318 @@ def request_for(
     )
 
 
+# -- the user's words for a failure ---------------------------------------------------------------
+
+
+def result_error(result: EnvResult, request: EnvRequest, output: str) -> HpcjobError:
+    """The user's words for a failed result."""
+    where = f"the venv at {request.venv}"
+    full = disk_full(output, result.extra.get("disk") or ())
+    if full is not None and result.stage in ("venv", "install", "verify", "script"):
+        return _disk_error(full, result, request, output)
+    if result.stage == "modules":
+        return _module_error(result, request, output)
+    if result.error == "python_mismatch":
+        return HpcjobError(
+            f"{where} was made with Python {result.venv_python}, but the profile's python "
+            f"({request.python}{_with_modules(request)}) is Python {result.python_version}; "
+            "a venv works only with the Python that made it.",
+            hint="Rebuild it for this Python: hpcjob setup-env --force (or set the profile's "
+            "venv to a new path to keep the old one).",
+        )
+    if result.error == "python_not_found":
+        return HpcjobError(
+            f"The profile's python ({request.python!r}) does not run on the cluster"
+            f"{_with_modules(request)}. The output ends:\n" + tail(output, 8),
+            hint="Set `python` in the profile to a command that exists there (python3), or load "
+            'the module that provides it (Snellius: modules = ["2025", '
+            '"Python/3.13.1-GCCcore-14.2.0"]).',
+        )
+    if result.stage == "install":
+        failing = failing_requirement(output)
+        named = f" ({failing} could not be installed)" if failing else ""
+        return HpcjobError(
+            f"Installing the requirements into {where} failed{named}. The log ends:\n"
+            + tail(output),
+            hint="Fix or pin that requirement in the file, then run hpcjob setup-env again; "
+            "the venv is marked unfinished until an install passes.",
+        )
+    if result.stage == "verify":
+        broken = [p for p in result.packages if not p.get("ok")]
+        lines = "\n".join(f"  {p['name']} (import {p['module']}): {p.get('error')}" for p in broken)
+        return HpcjobError(
+            f"The install finished but {len(broken)} requirement(s) do not import in {where}:\n"
+            + lines,
+            hint="A distribution whose import name differs is checked as name-with-underscores; "
+            "otherwise the package is broken for this Python: try --force.",
+        )
+    if result.stage == "script":
+        return HpcjobError(
+            f"The setup script {result.error}, before it finished. The log ends:\n" + tail(output),
+            hint="Login-node commands are killed after 15 minutes on Snellius: run long installs "
+            "with --as-job. The venv stays marked unfinished and the next run repairs it.",
+        )
+    return HpcjobError(
+        f"setup-env failed ({result.stage}: {result.error}). The output ends:\n" + tail(output),
+        hint="Check the profile's python, modules and venv path (hpcjob config show).",
+    )
+
+
+def _with_modules(request: EnvRequest) -> str:
+    return f", after module load {' '.join(request.modules)}" if request.modules else ""
+
+
+def _module_error(result: EnvResult, request: EnvRequest, output: str) -> HpcjobError:
+    problem = module_problem(result, output, request.modules)
+    assert problem is not None
+    if problem.module is None:
+        return HpcjobError(
+            f"The profile loads modules ({', '.join(request.modules)}), but the cluster has no "
+            "`module` command (neither in the login shell nor in $MODULESHOME/init).",
+            hint="If this cluster has no environment modules, remove `modules` from the "
+            "profile and point `python` at a Python there; otherwise check that `module avail` "
+            "works in a login shell on it.",
+        )
+    module = problem.module
+    family = module.split("/", 1)[0]
+    said = f" ({problem.tool}: {problem.said})" if problem.said else ""
+    hint = (
+        f"See which versions exist: `module spider {family}` (Lmod) or `module avail {family}`; "
+        "names are case-sensitive"
+    )
+    earlier = request.modules[: request.modules.index(module)] if module in request.modules else ()
+    if not any(re.fullmatch(r"\d{4}", m) for m in earlier) and not re.fullmatch(r"\d{4}", module):
+        hint += '; on Snellius load the software year before it, e.g. modules = ["2025", …]'
+    return HpcjobError(
+        f"The module {module} does not exist on the cluster: `module load {module}` failed{said}.",
+        hint=hint + ".",
+    )
+
+
+def _gib(n: int | None) -> str:
+    return "?" if n is None else f"{n / 1024**3:.2f} GiB"
+
+
+def _disk_error(full: Any, result: EnvResult, request: EnvRequest, output: str) -> HpcjobError:
+    kind = "Disk quota exceeded" if full.quota else "No space left on device"
+    place = full.mount or "the filesystem"
+    role = {"venv": "the venv's", "tmp": "$TMPDIR's", "cache": "the installer cache's"}.get(
+        full.what or "", "a"
+    )
+    if full.free_files == 0:
+        room = "no files (inodes) left"
+    elif full.free_bytes is not None:
+        room = f"{_gib(full.free_bytes)} free of {_gib(full.size_bytes)}"
+    else:
+        room = "no room"
+    what = "your quota there is used up" if full.quota else f"it has {room}"
+    size = ""
+    if result.venv_bytes is not None:
+        size = (
+            f" The venv is {_gib(result.venv_bytes)} in {result.venv_files or 0:,} files so far "
+            f"(home on Snellius: 200 GiB and 1M files)."
+        )
+    return HpcjobError(
+        f"Setting up the venv at {request.venv} failed: {kind} on {place} ({role} filesystem"
+        f"{': ' + full.path if full.path else ''}); {what}.{size} The log ends:\n"
+        + tail(output, 6),
+        hint="See your usage with `myquota` (Snellius). Put the venv where there is room: set "
+        "`venv` in the profile to a path on /projects or on scratch (e.g. "
+        '"/scratch-shared/$USER/venv"), or use --installer uv, which writes fewer files; then '
+        "run hpcjob setup-env again (the unfinished venv is repaired).",
+    )
+
+
+# -- what is shown -------------------------------------------------------------------------------
+
+_DONE = {
+    "create": "created",
+    "update": "updated",
+    "rebuild": "rebuilt",
+    "repair": "repaired",
+    "verify": "up to date",
+}
+
+
+@dataclass(frozen=True)
+class GpuCheck:
+    """What the gpu-check job in the new venv found."""
+
+    run_id: str
+    job_id: str | None
+    partition: str | None
+    state: str
+    cuda_available: bool | None
+    gpus_visible: int | None
+    torch: str | None
+    cuda_build: str | None
+    reason: str | None  # why it failed, in the job's words
+
+    @property
+    def ok(self) -> bool:
+        return self.state == "COMPLETED" and bool(self.cuda_available)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "run_id": self.run_id,
+            "job_id": self.job_id,
+            "partition": self.partition,
+            "state": self.state,
+            "cuda_available": self.cuda_available,
+            "gpus_visible": self.gpus_visible,
+            "torch": self.torch,
+            "cuda_build": self.cuda_build,
+            "reason": self.reason,
+        }
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """One setup-env: its run, the script's result, the output, and the GPU check if asked."""
+
+    run: Run
+    result: EnvResult
+    output: str
+    gpu: GpuCheck | None = None
+
+
+def summary_rows(result: EnvResult, gpu: GpuCheck | None = None) -> list[tuple[str, Any]]:
+    """The key/value lines the summary shows."""
+    rows: list[tuple[str, Any]] = [
+        ("result", _DONE.get(result.action or "", str(result.action)) + ", verified"),
+        ("python", result.python_version),
+    ]
+    for package in result.packages:
+        rows.append((package["name"], f"ok {package.get('version') or ''}".strip()))
+    torch = result.torch
+    if torch:
+        build = torch.get("cuda_build")
+        rows.append(("torch build", f"CUDA {build}" if build else "CPU only (no CUDA)"))
+        available = torch.get("cuda_available")
+        rows.append(
+            (
+                "cuda available",
+                "yes"
+                if available
+                else "no (expected on a login node without GPUs; "
+                "--check-gpu confirms on a GPU node)",
+            )
+        )
+    if result.venv_bytes is not None and result.venv_files is not None:
+        gib = result.venv_bytes / 1024**3
+        rows.append(
+            (
+                "venv size",
+                f"{gib:.2f} GiB ({100 * result.venv_bytes / HOME_QUOTA_BYTES:.1f}% of 200 GiB), "
+                f"{result.venv_files} files ({100 * result.venv_files / HOME_QUOTA_FILES:.1f}% of "
+                "1M)",
+            )
+        )
+    if result.install_s is not None:
+        rows.append(("install seconds", result.install_s))
+    if gpu is not None:
+        rows.append(("gpu check", _gpu_line(gpu)))
+    return rows
+
+
+def _gpu_line(gpu: GpuCheck) -> str:
+    where = f"job {gpu.job_id} on {gpu.partition}, run {gpu.run_id}"
+    if gpu.ok:
+        return f"ok: torch sees CUDA with {gpu.gpus_visible} GPU(s) ({where})"
+    return f"FAILED: {gpu.reason or 'the job ended ' + gpu.state} ({where})"
+
+
+def result_json(outcome: Outcome) -> dict[str, Any]:
+    result, run = outcome.result, outcome.run
+    data = {
+        "run_id": run.run_id,
+        "state": run.state.value,
+        "up_to_date": result.up_to_date,
+        "action": result.action,
+        "python_version": result.python_version,
+        "installer": result.installer,
+        "packages": list(result.packages),
+        "torch": result.torch,
+        "venv_bytes": result.venv_bytes,
+        "venv_files": result.venv_files,
+        "install_s": result.install_s,
+        "run_dir": run.run_dir,
+    }
+    if outcome.gpu is not None:
+        data["gpu_check"] = outcome.gpu.as_dict()
+    return data
+
+
+def gpu_error(gpu: GpuCheck) -> HpcjobError:
+    """The non-zero exit for a GPU check that did not see CUDA."""
+    return HpcjobError(
+        f"The venv is set up, but the gpu-check job {gpu.job_id} on {gpu.partition} ended "
+        f"{gpu.state}: {gpu.reason or 'torch does not see CUDA there'}.",
+        hint=f"Its whole output: hpcjob logs {gpu.run_id}. For CUDA, install a CUDA build of "
+        "torch (e.g. pin the torch wheel for the cluster's CUDA in --requirements).",
+        exit_code=EXIT_JOB_FAILED,
+    )
+
+
+# -- progress --------------------------------------------------------------------------------------
+
+
+class ProgressDisplay:
+    """Shows what the script is doing while it runs: a live line (rich, on stderr) for a person,
+    or one plain line per step for logs and `--json` (`plain`). The clock is injected."""
+
+    def __init__(
+        self,
+        plain: bool,
+        clock: Callable[[], float] = time.monotonic,
+        write: Callable[[str], None] | None = None,
+    ) -> None:
+        self.plain = plain
+        self.clock = clock
+        self.write = write or (lambda line: print(line, file=sys.stderr, flush=True))
+        self.progress = SetupProgress()
+        self._started = clock()
+        self._live: Any = None
+
+    @contextlib.contextmanager
+    def running(self, requirements: tuple[str, ...], log_path: str) -> Iterator[None]:
+        self.progress = SetupProgress(requirements=requirements)
+        self._started = self.clock()
+        if self.plain:
+            self.write(f"setup-env: log {log_path}")
+            yield
+            return
+        from rich.console import Console
+        from rich.live import Live
+
+        console = Console(stderr=True, highlight=False)
+        self._live = Live(self, console=console, refresh_per_second=8, transient=True)
+        with self._live:
+            yield
+        self._live = None
+
+    def note(self, message: str) -> None:
+        self.write(message)
+
+    def feed(self, text: str) -> None:
+        if self.progress.feed(text) and self.plain:
+            self.write(f"setup-env [{self.clock() - self._started:4.0f} s] {self.progress.label}")
+
+    def __rich__(self) -> Any:
+        from rich.console import Group
+        from rich.spinner import Spinner
+        from rich.text import Text
+
+        elapsed = f"{self.clock() - self._started:.0f} s"
+        head = Spinner("dots", Text.assemble((self.progress.label, "bold"), f"  {elapsed}"))
+        recent = [Text(f"  {line[:160]}", style="dim") for line in self.progress.recent]
+        return Group(head, *recent)
+
+
+# -- the edge ------------------------------------------------------------------------------------
+
+
 def _stage(ctx: Context, run_dir: str, request: EnvRequest, script: str) -> None:
     shell = ctx.scheduler.shell
     shell.makedirs(run_dir)
@@ -425,8 +484,44 @@ def _stage(ctx: Context, run_dir: str, request: EnvRequest, script: str) -> None
     shell.write_bytes(f"{run_dir}/{SCRIPT_NAME}", script.encode(), mode=0o755)
 
 
-def setup_on_login_node(ctx: Context, request: EnvRequest) -> tuple[Run, EnvResult, str]:
-    """Run the script through the profile's shell; record it as a run of scheduler `login`."""
+# Stops an interrupted login-node run: the script's process group (it leads one, started by sshd
+# or by LocalShell), after checking that the pid in the file still is that script; then notes
+# the reason at the end of its log.
+_STOP = r"""
+dir=$1
+pid=$(cat "$dir/setup-env.pid" 2>/dev/null) || pid=""
+if [ -n "$pid" ] && ps -o args= -p "$pid" 2>/dev/null | grep -q -F "$dir/setup-env.sh"; then
+    group=$(ps -o pgid= -p "$pid" | tr -d ' ')
+    if [ "$group" = "$pid" ]; then target="-$pid"; else target="$pid"; fi
+    kill -TERM -- "$target" 2>/dev/null
+    for _ in 1 2 3 4 5 6 7 8 9 10; do
+        kill -0 -- "$target" 2>/dev/null || break
+        sleep 0.2
+    done
+    kill -KILL -- "$target" 2>/dev/null
+fi
+printf '%s\n' "$2" >> "$dir/setup-env.log"
+"""
+
+
+def _stop_script(shell: Shell, run_dir: str, note: str) -> None:
+    """Best effort: the connection may be the thing that failed."""
+    with contextlib.suppress(Exception):
+        shell.run(["bash", "-c", _STOP, "hpcjob-stop", run_dir, note], check=False, timeout=30)
+
+
+def setup_on_login_node(
+    ctx: Context,
+    request: EnvRequest,
+    *,
+    display: ProgressDisplay | None = None,
+    timeout_s: float = LOGIN_TIMEOUT_S,
+) -> tuple[Run, EnvResult, str]:
+    """Stream the script through the profile's shell; record it as a run of scheduler `login`.
+
+    Interrupted (Ctrl-C → CANCELLED), timed out or cut off (FAILED), the run is recorded as such
+    with the reason, the script is stopped, and its log so far stays in the run directory.
+    """
     from hpcjob.app import run_root
     from hpcjob.jobstate import JobState
     from hpcjob.ledger import NewRun
@@ -453,43 +548,77 @@ def setup_on_login_node(ctx: Context, request: EnvRequest) -> tuple[Run, EnvResu
         _stage(ctx, run_dir, request, script)
     except (HpcjobError, OSError) as exc:
         ctx.ledger.mark_unsubmitted(run.run_id, f"staging the run directory failed: {exc}")
-        raise HpcjobError(f"Could not stage {run_dir}: {exc}") from exc
+        raise HpcjobError(
+            f"Could not stage {run_dir}: {exc}",
+            hint="Check that the cluster's home has room (Snellius: `myquota`), or set the "
+            "profile's remote_root to a folder with room.",
+        ) from exc
     log_path = f"{run_dir}/{LOG_NAME}"
     run = ctx.ledger.set_submitted(run.run_id, "login", log_path)
     started = utc_now()
     run = ctx.ledger.record_info(
         run, JobInfo("login", JobState.RUNNING, started_at=started), "login node"
     )
+    display = display or ProgressDisplay(plain=True, write=lambda _line: None)
+    names = tuple(requirement_names(request.requirements))
     begun = time.monotonic()
+
+    def ended(state: JobState, reason: str | None, exit_code: int | None = None) -> Run:
+        ctx.ledger.set_facts(run.run_id, {"setup_env_s": round(time.monotonic() - begun, 1)})
+        info = JobInfo(
+            "login",
+            state,
+            exit_code=exit_code,
+            started_at=started,
+            ended_at=utc_now(),
+            reason=reason,
+        )
+        return ctx.ledger.record_info(run, info, "login node")
+
     try:
-        done = scheduler.shell.run(
-            ["bash", f"{run_dir}/{SCRIPT_NAME}"], check=False, timeout=LOGIN_TIMEOUT_S
-        )
-    except HpcjobError as exc:
-        ctx.ledger.record_info(
-            run, JobInfo("login", JobState.FAILED, ended_at=utc_now(), reason=exc.message), "login"
-        )
-        raise
+        with display.running(names, log_path):
+            done = scheduler.shell.stream(
+                ["bash", f"{run_dir}/{SCRIPT_NAME}"], display.feed, timeout=timeout_s
+            )
+    except KeyboardInterrupt:
+        seconds = time.monotonic() - begun
+        reason = f"interrupted (Ctrl-C) after {seconds:.0f} s"
+        _stop_script(scheduler.shell, run_dir, f"hpcjob: {reason}; the script was stopped.")
+        ended(JobState.CANCELLED, reason)
+        raise HpcjobError(
+            f"setup-env was interrupted after {seconds:.0f} s; run {run.run_id} is recorded "
+            f"CANCELLED and the venv is marked unfinished. Its log so far: {log_path}",
+            hint="Run hpcjob setup-env again to finish it (the unfinished venv is repaired).",
+            exit_code=EXIT_INTERRUPTED,
+        ) from None
+    except Exception as exc:
+        reason = exc.message if isinstance(exc, HpcjobError) else f"{type(exc).__name__}: {exc}"
+        _stop_script(scheduler.shell, run_dir, f"hpcjob: {reason}; the script was stopped.")
+        ended(JobState.FAILED, reason)
+        raise HpcjobError(
+            f"setup-env on the login node did not finish: {reason}. Run {run.run_id} is recorded "
+            f"FAILED; its log so far: {log_path}",
+            hint="For long installs use --as-job (login-node commands are killed after 15 "
+            "minutes on Snellius); run hpcjob setup-env again to repair the venv.",
+        ) from exc
     output = done.stdout + (f"\n{done.stderr}" if done.stderr else "")
-    scheduler.shell.write_bytes(log_path, output.encode())
     try:
         result = parse_result(done.stdout)
     except HpcjobError:
-        result = EnvResult(ok=False, stage="script", error=f"exit {done.returncode}")
+        how = (
+            f"was killed (signal {-done.returncode})"
+            if done.returncode < 0
+            else f"ended with exit status {done.returncode}"
+        )
+        if done.returncode == -1:
+            how = "was killed (by a signal)"  # over SSH the signal's number is not told
+        result = EnvResult(ok=False, stage="script", error=how)
     ok = result.ok and done.returncode == 0
-    run = ctx.ledger.record_info(
-        run,
-        JobInfo(
-            "login",
-            JobState.COMPLETED if ok else JobState.FAILED,
-            exit_code=done.returncode,
-            started_at=started,
-            ended_at=utc_now(),
-            reason=None if ok else f"{result.stage}: {result.error}",
-        ),
-        "login node",
+    run = ended(
+        JobState.COMPLETED if ok else JobState.FAILED,
+        None if ok else f"{result.stage}: {result.error}",
+        done.returncode,
     )
-    ctx.ledger.set_facts(run.run_id, {"setup_env_s": round(time.monotonic() - begun, 1)})
     return run, result, output
 
 
@@ -511,6 +640,104 @@ def setup_as_job(ctx: Context, request: EnvRequest) -> tuple[Run, EnvResult, str
     return run, result, output
 
 
+def gpu_partition(ctx: Context, requested: str | None) -> str | None:
+    """Where the GPU check runs: --gpu-partition, else the profile's gpu-check (or train)
+    partition when it has GPUs, else the first partition with GPUs that sinfo shows."""
+    from hpcjob.app import cached_partitions
+
+    if requested:
+        return requested  # `prepare` checks it against sinfo, with suggestions
+    partitions = cached_partitions(ctx) or []
+    with_gpus = [p for p in partitions if p.gpus]
+    for workload in ("gpu-check", "train"):
+        name = ctx.profile.partitions.get(workload)
+        if name and any(p.name == name for p in with_gpus):
+            return name
+    if not with_gpus:
+        raise HpcjobError(
+            "--check-gpu found no partition with GPUs on this cluster (sinfo shows none).",
+            hint="Name one with --gpu-partition (see `hpcjob partitions`).",
+            exit_code=EXIT_USAGE,
+        )
+    up = [p for p in with_gpus if p.available] or with_gpus
+    return str(up[0].name)
+
+
+_ERROR_LINE = re.compile(r"^Error: (.+)$", re.MULTILINE)
+
+
+def prepare_gpu_check(ctx: Context, partition: str | None) -> Any:
+    """The gpu-check job, validated against the cluster before anything is installed."""
+    from hpcjob import app as core
+    from hpcjob.spec import SpecRequest
+
+    if ctx.profile.scheduler == "local":
+        raise HpcjobError(
+            "--check-gpu submits a job to a GPU partition, and this profile runs jobs on this "
+            "machine (the embedded scheduler has no GPUs to give).",
+            hint="Use a Slurm profile (--profile snellius), or `hpcjob submit gpu-check` here.",
+            exit_code=EXIT_USAGE,
+        )
+    part = gpu_partition(ctx, partition)
+    return core.prepare(
+        ctx, SpecRequest(workload="gpu-check", partition=part, gpus=1, require_data=False)
+    )
+
+
+def check_gpu(ctx: Context, prepared: Any) -> GpuCheck:
+    """Submit the prepared gpu-check job (in the profile's venv, with its modules) and wait."""
+    from hpcjob import app as core
+
+    run = core.submit(ctx, prepared)
+    run = core.wait(ctx, run)
+    facts = ctx.ledger.facts(run.run_id)
+    output = core.read_log(ctx, run).decode("utf-8", errors="replace")
+    errors = _ERROR_LINE.findall(output)
+    reason = errors[-1].strip() if errors else None
+    if reason is None and run.state.value != "COMPLETED":
+        reason = f"the job ended {run.state.value}" + (f" ({run.reason})" if run.reason else "")
+    elif reason is None and not facts.get("cuda_available"):
+        reason = "torch.cuda.is_available() is False on the GPU node"
+    gpus = facts.get("gpu_count")
+    return GpuCheck(
+        run_id=run.run_id,
+        job_id=run.job_id,
+        partition=prepared.spec.resources.partition,
+        state=run.state.value,
+        cuda_available=facts.get("cuda_available"),
+        gpus_visible=gpus if isinstance(gpus, int) else None,
+        torch=facts.get("torch"),
+        cuda_build=facts.get("cuda_build"),
+        reason=reason,
+    )
+
+
+def setup_env(
+    ctx: Context,
+    request: EnvRequest,
+    *,
+    as_job: bool = False,
+    display: ProgressDisplay | None = None,
+    gpu: bool = False,
+    gpu_partition_name: str | None = None,
+) -> Outcome:
+    """The whole command: set up (login node or job), raise the user's error when it failed,
+    then the GPU check when asked for (validated first, so a bad partition costs no install)."""
+    gpu_job = prepare_gpu_check(ctx, gpu_partition_name) if gpu else None
+    if as_job:
+        run, result, output = setup_as_job(ctx, request)
+    else:
+        run, result, output = setup_on_login_node(ctx, request, display=display)
+    if not (result.ok and run.state.value == "COMPLETED"):
+        raise result_error(result, request, output)
+    if gpu_job is None:
+        return Outcome(run, result, output)
+    if display is not None:
+        partition = gpu_job.spec.resources.partition
+        display.note(f"Checking CUDA with a gpu-check job on {partition} in this venv …")
+    return Outcome(run, result, output, check_gpu(ctx, gpu_job))
+
+
 def _spec_args(request: EnvRequest) -> dict[str, Any]:
     return {
         "venv": request.venv,
@@ -520,140 +747,3 @@ def _spec_args(request: EnvRequest) -> dict[str, Any]:
         "force": request.force,
         "fingerprint": fingerprint(request),
     }
-
-
-# -- the script ---------------------------------------------------------------------------------
-
-# Runs inside the venv's python: import every requirement, torch's facts, the venv's size; the
-# marker is written only when everything imported.
-_VERIFY = r"""
-import importlib, importlib.metadata, json, os, sys, time
-prefix, marker, fingerprint, action, install_s, installer, venv, environment = sys.argv[1:9]
-result = {"ok": True, "action": action, "installer": installer, "install_s": float(install_s),
-          "python_version": "%d.%d.%d" % sys.version_info[:3], "packages": []}
-for pair in sys.argv[9:]:
-    dist, _, module = pair.partition("=")
-    entry = {"name": dist, "module": module, "ok": True}
-    try:
-        loaded = importlib.import_module(module)
-        try:
-            entry["version"] = importlib.metadata.version(dist)
-        except importlib.metadata.PackageNotFoundError:
-            entry["version"] = getattr(loaded, "__version__", None)
-    except BaseException as exc:
-        entry.update(ok=False, error="%s: %s" % (type(exc).__name__, exc))
-        result["ok"] = False
-        result["stage"] = "verify"
-        result["error"] = "import failed"
-    result["packages"].append(entry)
-torch = sys.modules.get("torch")
-if torch is not None:
-    result["torch"] = {"version": torch.__version__, "cuda_build": torch.version.cuda,
-                       "cuda_available": bool(torch.cuda.is_available())}
-size = files = 0
-for root, dirs, names in os.walk(venv):
-    for name in names:
-        files += 1
-        try:
-            size += os.lstat(os.path.join(root, name)).st_size
-        except OSError:
-            pass
-result["venv_bytes"], result["venv_files"] = size, files
-if result["ok"] and action != "verify":
-    tmp = marker + ".tmp"
-    with open(tmp, "w") as handle:
-        json.dump({"fingerprint": fingerprint, "environment": environment,
-                   "python_version": result["python_version"],
-                   "installer": installer, "written_at": time.strftime("%Y-%m-%dT%H:%M:%SZ",
-                   time.gmtime())}, handle)
-    os.replace(tmp, marker)
-print(prefix + json.dumps(result), flush=True)
-sys.exit(0 if result["ok"] else 7)
-"""
-
-_SCRIPT = """#!/bin/bash
-# Rendered by hpcjob {version}: create, update or repair a venv, then verify it.
-set -uo pipefail
-here="$(cd "$(dirname "${{BASH_SOURCE[0]}}")" && pwd)"
-prefix={prefix}
-venv_dir={venv}
-python_cmd={python}
-fingerprint={fingerprint}
-installer={installer}
-force={force}
-marker="$venv_dir"/{marker}
-
-fail() {{  # stage, error, exit status; the values are fixed words and version numbers
-    printf '%s{{"ok": false, "stage": "%s", "error": "%s"%s}}\\n' "$prefix" "$1" "$2" "${{4:-}}"
-    exit "$3"
-}}
-version_of() {{
-    "$1" -c 'import sys; print("%d.%d.%d" % sys.version_info[:3])' 2>/dev/null
-}}
-
-{modules}want=$(version_of "$python_cmd") || fail python python_not_found 5
-echo "python:     $python_cmd is Python $want"
-
-action=create
-if [ -e "$venv_dir" ]; then
-    have=""
-    if [ -x "$venv_dir/bin/python" ]; then
-        have=$(version_of "$venv_dir/bin/python") || have=""
-    fi
-    stored=""
-    if [ -n "$have" ] && [ -f "$marker" ]; then
-        stored=$("$venv_dir/bin/python" -c \\
-            'import json, sys; print(json.load(open(sys.argv[1]))["fingerprint"])' \\
-            "$marker" 2>/dev/null) || stored=""
-    fi
-    if [ -z "$have" ]; then
-        action=repair
-    elif [ "$force" = 1 ]; then
-        action=rebuild
-    elif [ "$have" != "$want" ]; then
-        versions="\\"venv_python\\": \\"$have\\", \\"python_version\\": \\"$want\\""
-        fail python python_mismatch 6 ", $versions"
-    elif [ "$stored" = "$fingerprint" ]; then
-        action=verify
-    elif [ -n "$stored" ]; then
-        action=update
-    else
-        action=repair  # no valid marker: an install that never finished
-    fi
-fi
-echo "venv:       $venv_dir ($action)"
-
-start=$SECONDS
-used=$installer
-if [ "$action" != verify ]; then
-    # Removed before anything changes: a half-finished install must never look healthy.
-    rm -f -- "$marker"
-    if [ "$action" = repair ] || [ "$action" = rebuild ]; then
-        if [ -n "$(ls -A -- "$venv_dir" 2>/dev/null)" ] && [ ! -f "$venv_dir/pyvenv.cfg" ]; then
-            fail venv not_a_venv_refusing_to_delete 8
-        fi
-        rm -rf -- "$venv_dir"
-    fi
-    if [ ! -x "$venv_dir/bin/python" ]; then
-        mkdir -p -- "$(dirname -- "$venv_dir")"
-        "$python_cmd" -m venv{site} -- "$venv_dir" || fail venv venv_failed 9
-    fi
-    if [ "$installer" = uv ] && ! command -v uv >/dev/null 2>&1; then
-        echo "uv is not on PATH here; installing with pip" >&2
-        used=pip
-    fi
-    rc=0
-    if [ "$used" = uv ]; then
-        uv pip install --python "$venv_dir/bin/python" -r "$here/requirements.txt"{editable} \\
-            2>&1 || rc=$?
-    else
-        "$venv_dir/bin/python" -m pip install --disable-pip-version-check \\
-            -r "$here/requirements.txt"{editable} 2>&1 || rc=$?
-    fi
-    [ "$rc" -eq 0 ] || fail install install_failed 4
-fi
-
-"$venv_dir/bin/python" - "$prefix" "$marker" "$fingerprint" "$action" \\
-    "$((SECONDS - start))" "$used" "$venv_dir" {environment} {checks} <<'HPCJOB_VERIFY'
-{verify}HPCJOB_VERIFY
-"""

@@ -8,14 +8,38 @@ tail of stderr.
 
 from __future__ import annotations
 
+import codecs
 import os
+import selectors
+import signal
 import subprocess
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 from hpcjob.errors import HpcjobError
+
+OutputCallback = Callable[[str], None]
+
+
+class OutputDecoder:
+    """Bytes as they arrive → text, a UTF-8 character split across two reads kept whole."""
+
+    def __init__(self) -> None:
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self.parts: list[str] = []
+
+    def feed(self, data: bytes, final: bool = False) -> str:
+        text = self._decoder.decode(data, final)
+        if text:
+            self.parts.append(text)
+        return text
+
+    @property
+    def text(self) -> str:
+        return "".join(self.parts)
 
 
 @dataclass(frozen=True)
@@ -40,6 +64,21 @@ class Shell(Protocol):
     ) -> CommandResult:
         """Run argv. `idempotent` commands (queries) may be re-run after a dropped connection;
         others (sbatch) never are: the caller checks by token what happened."""
+        ...
+
+    def stream(
+        self,
+        argv: Sequence[str],
+        on_output: OutputCallback,
+        *,
+        timeout: float | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> CommandResult:
+        """Run argv once (never re-run), handing its stdout and stderr to `on_output` as text
+        while it runs; the result holds all of it, as `run`'s does. At `timeout` (HpcjobError)
+        or on any exception, KeyboardInterrupt included, the command is stopped and the exception
+        goes on: LocalShell ends the process group; SSHShell closes the channel (a remote command
+        that keeps on without writing is the caller's to stop)."""
         ...
 
     def read_bytes(self, path: str, offset: int = 0, limit: int | None = None) -> bytes: ...
@@ -106,6 +145,58 @@ class LocalShell:
             raise command_error(result)
         return result
 
+    def stream(
+        self,
+        argv: Sequence[str],
+        on_output: OutputCallback,
+        *,
+        timeout: float | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> CommandResult:
+        full_env = None if env is None else {**os.environ, **env}
+        try:
+            proc = subprocess.Popen(
+                list(argv),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                stdin=subprocess.DEVNULL,
+                env=full_env,
+                start_new_session=True,  # its own process group: stopped as a whole
+            )
+        except FileNotFoundError as exc:
+            raise HpcjobError(
+                f"`{argv[0]}` was not found on this machine.",
+                hint="Is the program installed and on PATH?",
+            ) from exc
+        deadline = None if timeout is None else time.monotonic() + timeout
+        out, err = OutputDecoder(), OutputDecoder()
+        try:
+            with selectors.DefaultSelector() as selector:
+                assert proc.stdout is not None and proc.stderr is not None
+                selector.register(proc.stdout, selectors.EVENT_READ, out)
+                selector.register(proc.stderr, selectors.EVENT_READ, err)
+                while selector.get_map():
+                    for key, _ in selector.select(_left(argv, deadline, timeout)):
+                        data = os.read(key.fd, 65536)
+                        if not data:
+                            selector.unregister(key.fileobj)
+                        text = key.data.feed(data, final=not data)
+                        if text:
+                            on_output(text)
+            try:
+                returncode = proc.wait(_left(argv, deadline, timeout))
+            except subprocess.TimeoutExpired:
+                _left(argv, 0.0, timeout)  # raises the timeout's error
+                raise
+        except BaseException:
+            _stop(proc)
+            raise
+        finally:
+            for pipe in (proc.stdout, proc.stderr):
+                if pipe is not None:
+                    pipe.close()
+        return CommandResult(tuple(argv), returncode, out.text, err.text)
+
     def read_bytes(self, path: str, offset: int = 0, limit: int | None = None) -> bytes:
         with open(self.expand_home(path), "rb") as handle:
             handle.seek(offset)
@@ -128,7 +219,8 @@ class LocalShell:
             raise
 
     def makedirs(self, path: str) -> None:
-        Path(self.expand_home(path)).mkdir(parents=True, exist_ok=True)
+        # 0700: what hpcjob makes (run directories) is the user's alone on a shared machine.
+        Path(self.expand_home(path)).mkdir(parents=True, exist_ok=True, mode=0o700)
 
     def exists(self, path: str) -> bool:
         return Path(self.expand_home(path)).exists()
@@ -156,3 +248,30 @@ class LocalShell:
                     continue  # removed while we looked
                 found.append((str((Path(folder) / name).relative_to(root)), size))
         return sorted(found)
+
+
+def _left(argv: Sequence[str], deadline: float | None, timeout: float | None) -> float | None:
+    """Seconds left before `deadline`; past it, the streamed command's timeout error."""
+    if deadline is None:
+        return None
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise HpcjobError(
+            f"`{' '.join(argv)}` was stopped after {timeout:g} s.",
+            hint="It ran out of its time; give it more or run it as a job.",
+        )
+    return left
+
+
+def _stop(proc: subprocess.Popen[bytes], grace_s: float = 2.0) -> None:
+    """End a streamed command and everything it started: TERM, then KILL after a grace."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(proc.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            break
+        try:
+            proc.wait(timeout=grace_s)
+            break
+        except subprocess.TimeoutExpired:
+            continue

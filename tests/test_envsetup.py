@@ -5,24 +5,24 @@ from __future__ import annotations
 import dataclasses
 import json
 import subprocess
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from hpcjob.envsetup import (
+from hpcjob.envscript import (
     RESULT_PREFIX,
     EnvRequest,
     EnvResult,
-    check_module_names,
     failing_requirement,
     fingerprint,
     import_name,
     parse_result,
     render_setup_script,
     requirement_names,
-    result_error,
-    summary_rows,
 )
+from hpcjob.envsetup import check_module_names, result_error, summary_rows
 from hpcjob.errors import HpcjobError
 from tests.conftest import invoke
 
@@ -101,8 +101,8 @@ def test_rendered_script_quotes_hostile_values() -> None:
 
 def test_script_without_modules_loads_none() -> None:
     script = render_setup_script(dataclasses.replace(BASE, modules=()))
-    assert "module purge" not in script
-    assert "module purge" in render_setup_script(BASE)
+    assert "\nmodules=()\n" in script
+    assert "\nmodules=(2025)\n" in render_setup_script(BASE)
 
 
 def test_script_builds_a_hostile_venv_path_and_skips_when_up_to_date(tmp_path: Path) -> None:
@@ -180,7 +180,7 @@ def test_summary_explains_cuda_on_a_login_node() -> None:
         install_s=42.0,
     )
     rows = dict(summary_rows(result))
-    assert rows["result"] == "created, verified"
+    assert rows["result"] == "created, verified" and rows["torch build"] == "CUDA 12.4"
     assert "expected on a login node" in rows["cuda available"]
     assert "2.5% of 200 GiB" in rows["venv size"] and "5.0% of 1M" in rows["venv size"]
 
@@ -225,3 +225,400 @@ def test_cli_local_profile_creates_and_records(isolated_home: Path, tmp_path: Pa
     runs = invoke("runs", "-P", "mine", "--json").json()
     assert [r["state"] for r in runs] == ["COMPLETED", "COMPLETED"]
     assert {r["workload"] for r in runs} == {"setup-env"}
+
+
+# -- streaming (LocalShell) -------------------------------------------------------------------
+
+
+def test_local_stream_hands_output_on_while_the_command_runs() -> None:
+    from hpcjob.shell import LocalShell
+
+    seen: list[tuple[float, str]] = []
+    started = time.monotonic()
+    done = LocalShell().stream(
+        ["bash", "-c", "echo first; sleep 0.6; echo second >&2; printf '\\xc3'; printf '\\xa9'"],
+        lambda text: seen.append((time.monotonic() - started, text)),
+    )
+    assert done.returncode == 0
+    assert done.stdout == "first\né" and done.stderr == "second\n"
+    assert len(seen) >= 3 and seen[0][1] == "first\n"
+    assert seen[0][0] < 0.5 < seen[-1][0]  # the first line came before the command ended
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().split(")")[-1].split()[0] != "Z"  # zombies are dead
+    except FileNotFoundError:
+        return False
+
+
+def test_local_stream_timeout_stops_the_whole_process_group(tmp_path: Path) -> None:
+    from hpcjob.shell import LocalShell
+
+    pid_file = tmp_path / "child.pid"
+    started = time.monotonic()
+    with pytest.raises(HpcjobError, match=r"was stopped after 0\.5 s"):
+        LocalShell().stream(
+            ["bash", "-c", f"sleep 30 & echo $! > {pid_file}; echo started; wait"],
+            lambda _text: None,
+            timeout=0.5,
+        )
+    assert time.monotonic() - started < 5
+    child = int(pid_file.read_text())
+    deadline = time.monotonic() + 3
+    while _alive(child) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _alive(child)
+
+
+def test_local_stream_interrupted_by_the_callback_stops_the_command(tmp_path: Path) -> None:
+    from hpcjob.shell import LocalShell
+
+    def interrupt(_text: str) -> None:
+        raise KeyboardInterrupt
+
+    pid_file = tmp_path / "pid"
+    with pytest.raises(KeyboardInterrupt):
+        LocalShell().stream(["bash", "-c", f"echo $$ > {pid_file}; echo go; sleep 30"], interrupt)
+    time.sleep(0.2)
+    assert not _alive(int(pid_file.read_text()))
+
+
+# -- progress ---------------------------------------------------------------------------------
+
+FIXTURES = Path(__file__).parent / "fixtures" / "setup-env"
+
+
+def _fixture(name: str) -> dict[str, object]:
+    return json.loads((FIXTURES / name).read_text())
+
+
+def test_progress_follows_steps_and_pip_in_chunks_split_mid_line() -> None:
+    from hpcjob.envscript import STEP_PREFIX, SetupProgress
+
+    pip = str(_fixture("pip_no_space.json")["output"])
+    text = (
+        f"{STEP_PREFIX}python\npython:     python3 is Python 3.11.2\n{STEP_PREFIX}venv create\n"
+        f"{STEP_PREFIX}install pip 2\n{pip}"
+        "Collecting six\nRequirement already satisfied: six in ./venv\n"
+    )
+    progress = SetupProgress(requirements=("six", "torch"))
+    labels = []
+    for start in range(0, len(text), 7):  # lines arrive split across reads
+        if progress.feed(text[start : start + 7]):
+            labels.append(progress.label)
+    assert labels[:4] == [
+        "checking python",
+        "creating venv",
+        "installing: with pip",
+        "installing torch (2/2)",
+    ]
+    assert "installing sympy (a dependency)" in labels
+    assert "installing: unpacking 10 packages" in labels
+    assert labels[-1] == "installing six (1/2)"
+    assert progress.recent[-1] == "Requirement already satisfied: six in ./venv"
+
+
+def test_plain_progress_prints_one_line_per_step_with_elapsed_time() -> None:
+    from hpcjob.envscript import STEP_PREFIX
+    from hpcjob.envsetup import ProgressDisplay
+
+    now = [100.0]
+    lines: list[str] = []
+    display = ProgressDisplay(plain=True, clock=lambda: now[0], write=lines.append)
+    with display.running(("six",), "/runs/r1/setup-env.log"):
+        display.feed(f"{STEP_PREFIX}venv create\nnoise\n")
+        now[0] = 112.0
+        display.feed("more noise\n")
+        display.feed(f"{STEP_PREFIX}verify\n")
+    assert lines == [
+        "setup-env: log /runs/r1/setup-env.log",
+        "setup-env [   0 s] creating venv",
+        "setup-env [  12 s] verifying",
+    ]
+
+
+# -- modules ------------------------------------------------------------------------------------
+
+MODULES = ("2025", "Python/3.13.1-GCCcore-14.2.0")
+
+
+@pytest.mark.parametrize(
+    ("fixture", "tool", "said"),
+    [
+        (
+            "module_lmod_unknown.json",
+            "lmod",
+            'The following module(s) are unknown: "Python/3.13.1-GCCcore-14.2.0"',
+        ),
+        (
+            "module_envmodules_unknown.json",
+            "environment-modules",
+            "Unable to locate a modulefile for 'Python/3.13.1-GCCcore-14.2.0'",
+        ),
+    ],
+)
+def test_unknown_module_is_named_from_recorded_tool_output(
+    fixture: str, tool: str, said: str
+) -> None:
+    from hpcjob.envscript import module_problem
+
+    recorded = _fixture(fixture)
+    output = str(recorded["stdout"]) + str(recorded["stderr"])
+    result = EnvResult(
+        ok=False, stage="modules", error="module_not_found", extra={"module_index": 1}
+    )
+    problem = module_problem(result, output, MODULES)
+    assert problem is not None
+    assert (problem.module, problem.tool, problem.said) == (MODULES[1], tool, said)
+    request = dataclasses.replace(BASE, modules=MODULES)
+    err = result_error(result, request, output)
+    assert "The module Python/3.13.1-GCCcore-14.2.0 does not exist" in err.message
+    assert err.hint is not None
+    assert "module spider Python" in err.hint and "module avail Python" in err.hint
+    assert "software year" not in err.hint  # 2025 is loaded before it
+
+
+def _run_script(tmp_path: Path, request: EnvRequest, env: dict[str, str]) -> tuple[int, str]:
+    run_dir = tmp_path / "run"
+    run_dir.mkdir(exist_ok=True)
+    (run_dir / "requirements.txt").write_text(request.requirements)
+    (run_dir / "setup-env.sh").write_text(render_setup_script(request))
+    done = subprocess.run(
+        ["bash", str(run_dir / "setup-env.sh")],
+        capture_output=True,
+        text=True,
+        env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), **env},
+    )
+    return done.returncode, done.stdout + done.stderr
+
+
+def test_script_stops_at_the_first_unknown_module(tmp_path: Path) -> None:
+    """A `module` function (exported, as Lmod's init exports it) replaying Lmod's recorded
+    answer for the second module: the script fails there, names it, and creates nothing."""
+    recorded = _fixture("module_lmod_unknown.json")
+    said = tmp_path / "lmod-said.txt"
+    said.write_text(str(recorded["stderr"]))
+    loaded = tmp_path / "loaded.txt"
+    function = (
+        f'() {{ echo "$*" >> {loaded}; '
+        f'if [ "$2" = "{MODULES[1]}" ]; then cat {said} >&2; return 1; fi; }}'
+    )
+    venv = tmp_path / "venv"
+    request = EnvRequest(venv=str(venv), python=SYSTEM_PYTHON, modules=MODULES)
+    rc, output = _run_script(tmp_path, request, {"BASH_FUNC_module%%": function})
+    result = parse_result(output)
+    assert rc == 10 and (result.stage, result.error) == ("modules", "module_not_found")
+    assert result.extra["module_index"] == 1
+    assert loaded.read_text().splitlines() == ["purge", "load 2025", f"load {MODULES[1]}"]
+    assert not venv.exists()
+    err = result_error(result, request, output)
+    assert f"The module {MODULES[1]} does not exist" in err.message
+    assert "module(s) are unknown" in err.message
+
+
+def test_script_without_a_module_command_says_so(tmp_path: Path) -> None:
+    request = EnvRequest(venv=str(tmp_path / "venv"), python=SYSTEM_PYTHON, modules=("2025",))
+    rc, output = _run_script(tmp_path, request, {"MODULESHOME": str(tmp_path / "none")})
+    result = parse_result(output)
+    assert rc == 10 and result.error == "no_module_command"
+    err = result_error(result, request, output)
+    assert "has no `module` command" in err.message and "2025" in err.message
+    assert err.hint is not None and "remove `modules`" in err.hint
+
+
+def test_first_module_not_a_year_suggests_loading_the_year() -> None:
+    result = EnvResult(ok=False, stage="modules", error="module_not_found", extra={})
+    request = dataclasses.replace(BASE, modules=("Python/3.13.1-GCCcore-14.2.0",))
+    output = "ERROR: Unable to locate a modulefile for 'Python/3.13.1-GCCcore-14.2.0'\n"
+    err = result_error(result, request, output)
+    assert err.hint is not None and 'modules = ["2025"' in err.hint
+
+
+# -- a full disk ---------------------------------------------------------------------------------
+
+DISK = [
+    {"what": "venv", "path": "/scratch/v", "mount": "/scratch", "free_bytes": 1024**2,
+     "size_bytes": 30 * 1024**2, "free_files": 5000, "files": 6000},
+    {"what": "tmp", "path": "/tmp", "mount": "/", "free_bytes": 50 * 1024**3,
+     "size_bytes": 250 * 1024**3, "free_files": 10**6, "files": 10**7},
+]  # fmt: skip
+
+
+def test_no_space_names_the_filesystem_the_venv_size_and_the_way_out() -> None:
+    output = str(_fixture("pip_no_space.json")["output"]) + f'{RESULT_PREFIX}{{"ok": false}}\n'
+    result = EnvResult(
+        ok=False,
+        stage="install",
+        error="install_failed",
+        venv_bytes=30 * 1024**2,
+        venv_files=2400,
+        extra={"disk": DISK},
+    )
+    request = dataclasses.replace(BASE, venv="/scratch/v")
+    err = result_error(result, request, output)
+    assert "No space left on device on /scratch (the venv's filesystem)" in err.message
+    assert "0.00 GiB free of 0.03 GiB" in err.message
+    assert "The venv is 0.03 GiB in 2,400 files so far" in err.message
+    assert "[Errno 28] No space left on device" in err.message  # the log's tail …
+    assert RESULT_PREFIX not in err.message  # … without the script's own lines
+    assert err.hint is not None
+    assert "myquota" in err.hint and "--installer uv" in err.hint and "/projects" in err.hint
+
+
+def test_quota_and_a_named_path_pick_that_filesystem() -> None:
+    from hpcjob.envscript import disk_full
+
+    output = "OSError: [Errno 122] Disk quota exceeded: '/tmp/pip-unpack-1/torch.whl'\n"
+    full = disk_full(output, DISK)
+    assert full is not None and full.quota and full.mount == "/" and full.what == "tmp"
+    assert disk_full("all went fine", DISK) is None
+    result = EnvResult(ok=False, stage="install", error="install_failed", extra={"disk": DISK})
+    err = result_error(result, BASE, output)
+    assert "Disk quota exceeded on / ($TMPDIR's filesystem: /tmp/pip-unpack-1" in err.message
+    assert "your quota there is used up" in err.message
+
+
+# -- interrupted login-node runs -----------------------------------------------------------------
+
+
+def _slow_python(tmp_path: Path) -> Path:
+    """A `python` that hangs, as a stuck install does; it notes its pid."""
+    fake = tmp_path / "slow-python"
+    fake.write_text(f"#!/bin/bash\necho $$ > {tmp_path}/slow.pid\nexec sleep 60\n")
+    fake.chmod(0o755)
+    return fake
+
+
+def _login_context(isolated_home: Path, tmp_path: Path, python: Path) -> object:
+    from hpcjob.app import open_context
+
+    _config(
+        isolated_home,
+        f'scheduler = "local"\nvenv = "{tmp_path / "venv"}"\npython = "{python}"\n',
+    )
+    return open_context("mine")
+
+
+def test_login_run_that_times_out_ends_failed_with_its_log(
+    isolated_home: Path, tmp_path: Path
+) -> None:
+    from hpcjob.envsetup import request_for, setup_on_login_node
+
+    ctx: Any = _login_context(isolated_home, tmp_path, _slow_python(tmp_path))
+    request = request_for(ctx, "six\n")
+    with pytest.raises(HpcjobError) as failed:
+        setup_on_login_node(ctx, request, timeout_s=1.5)
+    assert "did not finish" in failed.value.message and "recorded FAILED" in failed.value.message
+    run = ctx.ledger.list_runs(profile="mine")[0]
+    assert run.state.value == "FAILED" and "stopped after 1.5 s" in (run.reason or "")
+    log = Path(run.output_path).read_text()
+    assert "HPCJOB-SETUP-ENV-STEP python" in log and "the script was stopped" in log
+    time.sleep(0.3)
+    assert not _alive(int((tmp_path / "slow.pid").read_text()))
+    ctx.close()
+
+
+def test_login_run_interrupted_by_ctrl_c_ends_cancelled(
+    isolated_home: Path, tmp_path: Path
+) -> None:
+    from hpcjob.envscript import STEP_PREFIX
+    from hpcjob.envsetup import ProgressDisplay, request_for, setup_on_login_node
+
+    class CtrlC(ProgressDisplay):
+        def feed(self, text: str) -> None:
+            if f"{STEP_PREFIX}python" in text:
+                raise KeyboardInterrupt
+
+    ctx: Any = _login_context(isolated_home, tmp_path, _slow_python(tmp_path))
+    with pytest.raises(HpcjobError) as stopped:
+        setup_on_login_node(ctx, request_for(ctx, ""), display=CtrlC(plain=True))
+    assert stopped.value.exit_code == 130 and "CANCELLED" in stopped.value.message
+    run = ctx.ledger.list_runs(profile="mine")[0]
+    assert run.state.value == "CANCELLED" and "Ctrl-C" in (run.reason or "")
+    assert "interrupted (Ctrl-C)" in Path(run.output_path).read_text()
+    ctx.close()
+
+
+# -- the GPU check --------------------------------------------------------------------------------
+
+
+def test_gpu_check_result_joins_summary_json_and_exit_code() -> None:
+    from hpcjob.envsetup import GpuCheck, gpu_error
+
+    gpu = GpuCheck(
+        run_id="r9",
+        job_id="42",
+        partition="gpu_a100",
+        state="FAILED",
+        cuda_available=False,
+        gpus_visible=0,
+        torch="2.13.0+cpu",
+        cuda_build=None,
+        reason="this job asked for 1 GPU but none is visible: torch 2.13.0+cpu is a CPU-only build",
+    )
+    rows = dict(summary_rows(EnvResult(ok=True, action="verify"), gpu))
+    assert rows["gpu check"].startswith("FAILED: this job asked for 1 GPU")
+    assert "job 42 on gpu_a100, run r9" in rows["gpu check"]
+    err = gpu_error(gpu)
+    assert err.exit_code == 3 and "CPU-only build" in err.message and "r9" in (err.hint or "")
+    assert gpu.as_dict()["ok"] is False
+
+
+def test_gpu_partition_prefers_the_profile_then_the_first_with_gpus(
+    isolated_home: Path,
+) -> None:
+    from hpcjob.app import open_context
+    from hpcjob.envsetup import gpu_partition
+
+    def part(name: str, gpus: dict[str, int]) -> dict[str, object]:
+        return {"name": name, "is_default": False, "avail": "up", "max_time_s": 3600,
+                "nodes": 1, "nodes_allocated": 0, "nodes_idle": 1, "nodes_other": 0,
+                "cpus_per_node": 4, "mem_mb": 1000, "gpus_per_node": gpus}  # fmt: skip
+
+    _config(isolated_home, 'scheduler = "slurm"\nvenv = "~/v"\n')
+    cache = isolated_home / "cache" / "partitions-mine.json"
+    cache.parent.mkdir(parents=True)
+    parts = [part("rome", {}), part("gpu_a100", {"a100": 2}), part("gpu_h100", {"h100": 2})]
+    cache.write_text(json.dumps(parts))
+    assert gpu_partition(open_context("mine"), None) == "gpu_a100"
+    assert gpu_partition(open_context("mine"), "gpu_h100") == "gpu_h100"
+    with (isolated_home / "config.toml").open("a") as handle:
+        handle.write('[profiles.mine.partitions]\ntrain = "gpu_h100"\n')
+    assert gpu_partition(open_context("mine"), None) == "gpu_h100"
+    cache.write_text(json.dumps([part("rome", {})]))
+    with pytest.raises(HpcjobError, match="no partition with GPUs"):
+        gpu_partition(open_context("mine"), None)
+
+
+def test_cli_check_gpu_refuses_the_embedded_scheduler_before_installing(
+    isolated_home: Path, tmp_path: Path
+) -> None:
+    _config(isolated_home, f'scheduler = "local"\nvenv = "{tmp_path / "v"}"\n')
+    result = invoke("setup-env", "-P", "mine", "--check-gpu")
+    assert result.exit_code == 2 and "--check-gpu submits a job" in result.stderr
+    assert not (tmp_path / "v").exists()
+
+
+def test_ssh_relay_drops_login_noise_and_keeps_split_characters() -> None:
+    from hpcjob.ssh import _Relay
+
+    got: list[str] = []
+    relay = _Relay("__m__", got.append)
+    data = "motd says hi\n__m__\ncaf\u00e9 ok\n".encode()
+    for index in range(len(data)):  # one byte at a time: the marker and é arrive split
+        relay.feed(0, data[index : index + 1])
+    assert "".join(got) == "caf\u00e9 ok\n"
+    relay.feed(1, b"__m__\nwarning\n")
+    assert got[-1] == "warning\n"
+
+
+def test_python_that_does_not_run_is_named(tmp_path: Path) -> None:
+    request = EnvRequest(venv=str(tmp_path / "venv"), python=str(tmp_path / "no-python"))
+    rc, output = _run_script(tmp_path, request, {})
+    result = parse_result(output)
+    assert rc == 5 and result.error == "python_not_found"
+    err = result_error(result, request, output)
+    assert f"The profile's python ('{tmp_path}/no-python') does not run" in err.message
+    assert err.hint is not None and "Python/3.13.1-GCCcore-14.2.0" in err.hint

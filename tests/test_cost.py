@@ -1,0 +1,152 @@
+"""SBU cost: Snellius's rates, the smallest allocation, unknown partitions, profile overrides."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hpcjob.config import load_settings, resolve_profile
+from hpcjob.cost import (
+    SNELLIUS_SBU_RATES,
+    Cost,
+    Request,
+    cost,
+    estimate_line,
+    parse_rates,
+    period_bound,
+    total,
+)
+from hpcjob.errors import HpcjobError
+
+SNELLIUS = parse_rates(SNELLIUS_SBU_RATES)
+HOUR = 3600
+
+
+@pytest.mark.parametrize(
+    ("partition", "cores", "gpus", "sbu_per_hour"),
+    [
+        ("gpu_a100", 18, 1, 128),
+        ("gpu_h100", 16, 1, 192),
+        ("gpu_mig", 9, 1, 64),
+        ("rome", 16, 0, 16),  # 1 SBU per core-hour, 16 cores
+        ("genoa", 24, 0, 24),
+        ("fat_rome", 16, 0, 24),  # 1.5 per core-hour
+        ("fat_genoa", 24, 0, 36),
+        ("staging", 1, 0, 2),
+    ],
+)
+def test_each_snellius_rate_for_its_smallest_allocation(
+    partition: str, cores: int, gpus: int, sbu_per_hour: float
+) -> None:
+    spent = cost(SNELLIUS, Request(partition, cores=cores, gpus=gpus), HOUR)
+    assert spent.sbu == sbu_per_hour
+    assert spent.note is None  # nothing billed beyond the request
+
+
+def test_gpu_jobs_are_billed_at_least_a_quarter_node() -> None:
+    one_core = cost(SNELLIUS, Request("gpu_a100", cores=1, gpus=1), HOUR)
+    assert one_core.sbu == 128 and one_core.units == 1
+    # More cores than a quarter node brings: billed by cores, in whole quarter nodes.
+    many_cores = cost(SNELLIUS, Request("gpu_a100", cores=36, gpus=1), HOUR)
+    assert many_cores.sbu == 256 and "billed for 2 gpus per node (asked 1)" in str(many_cores.note)
+    # Memory above a quarter node's 120 GiB, likewise.
+    big_mem = cost(SNELLIUS, Request("gpu_a100", cores=1, gpus=1, mem_mb=200 * 1024), HOUR)
+    assert big_mem.sbu == 256
+    two_gpus = cost(SNELLIUS, Request("gpu_h100", cores=1, gpus=2), 30 * 60)
+    assert two_gpus.sbu == 192  # 2 GPUs × half an hour × 192
+
+
+def test_cpu_jobs_are_billed_per_core_with_the_smallest_allocation() -> None:
+    assert cost(SNELLIUS, Request("rome", cores=1), HOUR).sbu == 16  # 1/8 node minimum
+    assert cost(SNELLIUS, Request("rome", cores=64), 2 * HOUR).sbu == 128
+    # 100 GiB on rome is the memory of 58 cores (1.75 GiB per core).
+    assert cost(SNELLIUS, Request("rome", cores=1, mem_mb=100 * 1024), HOUR).sbu == 58
+    two_nodes = cost(SNELLIUS, Request("genoa", cores=192, nodes=2), HOUR)
+    assert two_nodes.sbu == 384 and two_nodes.units == 384
+
+
+def test_exclusive_partitions_bill_whole_nodes() -> None:
+    rates = parse_rates({"big": {"sbu_per_hour": 1.0, "exclusive": True, "node_units": 128}})
+    assert cost(rates, Request("big", cores=4), HOUR).sbu == 128
+
+
+def test_unknown_partition_says_how_to_set_a_rate() -> None:
+    spent = cost(SNELLIUS, Request("gpu_course", cores=1, gpus=1), HOUR)
+    assert spent.sbu is None
+    assert spent.note == "no SBU rate for partition gpu_course (set sbu_rates in the profile)"
+    assert estimate_line(spent) == f"cost: {spent.note}"
+    assert cost(SNELLIUS, Request(None), HOUR).sbu is None
+
+
+def test_estimate_line_says_max_at_the_time_limit() -> None:
+    line = estimate_line(cost(SNELLIUS, Request("gpu_a100", cores=18, gpus=1), 3 * HOUR))
+    assert line == "≈ 384 SBU (max, at the time limit: 3 h × 1 gpu × 128 SBU/h)"
+
+
+def test_short_numbers_and_rates_as_plain_numbers() -> None:
+    rates = parse_rates({"gpu_x": 10, "cpu_x": 0.5})
+    assert rates["gpu_x"].per == "gpu" and rates["cpu_x"].per == "core"
+    assert cost(rates, Request("gpu_x", gpus=2), HOUR).sbu == 20
+    assert cost(rates, Request("cpu_x", cores=3), HOUR).sbu == 1.5
+    assert total([Cost("a", 1.25, 1), Cost("b", None, 1), Cost("c", 2, 1)]) == (3.25, 1)
+
+
+@pytest.mark.parametrize(
+    ("table", "phrase"),
+    [
+        ({"rome": "cheap"}, "must be a number (SBU per hour) or a table"),
+        ({"rome": {"per": "core"}}, "needs sbu_per_hour"),
+        ({"rome": {"sbu_per_hour": 1, "price": 2}}, "unknown key(s) price"),
+        ({"rome": {"sbu_per_hour": 1, "per": "node"}}, "per must be 'core' or 'gpu'"),
+        ({"rome": {"sbu_per_hour": -1}}, "must not be negative"),
+        ({"rome": {"sbu_per_hour": 1, "exclusive": True}}, "needs node_units"),
+        ("128", "must be a table of partition = rate"),
+    ],
+)
+def test_bad_rate_tables_are_refused_with_the_entry(table: Any, phrase: str) -> None:
+    with pytest.raises(HpcjobError) as err:
+        parse_rates(table)
+    assert phrase in err.value.message
+
+
+def write_config(home: Path, text: str) -> None:
+    home.mkdir(parents=True, exist_ok=True)
+    (home / "config.toml").write_text(text)
+
+
+def test_profile_overrides_and_extends_the_built_in_rates(isolated_home: Path) -> None:
+    write_config(
+        isolated_home,
+        """
+[profiles.snellius.sbu_rates]
+gpu_course = { sbu_per_hour = 32, per = "gpu" }
+rome = 2.0
+
+[profiles.mine]
+scheduler = "slurm"
+[profiles.mine.sbu_rates]
+gpu_a100 = 100
+""",
+    )
+    settings = load_settings()
+    snellius = resolve_profile(settings, profile_flag="snellius")
+    assert snellius.get("sbu_rates")["gpu_course"]["sbu_per_hour"] == 32
+    mine = resolve_profile(settings, profile_flag="mine")
+    assert cost(parse_rates(mine.get("sbu_rates")), Request("gpu_a100", gpus=1), HOUR).sbu == 100
+
+
+def test_a_bad_rate_in_the_config_file_names_the_profile(isolated_home: Path) -> None:
+    write_config(isolated_home, '[profiles.local.sbu_rates]\nrome = "x"\n')
+    with pytest.raises(HpcjobError) as err:
+        resolve_profile(load_settings())
+    assert "[profiles.local] sbu_rates.rome must be a number" in err.value.message
+
+
+def test_period_bounds() -> None:
+    assert period_bound("2026-11-01", "--since") == "2026-11-01T00:00:00Z"
+    assert period_bound("2026-11-01T12:30", "--until") == "2026-11-01T12:30:00Z"
+    with pytest.raises(HpcjobError) as err:
+        period_bound("last week", "--since")
+    assert err.value.exit_code == 2 and "2026-11-01" in str(err.value.hint)

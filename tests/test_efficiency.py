@@ -1,0 +1,143 @@
+"""Efficiency from recorded sacct output (tests/fixtures/slurm/sacct_final.json, real Slurm 22.05)
+and from the embedded scheduler's facts; one hint when something is badly off."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hpcjob import slurm
+from hpcjob.efficiency import Usage, assess, show_lines, usage_from_facts
+from hpcjob.scheduler import _from_sacct
+
+FIXTURES = Path(__file__).parent / "fixtures" / "slurm"
+
+
+def sacct_facts() -> dict[str, tuple[str, dict[str, Any]]]:
+    """Each job of the recorded sacct output as (state, facts) — what the ledger stores."""
+    data = json.loads((FIXTURES / "sacct_final.json").read_text())
+    out = {}
+    for record in slurm.parse_sacct(data["stdout"]):
+        info = _from_sacct(record)
+        out[record.job_id] = (info.state.value, info.facts)
+    return out
+
+
+RECORDED = sacct_facts()
+
+
+def efficiency_of(job_id: str, workload: str = "gpu-check", **resources: Any) -> Any:
+    state, facts = RECORDED[job_id]
+    usage = usage_from_facts(facts, state=state, workload=workload, resources=resources)
+    assert usage is not None
+    return assess(usage)
+
+
+def test_completed_cpu_job_from_recorded_sacct() -> None:
+    eff = efficiency_of("100")  # fx-completed: 3.816 s CPU in 4 s on 1 core, 72580K of 1000M
+    assert eff.source == "sacct"
+    assert eff.cpu_efficiency == pytest.approx(3.816 / 4, abs=1e-3)
+    assert eff.cores_used == pytest.approx(0.95, abs=0.01)
+    assert eff.mem_peak_bytes == 72580 * 1024
+    assert eff.mem_efficiency == pytest.approx(72580 * 1024 / (1000 * 1024**2), abs=1e-3)
+    assert eff.time_used == pytest.approx(4 / 120, abs=1e-3)
+    assert eff.hint is None  # small requests: nothing badly off
+    lines = "\n".join(show_lines(eff.to_dict()))
+    assert "CPU       95% (0.95 of 1 core busy)" in lines
+    assert "peak 0.1 GB of 1.0 GB requested (7%)" in lines
+
+
+def test_memory_killed_job_gets_a_memory_hint() -> None:
+    eff = efficiency_of("105")  # fx-oom: OverMemoryKill, FAILED 0:9, 535744K of 100M
+    assert eff.mem_efficiency is not None and eff.mem_efficiency > 1
+    assert eff.hint == "ran out of memory (peak 0.5 of 0.1 GB requested) — ask for --mem 2G"
+
+
+def test_timeout_gets_a_time_hint() -> None:
+    eff = efficiency_of("99")  # fx-timeout: 75 s against a 1 min limit
+    assert eff.time_used == pytest.approx(75 / 60, abs=1e-3)
+    assert eff.hint == "hit its time limit of 60 s — ask for --time 00:10:00"
+    train = efficiency_of("99", workload="train")
+    assert "train saved a checkpoint: resubmit to resume" in str(train.hint)
+
+
+def test_gpu_job_without_samples_says_so() -> None:
+    eff = efficiency_of("103")  # fx-gpu: gres/gpu:a100=1
+    assert eff.gpus == 1 and eff.gpu_util_pct is None
+    assert "  GPU       not sampled" in show_lines(eff.to_dict())
+
+
+def test_a_job_that_never_ran_has_no_efficiency() -> None:
+    assert usage_from_facts({}, state="CANCELLED", workload="eda", resources={}) is None
+
+
+def usage(**kw: Any) -> Usage:
+    base: dict[str, Any] = {
+        "state": "COMPLETED",
+        "workload": "train",
+        "elapsed_s": 3600.0,
+        "cores": 18,
+        "cpu_s": 1.2 * 3600,
+        "max_rss_bytes": 30 * 1024**3,
+        "req_mem_mb": 64 * 1024,
+        "time_limit_s": 7200,
+        "gpus": 1,
+        "gpu_util_pct": 85.0,
+        "num_workers": 0,
+    }
+    return Usage(**{**base, **kw})
+
+
+def test_idle_cores_with_a_single_process_loader() -> None:
+    eff = assess(usage())
+    assert eff.cpu_efficiency == pytest.approx(1.2 / 18, abs=1e-3)
+    assert eff.hint == (
+        "asked for 18 cores, used 1.2 — the data loader is single-process; try --num-workers 8"
+    )
+    other = assess(usage(workload="eda", num_workers=None))
+    assert other.hint == "asked for 18 cores, used 1.2 — ask for --cpus 2"
+
+
+def test_unused_memory_and_time() -> None:
+    mem = assess(usage(cpu_s=15 * 3600, max_rss_bytes=int(2.1 * 1024**3)))
+    assert mem.hint == "peak memory 2.1 of 64 GB requested — ask for --mem 4G"
+    short = assess(usage(cpu_s=240 * 17, elapsed_s=240.0, max_rss_bytes=40 * 1024**3))
+    assert short.hint == "used 4 min of 2 h — a shorter --time starts sooner (e.g. --time 00:10:00)"
+
+
+def test_idle_gpu_comes_first_and_only_one_hint() -> None:
+    eff = assess(usage(gpu_util_pct=12.0, max_rss_bytes=1024**3, elapsed_s=60.0, cpu_s=60.0))
+    assert eff.hint == (
+        "the GPU was busy 12% of the time — it waits for data; try --num-workers 8 and --stage-data"
+    )
+
+
+def test_gpu_utilisation_from_the_epoch_metrics_when_no_summary() -> None:
+    facts = {"local_elapsed_s": 10.0, "local_cpu_s": 9.0, "local_alloc_cpus": 1}
+    found = usage_from_facts(
+        facts,
+        state="COMPLETED",
+        workload="train",
+        resources={"gpus": 1},
+        gpu_util_series=[40.0, 60.0],
+    )
+    assert found is not None and found.source == "embedded scheduler"
+    assert assess(found).gpu_util_pct == 50.0
+
+
+def test_embedded_scheduler_runs_are_not_nagged_about_what_nobody_asked() -> None:
+    facts = {"local_elapsed_s": 60.0, "local_cpu_s": 60.0, "local_alloc_cpus": 16,
+             "local_time_limit_s": 7200, "local_max_rss_bytes": 1024**3}  # fmt: skip
+    found = usage_from_facts(facts, state="COMPLETED", workload="train", resources={})
+    assert found is not None and not found.cores_asked
+    eff = assess(found)
+    assert eff.cpu_efficiency == pytest.approx(1 / 16, abs=1e-3)
+    assert eff.hint is None  # all 16 cores were lent, not asked; a shorter --time starts nothing
+    asked = usage_from_facts(
+        facts, state="COMPLETED", workload="eda", resources={"cpus_per_task": 16}
+    )
+    assert asked is not None
+    assert assess(asked).hint == "asked for 16 cores, used 1.0 — ask for --cpus 1"

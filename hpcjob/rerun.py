@@ -1,0 +1,142 @@
+"""Rerun a run, and resubmit a sweep's failed tasks: the same spec (with overrides) and, unless
+asked otherwise, the same workload code — the snapshot in the original run directory.
+
+A rerun records `rerun_of` (the original's run id) beside its spec in the ledger and run.json;
+a resubmitted sweep array carries the sweep's `sweep_id`, so `sweep status` sees every attempt.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import TYPE_CHECKING, Any
+
+from hpcjob.errors import EXIT_USAGE, HpcjobError
+from hpcjob.spec import SpecRequest, format_memory, format_time
+
+if TYPE_CHECKING:
+    from hpcjob.app import Context, Prepared
+    from hpcjob.ledger import Run
+
+# Resource overrides a rerun accepts, by SpecRequest field.
+RESOURCE_KEYS = ("partition", "time", "cpus_per_task", "mem", "gpus")
+
+
+def request_from_spec(
+    spec: dict[str, Any], overrides: dict[str, Any], *, keep_array: bool
+) -> SpecRequest:
+    """A SpecRequest that rebuilds `spec` (a ledger spec dict), with `overrides` (None = keep)."""
+    res = spec.get("resources") or {}
+    given = {k: v for k, v in overrides.items() if v is not None}
+    args = {
+        **(spec.get("args") or {}),
+        **{k: v for k, v in given.items() if k not in RESOURCE_KEYS},
+    }
+    return SpecRequest(
+        workload=spec["workload"],
+        partition=given.get("partition", res.get("partition")),
+        time=given.get("time") or (format_time(res["time_s"]) if res.get("time_s") else None),
+        nodes=res.get("nodes"),
+        cpus_per_task=given.get("cpus_per_task", res.get("cpus_per_task")),
+        mem=given.get("mem") or (format_memory(res["mem_mb"]) if res.get("mem_mb") else None),
+        gpus=given.get("gpus", res.get("gpus")),
+        account=res.get("account"),
+        constraint=res.get("constraint"),
+        job_name=res.get("job_name"),
+        array=res.get("array") if keep_array else None,
+        after=None,  # what it waited for has happened
+        data_dir=spec.get("data_dir"),
+        stage_data=bool(spec.get("stage_data")),
+        args=args,
+    )
+
+
+def workload_snapshot(ctx: Context, run: Run) -> dict[str, bytes]:
+    """The workload code the run ran, from `<run_dir>/workload/` (through the profile's shell)."""
+    shell = ctx.scheduler.shell
+    folder = f"{run.run_dir}/workload"
+    files = shell.list_files(folder, max_depth=1) if shell.exists(folder) else []
+    snapshot = {name: shell.read_bytes(f"{folder}/{name}") for name, _ in files if "/" not in name}
+    if not snapshot:
+        raise HpcjobError(
+            f"Run {run.run_id} has no workload snapshot in {folder}.",
+            hint="Rerun it with today's code instead: add --current-code.",
+        )
+    return snapshot
+
+
+def prepare_rerun(
+    ctx: Context, run: Run, overrides: dict[str, Any], *, current_code: bool = False
+) -> Prepared:
+    """The original's spec with overrides, validated and rendered, linked by `rerun_of`."""
+    from hpcjob.app import prepare
+
+    if run.spec.get("sweep"):
+        raise HpcjobError(
+            f"Run {run.run_id} is a sweep of {run.spec['sweep'].get('tasks')} tasks.",
+            hint=f"Rerun one task (its run id in `hpcjob sweep status {run.run_id}`), or "
+            f"resubmit the failed ones: hpcjob sweep resubmit {run.run_id}",
+            exit_code=EXIT_USAGE,
+        )
+    if run.workload == "setup-env":
+        raise HpcjobError("A setup-env run is not rerun; run `hpcjob setup-env` again.")
+    request = request_from_spec(run.spec, overrides, keep_array=run.parent_run_id is None)
+    snapshot = None if current_code else workload_snapshot(ctx, run)
+    return prepare(ctx, request, workload=snapshot, extra={"rerun_of": run.run_id})
+
+
+def prepare_resubmit(ctx: Context, ref: str, *, current_code: bool = False) -> Prepared:
+    """One new array of only the sweep's tasks whose latest attempt did not complete."""
+    from hpcjob.app import prepare
+    from hpcjob.sweep import Sweep, failed_tasks, status_rows, sweep_of
+
+    sweep_id, arrays = sweep_of(ctx.ledger, ref)
+    rows = status_rows(ctx.ledger, arrays)
+    failed = failed_tasks(rows)
+    if not failed:
+        unfinished = [r["task"] for r in rows if r["state"] != "COMPLETED"]
+        raise HpcjobError(
+            f"Sweep {sweep_id} has no failed, cancelled or timed-out task to resubmit"
+            + (f" ({len(unfinished)} still running or pending)." if unfinished else "."),
+            hint=f"See `hpcjob sweep status {sweep_id}`.",
+        )
+    first = arrays[0]
+    sweep = dataclasses.replace(Sweep.from_dict(first.spec["sweep"]), indices=tuple(failed))
+    request = dataclasses.replace(
+        request_from_spec(first.spec, {}, keep_array=False), array=sweep.array_spec()
+    )
+    snapshot = None if current_code else workload_snapshot(ctx, first)
+    return prepare(ctx, request, sweep=sweep, workload=snapshot)
+
+
+def lineage(detail: dict[str, Any]) -> list[str]:
+    """`show`'s lines on where a run comes from: a rerun, a sweep, a sweep's task."""
+    spec = detail.get("spec") or {}
+    lines = []
+    if spec.get("rerun_of"):
+        lines.append(f"Rerun of:   {spec['rerun_of']}")
+    sweep = spec.get("sweep")
+    if sweep:
+        params = " ".join(
+            f"{p['name']}={','.join(map(str, p['values']))}" for p in sweep.get("params") or []
+        )
+        lines.append(
+            f"Sweep:      {sweep.get('sweep_id')} — {sweep.get('tasks')} tasks, at most "
+            f"{sweep.get('max_parallel')} at once; {params}"
+        )
+    task = spec.get("sweep_task")
+    if task:
+        params = " ".join(f"{k}={v}" for k, v in (task.get("params") or {}).items())
+        lines.append(f"Sweep task: {task.get('index')} of sweep {task.get('sweep_id')}: {params}")
+    return lines
+
+
+def profile_of(ref: str) -> str:
+    """The profile a run was submitted with (its cluster is where its files are)."""
+    from hpcjob.config import load_settings
+    from hpcjob.ledger import Ledger
+
+    ledger = Ledger(load_settings().ledger_path)
+    try:
+        return ledger.resolve(ref).profile
+    finally:
+        ledger.close()

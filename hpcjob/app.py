@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hpcjob import __version__
 from hpcjob.config import Profile, Settings, load_settings, resolve_profile
@@ -32,16 +32,18 @@ from hpcjob.spec import (
     WORKLOADS,
     JobSpec,
     SpecRequest,
-    array_task_ids,
     build_spec,
     check_against_partitions,
 )
 
+if TYPE_CHECKING:
+    from hpcjob.cost import Cost, Rate
+    from hpcjob.provenance import SubmitProvenance
+    from hpcjob.sweep import Sweep
+
 PCAM_SPLIT_FILE = "camelyonpatch_level_2_split_{split}_{xy}.h5"
 # Files a run directory holds that are hpcjob's own, not the workload's artifacts.
 _OWN_FILES = {"job.sh", "run.json", "metrics.jsonl"}
-# A run stuck in SUBMITTING this long with no job found by its token never reached the scheduler.
-_SUBMIT_GRACE_S = 120
 
 
 @dataclass
@@ -89,25 +91,34 @@ class Prepared:
     spec: JobSpec
     new_run: NewRun
     script: str
+    # Kept beside the spec in the ledger and in run.json: `sweep`, `rerun_of` (see sweep.py).
+    extra: dict[str, Any] = field(default_factory=dict)
+    # The workload code to stage; None: this hpcjob's own (a rerun reuses its run's snapshot).
+    workload: dict[str, bytes] | None = None
 
 
 def prepare(
-    ctx: Context, request: SpecRequest, *, check_data: bool = True, check_cluster: bool = True
+    ctx: Context,
+    request: SpecRequest,
+    *,
+    check_data: bool = True,
+    check_cluster: bool = True,
+    sweep: Sweep | None = None,
+    workload: dict[str, bytes] | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> Prepared:
     """Fill the request from the profile, validate it (against the live cluster's partitions
     unless `check_cluster` is off, as for `render`), render the script."""
     profile = ctx.profile
     local = profile.scheduler == "local"
-    if local and request.array:
-        raise HpcjobError(
-            "The embedded scheduler does not run job arrays.",
-            hint="Submit the array with a Slurm profile, or submit the tasks one by one.",
-            exit_code=EXIT_USAGE,
-        )
     after = request.after
     if after is not None:
-        # --after takes a run id or `last` too; Slurm needs the job id.
-        after = ctx.ledger.resolve(after).job_id or after
+        # --after takes a run id or `last` too; Slurm needs the job id. A job id the ledger does
+        # not know (submitted by hand) stays as given; build_spec checks its form (exit 2).
+        try:
+            after = ctx.ledger.resolve(after).job_id or after
+        except HpcjobError:
+            after = request.after
     data_dir = request.data_dir or profile.get("data_dir")
     if data_dir and not profile.get("host"):
         data_dir = os.path.abspath(os.path.expanduser(data_dir))  # the job runs elsewhere (cwd)
@@ -121,6 +132,8 @@ def prepare(
         }
     )
     spec = build_spec(filled)
+    if sweep is not None:
+        spec = sweep.apply(spec)  # the swept arguments are each task's own
     if check_data and local and spec.data_dir:
         check_local_data(spec)
     if check_cluster:
@@ -140,6 +153,10 @@ def prepare(
         run_dir="",
     )
     run_dir = f"{root.rstrip('/')}/{new.run_id}"
+    extras = dict(extra or {})
+    if sweep is not None:
+        sweep = dataclasses.replace(sweep, sweep_id=sweep.sweep_id or new.run_id)
+        extras["sweep"] = sweep.to_dict()
     render_ctx = RenderContext(
         run_id=new.run_id,
         token=new.token,
@@ -148,13 +165,20 @@ def prepare(
         venv=profile.get("venv"),
         # With a venv, the job runs the venv's own `python` (the profile's `python` made it).
         python="python" if profile.get("venv") else str(profile.get("python") or "python3"),
+        task_args=sweep.task_argv(spec.workload) if sweep is not None else (),
     )
     dirs = template_dirs([profile.get("template_dir"), ctx.settings.user_template_dir])
     script = render_script(spec, render_ctx, dirs)
     new = NewRun(
-        **{**new.__dict__, "script": script, "script_hash": script_hash(script), "run_dir": run_dir}
+        **{
+            **new.__dict__,
+            "spec": {**spec.to_dict(), **extras},
+            "script": script,
+            "script_hash": script_hash(script),
+            "run_dir": run_dir,
+        }
     )
-    return Prepared(spec=spec, new_run=new, script=script)
+    return Prepared(spec=spec, new_run=new, script=script, extra=extras, workload=workload)
 
 
 def run_root(ctx: Context, connect: bool = True) -> str:
@@ -184,10 +208,13 @@ def cached_partitions(ctx: Context, refresh: bool = False) -> list[Any] | None:
     partitions = ctx.scheduler.partitions()
     if partitions is None:
         return None
-    cache.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     tmp = cache.with_suffix(f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps([dataclasses.asdict(p) for p in partitions]))
-    os.replace(tmp, cache)
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        tmp.write_text(json.dumps([dataclasses.asdict(p) for p in partitions]))
+        os.replace(tmp, cache)
+    except OSError:  # a full or read-only HPCJOB_HOME: the cache is only a saving
+        tmp.unlink(missing_ok=True)
     return partitions
 
 
@@ -232,7 +259,9 @@ def check_local_data(spec: JobSpec) -> None:
     )
 
 
-def run_json(ctx: Context, prepared: Prepared) -> dict[str, Any]:
+def run_json(
+    ctx: Context, prepared: Prepared, origin: SubmitProvenance | None = None
+) -> dict[str, Any]:
     """What `run.json` in the run directory holds: enough to know and rerun the run."""
     return {
         "run_id": prepared.new_run.run_id,
@@ -241,16 +270,17 @@ def run_json(ctx: Context, prepared: Prepared) -> dict[str, Any]:
         "hpcjob_version": __version__,
         "profile": ctx.profile.name,
         "scheduler": ctx.profile.scheduler,
-        "spec": prepared.spec.to_dict(),
+        "spec": {**prepared.spec.to_dict(), **prepared.extra},
         "script_sha256": prepared.new_run.script_hash,
-        "workload_sha256": workload_hash(),
-        "project_git": project_git(Path.cwd()),
+        "workload_sha256": workload_hash(prepared.workload),
+        "project_git": origin.meta["git"] if origin else project_git(Path.cwd()),
+        **({"provenance": origin.meta} if origin else {}),
     }
 
 
-def workload_hash() -> str:
+def workload_hash(files: dict[str, bytes] | None = None) -> str:
     digest = hashlib.sha256()
-    for name, data in sorted(workload_files().items()):
+    for name, data in sorted((workload_files() if files is None else files).items()):
         digest.update(name.encode() + b"\0" + data)
     return digest.hexdigest()
 
@@ -278,38 +308,38 @@ def project_git(folder: Path) -> dict[str, Any] | None:
     }
 
 
-def submit(ctx: Context, prepared: Prepared) -> Run:
+def submit(
+    ctx: Context, prepared: Prepared, auto_requeue: int = 0, project: Path | None = None
+) -> Run:
     """Record the run, stage its directory, hand it to the scheduler, record the job id.
 
     The run is in the ledger (SUBMITTING, with its token) before the scheduler sees it, so a
     crash in between is found and completed by the next refresh.
     """
+    from hpcjob.submission import SubmitterLock, add_array_tasks, hand_over
+
     scheduler = ctx.scheduler
     new = NewRun(**{**prepared.new_run.__dict__, "cluster": scheduler.cluster})
-    run = ctx.ledger.create_run(new)
-    try:
-        stage(scheduler, prepared, run_json(ctx, prepared))
-    except (HpcjobError, OSError) as exc:
-        reason = f"staging the run directory failed: {exc}"
-        ctx.ledger.mark_unsubmitted(run.run_id, reason)
-        raise HpcjobError(
-            f"Could not stage {new.run_dir}: {exc}",
-            hint="Check that the folder is writable and the disk is not full.",
-        ) from exc
-    script_path = f"{new.run_dir}/job.sh"
-    try:
-        job_id = scheduler.submit(script_path, token=new.token, workdir=new.run_dir)
-    except HpcjobError as exc:
-        found = scheduler.find_by_token(new.token)
-        if found is None:
-            ctx.ledger.mark_unsubmitted(run.run_id, exc.message)
-            raise
-        job_id = found
-    output = output_path(run, job_id)
-    run = ctx.ledger.set_submitted(run.run_id, job_id, output)
-    if prepared.spec.resources.array:
-        ctx.ledger.create_array_tasks(run, array_task_ids(prepared.spec.resources.array))
-    return run
+    # The lock says "a live process is submitting this run" to any other hpcjob (submission.py).
+    with SubmitterLock(ctx.settings.home, new.run_id):
+        run = ctx.ledger.create_run(new)
+        if auto_requeue:
+            from hpcjob.requeue import set_limit
+
+            set_limit(ctx.ledger, run.run_id, auto_requeue)
+        try:
+            origin = record_origin(ctx, run, prepared, project)  # provenance, SBU estimate
+            stage(scheduler, prepared, run_json(ctx, prepared, origin))
+            stage_origin(scheduler, new.run_dir, origin)
+        except (HpcjobError, OSError) as exc:
+            reason = f"staging the run directory failed: {exc}"
+            ctx.ledger.mark_unsubmitted(run.run_id, reason)
+            raise HpcjobError(
+                f"Could not stage {new.run_dir}: {exc}",
+                hint="Check that the folder is writable and the disk is not full.",
+            ) from exc
+        run = hand_over(ctx, run)  # sbatch with the token; unclear failures checked by token
+        return add_array_tasks(ctx, run)
 
 
 def stage(scheduler: Scheduler, prepared: Prepared, meta: dict[str, Any]) -> None:
@@ -317,8 +347,11 @@ def stage(scheduler: Scheduler, prepared: Prepared, meta: dict[str, Any]) -> Non
     missing) and write the script, run.json and a snapshot of the workload code."""
     shell = scheduler.shell
     run_dir = prepared.new_run.run_dir
+    # Private to the user (shells make new folders 0700): on a shared cluster others must not
+    # read a run's script, output, metrics or checkpoints. Everything the job writes lands inside.
+    shell.makedirs(run_dir)
     shell.makedirs(f"{run_dir}/workload")
-    for name, data in workload_files().items():
+    for name, data in (prepared.workload or workload_files()).items():
         shell.write_bytes(f"{run_dir}/workload/{name}", data)
     shell.write_bytes(f"{run_dir}/run.json", json.dumps(meta, indent=2).encode())
     shell.write_bytes(f"{run_dir}/job.sh", prepared.script.encode(), mode=0o755)
@@ -341,6 +374,9 @@ def refresh(ctx: Context, watched: frozenset[str] = frozenset()) -> list[Run]:
     where that is cheap (the embedded scheduler) or for the runs being `watched` (a wait).
     """
     ledger = ctx.ledger
+    from hpcjob.requeue import requeue_left_behind
+
+    requeue_left_behind(ctx)  # --auto-requeue runs that ended but were not resubmitted yet
     pending = ledger.unfinished(ctx.profile.name)
     late = ledger.awaiting_accounting(ctx.profile.name)
     if not pending and not late:
@@ -361,6 +397,10 @@ def refresh(ctx: Context, watched: frozenset[str] = frozenset()) -> list[Run]:
         _apply(ctx, run, infos.get(run.job_id or ""), cheap or run.run_id in watched)
         for run in polled
     ]
+    if any(r.max_requeues for r in updated):
+        from hpcjob.requeue import requeue_ended
+
+        updated = requeue_ended(ctx, updated)  # submit --auto-requeue: TIMEOUT → resubmitted
     for run in late:
         info = infos.get(run.job_id or "")
         if info is not None and info.facts:
@@ -470,14 +510,9 @@ def _complete_submission(ctx: Context, run: Run) -> Run:
     """A run left SUBMITTING by a crash: find its job by token, or mark it never submitted."""
     if run.state != JobState.SUBMITTING or run.job_id:
         return run
-    job_id = ctx.scheduler.find_by_token(run.token)
-    if job_id is not None:
-        return ctx.ledger.set_submitted(run.run_id, job_id, output_path(run, job_id))
-    created = parse_utc(run.created_at)
-    if (datetime.now(timezone.utc) - created).total_seconds() > _SUBMIT_GRACE_S:
-        ctx.ledger.mark_unsubmitted(run.run_id, "the submission never reached the scheduler")
-        return ctx.ledger.get_run(run.run_id)
-    return run
+    from hpcjob.submission import add_array_tasks, complete_submission
+
+    return add_array_tasks(ctx, complete_submission(ctx, run))
 
 
 def harvest(ctx: Context, run: Run) -> JobOutput:
@@ -486,25 +521,31 @@ def harvest(ctx: Context, run: Run) -> JobOutput:
     parsed = JobOutput()
     if run.output_path and shell.exists(run.output_path):
         parse_output(_read_text(ctx, run.output_path), parsed)
-    metrics_path = f"{run.run_dir}/metrics.jsonl"
+    folder = files_dir(run)
+    metrics_path = f"{folder}/metrics.jsonl"
     if shell.exists(metrics_path):
         parse_metrics_jsonl(_read_text(ctx, metrics_path), parsed)
     ctx.ledger.add_metrics(run.run_id, parsed.metric_list())
     ctx.ledger.set_facts(run.run_id, parsed.facts)
     if run.state.is_final:
-        files = shell.list_files(run.run_dir) if shell.exists(run.run_dir) else []
+        harvest_provenance(ctx, run, folder)
+        files = shell.list_files(folder) if shell.exists(folder) else []
         ctx.ledger.set_artifacts(
             run.run_id,
-            [
-                (name, f"{run.run_dir}/{name}", size)
-                for name, size in files
-                if _is_artifact(name, run)
-            ],
+            [(name, f"{folder}/{name}", size) for name, size in files if _is_artifact(name, run)],
         )
     return parsed
 
 
 _MAX_READ = 64 * 1024 * 1024
+
+
+def files_dir(run: Run) -> str:
+    """Where the run's workload wrote its files: an array task has a folder of its own
+    (`task-<i>`, see base.sbatch.j2), so tasks never share metrics or checkpoints."""
+    if run.array_task is not None:
+        return f"{run.run_dir}/task-{run.array_task}"
+    return run.run_dir
 
 
 def _read_text(ctx: Context, path: str) -> str:
@@ -527,16 +568,35 @@ def wait(
     timeout_s: float | None = None,
 ) -> Run:
     """Refresh until the run is final, backing off from the start interval up to the cap."""
+    from hpcjob.requeue import due as requeue_due
+
     interval = ctx.scheduler.poll_start_s
     started = time.monotonic()
+    failing_since: float | None = None  # a controller restart or a network blip is waited out
     while True:
-        refresh(ctx, watched=frozenset({run.run_id}))
+        job_before = run.job_id
+        try:
+            refresh(ctx, watched=frozenset({run.run_id}))
+            failing_since = None
+        except HpcjobError as exc:
+            failing_since = failing_since or time.monotonic()
+            if time.monotonic() - failing_since > _POLL_FAILURES_S:
+                raise HpcjobError(
+                    f"{exc.message}\nPolling has failed for over {_POLL_FAILURES_S} s; gave up "
+                    f"waiting. The ledger keeps run {run.run_id} as it was.",
+                    hint=exc.hint or f"Try again later: hpcjob wait {run.run_id}",
+                ) from exc
         run = ctx.ledger.get_run(run.run_id)
         if on_tick is not None:
             on_tick(run)
-        if run.state.is_final:
+        if run.state.is_final and not requeue_due(ctx, run):
             return run
-        _sleep_until_due(ctx, run, interval, sleep)
+        if run.job_id != job_before and job_before:  # resubmitted (--auto-requeue): a new job
+            interval = ctx.scheduler.poll_start_s
+        if failing_since is None:
+            _sleep_until_due(ctx, run, interval, sleep)
+        else:
+            sleep(interval)
         interval = min(interval * 2, ctx.scheduler.poll_cap_s)
         if timeout_s is not None and time.monotonic() - started > timeout_s:
             raise HpcjobError(
@@ -547,6 +607,8 @@ def wait(
 
 
 _FILE_TICK_S = 0.25
+# `wait` retries failed polls (backing off as usual) for this long before it gives up.
+_POLL_FAILURES_S = 30
 
 
 def _sleep_until_due(
@@ -560,10 +622,14 @@ def _sleep_until_due(
     deadline = time.monotonic() + interval
     path = exit_status_path(run)
     shell = ctx.scheduler.shell
-    watch = not shell.exists(path)  # already there (job ending slowly): just back off
+    if shell.exists(path):
+        # Already there: the job is ending and the scheduler will say so within seconds (Slurm
+        # keeps a job COMPLETING briefly); ask again soon rather than after a long back-off.
+        sleep(min(interval, 2 * ctx.scheduler.poll_start_s))
+        return
     while time.monotonic() < deadline:
         sleep(_FILE_TICK_S)
-        if watch and shell.exists(path):
+        if shell.exists(path):
             return
 
 
@@ -661,6 +727,8 @@ def rows(ctx: Context, runs: list[Run]) -> list[dict[str, Any]]:
 
 def run_detail(ctx: Context, run: Run) -> dict[str, Any]:
     """Everything the ledger knows of one run (`show`)."""
+    from hpcjob.requeue import attempt_rows
+
     ledger = ctx.ledger
     detail = run_row(run, ledger.latest_metrics([run.run_id]).get(run.run_id))
     detail.update(
@@ -684,9 +752,254 @@ def run_detail(ctx: Context, run: Run) -> dict[str, Any]:
             {"name": name, "path": path, "size": size}
             for name, path, size in ledger.artifacts(run.run_id)
         ],
+        max_requeues=run.max_requeues,
+        attempts=attempt_rows(ledger, run),
     )
+    detail.update(explain(ctx, run, detail))  # provenance, cost, efficiency
     return detail
 
 
 def workload_names() -> list[str]:
     return list(WORKLOADS)
+
+
+# -- explain: provenance, cost and efficiency of a run (issue 8) ------------------------------
+
+_NOT_BILLED = "not billed: the embedded scheduler runs jobs on this machine"
+
+
+def record_origin(
+    ctx: Context, run: Run, prepared: Prepared, project: Path | None = None
+) -> SubmitProvenance:
+    """The run's provenance (project git state, versions, hashes) and SBU estimate at submit,
+    kept as run facts; the git diff goes into the run directory (`stage_origin`)."""
+    from hpcjob import provenance
+
+    origin = provenance.at_submit(
+        project or Path.cwd(),
+        hpcjob_version=__version__,
+        script_sha256=prepared.new_run.script_hash,
+        workload_sha256=workload_hash(prepared.workload),
+    )
+    estimate = sbu_estimate(ctx, prepared)
+    ctx.ledger.set_facts(
+        run.run_id, {provenance.SUBMIT_FACT: origin.meta, "sbu_estimate": estimate.to_dict()}
+    )
+    return origin
+
+
+def stage_origin(scheduler: Scheduler, run_dir: str, origin: SubmitProvenance) -> None:
+    from hpcjob.provenance import DIFF_PATH
+
+    if origin.diff is not None:
+        scheduler.shell.makedirs(f"{run_dir}/{DIFF_PATH.rsplit('/', 1)[0]}")
+        scheduler.shell.write_bytes(f"{run_dir}/{DIFF_PATH}", origin.diff)
+
+
+def harvest_provenance(ctx: Context, run: Run, folder: str) -> None:
+    """What the job wrote about itself (provenance.json) into the run's facts."""
+    from hpcjob import provenance
+
+    path = f"{folder}/{provenance.JOB_FILE}"
+    if ctx.scheduler.shell.exists(path):
+        ctx.ledger.set_facts(run.run_id, provenance.job_facts(_read_text(ctx, path)))
+
+
+def profile_rates(ctx: Context, name: str) -> dict[str, Rate]:
+    """A profile's SBU rates: its `sbu_rates` over the built-in profile's of the same name."""
+    from hpcjob import cost
+    from hpcjob.config import BUILTIN_PROFILES
+
+    if name == ctx.profile.name:
+        table = ctx.profile.get("sbu_rates")
+    else:
+        try:
+            table = resolve_profile(ctx.settings, profile_flag=name).get("sbu_rates")
+        except HpcjobError:  # a profile since removed: its built-in rates, if any
+            table = None
+    builtin = BUILTIN_PROFILES.get(name, {}).get("sbu_rates") or {}
+    return cost.parse_rates({**builtin, **(table or {})})
+
+
+def _default_partition(ctx: Context) -> str | None:
+    """The cluster's default partition from the sinfo cache that `prepare` just filled; never a
+    scheduler call of its own (a submission must not cost an extra sinfo)."""
+    cache = ctx.settings.home / "cache" / f"partitions-{ctx.profile.name}.json"
+    try:
+        items = json.loads(cache.read_text())
+    except (OSError, ValueError):
+        return None
+    defaults = [p.get("name") for p in items if isinstance(p, dict) and p.get("is_default")]
+    return str(defaults[0]) if defaults else None
+
+
+def sbu_estimate(ctx: Context, prepared: Prepared) -> Cost:
+    """The most a job can cost: its request billed for its whole time limit (all array tasks)."""
+    from hpcjob import cost
+    from hpcjob.spec import array_task_ids
+
+    res = prepared.spec.resources
+    rates = profile_rates(ctx, ctx.profile.name)
+    if not rates and ctx.profile.scheduler == "local":
+        return cost.Cost(res.partition, None, res.time_s / 3600, note=_NOT_BILLED)
+    partition = res.partition or (_default_partition(ctx) if rates else None)
+    request = cost.request_from_spec(dataclasses.asdict(res), partition)
+    estimate = cost.cost(rates, request, res.time_s)
+    tasks = len(array_task_ids(res.array)) if res.array else 1
+    if tasks > 1 and estimate.sbu is not None:
+        estimate = dataclasses.replace(
+            estimate,
+            sbu=round(estimate.sbu * tasks, 2),
+            units=(estimate.units or 0) * tasks,
+            note=f"{tasks} array tasks" + (f"; {estimate.note}" if estimate.note else ""),
+        )
+    return estimate
+
+
+def _submit_facts(ctx: Context, run: Run, facts: dict[str, Any]) -> dict[str, Any]:
+    """An array task's submit-time facts are its parent's."""
+    if run.parent_run_id and "sbu_estimate" not in facts:
+        return ctx.ledger.facts(run.parent_run_id)
+    return facts
+
+
+def actual_cost(ctx: Context, run: Run, facts: dict[str, Any]) -> Cost | None:
+    """What a run cost: what it was allocated, for as long as it ran (so far, while running);
+    None when it never started."""
+    from hpcjob import cost
+
+    seconds = facts.get("sacct_elapsed_s", facts.get("local_elapsed_s"))
+    if seconds is None:
+        seconds = elapsed_s(run)
+    if seconds is None:
+        return None
+    res = run.spec.get("resources") or {}
+    estimate = _submit_facts(ctx, run, facts).get("sbu_estimate") or {}
+    req = cost.request_from_spec(res, estimate.get("partition") or res.get("partition"))
+    if facts.get("sacct_alloc_cpus"):  # what Slurm allocated, per node
+        req = dataclasses.replace(req, cores=-(-int(facts["sacct_alloc_cpus"]) // req.nodes))
+    if "sacct_alloc_gpus" in facts:
+        req = dataclasses.replace(req, gpus=int(facts["sacct_alloc_gpus"]) // req.nodes)
+    rates = profile_rates(ctx, run.profile)
+    if not rates and run.scheduler == "local":
+        return cost.Cost(req.partition, None, seconds / 3600, note=_NOT_BILLED)
+    return cost.cost(rates, req, seconds)
+
+
+def cost_section(ctx: Context, run: Run, facts: dict[str, Any]) -> dict[str, Any] | None:
+    from hpcjob import cost
+
+    estimate = facts.get("sbu_estimate")
+    actual: Cost | None
+    if run.is_array:
+        tasks = ctx.ledger.tasks(run.run_id)
+        spent = [actual_cost(ctx, t, ctx.ledger.facts(t.run_id)) for t in tasks]
+        known = [c for c in spent if c is not None]
+        total, missing = cost.total(known)
+        actual = cost.Cost(
+            estimate.get("partition") if estimate else None,
+            total if known and missing < len(known) else None,
+            sum(c.hours for c in known),
+            note=f"sum of {len(known)} tasks that ran"
+            + (f"; {missing} without a rate" if missing else ""),
+        )
+    else:
+        actual = actual_cost(ctx, run, facts)
+    if estimate is None and actual is None:
+        return None
+    return {
+        "estimate": estimate,
+        "actual": actual.to_dict() if actual else None,
+        "sbu": actual.sbu if actual else None,
+    }
+
+
+def efficiency_section(
+    run: Run, facts: dict[str, Any], metrics: list[dict[str, Any]]
+) -> dict[str, Any] | None:
+    from hpcjob import efficiency
+
+    if not run.state.is_final or run.is_array:
+        return None
+    usage = efficiency.usage_from_facts(
+        facts,
+        state=run.state.value,
+        workload=run.workload,
+        resources=run.spec.get("resources") or {},
+        args=run.spec.get("args") or {},
+        elapsed_s=elapsed_s(run),
+        gpu_util_series=[
+            m["value"] for m in metrics if m["key"] == "gpu_util_pct" and m["value"] is not None
+        ],
+    )
+    return efficiency.assess(usage).to_dict() if usage is not None else None
+
+
+def explain(ctx: Context, run: Run, detail: dict[str, Any]) -> dict[str, Any]:
+    """`show`'s provenance, cost and efficiency sections; their facts leave `facts`."""
+    from hpcjob import provenance
+
+    facts: dict[str, Any] = detail["facts"]
+    own = {k: facts.pop(k) for k in list(facts) if k.startswith("provenance_")}
+    estimate = facts.pop("sbu_estimate", None)
+    if run.parent_run_id:
+        own = {**_submit_facts(ctx, run, {}), **own}
+    mine = {**facts, **own, **({"sbu_estimate": estimate} if estimate else {})}
+    return {
+        "provenance": provenance.section(own),
+        "cost": cost_section(ctx, run, mine),
+        "efficiency": efficiency_section(run, facts, detail.get("metrics") or []),
+    }
+
+
+def explain_text(detail: dict[str, Any]) -> str:
+    """The provenance, cost and efficiency sections as `show` prints them."""
+    from hpcjob import cost, efficiency, provenance
+
+    parts = []
+    for title, section, lines in (
+        ("Provenance", detail.get("provenance"), provenance.show_lines),
+        ("Cost", detail.get("cost"), cost.show_lines),
+        ("Efficiency", detail.get("efficiency"), efficiency.show_lines),
+    ):
+        if section:
+            parts.append(f"\n{title}:\n" + "\n".join(lines(section)) + "\n")
+    return "".join(parts)
+
+
+def spend(
+    ctx: Context, runs: list[Run], since: str, until: str | None
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The runs that started in [since, until) with what each cost, and the total."""
+    from hpcjob import cost
+
+    started = [
+        r
+        for r in runs
+        if not r.is_array
+        and r.started_at
+        and since <= r.started_at
+        and (not until or r.started_at < until)
+    ]
+    costs = [actual_cost(ctx, r, ctx.ledger.facts(r.run_id)) for r in started]
+    found = rows(ctx, started)
+    for row, spent in zip(found, costs, strict=True):
+        row["sbu"] = spent.sbu if spent else None
+        row["cost_note"] = spent.note if spent and spent.sbu is None else None
+    total, missing = cost.total([c for c in costs if c is not None and c.note != _NOT_BILLED])
+    summary = {
+        "since": since,
+        "until": until,
+        "total_sbu": total,
+        "runs_counted": len(started),
+        "runs_without_rate": missing,
+    }
+    return found, summary
+
+
+def estimate_text(ctx: Context, run: Run) -> str:
+    """The submit confirmation's cost line, from the estimate recorded at submit."""
+    from hpcjob import cost
+
+    estimate = ctx.ledger.facts(run.run_id).get("sbu_estimate")
+    return cost.estimate_line(cost.Cost(**estimate)) if estimate else ""

@@ -1,10 +1,9 @@
 """The command line: each command parses options, calls one function in `app`, prints via `output`.
 
 Heavy modules (jinja2, sqlite, paramiko, torch) are imported inside the commands that need them, so
-`hpcjob --help` starts about as fast as Typer itself.
+`hpcjob --help` starts about as fast as Typer itself. No `from __future__ import annotations`:
+Typer would evaluate every command's string annotations again on each start (~11 ms).
 """
-
-from __future__ import annotations
 
 import contextlib
 import functools
@@ -14,8 +13,10 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
-from hpcjob import __version__
+from hpcjob import __version__, fastpath
 from hpcjob.errors import EXIT_JOB_FAILED, HpcjobError
+
+fastpath.plain_options()  # str/int options without pydantic: ~60 ms off every command
 
 app = typer.Typer(
     name="hpcjob",
@@ -43,8 +44,28 @@ def boundary(func: F) -> F:
         except HpcjobError as exc:
             output.error(exc)
             raise typer.Exit(exc.exit_code) from None
+        except Exception as exc:
+            damaged = _ledger_fault(exc)  # a ledger that went bad after it was opened
+            if damaged is None:
+                raise
+            output.error(damaged)
+            raise typer.Exit(damaged.exit_code) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def _ledger_fault(exc: Exception) -> HpcjobError | None:
+    """An SQLite error that escaped the ledger (a page found damaged by a later query) in the
+    user's words; None for anything else (that is a bug, and its traceback is shown)."""
+    import sys
+
+    sqlite3 = sys.modules.get("sqlite3")  # only loaded when the ledger was opened
+    if sqlite3 is None or not isinstance(exc, sqlite3.Error):
+        return None
+    from hpcjob.config import load_settings
+    from hpcjob.ledger import _ledger_error
+
+    return _ledger_error(str(load_settings().ledger_path), exc)
 
 
 def _version(value: bool) -> None:
@@ -127,18 +148,42 @@ def _submit_or_render(
         typer.Option("--weighted-sampling/--no-weighted-sampling", help="[train] Balance classes."),
     ] = None,
     block_size: Annotated[int | None, typer.Option(help="[eda] Images per read (1024).")] = None,
+    sweep: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="A sweep as ONE job array: NAME=V1,V2 (repeatable; every combination is a task), "
+            "e.g. --sweep lr=1e-3,1e-4 --sweep hidden=256,512.",
+        ),
+    ] = None,
+    max_parallel: Annotated[
+        int | None, typer.Option(help="With --sweep: at most N tasks at once (4).")
+    ] = None,
     wait: Annotated[bool, typer.Option("--wait", "-w", help="Wait for the job to end.")] = False,
+    auto_requeue: Annotated[
+        int | None,
+        typer.Option(
+            "--auto-requeue",
+            help="Resubmit up to N times when the job hits its time limit (it resumes from "
+            "its checkpoint); one run, several attempts.",
+        ),
+    ] = None,
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Validate and render; submit nothing.")
     ] = False,
+    project: Annotated[
+        str | None,
+        typer.Option(help="Your project's folder, for provenance (default: the current one)."),
+    ] = None,
     profile: ProfileOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
     from hpcjob import app as core
     from hpcjob import output
+    from hpcjob.requeue import check_limit
     from hpcjob.spec import SpecRequest
 
     rendering = ctx.info_name == "render"
+    requeues = check_limit(auto_requeue, is_array=bool(array))
     request = SpecRequest(
         workload=workload,
         partition=partition,
@@ -167,12 +212,16 @@ def _submit_or_render(
         },
         require_data=not rendering,
     )
+    from hpcjob.sweep import sweep_request
+
+    request, sweep_def = sweep_request(request, sweep or [], max_parallel)
     with _session(profile) as context:
         prepared = core.prepare(
             context,
             request,
             check_data=not (rendering or dry_run),
             check_cluster=not rendering,
+            sweep=sweep_def,
         )
         if rendering:
             output.print_text(prepared.script)
@@ -185,12 +234,13 @@ def _submit_or_render(
         warning = venv_warning(context)
         if warning:
             context.notes.append(warning)
-        run = core.submit(context, prepared)
+        run = core.submit(context, prepared, auto_requeue=requeues, project=_project_dir(project))
         if not json_out:
             output.info(
                 f"Submitted [bold]{run.workload}[/] as job [bold]{run.job_id}[/] "
                 f"(run {run.run_id}, profile {run.profile}); output: {run.output_path}"
             )
+            output.info(core.estimate_text(context, run))
         if wait:
             run = _wait_with_progress(context, run, quiet=json_out)
         if json_out:
@@ -201,9 +251,28 @@ def _submit_or_render(
             raise typer.Exit(EXIT_JOB_FAILED)
 
 
-def _show_dry_run(context: Any, prepared: Any, json_out: bool) -> None:
-    from hpcjob import output
+def _project_dir(project: str | None) -> Any:
+    """--project: the folder whose git state is the run's provenance (default: the cwd)."""
+    from pathlib import Path
 
+    if project is None:
+        return None
+    folder = Path(project).expanduser()
+    if not folder.is_dir():
+        raise HpcjobError(
+            f"--project {project!r} is not a folder.",
+            hint="Give the folder of your project (its git checkout), or leave --project out.",
+            exit_code=2,
+        )
+    return folder.resolve()
+
+
+def _show_dry_run(context: Any, prepared: Any, json_out: bool) -> None:
+    from hpcjob import app as core
+    from hpcjob import output
+    from hpcjob.cost import estimate_line
+
+    estimate = core.sbu_estimate(context, prepared)
     summary = {
         "dry_run": True,
         "workload": prepared.spec.workload,
@@ -211,6 +280,7 @@ def _show_dry_run(context: Any, prepared: Any, json_out: bool) -> None:
         "spec": prepared.spec.to_dict(),
         "run_dir": prepared.new_run.run_dir,
         "script": prepared.script,
+        "sbu_estimate": estimate.to_dict(),
     }
     if json_out:
         output.print_json(summary)
@@ -220,6 +290,7 @@ def _show_dry_run(context: Any, prepared: Any, json_out: bool) -> None:
         f"[green]Valid.[/] Dry run: nothing was submitted (profile {context.profile.name}, "
         f"run directory would be {prepared.new_run.run_dir})."
     )
+    output.info(estimate_line(estimate))
 
 
 def _wait_with_progress(context: Any, run: Any, quiet: bool) -> Any:
@@ -305,6 +376,16 @@ def runs(
     all_profiles: Annotated[
         bool, typer.Option("--all-profiles", help="Runs of every profile.")
     ] = False,
+    since: Annotated[
+        str | None,
+        typer.Option(
+            help="Runs that started on or after this UTC date (2026-11-01); with the "
+            "total SBU spent."
+        ),
+    ] = None,
+    until: Annotated[
+        str | None, typer.Option(help="... and before this UTC date (with --since).")
+    ] = None,
     json_out: JsonOpt = False,
 ) -> None:
     """The run history, newest first (unfinished runs of the profile are refreshed first)."""
@@ -320,6 +401,9 @@ def runs(
         )
     if limit < 1:
         raise HpcjobError("--limit must be at least 1.", exit_code=2)
+    if since is not None or until is not None:
+        _spend(since, until, workload, state, limit, profile, all_profiles, json_out)
+        return
     with _session(profile) as context:
         core.refresh(context)
         found = context.ledger.list_runs(
@@ -335,6 +419,51 @@ def runs(
             output.print_table(rows, empty="No runs match.")
 
 
+def _spend(
+    since: str | None,
+    until: str | None,
+    workload: str | None,
+    state: str | None,
+    limit: int,
+    profile: str | None,
+    all_profiles: bool,
+    json_out: bool,
+) -> None:
+    """`runs --since/--until`: the runs that started in the period, what each cost, the total."""
+    from hpcjob import app as core
+    from hpcjob import output
+    from hpcjob.cost import period_bound, sbu_text
+    from hpcjob.jobstate import JobState
+    from hpcjob.output import RUN_COLUMNS
+
+    if since is None:
+        raise HpcjobError("--until needs --since.", hint="e.g. --since 2026-11-01", exit_code=2)
+    start, end = period_bound(since, "--since"), until and period_bound(until, "--until")
+    with _session(profile) as context:
+        core.refresh(context)
+        found = context.ledger.list_runs(
+            workload=workload,
+            state=JobState.parse(state).value if state else None,
+            profile=None if all_profiles else context.profile.name,
+            limit=None,
+        )
+        rows, summary = core.spend(context, found, start, end)
+        if json_out:
+            output.print_json({**summary, "runs": rows})
+            return
+        output.print_table(
+            rows[:limit], columns=(*RUN_COLUMNS, ("sbu", "SBU")), empty="No runs in the period."
+        )
+        shown = f" (the newest {limit} shown)" if len(rows) > limit else ""
+        missing = summary["runs_without_rate"]
+        output.print_text(
+            f"Total: ≈ {sbu_text(summary['total_sbu'])} SBU for {len(rows)} runs that started "
+            f"{start[:10]} – {end[:10] if end else 'now'}{shown}"
+            + (f"; {missing} without an SBU rate (set sbu_rates in the profile)" if missing else "")
+            + "\n"
+        )
+
+
 @app.command()
 @boundary
 def show(
@@ -348,6 +477,7 @@ def show(
     """Everything the ledger knows of a run: spec, script, paths, states, metrics, artifacts."""
     from hpcjob import app as core
     from hpcjob import output
+    from hpcjob.curves import show_section
 
     with _session(profile) as context:
         run = core.resolve(context, ref)
@@ -356,6 +486,8 @@ def show(
             output.print_json(detail)
         else:
             output.print_run_detail(detail, show_script=script)
+            output.print_text(show_section(detail))  # rerun/sweep lineage, loss curves
+            output.print_text(core.explain_text(detail))  # provenance, cost, efficiency
 
 
 @app.command()
@@ -471,6 +603,28 @@ def cancel(
 
 @app.command()
 @boundary
+def resubmit(ref: RefArg, profile: ProfileOpt = None, json_out: JsonOpt = False) -> None:
+    """Submit a run that never reached the scheduler (UNSUBMITTED) again: same run, same script,
+    after checking by its token that no job of it exists."""
+    from hpcjob import app as core
+    from hpcjob import output
+    from hpcjob.submission import resubmit as resubmit_run
+
+    with _session(profile) as context:
+        run, submitted = resubmit_run(context, ref)
+        if json_out:
+            output.print_json(core.rows(context, [run])[0])
+        elif submitted:
+            output.info(f"Resubmitted run {run.run_id} as job [bold]{run.job_id}[/].")
+        else:
+            output.info(
+                f"Run {run.run_id} had reached the scheduler after all: it is job "
+                f"[bold]{run.job_id}[/]; nothing was submitted again."
+            )
+
+
+@app.command()
+@boundary
 def partitions(profile: ProfileOpt = None, json_out: JsonOpt = False) -> None:
     """The cluster's partitions: time limit, nodes, CPUs, memory and GPUs per node, state."""
     from hpcjob import app as core
@@ -556,9 +710,19 @@ def setup_env(
     as_job: Annotated[
         bool, typer.Option("--as-job", help="Run as a batch job (long installs) and wait.")
     ] = False,
+    check_gpu: Annotated[
+        bool,
+        typer.Option("--check-gpu", help="Then run gpu-check in the venv: does torch see CUDA?"),
+    ] = False,
+    gpu_partition: Annotated[
+        str | None,
+        typer.Option(help="Partition for --check-gpu (default: the profile's GPU partition)."),
+    ] = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Create, update or repair the profile's venv with its modules, then verify it."""
+    import sys
+
     from hpcjob import envsetup, output
     from hpcjob.resources import workload_files
 
@@ -582,15 +746,272 @@ def setup_env(
         where = "as a batch job" if as_job else "on the login node"
         if not json_out:
             output.info(f"Setting up {request.venv} {where} (profile {context.profile.name}) …")
-        run_env = envsetup.setup_as_job if as_job else envsetup.setup_on_login_node
-        run, result, log = run_env(context, request)
-        if not (result.ok and run.state.value == "COMPLETED"):
-            raise envsetup.result_error(result, request, log)
+        display = envsetup.ProgressDisplay(plain=json_out or not sys.stderr.isatty())
+        done = envsetup.setup_env(
+            context,
+            request,
+            as_job=as_job,
+            display=display,
+            gpu=check_gpu,
+            gpu_partition_name=gpu_partition,
+        )
         if json_out:
-            output.print_json(envsetup.result_json(result, run))
+            output.print_json(envsetup.result_json(done))
         else:
-            output.print_pairs(envsetup.summary_rows(result), title=f"venv {request.venv}")
-            output.info(f"Recorded as run {run.run_id}.")
+            rows = envsetup.summary_rows(done.result, done.gpu)
+            output.print_pairs(rows, title=f"venv {request.venv}")
+            output.info(f"Recorded as run {done.run.run_id}.")
+        if done.gpu is not None and not done.gpu.ok:
+            raise envsetup.gpu_error(done.gpu)
+
+
+# -- rerun, compare, plot, fetch, sweeps ----------------------------------------------------
+
+
+@app.command()
+@boundary
+def rerun(
+    ref: RefArg,
+    epochs: Annotated[int | None, typer.Option(help="[train] Epochs.")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="[train] Batch size.")] = None,
+    lr: Annotated[float | None, typer.Option(help="[train] Learning rate.")] = None,
+    hidden_units: Annotated[str | None, typer.Option(help="[train] e.g. 512,256.")] = None,
+    dropout: Annotated[float | None, typer.Option(help="[train] Dropout rate.")] = None,
+    seed: Annotated[int | None, typer.Option(help="[train] Random seed.")] = None,
+    num_workers: Annotated[int | None, typer.Option(help="[train] Loader workers.")] = None,
+    weighted_sampling: Annotated[
+        bool | None,
+        typer.Option("--weighted-sampling/--no-weighted-sampling", help="[train] Balance classes."),
+    ] = None,
+    block_size: Annotated[int | None, typer.Option(help="[eda] Images per read.")] = None,
+    partition: Annotated[
+        str | None, typer.Option("--partition", "-p", help="Slurm partition.")
+    ] = None,
+    time_limit: Annotated[str | None, typer.Option("--time", "-t", help="Time limit.")] = None,
+    cpus: Annotated[int | None, typer.Option("--cpus", "-c", help="CPU cores per task.")] = None,
+    mem: Annotated[str | None, typer.Option(help="Memory per node, e.g. 16G.")] = None,
+    gpus: Annotated[int | None, typer.Option(help="GPUs.")] = None,
+    current_code: Annotated[
+        bool,
+        typer.Option("--current-code", help="Run today's workload code, not the run's snapshot."),
+    ] = False,
+    wait: Annotated[bool, typer.Option("--wait", "-w", help="Wait for the job to end.")] = False,
+    profile: ProfileOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Submit a run again: the same spec and code snapshot, with the options given changed."""
+    from hpcjob import app as core
+    from hpcjob import output
+    from hpcjob.rerun import prepare_rerun, profile_of
+
+    overrides = {
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "lr": lr,
+        "hidden_units": hidden_units,
+        "dropout": dropout,
+        "seed": seed,
+        "num_workers": num_workers,
+        "weighted_sampling": weighted_sampling,
+        "block_size": block_size,
+        "partition": partition,
+        "time": time_limit,
+        "cpus_per_task": cpus,
+        "mem": mem,
+        "gpus": gpus,
+    }
+    with _session(profile or profile_of(ref)) as context:
+        original = context.ledger.resolve(ref)
+        prepared = prepare_rerun(context, original, overrides, current_code=current_code)
+        run = core.submit(context, prepared)
+        if not json_out:
+            output.info(
+                f"Submitted rerun of {original.run_id} as job [bold]{run.job_id}[/] "
+                f"(run {run.run_id}, {'current code' if current_code else 'same code'}); "
+                f"output: {run.output_path}"
+            )
+        if wait:
+            run = _wait_with_progress(context, run, quiet=json_out)
+        if json_out:
+            output.print_json({**core.rows(context, [run])[0], "rerun_of": original.run_id})
+        elif wait:
+            output.print_table(core.rows(context, [run]))
+        if wait and run.state.value != "COMPLETED":
+            raise typer.Exit(EXIT_JOB_FAILED)
+
+
+@app.command()
+@boundary
+def compare(
+    refs: Annotated[list[str], typer.Argument(help="Two or more job ids, run ids or `last`.")],
+    all_settings: Annotated[
+        bool, typer.Option("--all", help="Every setting, not only those that differ.")
+    ] = False,
+    profile: ProfileOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """The settings that differ between runs, and their final and best metrics side by side."""
+    from hpcjob import app as core
+    from hpcjob import output
+    from hpcjob.compare import compare as compare_runs
+    from hpcjob.compare import table_rows
+
+    if len(refs) < 2:
+        raise HpcjobError("compare needs at least two runs.", hint="hpcjob compare r1a2b3 last")
+    with _session(profile) as context:
+        details = [core.run_detail(context, core.resolve(context, ref)) for ref in refs]
+        data = compare_runs(details, show_all=all_settings)
+        if json_out:
+            output.print_json(data)
+            return
+        columns, rows = table_rows(data)
+        output.print_table(rows, columns=columns, title="Compare")
+
+
+@app.command()
+@boundary
+def plot(
+    refs: Annotated[list[str], typer.Argument(help="Job ids, run ids or `last`.")],
+    out: Annotated[
+        str | None, typer.Option(help="The PNG to write (default plot-<runs>.png here).")
+    ] = None,
+    metric: Annotated[
+        list[str] | None,
+        typer.Option(help="Metric to draw (repeatable; default train_loss and val_loss)."),
+    ] = None,
+    profile: ProfileOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Write a PNG comparing runs' per-epoch curves."""
+    from pathlib import Path
+
+    from hpcjob import output
+    from hpcjob.plots import plot_refs
+
+    with _session(profile) as context:
+        path, run_ids = plot_refs(context, refs, Path(out) if out else None, metric)
+        if json_out:
+            output.print_json({"path": str(path), "runs": run_ids, "metrics": metric})
+        else:
+            output.info(f"Wrote {path} ({', '.join(run_ids)}).")
+
+
+@app.command()
+@boundary
+def fetch(
+    ref: RefArg,
+    dest: Annotated[
+        str | None, typer.Option(help="Local folder (default ./hpcjob-runs/<run_id>/).")
+    ] = None,
+    checkpoints: Annotated[
+        bool, typer.Option("--checkpoints", help="Copy the checkpoints too.")
+    ] = False,
+    profile: ProfileOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Copy a run's artifacts (plots, eda.json, metrics.jsonl, output) to a local folder."""
+    from pathlib import Path
+
+    from hpcjob import app as core
+    from hpcjob import output
+    from hpcjob.artifacts import default_dest, size_text
+    from hpcjob.artifacts import fetch as fetch_files
+    from hpcjob.rerun import profile_of
+
+    with _session(profile or profile_of(ref)) as context:
+        run = core.resolve(context, ref)
+        target = Path(dest) if dest else default_dest(run)
+        copied = fetch_files(context, run, target, checkpoints=checkpoints)
+        rows = [{"name": c.name, "size": c.size, "source": c.source} for c in copied]
+        if json_out:
+            output.print_json({"run_id": run.run_id, "dest": str(target), "files": rows})
+            return
+        output.print_table(
+            [{"name": c.name, "size": size_text(c.size), "source": c.source} for c in copied],
+            columns=(("name", "file"), ("size", "size"), ("source", "from")),
+            title=f"Fetched run {run.run_id} into {target}",
+        )
+        total = sum(c.size for c in copied)
+        output.info(f"Copied {len(copied)} files ({size_text(total)}) to {target}.")
+
+
+sweep_app = typer.Typer(help="Sweeps: see and resubmit a sweep's tasks.", no_args_is_help=True)
+app.add_typer(sweep_app, name="sweep")
+
+
+@sweep_app.command("status")
+@boundary
+def sweep_status(
+    ref: Annotated[str, typer.Argument(help="The sweep (its run id, a task, or `last`).")],
+    metric: Annotated[str, typer.Option(help="The metric that picks the best task.")] = "val_loss",
+    profile: ProfileOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """A sweep's tasks: parameters, state, best metric; the best task marked."""
+    from hpcjob import app as core
+    from hpcjob import output
+    from hpcjob.rerun import profile_of
+    from hpcjob.sweep import status_rows, sweep_of
+
+    with _session(profile or profile_of(ref)) as context:
+        core.refresh(context)
+        sweep_id, arrays = sweep_of(context.ledger, ref)
+        rows = status_rows(context.ledger, arrays, metric)
+        if json_out:
+            output.print_json(rows)
+            return
+        shown = [
+            {**r, "best": _num_or_dash(r["best"]), "mark": "★ best" if r["is_best"] else ""}
+            for r in rows
+        ]
+        output.print_table(
+            shown,
+            columns=(
+                ("task", "task"),
+                ("parameters", "parameters"),
+                ("run_id", "run"),
+                ("job_id", "job id"),
+                ("state", "state"),
+                ("attempts", "tries"),
+                ("best", f"best {metric}"),
+                ("mark", ""),
+            ),
+            title=f"Sweep {sweep_id}",
+        )
+
+
+def _num_or_dash(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4g}"
+
+
+@sweep_app.command("resubmit")
+@boundary
+def sweep_resubmit(
+    ref: Annotated[str, typer.Argument(help="The sweep (its run id, a task, or `last`).")],
+    current_code: Annotated[
+        bool, typer.Option("--current-code", help="Run today's workload code.")
+    ] = False,
+    profile: ProfileOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Resubmit only the sweep's failed, cancelled or timed-out tasks, as one new array."""
+    from hpcjob import app as core
+    from hpcjob import output
+    from hpcjob.rerun import prepare_resubmit, profile_of
+
+    with _session(profile or profile_of(ref)) as context:
+        core.refresh(context)
+        prepared = prepare_resubmit(context, ref, current_code=current_code)
+        run = core.submit(context, prepared)
+        tasks = [t.array_task for t in context.ledger.tasks(run.run_id)]
+        if json_out:
+            output.print_json({**core.rows(context, [run])[0], "tasks": tasks})
+            return
+        output.info(
+            f"Resubmitted tasks {', '.join(map(str, tasks))} of sweep "
+            f"{prepared.extra['sweep']['sweep_id']} as job [bold]{run.job_id}[/] "
+            f"(run {run.run_id})."
+        )
 
 
 # -- config ---------------------------------------------------------------------------------
@@ -650,8 +1071,73 @@ def config_init(
     print(path)
 
 
+# -- ledger ---------------------------------------------------------------------------------
+
+ledger_app = typer.Typer(help="Back up or check the run ledger file.", no_args_is_help=True)
+app.add_typer(ledger_app, name="ledger")
+
+
+@ledger_app.command("backup")
+@boundary
+def ledger_backup(
+    out: Annotated[
+        str | None,
+        typer.Option("--out", "-o", help="The new file (default $HPCJOB_HOME/backups/…)."),
+    ] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Copy the ledger to a new private file (0600) while hpcjob may be running."""
+    from pathlib import Path
+
+    from hpcjob import output
+    from hpcjob.config import load_settings
+    from hpcjob.ledgertools import backup, default_backup_path
+
+    settings = load_settings()
+    target = Path(out).expanduser() if out else default_backup_path(settings.home)
+    report = backup(settings.ledger_path, target)
+    if json_out:
+        output.print_json(report)
+    else:
+        output.info(f"Backed up {report['runs']} runs to {report['backup']} ({report['bytes']} B).")
+
+
+@ledger_app.command("check")
+@boundary
+def ledger_check(json_out: JsonOpt = False) -> None:
+    """Check the ledger file (SQLite integrity, schema, runs per state); never changes it."""
+    from hpcjob import output
+    from hpcjob.config import load_settings
+    from hpcjob.ledgertools import check
+
+    report = check(load_settings().ledger_path)
+    if json_out:
+        output.print_json(report)
+    else:
+        states = ", ".join(f"{n} {s}" for s, n in report["runs_by_state"].items()) or "none"
+        output.print_pairs(
+            [
+                ("ledger", report["ledger"]),
+                ("ok", "yes" if report["ok"] else "NO"),
+                ("schema", report["schema_version"]),
+                ("runs", f"{report['runs']} ({states})"),
+                ("mode", report["mode"]),
+                *(("problem", p) for p in report["problems"]),
+            ]
+        )
+    if not report["ok"]:
+        raise HpcjobError(
+            f"The ledger {report['ledger']} has problems: {'; '.join(report['problems'])}.",
+            hint="Keep a copy of the file (`hpcjob ledger backup`), then restore an older backup.",
+        )
+
+
 def main() -> None:
-    app()
+    try:
+        app()
+    except SystemExit as exc:
+        fastpath.exit_now(exc.code)  # skips ~60 ms of interpreter teardown
+    fastpath.exit_now(0)
 
 
 if __name__ == "__main__":

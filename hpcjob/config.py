@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 import shutil
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hpcjob.cost import SNELLIUS_SBU_RATES, parse_rates
 from hpcjob.errors import EXIT_USAGE, HpcjobError
 
 if sys.version_info >= (3, 11):
@@ -22,6 +24,8 @@ else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
 SCHEDULERS = ("local", "slurm")
+# Profile names end up in file names (the partition cache): no path separators, no spaces.
+_PROFILE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 # Every key a profile may set, with its type. Other issues rely on these names.
 KEY_TYPES: dict[str, type] = {
     "scheduler": str,
@@ -39,8 +43,10 @@ KEY_TYPES: dict[str, type] = {
     "python": str,
     "template_dir": str,
     "max_local_jobs": int,
+    "sbu_rates": dict,  # partition = SBU per hour, or a rate table (hpcjob/cost.py)
 }
 _LIST_KEYS = {"modules"}
+_FILE_ONLY = {"partitions", "sbu_rates"}  # tables: no environment variable
 
 BUILTIN_PROFILES: dict[str, dict[str, Any]] = {
     "local": {
@@ -69,6 +75,7 @@ BUILTIN_PROFILES: dict[str, dict[str, Any]] = {
             "eda": "rome",
             "train": "gpu_a100",
         },
+        "sbu_rates": SNELLIUS_SBU_RATES,
     },
 }
 
@@ -164,6 +171,12 @@ def _check_file_structure(data: dict[str, Any], path: Path) -> None:
     if not isinstance(profiles, dict) or not all(isinstance(v, dict) for v in profiles.values()):
         raise HpcjobError(f"{path}: `profiles` must be tables like [profiles.snellius].")
     for name, table in profiles.items():
+        if not _PROFILE_NAME_RE.match(name):
+            raise HpcjobError(
+                f"{path}: the profile name {name!r} is not valid.",
+                hint="Profile names are 1-64 letters, digits, '.', '_' or '-' (they name files "
+                "hpcjob keeps per profile).",
+            )
         for key, value in table.items():
             _check_value(key, value, f"{path} [profiles.{name}]")
 
@@ -185,7 +198,9 @@ def _check_value(key: str, value: Any, where: str) -> None:
         isinstance(value, list) and all(isinstance(v, str) for v in value)
     ):
         raise HpcjobError(f"{where}: {key} must be a list of strings, got {value!r}.")
-    if expected is dict and not (
+    if key == "sbu_rates":
+        parse_rates(value, f"{where} sbu_rates")  # raises, naming the wrong entry
+    elif expected is dict and not (
         isinstance(value, dict) and all(isinstance(v, str) for v in value.values())
     ):
         raise HpcjobError(
@@ -225,6 +240,12 @@ def resolve_profile(
     env = dict(os.environ if environ is None else environ)
     file_data = read_config_file(settings.config_path)
     name, _why = select_profile_name(profile_flag, env, file_data)
+    if not _PROFILE_NAME_RE.match(name):
+        raise HpcjobError(
+            f"{name!r} is not a valid profile name.",
+            hint="Profile names are 1-64 letters, digits, '.', '_' or '-'.",
+            exit_code=EXIT_USAGE,
+        )
     file_profiles: dict[str, Any] = file_data.get("profiles", {})
     if name not in BUILTIN_PROFILES and name not in file_profiles:
         known = sorted(set(BUILTIN_PROFILES) | set(file_profiles))
@@ -244,7 +265,7 @@ def resolve_profile(
         values[key], sources[key] = value, f"{settings.config_path} [profiles.{name}]"
     for key in KEY_TYPES:
         env_name = "HPCJOB_" + key.upper()
-        if key != "partitions" and env.get(env_name) is not None:
+        if key not in _FILE_ONLY and env.get(env_name) is not None:
             values[key], sources[key] = _from_env(key, env[env_name]), f"env {env_name}"
     for key, value in (flags or {}).items():
         if value is not None:
@@ -307,6 +328,9 @@ max_local_jobs = 2         # jobs running at once; the rest wait PENDING
 # gpu-check = "gpu_a100"
 # train = "gpu_a100"
 # eda = "rome"
+#
+# [profiles.snellius.sbu_rates]            # SBU per hour; Snellius's are built in, add others
+# my_partition = { sbu_per_hour = 64, per = "gpu", cores_per_gpu = 9 }
 """
 
 

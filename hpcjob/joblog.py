@@ -23,6 +23,12 @@ _PAIR_RE = re.compile(
 )
 _RESERVED = {"step", "epoch", "time", "facts"}
 _MAX_KEY = 64
+# Steps are stored as SQLite integers; a step beyond this is garbage, not an epoch.
+_MAX_STEP = 2**31 - 1
+# A fact is a short value for `show`: deeper or longer values are cut, non-finite numbers dropped.
+_MAX_FACT_DEPTH = 16
+_MAX_FACT_TEXT = 10_000
+_MAX_FACTS = 5_000  # keys of a facts object, items of a list
 
 
 @dataclass
@@ -46,8 +52,39 @@ def _number(value: Any) -> float | str | None:
     """A finite float, None for NaN/Inf (stored as missing), or "skip" for non-numbers."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return "skip"
-    number = float(value)
+    try:
+        number = float(value)
+    except OverflowError:  # an integer with hundreds of digits
+        return None
     return number if math.isfinite(number) else None
+
+
+def _step(value: Any) -> int | None:
+    """A usable step (epoch) number, or None for a bool, NaN, a negative or an absurd one."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    step = int(value)
+    return step if 0 <= step <= _MAX_STEP else None
+
+
+def clean_fact(value: Any, depth: int = 0) -> Any:
+    """A fact value that stores and prints as JSON: NaN/Inf → None, bounded depth and length."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) > 2**63:
+        return str(value)[:_MAX_FACT_TEXT]
+    if isinstance(value, str):
+        return value[:_MAX_FACT_TEXT]
+    if isinstance(value, (dict, list)):
+        if depth >= _MAX_FACT_DEPTH:
+            return "(nested too deeply)"
+        if isinstance(value, dict):
+            items = list(value.items())[:_MAX_FACTS]
+            return {str(k)[:_MAX_KEY]: clean_fact(v, depth + 1) for k, v in items}
+        return [clean_fact(v, depth + 1) for v in value[:_MAX_FACTS]]
+    return value
 
 
 def parse_metric_object(obj: Any, out: JobOutput, line_no: int = 0) -> None:
@@ -56,13 +93,11 @@ def parse_metric_object(obj: Any, out: JobOutput, line_no: int = 0) -> None:
         return
     facts = obj.get("facts")
     if isinstance(facts, dict):
-        out.facts.update({str(k)[:_MAX_KEY]: v for k, v in facts.items()})
-    step_value = obj.get("step", obj.get("epoch"))
-    if isinstance(step_value, bool) or not isinstance(step_value, (int, float)):
+        for key, value in list(facts.items())[:_MAX_FACTS]:
+            out.facts[str(key)[:_MAX_KEY]] = clean_fact(value)
+    step = _step(obj.get("step", obj.get("epoch")))
+    if step is None:
         return
-    if not math.isfinite(step_value):
-        return
-    step = int(step_value)
     at = obj.get("time") if isinstance(obj.get("time"), str) else None
     for raw_key, raw_value in obj.items():
         key = normalise_key(str(raw_key))
@@ -80,7 +115,9 @@ def parse_human_line(line: str, out: JobOutput) -> bool:
     match = _EPOCH_RE.match(line)
     if not match:
         return False
-    step = int(match.group(1))
+    step = _step(int(match.group(1)[:12]))
+    if step is None:
+        return False
     found = False
     for name, text in _PAIR_RE.findall(match.group(2)):
         key = normalise_key(name)
@@ -99,7 +136,7 @@ def parse_output(text: str, out: JobOutput | None = None) -> JobOutput:
         if line.startswith(METRIC_PREFIX):
             try:
                 parse_metric_object(json.loads(line[len(METRIC_PREFIX) :]), out, line_no)
-            except (json.JSONDecodeError, RecursionError):
+            except (ValueError, RecursionError):  # incl. a number of >4300 digits
                 continue
         else:
             parse_human_line(line, out)
@@ -114,7 +151,7 @@ def parse_metrics_jsonl(text: str, out: JobOutput | None = None) -> JobOutput:
             continue
         try:
             parse_metric_object(json.loads(line), out, line_no)
-        except (json.JSONDecodeError, RecursionError):
+        except (ValueError, RecursionError):  # incl. a number of >4300 digits
             continue
     return out
 

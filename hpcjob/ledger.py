@@ -12,7 +12,7 @@ import os
 import secrets
 import sqlite3
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -110,6 +110,30 @@ MIGRATIONS += (
         """,
     ),
 )
+MIGRATIONS += (
+    Migration(
+        3,
+        "attempts",
+        "`submit --auto-requeue N` resubmits a run that hit its time limit (or stopped with a "
+        "checkpoint, exit 75) up to N times. It stays ONE run; each scheduler job it went "
+        "through is an attempt with its own job id, state and times, so nothing is forgotten.",
+        """
+        ALTER TABLE runs ADD COLUMN max_requeues INTEGER NOT NULL DEFAULT 0;
+        CREATE TABLE attempts (
+            run_id TEXT NOT NULL REFERENCES runs (run_id) ON DELETE CASCADE,
+            attempt INTEGER NOT NULL,
+            job_id TEXT,
+            token TEXT,
+            state TEXT NOT NULL,
+            exit_code INTEGER,
+            started_at TEXT,
+            ended_at TEXT,
+            reason TEXT,
+            PRIMARY KEY (run_id, attempt)
+        )
+        """,
+    ),
+)
 SCHEMA_VERSION = MIGRATIONS[-1].version
 
 
@@ -139,6 +163,7 @@ class Run:
     updated_at: str
     parent_run_id: str | None = None
     array_task: int | None = None
+    max_requeues: int = 0  # submit --auto-requeue N (migration 3)
 
     @property
     def is_array(self) -> bool:
@@ -308,9 +333,63 @@ class Ledger:
         )
         return self.get_run(run_id)
 
-    def create_array_tasks(self, parent: Run, tasks: Sequence[int]) -> list[Run]:
-        """One run per task of a submitted array, sharing the parent's spec and run directory."""
+    def complete_submission(
+        self, run_id: str, job_id: str, output_path: str, source: str = "scheduler"
+    ) -> Run:
+        """Store the job id of a run that has none yet (exactly once: a second process that
+        found the same job by its token changes nothing)."""
+        now = utc_now()
+        self._guarded(
+            "UPDATE runs SET job_id = ?, output_path = ?, state = ?, submitted_at = ?, "
+            "reason = NULL, ended_at = NULL, updated_at = ? WHERE run_id = ? AND job_id IS NULL",
+            (job_id, output_path, JobState.PENDING.value, now, now, run_id),
+            _history(run_id, JobState.PENDING, now, source, f"job {job_id}"),
+        )
+        return self.get_run(run_id)
+
+    def note_submitting(self, run_id: str, reason: str) -> None:
+        """Why a SUBMITTING run is still SUBMITTING (an sbatch whose outcome is unknown)."""
+        self._write_sql(
+            "UPDATE runs SET reason = ?, updated_at = ? WHERE run_id = ? AND state = ?",
+            (reason, utc_now(), run_id, JobState.SUBMITTING.value),
+        )
+
+    def claim_for_resubmit(self, run_id: str) -> bool:
+        """UNSUBMITTED (or stranded SUBMITTING) → SUBMITTING again, unless it got a job id."""
+        now = utc_now()
+        return self._guarded(
+            "UPDATE runs SET state = ?, reason = NULL, ended_at = NULL, updated_at = ? "
+            "WHERE run_id = ? AND job_id IS NULL AND state IN (?, ?)",
+            (
+                JobState.SUBMITTING.value,
+                now,
+                run_id,
+                JobState.UNSUBMITTED.value,
+                JobState.SUBMITTING.value,
+            ),
+            _history(run_id, JobState.SUBMITTING, now, "hpcjob", "resubmitted"),
+        )
+
+    def _guarded(
+        self, update: str, params: Sequence[Any], history: tuple[str, Sequence[Any]]
+    ) -> bool:
+        """One transaction: a conditional UPDATE, and its history row only if it changed a row."""
+        sql, values = history
+        only_if = sql.replace("VALUES (?, ?, ?, ?, ?)", "SELECT ?, ?, ?, ?, ? WHERE changes() = 1")
+        self._transaction([(update, params), (only_if, values)])
+        # changes() now counts the history row: 1 exactly when the UPDATE matched.
+        return bool(self.db.execute("SELECT changes()").fetchone()[0])
+
+    def create_array_tasks(
+        self, parent: Run, tasks: Sequence[int], specs: Mapping[int, dict[str, Any]] | None = None
+    ) -> list[Run]:
+        """One run per task of a submitted array, sharing the parent's run directory and its
+        spec (or the task's own from `specs`: a sweep's tasks each have their arguments)."""
         assert parent.job_id is not None
+        if specs is None and parent.spec.get("sweep"):
+            from hpcjob.sweep import task_specs
+
+            specs = task_specs(parent.spec, tasks)
         now = utc_now()
         statements: list[tuple[str, Sequence[Any]]] = []
         ids = []
@@ -332,7 +411,7 @@ class Ledger:
                         parent.cluster,
                         parent.scheduler,
                         parent.workload,
-                        json.dumps(parent.spec, sort_keys=True),
+                        json.dumps((specs or {}).get(task, parent.spec), sort_keys=True),
                         parent.script,
                         parent.script_hash,
                         parent.run_dir,
@@ -352,24 +431,35 @@ class Ledger:
         self._transaction(statements)
         return [self.get_run(run_id) for run_id in ids]
 
+    def sweep_runs(self, sweep_id: str) -> list[Run]:
+        """The arrays of one sweep (its first and each resubmission), oldest first."""
+        rows = self.db.execute(
+            "SELECT * FROM runs WHERE parent_run_id IS NULL "
+            "AND json_extract(spec_json, '$.sweep.sweep_id') = ? ORDER BY created_at, rowid",
+            (sweep_id,),
+        ).fetchall()
+        return [_run(r) for r in rows]
+
     def tasks(self, parent_run_id: str) -> list[Run]:
         rows = self.db.execute(
             "SELECT * FROM runs WHERE parent_run_id = ? ORDER BY array_task", (parent_run_id,)
         ).fetchall()
         return [_run(r) for r in rows]
 
-    def mark_unsubmitted(self, run_id: str, reason: str) -> None:
-        """A submission that never reached the scheduler: final, and safe to submit again."""
+    def mark_unsubmitted(
+        self, run_id: str, reason: str, *, only_if_submitting: bool = False
+    ) -> bool:
+        """A submission that never reached the scheduler: final, and safe to submit again.
+        `only_if_submitting`: only a run still SUBMITTING without a job id (a recovery that
+        races with another process finding the job must not undo it)."""
         now = utc_now()
-        self._transaction(
-            [
-                (
-                    "UPDATE runs SET state = ?, reason = ?, ended_at = ?, updated_at = ? "
-                    "WHERE run_id = ?",
-                    (JobState.UNSUBMITTED.value, reason, now, now, run_id),
-                ),
-                _history(run_id, JobState.UNSUBMITTED, now, "hpcjob", reason),
-            ]
+        guard = " AND state = ? AND job_id IS NULL" if only_if_submitting else ""
+        extra = (JobState.SUBMITTING.value,) if only_if_submitting else ()
+        return self._guarded(
+            "UPDATE runs SET state = ?, reason = ?, ended_at = ?, updated_at = ? "
+            "WHERE run_id = ?" + guard,
+            (JobState.UNSUBMITTED.value, reason, now, now, run_id, *extra),
+            _history(run_id, JobState.UNSUBMITTED, now, "hpcjob", reason),
         )
 
     def record_info(self, run: Run, info: JobInfo, source: str) -> Run:

@@ -51,6 +51,7 @@ class ScriptHeader:
     comment: str | None
     signal: tuple[int, int] | None  # (signal number, seconds before the limit)
     after: tuple[str, ...] = ()  # afterok dependencies
+    array: str | None = None  # e.g. "0-3%2"
 
 
 _SHORT_FLAGS = {
@@ -83,11 +84,6 @@ def parse_script_header(script: str, default_name: str = "job") -> ScriptHeader:
             if not has_value and words and not words[0].startswith("-"):
                 value = words.pop(0)  # `-t 1:30` / `--time 1:30`
             options[_SHORT_FLAGS.get(key, key.lstrip("-"))] = value
-    if "array" in options:
-        raise HpcjobError(
-            "The embedded scheduler does not run job arrays.",
-            hint="Submit arrays to a Slurm profile, or submit the tasks one by one.",
-        )
     return ScriptHeader(
         job_name=options.get("job-name", default_name),
         output=options.get("output", "slurm-%j.out"),
@@ -100,7 +96,28 @@ def parse_script_header(script: str, default_name: str = "job") -> ScriptHeader:
         comment=options.get("comment"),
         signal=_parse_signal(options["signal"]) if "signal" in options else None,
         after=_parse_dependency(options.get("dependency", "")),
+        array=options.get("array"),
     )
+
+
+def array_tasks(spec: str) -> tuple[list[int], int | None]:
+    """`0-3%2` → ([0, 1, 2, 3], 2): the task ids and the throttle (at most that many at once)."""
+    from hpcjob.slurm import expand_array_ids
+
+    _, _, throttle = spec.partition("%")
+    tasks = [int(t.split("_", 1)[1]) for t in expand_array_ids(f"0_[{spec}]")]
+    return sorted(set(tasks)), int(throttle) if throttle.isdigit() and int(throttle) > 0 else None
+
+
+def _order(job_id: str) -> tuple[int, int]:
+    """Queue order: by job id, an array's tasks by task id."""
+    base, _, task = job_id.partition("_")
+    return int(base), int(task) if task else -1
+
+
+def _is_job_id(name: str) -> bool:
+    base, _, task = name.partition("_")
+    return base.isdigit() and (not task or task.isdigit())
 
 
 def _parse_dependency(text: str) -> tuple[str, ...]:
@@ -124,13 +141,16 @@ def _parse_signal(text: str) -> tuple[int, int]:
     return number, int(when or 60)
 
 
-def expand_output(pattern: str, job_id: str, job_name: str) -> str:
-    """Slurm's filename patterns: %j job id, %x job name, %u user, %% a percent sign."""
+def expand_output(pattern: str, job_id: str, job_name: str, task: int | None = None) -> str:
+    """Slurm's filename patterns: %j job id, %A array job id, %a task id, %x job name, %u user,
+    %% a percent sign."""
     user = os.environ.get("USER", "user")
+    array_id = job_id.partition("_")[0]
     return (
         pattern.replace("%%", "\0")
         .replace("%j", job_id)
-        .replace("%A", job_id)
+        .replace("%A", array_id)
+        .replace("%a", str(task) if task is not None else "4294967294")
         .replace("%x", job_name)
         .replace("%u", user)
         .replace("\0", "%")
@@ -150,6 +170,7 @@ class LocalScheduler:
         self.kill_wait_s = float(os.environ.get("HPCJOB_LOCAL_KILL_WAIT", kill_wait_s))
         self.shell: Shell = LocalShell()
         self.cluster = f"local:{socket.gethostname()}"
+        self.root.mkdir(parents=True, exist_ok=True, mode=0o700)  # job records: the user's own
         for sub in ("jobs", "queue", "slots", "tokens", "tmp"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
 
@@ -159,13 +180,37 @@ class LocalScheduler:
         script = Path(script_path)
         header = parse_script_header(script.read_text(encoding="utf-8"), script.name)
         job_id = self._next_id()
+        (self.root / "tokens" / token).write_text(job_id)
+        if header.array is None:
+            self._enqueue(job_id, script, header, token, workdir)
+        else:
+            # An array: one record and one supervisor per task (`12_0`, `12_1` …), as Slurm
+            # shows them; the throttle is a set of slot locks of the array's own.
+            tasks, throttle = array_tasks(header.array)
+            for task in tasks:
+                array = {"array_job_id": job_id, "task": task, "count": len(tasks),
+                         "min": tasks[0], "max": tasks[-1], "throttle": throttle}  # fmt: skip
+                self._enqueue(f"{job_id}_{task}", script, header, token, workdir, array)
+        return job_id
+
+    def _enqueue(
+        self,
+        job_id: str,
+        script: Path,
+        header: ScriptHeader,
+        token: str,
+        workdir: str,
+        array: dict[str, Any] | None = None,
+    ) -> None:
+        task = array["task"] if array else None
         record = {
             "job_id": job_id,
             "name": header.job_name,
             "token": token,
             "script": str(script),
             "workdir": workdir,
-            "output": expand_output(header.output, job_id, header.job_name),
+            "output": expand_output(header.output, job_id, header.job_name, task),
+            "array": array,
             "time_s": header.time_s,
             "warn_signal": header.signal,  # not "signal": that is how the job ended
             "cpus": header.cpus_per_task,
@@ -180,7 +225,6 @@ class LocalScheduler:
             "submitted_at": utc_now(),
         }
         self._write(job_id, record)
-        (self.root / "tokens" / token).write_text(job_id)
         (self.root / "queue" / job_id).touch()
         proc = subprocess.Popen(
             [sys.executable, "-m", "hpcjob.localsched", str(self.root), job_id],
@@ -192,7 +236,6 @@ class LocalScheduler:
         )
         with self._locked(job_id) as rec:
             rec.setdefault("supervisor", _proc_identity(proc.pid))
-        return job_id
 
     def poll(self, job_ids: Sequence[str]) -> dict[str, JobInfo]:
         infos: dict[str, JobInfo] = {}
@@ -206,7 +249,7 @@ class LocalScheduler:
         return infos
 
     def cancel(self, job_ids: Sequence[str]) -> None:
-        for job_id in job_ids:
+        for job_id in self._with_tasks(job_ids):
             if not (self.root / "jobs" / f"{job_id}.json").exists():
                 raise HpcjobError(f"The embedded scheduler has no job {job_id}.")
             with self._locked(job_id) as rec:
@@ -218,6 +261,19 @@ class LocalScheduler:
                 elif rec["state"] == "RUNNING":
                     rec["cancel_requested"] = utc_now()
                     _signal_group(rec.get("pgid"), signal.SIGTERM)
+
+    def _with_tasks(self, job_ids: Sequence[str]) -> list[str]:
+        """An array's id stands for all its tasks (as with scancel)."""
+        found: list[str] = []
+        for job_id in job_ids:
+            if (self.root / "jobs" / f"{job_id}.json").exists() or "_" in job_id:
+                found.append(job_id)
+                continue
+            tasks = sorted(
+                (p.stem for p in (self.root / "jobs").glob(f"{job_id}_*.json")), key=_order
+            )
+            found += tasks or [job_id]
+        return found
 
     def find_by_token(self, token: str) -> str | None:
         path = self.root / "tokens" / token
@@ -274,13 +330,15 @@ class LocalScheduler:
     def supervise(self, job_id: str) -> None:
         with self._locked(job_id) as rec:
             rec["supervisor"] = _proc_identity(os.getpid())
-        slot = self._wait_for_slot(job_id)
-        if slot is None:
+        slots = self._wait_for_slot(job_id)
+        if slots is None:
             return
         try:
             self._run(job_id)
         finally:
-            slot.close()
+            for slot in slots:
+                if slot is not None:
+                    slot.close()
 
     def _wait_for_slot(self, job_id: str) -> Any:
         """Hold a slot lock for the job's life (released by the OS even if this process dies)."""
@@ -295,17 +353,34 @@ class LocalScheduler:
             if blocked:
                 time.sleep(_TICK_S * 4)
                 continue
-            ahead = [q for q in os.listdir(queue) if q.isdigit() and int(q) < int(job_id)]
+            array = record.get("array") or {}
+            # First come, first served; an array's tasks in task order.
+            ahead = [q for q in os.listdir(queue) if _is_job_id(q) and _order(q) < _order(job_id)]
             ahead = [q for q in ahead if _supervisor_alive(self._read(q))]
             if not ahead:
-                for index in range(self.max_jobs):
-                    handle = open(self.root / "slots" / f"slot-{index}", "a")  # noqa: SIM115
-                    try:
-                        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                        return handle
-                    except BlockingIOError:
-                        handle.close()
+                throttle = (
+                    self._take_slot(f"array-{array['array_job_id']}", array["throttle"])
+                    if array.get("throttle")
+                    else None
+                )
+                if not array.get("throttle") or throttle is not None:
+                    slot = self._take_slot("slot", self.max_jobs)
+                    if slot is not None:
+                        return (slot, throttle)
+                    if throttle is not None:
+                        throttle.close()
             time.sleep(_TICK_S * 2)
+
+    def _take_slot(self, prefix: str, count: int | None) -> Any:
+        """One of `count` slot locks named `prefix-<i>`, or None when all are held."""
+        for index in range(count or 0):
+            handle = open(self.root / "slots" / f"{prefix}-{index}", "a")  # noqa: SIM115
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return handle
+            except BlockingIOError:
+                handle.close()
+        return None
 
     def _dependency_blocks(self, job_id: str, after: list[str]) -> bool | None:
         """True while an afterok dependency has not completed; None (and the job cancelled) once
@@ -330,6 +405,7 @@ class LocalScheduler:
             return
         tmpdir = self.root / "tmp" / job_id
         tmpdir.mkdir(exist_ok=True)
+        began = time.monotonic()
         with open(output, "wb") as out:
             proc = subprocess.Popen(
                 ["/bin/bash", rec["script"]],
@@ -348,6 +424,7 @@ class LocalScheduler:
                 )
             (self.root / "queue" / job_id).unlink(missing_ok=True)
             ending = self._watch(proc, rec, out)
+        self._record_usage(job_id, _usage(time.monotonic() - began, rec))
         _signal_group(proc.pid, signal.SIGKILL)  # like Slurm: nothing of the job outlives it
         _remove_tree(tmpdir)
         returncode = proc.returncode
@@ -386,6 +463,10 @@ class LocalScheduler:
                 _signal_group(proc.pid, signal.SIGKILL)
         return ending
 
+    def _record_usage(self, job_id: str, usage: dict[str, Any]) -> None:
+        with self._locked(job_id) as rec:
+            rec["usage"] = usage
+
     def _finish(
         self, job_id: str, state: str, exit_code: int, sig: int, reason: str | None
     ) -> None:
@@ -423,6 +504,15 @@ def _slurm_env(rec: dict[str, Any], tmpdir: str) -> dict[str, str]:
         SLURM_RESTART_COUNT="0",
         TMPDIR=tmpdir,
     )
+    array = rec.get("array")
+    if array:
+        env.update(
+            SLURM_ARRAY_JOB_ID=str(array["array_job_id"]),
+            SLURM_ARRAY_TASK_ID=str(array["task"]),
+            SLURM_ARRAY_TASK_COUNT=str(array["count"]),
+            SLURM_ARRAY_TASK_MIN=str(array["min"]),
+            SLURM_ARRAY_TASK_MAX=str(array["max"]),
+        )
     env["SLURM_CPUS_ON_NODE"] = str(rec.get("cpus") or os.cpu_count() or 1)
     if rec.get("cpus"):
         env["SLURM_CPUS_PER_TASK"] = str(rec["cpus"])
@@ -435,7 +525,26 @@ def _slurm_env(rec: dict[str, Any], tmpdir: str) -> dict[str, str]:
     return env
 
 
+def _usage(elapsed_s: float, rec: dict[str, Any]) -> dict[str, Any]:
+    """What sacct would say of the job: elapsed, and the CPU time and peak memory of the job's
+    process tree (every descendant this supervisor's child waited for), from getrusage."""
+    import resource
+
+    used = resource.getrusage(resource.RUSAGE_CHILDREN)
+    rss_unit = 1 if sys.platform == "darwin" else 1024  # bytes on macOS, KiB on Linux
+    usage = {
+        "elapsed_s": round(elapsed_s, 2),
+        "cpu_s": round(used.ru_utime + used.ru_stime, 2),
+        "max_rss_bytes": used.ru_maxrss * rss_unit,
+        "alloc_cpus": rec.get("cpus") or os.cpu_count() or 1,  # the job may use every core
+        "req_mem_mb": rec.get("mem_mb"),
+        "time_limit_s": rec.get("time_s"),
+    }
+    return {k: v for k, v in usage.items() if v is not None}
+
+
 def _info(rec: dict[str, Any]) -> JobInfo:
+    usage = rec.get("usage") or {}
     return JobInfo(
         job_id=rec["job_id"],
         state=JobState.parse(rec["state"]),
@@ -446,6 +555,7 @@ def _info(rec: dict[str, Any]) -> JobInfo:
         started_at=rec.get("started_at"),
         ended_at=rec.get("ended_at"),
         reason=rec.get("reason"),
+        facts={f"local_{k}": v for k, v in usage.items()},
     )
 
 

@@ -176,6 +176,9 @@ def print_run_detail(detail: dict[str, Any], show_script: bool = True) -> None:
     if detail["facts"]:
         console.print("\n[bold]Facts:[/]")
         print_pairs([(k, v) for k, v in detail["facts"].items()])
+    attempts = detail.get("attempts") or []
+    if len(attempts) > 1 or detail.get("max_requeues"):
+        _print_attempts(attempts, detail.get("max_requeues") or 0)
     if detail["artifacts"]:
         table = Table(title="Artifacts", title_justify="left", header_style="bold")
         for column in ("name", "size", "path"):
@@ -187,6 +190,32 @@ def print_run_detail(detail: dict[str, Any], show_script: bool = True) -> None:
     if show_script:
         console.print("\n[bold]Script:[/]")
         console.print(escape(detail["script"]), soft_wrap=True)
+
+
+def _print_attempts(attempts: list[dict[str, Any]], max_requeues: int) -> None:
+    """`submit --auto-requeue`: each scheduler job the run went through."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    table = Table(
+        title=f"Attempts (auto-requeue up to {max_requeues})",
+        title_justify="left",
+        header_style="bold",
+    )
+    for column in ("attempt", "job id", "state", "exit", "started", "ended"):
+        table.add_column(column)
+    for a in attempts:
+        table.add_row(
+            str(a["attempt"]),
+            escape(str(a["job_id"] or "")),
+            state_text(a["state"]),
+            "" if a["exit_code"] is None else str(a["exit_code"]),
+            escape(a["started_at"] or ""),
+            escape(a["ended_at"] or ""),
+        )
+    console = _console()
+    console.print()
+    console.print(table)
 
 
 def _print_metrics(metrics: list[dict[str, Any]]) -> None:

@@ -62,6 +62,8 @@ class RenderContext:
     venv: str | None = None
     python: str = "python3"
     output_name: str = "slurm-%j.out"
+    # A sweep: each array task's own program arguments, by task id (unquoted; `q` quotes them).
+    task_args: tuple[tuple[int, tuple[str, ...]], ...] = ()
 
 
 def _environment(template_dirs: Sequence[Path]) -> Any:
@@ -111,6 +113,7 @@ def render_script(spec: JobSpec, ctx: RenderContext, dirs: Sequence[Path]) -> st
         if workload.program
         else None,
         "workload_args": workload_argv(spec),
+        "task_args": ctx.task_args,
         "hpcjob_version": __version__,
     }
     try:

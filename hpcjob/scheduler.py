@@ -111,16 +111,24 @@ class SlurmScheduler:
         self.shell = shell
         self.cluster = cluster
         self.accounting_off: str | None = None
+        self.last_submit_ambiguous = False  # the last submit failed without a clear yes or no
 
     def submit(self, script_path: str, *, token: str, workdir: str) -> str:
         from hpcjob import slurm
 
         argv = slurm.sbatch_argv(script_path, comment=token, extra=[f"--chdir={workdir}"])
+        # Until sbatch says clearly yes or no, the job may or may not be queued (the caller then
+        # looks it up by token instead of guessing).
+        self.last_submit_ambiguous = True
         result = self.shell.run(argv, check=False, timeout=120)
         if result.returncode != 0:
+            kind = slurm.parse_slurm_error(result.stderr).kind
+            self.last_submit_ambiguous = kind.value not in _REJECTIONS
             message, hint = slurm.parse_sbatch_error(result.stderr)
             raise HpcjobError(message, hint=hint)
-        return slurm.parse_sbatch_job_id(result.stdout).job_id
+        job_id = slurm.parse_sbatch_job_id(result.stdout).job_id
+        self.last_submit_ambiguous = False
+        return job_id
 
     def poll(self, job_ids: Sequence[str]) -> dict[str, JobInfo]:
         from hpcjob import slurm
@@ -203,17 +211,23 @@ class SlurmScheduler:
 
     def find_by_token(self, token: str) -> str | None:
         from hpcjob import slurm
+        from hpcjob.shell import command_error
 
+        # squeue must answer: "not found" from a controller that is down would be a guess. sacct
+        # (jobs squeue has forgotten) may be off; that is remembered in `accounting_off`.
         result = self.shell.run(slurm.squeue_mine_argv(), check=False, timeout=60, idempotent=True)
-        if result.returncode == 0:
-            for row in slurm.parse_squeue(result.stdout):
-                if row.comment == token:
-                    return str(row.array_job_id or row.job_id)
+        if result.returncode != 0:
+            raise command_error(result, "Looking for a job by its token (squeue)")
+        for row in slurm.parse_squeue(result.stdout):
+            if row.comment == token:
+                return str(row.array_job_id or row.job_id)
         result = self.shell.run(slurm.sacct_recent_argv(), check=False, timeout=60, idempotent=True)
-        if result.returncode == 0:
-            for record in slurm.parse_sacct(result.stdout):
-                if record.comment == token:
-                    return str(record.array_job_id or record.job_id)
+        if result.returncode != 0:
+            self.accounting_off = slurm.parse_slurm_error(result.stderr).message
+            return None
+        for record in slurm.parse_sacct(result.stdout):
+            if record.comment == token:
+                return str(record.array_job_id or record.job_id)
         return None
 
     def partitions(self) -> list[Any]:
@@ -225,6 +239,22 @@ class SlurmScheduler:
 
             raise command_error(result, "Asking Slurm for its partitions (sinfo)")
         return slurm.parse_sinfo(result.stdout)
+
+
+# sbatch's clear "no": nothing was queued (anything else may have been, see submit()).
+_REJECTIONS = frozenset(
+    {
+        "invalid_partition",
+        "time_limit",
+        "invalid_time",
+        "invalid_account",
+        "qos_policy",
+        "invalid_gres",
+        "script_unreadable",
+        "permission_denied",
+        "node_config",
+    }
+)
 
 
 def _iso(value: datetime | None) -> str | None:

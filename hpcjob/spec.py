@@ -137,14 +137,15 @@ class WorkloadDef:
 
 
 _TRAIN_ARGS = (
-    ArgDef("epochs", int, 3, "number of epochs", minimum=1),
-    ArgDef("batch_size", int, 256, "images per batch", minimum=1),
+    ArgDef("epochs", int, 3, "number of epochs", minimum=1, maximum=100_000),
+    ArgDef("batch_size", int, 256, "images per batch", minimum=1, maximum=1 << 20),
     ArgDef("lr", float, 1e-3, "learning rate", minimum=0, exclusive_minimum=True),
     ArgDef("hidden_units", str, "512,256", "MLP hidden layer sizes, comma-separated"),
     ArgDef("dropout", float, 0.2, "dropout rate", minimum=0, maximum=1, exclusive_maximum=True),
-    ArgDef("seed", int, 0, "random seed", minimum=0),
+    # numpy's seed must fit in 32 bits: a larger one would fail only when the job starts.
+    ArgDef("seed", int, 0, "random seed", minimum=0, maximum=2**32 - 1),
     # None: the job script picks one less than the allocated cores (at most 8).
-    ArgDef("num_workers", int, None, "data loader worker processes", minimum=0),
+    ArgDef("num_workers", int, None, "data loader worker processes", minimum=0, maximum=1024),
     ArgDef("weighted_sampling", bool, True, "balance classes by weighted sampling"),
 )
 
@@ -165,7 +166,11 @@ WORKLOADS: dict[str, WorkloadDef] = {
             "eda.py",
             "01:00:00",
             needs_data=True,
-            args=(ArgDef("block_size", int, 1024, "images read per block", minimum=1),),
+            args=(
+                ArgDef(
+                    "block_size", int, 1024, "images read per block", minimum=1, maximum=1 << 24
+                ),
+            ),
             description="exploratory data analysis of the PCAM HDF5 files",
         ),
         WorkloadDef(
@@ -295,6 +300,8 @@ def _build_resources(request: SpecRequest, workload: WorkloadDef, problems: list
     ):
         if count is not None and count < minimum:
             problems.append(f"{flag} must be at least {minimum}, got {count}")
+        elif count is not None and count > _MAX_COUNT:
+            problems.append(f"{flag} must be at most {_MAX_COUNT}, got {count}")
     for flag, value, pattern, rule in (
         ("--partition", request.partition, _WORD_RE, "letters, digits, '.', '_' or '-'"),
         ("--account", request.account, _WORD_RE, "letters, digits, '.', '_' or '-'"),
@@ -307,8 +314,14 @@ def _build_resources(request: SpecRequest, workload: WorkloadDef, problems: list
         problems.append(
             f"--array {request.array!r} is not a Slurm array: use e.g. 0-9, 1,3,5, 0-20:2, 0-49%5"
         )
+    if request.array is not None and _ARRAY_RE.match(request.array):
+        problem = _array_problem(request.array)
+        if problem:
+            problems.append(problem)
     if request.after is not None and not _JOB_ID_RE.match(request.after):
-        problems.append(f"--after {request.after!r} is not a job id (e.g. 18163908)")
+        problems.append(
+            f"--after {request.after!r} is not a job id (e.g. 18163908), a run id or `last`"
+        )
     gpus = request.gpus
     if gpus is None:
         # A GPU partition without a GPU request is never what a student means.
@@ -328,6 +341,30 @@ def _build_resources(request: SpecRequest, workload: WorkloadDef, problems: list
     )
 
 
+# hpcjob records one ledger run per array task; Slurm's own hard limit is MaxArraySize 4000001.
+MAX_ARRAY_TASKS = 10_000
+# Counts of nodes, CPUs and GPUs above this are typing mistakes on any cluster.
+_MAX_COUNT = 100_000
+
+
+def _array_problem(array: str) -> str | None:
+    """Ranges that run backwards, or more tasks than hpcjob records (the form is already valid)."""
+    body = array.split("%", 1)[0]
+    count = 0
+    for part in body.split(","):
+        bounds, _, step = part.partition(":")
+        low, _, high = bounds.partition("-")
+        first, last = int(low), int(high or low)
+        if last < first:
+            return f"--array {array!r}: the range {bounds} runs backwards (use {high}-{low})"
+        if step and int(step) < 1:
+            return f"--array {array!r}: the step of {part} must be at least 1"
+        count += (last - first) // int(step or 1) + 1
+    if count > MAX_ARRAY_TASKS:
+        return f"--array {array!r} has {count} tasks; hpcjob takes at most {MAX_ARRAY_TASKS}"
+    return None
+
+
 def _build_args(raw: dict[str, Any], workload: WorkloadDef, problems: list[str]) -> dict[str, Any]:
     known = {a.name: a for a in workload.args}
     for name, value in raw.items():
@@ -342,6 +379,11 @@ def _build_args(raw: dict[str, Any], workload: WorkloadDef, problems: list[str])
         if problem:
             problems.append(problem)
     return args
+
+
+def check_arg(arg: ArgDef, value: Any) -> str | None:
+    """One workload argument's value against its rule: the problem, or None (e.g. a --sweep)."""
+    return _check_arg(arg, value)
 
 
 def _check_arg(arg: ArgDef, value: Any) -> str | None:
@@ -359,13 +401,18 @@ def _check_arg(arg: ArgDef, value: Any) -> str | None:
             value <= arg.minimum if arg.exclusive_minimum else value < arg.minimum
         ):
             bound = "greater than" if arg.exclusive_minimum else "at least"
-            return f"{arg.flag} must be {bound} {arg.minimum:g}, got {value}"
+            return f"{arg.flag} must be {bound} {_bound(arg.minimum)}, got {value}"
         if arg.maximum is not None and (
             value >= arg.maximum if arg.exclusive_maximum else value > arg.maximum
         ):
             bound = "less than" if arg.exclusive_maximum else "at most"
-            return f"{arg.flag} must be {bound} {arg.maximum:g}, got {value}"
+            return f"{arg.flag} must be {bound} {_bound(arg.maximum)}, got {value}"
     return None
+
+
+def _bound(number: float) -> str:
+    """`4294967295`, not `4.29497e+09`; `0.5` stays `0.5`."""
+    return str(int(number)) if float(number).is_integer() else f"{number:g}"
 
 
 def array_task_ids(array: str) -> list[int]:

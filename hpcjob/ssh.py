@@ -54,12 +54,23 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-import paramiko
-from paramiko.auth_strategy import AuthSource, AuthStrategy, SourceResult
-from paramiko.hostkeys import InvalidHostKey
-
 from hpcjob.errors import HpcjobError
-from hpcjob.shell import CommandResult, command_error
+from hpcjob.shell import CommandResult, OutputCallback, OutputDecoder, command_error
+
+# paramiko.config imports `invoke` (asyncio, unittest.mock, yaml: ~36 ms of every command over
+# SSH) only to run `Match exec` lines of ~/.ssh/config. Import paramiko without it; `_lookup`
+# imports it after all when a config needs it.
+_BLOCK_INVOKE = "invoke" not in sys.modules
+if _BLOCK_INVOKE:
+    sys.modules["invoke"] = None  # type: ignore[assignment]  # `import invoke` → ImportError
+try:
+    import paramiko
+    from paramiko.auth_strategy import AuthSource, AuthStrategy, SourceResult
+    from paramiko.hostkeys import InvalidHostKey
+finally:
+    if _BLOCK_INVOKE and sys.modules.get("invoke", False) is None:
+        del sys.modules["invoke"]
+
 
 if TYPE_CHECKING:
     from hpcjob.shell import Shell
@@ -265,7 +276,13 @@ def _parse_config(text: str, config_name: str) -> paramiko.SSHConfig:
 
 def _lookup(config: paramiko.SSHConfig, alias: str, config_name: str) -> paramiko.SSHConfigDict:
     try:
-        return config.lookup(alias)
+        try:
+            return config.lookup(alias)
+        except ImportError:  # `Match exec`: paramiko was imported without `invoke` (see above)
+            import invoke
+
+            paramiko.config.invoke = invoke  # type: ignore[attr-defined]
+            return config.lookup(alias)
     except Exception as exc:  # e.g. `Match exec` needs the `invoke` package
         raise HpcjobError(f"Cannot apply {config_name} to host {alias}: {exc}") from exc
 
@@ -665,6 +682,24 @@ class SSHShell:
             raise command_error(result)
         return result
 
+    def stream(
+        self,
+        argv: Sequence[str],
+        on_output: OutputCallback,
+        *,
+        timeout: float | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> CommandResult:
+        """`run` (same remote command, marker and login shell) that hands the output to
+        `on_output` as it arrives; never re-run once sent. On a timeout or an exception the
+        channel is closed."""
+        words = tuple(argv)
+        return self._attempt(
+            f"`{shlex.join(words)}`",
+            lambda attempt: self._run_once(words, timeout, env, attempt, on_output),
+            retry=False,
+        )
+
     def read_bytes(self, path: str, offset: int = 0, limit: int | None = None) -> bytes:
         full = self.expand_home(path)
 
@@ -674,7 +709,10 @@ class SSHShell:
                 count = max(0, size - offset if limit is None else min(limit, size - offset))
                 if count == 0:
                     return b""
-                return b"".join(handle.readv([(offset, count)]))  # pipelined requests
+                data = b"".join(handle.readv([(offset, count)]))  # pipelined requests
+                if len(data) != count:  # a transfer that ended early is never taken for whole
+                    raise EOFError(f"read {len(data)} of {count} bytes of {full}")
+                return data
 
         return self._file_op(f"reading {full}", read)
 
@@ -947,6 +985,10 @@ class SSHShell:
             return False
         if isinstance(exc, (EOFError, ConnectionError, TimeoutError, socket.timeout)):
             return True
+        if isinstance(exc.__context__, (EOFError, ConnectionError)):
+            # SFTP's "Server connection dropped" (raised from an EOFError) comes before the
+            # transport itself has noticed that the connection is gone.
+            return True
         if isinstance(exc, (OSError, paramiko.SSHException)):
             # An SFTP status error (no such file, permission) leaves the connection up.
             conn = self._conn
@@ -964,6 +1006,7 @@ class SSHShell:
         timeout: float | None,
         env: Mapping[str, str] | None,
         attempt: _Attempt,
+        on_output: OutputCallback | None = None,
     ) -> CommandResult:
         marker = f"__hpcjob_{uuid.uuid4().hex}__"
         command = remote_command(argv, marker, env=env, login_shell=self.login_shell)
@@ -975,8 +1018,15 @@ class SSHShell:
             channel.exec_command(command)
             self.commands_run += 1
             channel.shutdown_write()  # stdin at EOF, as LocalShell's DEVNULL
-            out, err, status = _collect(channel, timeout)
+            relay = None if on_output is None else _Relay(marker, on_output)
+            out, err, status = _collect(channel, timeout, relay)
         except _Timeout:
+            if on_output is not None:
+                raise HpcjobError(
+                    f"`{shlex.join(argv)}` was stopped after {timeout:g} s on "
+                    f"{self.target.login.hostname}.",
+                    hint="It ran out of its time; give it more or run it as a job.",
+                ) from None
             raise HpcjobError(
                 f"`{shlex.join(argv)}` did not answer within {timeout:g} s on "
                 f"{self.target.login.hostname}.",
@@ -1155,15 +1205,47 @@ def _public_blob(path: str) -> bytes | None:
         return None
 
 
-def _collect(channel: paramiko.Channel, timeout: float | None) -> tuple[bytes, bytes, int]:
-    """stdout, stderr and exit status of a command, read together (neither pipe can fill up)."""
+class _Relay:
+    """Hands a streamed command's output on as text, once past the marker line that ends what
+    login scripts print (as `strip_before_marker` does for the collected output)."""
+
+    def __init__(self, marker: str, on_output: OutputCallback) -> None:
+        self.marker, self.on_output = marker + "\n", on_output
+        self.decoders = (OutputDecoder(), OutputDecoder())
+        self.pending = ["", ""]  # per stream: what came before the marker, until it comes
+        self.seen = [False, False]
+
+    def feed(self, which: int, data: bytes) -> None:
+        text = self.decoders[which].feed(data)
+        if not self.seen[which]:
+            self.pending[which] += text
+            at = self.pending[which].find(self.marker)
+            if at < 0:
+                return
+            self.seen[which] = True
+            text, self.pending[which] = self.pending[which][at + len(self.marker) :], ""
+        if text:
+            self.on_output(text)
+
+
+def _collect(
+    channel: paramiko.Channel, timeout: float | None, relay: _Relay | None = None
+) -> tuple[bytes, bytes, int]:
+    """stdout, stderr and exit status of a command, read together (neither pipe can fill up);
+    `relay` gets each piece as it arrives."""
     deadline = None if timeout is None else time.monotonic() + timeout
     out, err = bytearray(), bytearray()
     while True:
         while channel.recv_ready():
-            out += channel.recv(65536)
+            data = channel.recv(65536)
+            out += data
+            if relay is not None:
+                relay.feed(0, data)
         while channel.recv_stderr_ready():
-            err += channel.recv_stderr(65536)
+            data = channel.recv_stderr(65536)
+            err += data
+            if relay is not None:
+                relay.feed(1, data)
         if channel.eof_received or channel.closed:
             if not (channel.recv_ready() or channel.recv_stderr_ready()):
                 break
@@ -1195,7 +1277,7 @@ def _makedirs(sftp: paramiko.SFTPClient, path: str) -> None:
     if parent and parent != path.rstrip("/"):
         _makedirs(sftp, parent)
     try:
-        sftp.mkdir(path)
+        sftp.mkdir(path, mode=0o700)  # the user's alone on a shared cluster
     except OSError:
         made = _stat(sftp, path)  # made by someone else meanwhile?
         if made is None or not stat.S_ISDIR(made.st_mode or 0):

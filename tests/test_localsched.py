@@ -59,8 +59,8 @@ def test_header_parsing() -> None:
     assert header.gpus == 2 and header.partition is None
     assert header.signal == (signal.SIGUSR1, 30)
     assert expand_output("/r/slurm-%j-%x.out", "12", "n") == "/r/slurm-12-n.out"
-    with pytest.raises(HpcjobError, match="arrays"):
-        parse_script_header("#!/bin/bash\n#SBATCH --array=0-3\n")
+    assert parse_script_header("#!/bin/bash\n#SBATCH --array=0-3%2\n").array == "0-3%2"
+    assert expand_output("/r/slurm-%A_%a.out", "12_3", "n", task=3) == "/r/slurm-12_3.out"
 
 
 def test_completed_job_has_slurm_environment(sched: LocalScheduler, tmp_path: Path) -> None:

@@ -20,6 +20,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+import provenance
 from report import Report
 
 SLURM_VARIABLES = (
@@ -175,6 +176,7 @@ def main(argv: list[str] | None = None, env: Mapping[str, str] | None = None) ->
     try:
         import torch
     except ImportError as exc:
+        provenance.write(args.output_dir)
         report.facts(**facts, torch=None)
         print(
             f"Error: torch cannot be imported in this Python ({exc}); install the workload "
@@ -182,6 +184,7 @@ def main(argv: list[str] | None = None, env: Mapping[str, str] | None = None) ->
             file=sys.stderr,
         )
         return 1
+    provenance.write(args.output_dir)  # after importing torch, so its CUDA build is known
     return check_torch(torch, args, env, facts, report, wanted)
 
 

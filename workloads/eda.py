@@ -24,6 +24,7 @@ from typing import Any
 import h5py
 import numpy as np
 import pcam
+import provenance
 from report import Report, clean
 
 KINDS = ("nan", "inf", "out_of_range", "black", "white")
@@ -238,6 +239,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.reconfigure(line_buffering=True)  # batch jobs buffer stdout otherwise
     args.output_dir.mkdir(parents=True, exist_ok=True)
     report = Report(args.output_dir)
+    provenance.write(args.output_dir, args.data_dir)
     result: dict[str, Any] = {"data_dir": str(args.data_dir), "splits": {}}
     for split in [s.strip() for s in args.splits.split(",") if s.strip()]:
         x_path, y_path = pcam.split_paths(args.data_dir, split)

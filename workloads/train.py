@@ -25,9 +25,11 @@ from typing import Any
 
 import numpy as np
 import pcam
+import provenance
 import torch
 from checkpoint import Checkpoints, rng_state, set_rng_state
 from model import MLP
+from provenance import GpuSampler
 from report import Report
 from torch import nn
 
@@ -386,8 +388,11 @@ def start_facts(trainer: Trainer, args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def finish_epoch(trainer: Trainer, epoch: int, seconds: float, images: int) -> None:
-    """Validate, print and emit the epoch's numbers, checkpoint, plot."""
+def finish_epoch(
+    trainer: Trainer, epoch: int, seconds: float, images: int, gpu: GpuSampler | None = None
+) -> None:
+    """Validate, print and emit the epoch's numbers (with GPU utilisation on CUDA), checkpoint,
+    plot."""
     p = trainer.progress
     numbers = {"train_loss": p.loss_sum / max(p.seen, 1), **trainer.evaluate()}
     print(
@@ -397,7 +402,11 @@ def finish_epoch(trainer: Trainer, epoch: int, seconds: float, images: int) -> N
         flush=True,
     )
     trainer.report.metric(
-        epoch, **numbers, images_per_s=images / max(seconds, 1e-9), epoch_seconds=seconds
+        epoch,
+        **numbers,
+        images_per_s=images / max(seconds, 1e-9),
+        epoch_seconds=seconds,
+        **(gpu.epoch_numbers() if gpu else {}),
     )
     p.history.append({"epoch": epoch, **numbers})
     p.epoch, p.batch, p.loss_sum, p.seen = epoch + 1, 0, 0.0, 0
@@ -426,6 +435,20 @@ def train(args: argparse.Namespace) -> int:
     report = Report(args.output_dir)
     seed_everything(args.seed)
     trainer = Trainer(args, report)
+    provenance.write(args.output_dir, args.data_dir, args.seed)
+    gpu = GpuSampler.for_device(trainer.device)  # None on CPU: nothing is recorded
+    try:
+        return train_epochs(trainer, args, report, gpu)
+    finally:
+        if gpu is not None:
+            gpu.stop()
+            if gpu.summary():
+                report.facts(**gpu.summary())
+
+
+def train_epochs(
+    trainer: Trainer, args: argparse.Namespace, report: Report, gpu: GpuSampler | None
+) -> int:
     resumed = trainer.resume(args.resume)
     report.facts(**start_facts(trainer, args), resumed_from=str(resumed) if resumed else None)
     if resumed:
@@ -439,7 +462,7 @@ def train(args: argparse.Namespace) -> int:
         if not trainer.train_epoch(epoch):
             return interrupted(trainer)
         seconds = time.perf_counter() - started
-        finish_epoch(trainer, epoch, seconds, trainer.progress.seen - before)
+        finish_epoch(trainer, epoch, seconds, trainer.progress.seen - before, gpu)
         if trainer.stop.signal_name is not None:
             return interrupted(trainer)
     print(f"Done: {args.epochs} epochs; checkpoints in {trainer.checkpoints.directory}", flush=True)
@@ -461,4 +484,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    status = main()
+    # Done: a warning that comes now must not kill us. Python's shutdown resets the signals it
+    # handles to their defaults (USR1's kills), but leaves ignored ones ignored.
+    for stop_signal in (signal.SIGUSR1, signal.SIGTERM):
+        signal.signal(stop_signal, signal.SIG_IGN)
+    sys.exit(status)

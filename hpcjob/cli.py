@@ -105,6 +105,20 @@ def _session(profile: str | None) -> Iterator[Any]:
         context.close()
 
 
+@contextlib.contextmanager
+def _run_session(ref: str, profile: str | None, *, refresh: bool = False) -> Iterator[Any]:
+    """`_session` for a command about one run (or sweep) `ref`: without --profile, the profile
+    that run was submitted with; `refresh`: the profile's unfinished runs brought up to date."""
+    from hpcjob.rerun import profile_of
+
+    with _session(profile or profile_of(ref)) as context:
+        if refresh:
+            from hpcjob.app import refresh as refresh_runs
+
+            refresh_runs(context)
+        yield context
+
+
 # -- submit / render ------------------------------------------------------------------------
 
 
@@ -666,7 +680,7 @@ def connect(profile: ProfileOpt = None) -> None:
     one), the login and the remote home."""
     from hpcjob import output
     from hpcjob.config import load_settings, resolve_profile
-    from hpcjob.ssh import connect_and_trust
+    from hpcjob.ssh import ConnectOptions, connect_and_trust
 
     resolved = resolve_profile(load_settings(), profile_flag=profile)
     if not resolved.get("host"):
@@ -677,9 +691,11 @@ def connect(profile: ProfileOpt = None) -> None:
         )
     report = connect_and_trust(
         resolved.values,
-        sources=resolved.sources,
-        profile_name=resolved.name,
-        confirm=lambda question: typer.confirm(question, default=False),
+        ConnectOptions(
+            sources=resolved.sources,
+            profile_name=resolved.name,
+            confirm=lambda question: typer.confirm(question, default=False),
+        ),
     )
     output.info(
         f"Connected to {report.user}@{report.host}:{report.port} in {report.seconds:.1f} s; "
@@ -802,7 +818,7 @@ def rerun(
     """Submit a run again: the same spec and code snapshot, with the options given changed."""
     from hpcjob import app as core
     from hpcjob import output
-    from hpcjob.rerun import prepare_rerun, profile_of
+    from hpcjob.rerun import prepare_rerun
 
     overrides = {
         "epochs": epochs,
@@ -820,7 +836,7 @@ def rerun(
         "mem": mem,
         "gpus": gpus,
     }
-    with _session(profile or profile_of(ref)) as context:
+    with _run_session(ref, profile) as context:
         original = context.ledger.resolve(ref)
         prepared = prepare_rerun(context, original, overrides, current_code=current_code)
         run = core.submit(context, prepared)
@@ -916,9 +932,8 @@ def fetch(
     from hpcjob import output
     from hpcjob.artifacts import default_dest, size_text
     from hpcjob.artifacts import fetch as fetch_files
-    from hpcjob.rerun import profile_of
 
-    with _session(profile or profile_of(ref)) as context:
+    with _run_session(ref, profile) as context:
         run = core.resolve(context, ref)
         target = Path(dest) if dest else default_dest(run)
         copied = fetch_files(context, run, target, checkpoints=checkpoints)
@@ -948,13 +963,10 @@ def sweep_status(
     json_out: JsonOpt = False,
 ) -> None:
     """A sweep's tasks: parameters, state, best metric; the best task marked."""
-    from hpcjob import app as core
     from hpcjob import output
-    from hpcjob.rerun import profile_of
     from hpcjob.sweep import status_rows, sweep_of
 
-    with _session(profile or profile_of(ref)) as context:
-        core.refresh(context)
+    with _run_session(ref, profile, refresh=True) as context:
         sweep_id, arrays = sweep_of(context.ledger, ref)
         rows = status_rows(context.ledger, arrays, metric)
         if json_out:
@@ -997,10 +1009,9 @@ def sweep_resubmit(
     """Resubmit only the sweep's failed, cancelled or timed-out tasks, as one new array."""
     from hpcjob import app as core
     from hpcjob import output
-    from hpcjob.rerun import prepare_resubmit, profile_of
+    from hpcjob.rerun import prepare_resubmit
 
-    with _session(profile or profile_of(ref)) as context:
-        core.refresh(context)
+    with _run_session(ref, profile, refresh=True) as context:
         prepared = prepare_resubmit(context, ref, current_code=current_code)
         run = core.submit(context, prepared)
         tasks = [t.array_task for t in context.ledger.tasks(run.run_id)]

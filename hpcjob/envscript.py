@@ -411,10 +411,29 @@ def module_problem(result: EnvResult, output: str, modules: Sequence[str]) -> Mo
 
 # -- the script text ---------------------------------------------------------------------------
 
+# The venv's size and file count, for the result line: defines venv_size(path) in the two
+# embedded scripts below (after their `import os`).
+_VENV_SIZE = r"""
+def venv_size(path):
+    size = files = 0
+    for root, dirs, names in os.walk(path):
+        for name in names:
+            files += 1
+            try:
+                size += os.lstat(os.path.join(root, name)).st_size
+            except OSError:
+                pass
+    return size, files
+"""
+
 # Runs inside the venv's python: import every requirement, torch's facts, the venv's size; the
 # marker is written only when everything imported.
-_VERIFY = r"""
+_VERIFY = (
+    r"""
 import importlib, importlib.metadata, json, os, sys, time
+"""
+    + _VENV_SIZE
+    + r"""
 prefix, marker, fingerprint, action, install_s, installer, venv, environment = sys.argv[1:9]
 result = {"ok": True, "action": action, "installer": installer, "install_s": float(install_s),
           "python_version": "%d.%d.%d" % sys.version_info[:3], "packages": []}
@@ -437,15 +456,7 @@ torch = sys.modules.get("torch")
 if torch is not None:
     result["torch"] = {"version": torch.__version__, "cuda_build": torch.version.cuda,
                        "cuda_available": bool(torch.cuda.is_available())}
-size = files = 0
-for root, dirs, names in os.walk(venv):
-    for name in names:
-        files += 1
-        try:
-            size += os.lstat(os.path.join(root, name)).st_size
-        except OSError:
-            pass
-result["venv_bytes"], result["venv_files"] = size, files
+result["venv_bytes"], result["venv_files"] = venv_size(venv)
 if result["ok"] and action != "verify":
     tmp = marker + ".tmp"
     with open(tmp, "w") as handle:
@@ -457,12 +468,17 @@ if result["ok"] and action != "verify":
 print(prefix + json.dumps(result), flush=True)
 sys.exit(0 if result["ok"] else 7)
 """
+)
 
 # Runs in the profile's python after a failed write: how full each place the install writes to
 # is (the venv, $TMPDIR, the installer's cache), and how big the venv got. Prints a JSON fragment
 # that continues the result line.
-_DISK = r"""
+_DISK = (
+    r"""
 import json, os, sys
+"""
+    + _VENV_SIZE
+    + r"""
 places = []
 for what, path in zip(("venv", "tmp", "cache"), sys.argv[2:]):
     probe = os.path.abspath(path)
@@ -478,16 +494,10 @@ for what, path in zip(("venv", "tmp", "cache"), sys.argv[2:]):
     places.append({"what": what, "path": path, "mount": mount,
                    "free_bytes": st.f_bavail * st.f_frsize, "size_bytes": st.f_blocks * st.f_frsize,
                    "free_files": st.f_favail, "files": st.f_files})
-size = files = 0
-for root, dirs, names in os.walk(sys.argv[1]):
-    for name in names:
-        files += 1
-        try:
-            size += os.lstat(os.path.join(root, name)).st_size
-        except OSError:
-            pass
+size, files = venv_size(sys.argv[1])
 print(', "disk": %s, "venv_bytes": %d, "venv_files": %d' % (json.dumps(places), size, files))
 """
+)
 
 _SCRIPT = """#!/bin/bash
 # Rendered by hpcjob {version}: create, update or repair a venv, then verify it.

@@ -274,18 +274,26 @@ class Ledger:
     def _write_sql(self, sql: str, params: Sequence[Any] = ()) -> None:
         self._transaction([(sql, params)])
 
-    def _transaction(self, statements: Iterable[tuple[str, Sequence[Any]]]) -> None:
+    def _transaction(
+        self, statements: Iterable[tuple[str, Sequence[Any]]], *, guarded: bool = False
+    ) -> bool:
+        """The statements in one transaction. `guarded`: the others run only if the first changed
+        a row; says whether it did (always True when not guarded)."""
+        matched = True
         try:
             self.db.execute("BEGIN IMMEDIATE")
             try:
-                for sql, params in statements:
-                    self.db.execute(sql, params)
+                for n, (sql, params) in enumerate(statements):
+                    if self.db.execute(sql, params).rowcount < 1 and guarded and n == 0:
+                        matched = False
+                        break
                 self.db.execute("COMMIT")
             except BaseException:
                 self.db.execute("ROLLBACK")
                 raise
         except sqlite3.OperationalError as exc:
             raise _ledger_error(self.path, exc) from exc
+        return matched
 
     # -- runs ---------------------------------------------------------------------------------
 
@@ -370,15 +378,55 @@ class Ledger:
             _history(run_id, JobState.SUBMITTING, now, "hpcjob", "resubmitted"),
         )
 
+    def claim_requeue(self, run: Run, attempt: int, token: str, reason: str) -> bool:
+        """An ended job → attempt `attempt`, and its run SUBMITTING again with `token`, in one
+        transaction; False if the run no longer holds that job (another process claimed it)."""
+        now = utc_now()
+        return self._guarded(
+            "UPDATE runs SET job_id = NULL, token = ?, state = ?, exit_code = NULL, "
+            "signal = NULL, reason = ?, started_at = NULL, ended_at = NULL, updated_at = ? "
+            "WHERE run_id = ? AND job_id IS ? AND state = ?",
+            (
+                token,
+                JobState.SUBMITTING.value,
+                reason,
+                now,
+                run.run_id,
+                run.job_id,
+                run.state.value,
+            ),
+            _history(run.run_id, JobState.SUBMITTING, now, "auto-requeue", reason),
+            (
+                "INSERT INTO attempts VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    run.run_id,
+                    attempt,
+                    run.job_id,
+                    run.token,
+                    run.state.value,
+                    run.exit_code,
+                    run.started_at,
+                    run.ended_at,
+                    run.reason,
+                ),
+            ),
+            # The accounting facts were the old job's; the new job's come with its own record.
+            (
+                "DELETE FROM facts WHERE run_id = ? AND key LIKE 'sacct\\_%' ESCAPE '\\'",
+                (run.run_id,),
+            ),
+        )
+
+    def set_max_requeues(self, run_id: str, limit: int) -> None:
+        """How many times `--auto-requeue` may resubmit the run."""
+        self._write_sql("UPDATE runs SET max_requeues = ? WHERE run_id = ?", (int(limit), run_id))
+
     def _guarded(
-        self, update: str, params: Sequence[Any], history: tuple[str, Sequence[Any]]
+        self, update: str, params: Sequence[Any], *then: tuple[str, Sequence[Any]]
     ) -> bool:
-        """One transaction: a conditional UPDATE, and its history row only if it changed a row."""
-        sql, values = history
-        only_if = sql.replace("VALUES (?, ?, ?, ?, ?)", "SELECT ?, ?, ?, ?, ? WHERE changes() = 1")
-        self._transaction([(update, params), (only_if, values)])
-        # changes() now counts the history row: 1 exactly when the UPDATE matched.
-        return bool(self.db.execute("SELECT changes()").fetchone()[0])
+        """One transaction: a conditional UPDATE, then `then` (its history row …) only if it
+        changed a row; says whether it did."""
+        return self._transaction([(update, params), *then], guarded=True)
 
     def create_array_tasks(
         self, parent: Run, tasks: Sequence[int], specs: Mapping[int, dict[str, Any]] | None = None

@@ -7,22 +7,21 @@ works the same on Slurm and on the embedded scheduler (`scontrol requeue` would 
 but holds the job for ~2 minutes with reason BeginTime and does not exist on the embedded one).
 
 The ledger keeps ONE run: each ended job becomes a row of the `attempts` table (migration 3) and
-the run takes the new job id. The claim of an ended job for a requeue is one `BEGIN IMMEDIATE`
-transaction that re-reads the run, so two hpcjob processes refreshing at once never both resubmit.
+the run takes the new job id. The claim of an ended job for a requeue (`Ledger.claim_requeue`) is
+one `BEGIN IMMEDIATE` transaction that only changes the run while it still holds the ended job, so
+two hpcjob processes refreshing at once never both resubmit.
 Each attempt has its own token (`<token>-a2` …) in `--comment`, so a crash between the claim and
 sbatch is completed by the next refresh like any submission (app._complete_submission).
 """
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from hpcjob.errors import EXIT_USAGE, HpcjobError
 from hpcjob.jobstate import JobState
-from hpcjob.scheduler import utc_now
 
 if TYPE_CHECKING:
     from hpcjob.app import Context
@@ -66,9 +65,7 @@ def check_limit(value: int | None, *, is_array: bool) -> int:
 
 
 def set_limit(ledger: Ledger, run_id: str, limit: int) -> None:
-    ledger._transaction(
-        [("UPDATE runs SET max_requeues = ? WHERE run_id = ?", (int(limit), run_id))]
-    )
+    ledger.set_max_requeues(run_id, limit)
 
 
 def attempts(ledger: Ledger, run_id: str) -> list[Attempt]:
@@ -119,16 +116,14 @@ def due(ctx: Context, run: Run) -> bool:
 def requeue_left_behind(ctx: Context) -> None:
     """Runs of the profile that ended qualifying but were not resubmitted then (another process
     held the run's lock, a crash between the end and the resubmission): resubmit them now."""
-    from hpcjob.ledger import _run
-
     rows = ctx.ledger.db.execute(
-        "SELECT * FROM runs WHERE profile = ? AND max_requeues > 0 AND job_id IS NOT NULL "
+        "SELECT run_id FROM runs WHERE profile = ? AND max_requeues > 0 AND job_id IS NOT NULL "
         "AND (state = 'TIMEOUT' OR (state = 'FAILED' AND exit_code = ?)) "
         "AND max_requeues > (SELECT COUNT(*) FROM attempts a WHERE a.run_id = runs.run_id)",
         (ctx.profile.name, EXIT_CHECKPOINTED),
     ).fetchall()
     for row in rows:
-        run = _run(row)
+        run = ctx.ledger.get_run(row["run_id"])
         if run.cluster == ctx.scheduler.cluster:
             requeue_ended(ctx, [run])
 
@@ -166,7 +161,7 @@ def resubmit(ctx: Context, run: Run, attempt: int) -> Run:
         ctx.notes.append(f"Run {run.run_id}: {why}; another hpcjob process is resubmitting it.")
         return ctx.ledger.get_run(run.run_id)
     try:
-        if not _claim(ctx.ledger, run, attempt, token, why):
+        if not ctx.ledger.claim_requeue(run, attempt, token, why):
             return ctx.ledger.get_run(run.run_id)  # another hpcjob process requeued it first
         status = exit_status_path(run)
         # The next job writes its own exit status; keep the old one beside it.
@@ -195,57 +190,3 @@ def _lock(ctx: Context, run: Run, tries: int = 20) -> Any:
         except HpcjobError:
             time.sleep(0.25)
     return None
-
-
-def _claim(ledger: Ledger, run: Run, attempt: int, token: str, why: str) -> bool:
-    """One transaction: if the run still holds the ended job, file it as an attempt and make the
-    run SUBMITTING again with the new token. False if someone else did it already."""
-    db = ledger.db
-    now = utc_now()
-    try:
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            row = db.execute(
-                "SELECT job_id, state FROM runs WHERE run_id = ?", (run.run_id,)
-            ).fetchone()
-            if row is None or tuple(row) != (run.job_id, run.state.value):
-                db.execute("ROLLBACK")
-                return False
-            db.execute(
-                "INSERT INTO attempts VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    run.run_id,
-                    attempt,
-                    run.job_id,
-                    run.token,
-                    run.state.value,
-                    run.exit_code,
-                    run.started_at,
-                    run.ended_at,
-                    run.reason,
-                ),
-            )
-            db.execute(
-                "UPDATE runs SET job_id = NULL, token = ?, state = ?, exit_code = NULL, "
-                "signal = NULL, reason = ?, started_at = NULL, ended_at = NULL, updated_at = ? "
-                "WHERE run_id = ?",
-                (token, JobState.SUBMITTING.value, why, now, run.run_id),
-            )
-            # The accounting facts were the old job's; the new job's come with its own record.
-            db.execute("DELETE FROM facts WHERE run_id = ? AND key LIKE 'sacct\\_%' ESCAPE '\\'",
-                       (run.run_id,))  # fmt: skip
-            db.execute(
-                "INSERT INTO state_history (run_id, state, at, source, detail) "
-                "VALUES (?, ?, ?, ?, ?)",
-                (run.run_id, JobState.SUBMITTING.value, now, "auto-requeue", why),
-            )
-            db.execute("COMMIT")
-        except BaseException:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
-            raise
-    except sqlite3.OperationalError as exc:
-        from hpcjob.ledger import _ledger_error
-
-        raise _ledger_error(ledger.path, exc) from exc
-    return True

@@ -85,9 +85,10 @@ def scheduler_for(profile: Profile, settings: Settings) -> Scheduler:
         return LocalScheduler(settings.local_dir, max_jobs=int(profile.get("max_local_jobs") or 2))
     host = profile.get("host")
     if host:
-        from hpcjob.ssh import ssh_shell_for
+        from hpcjob.ssh import ConnectOptions, ssh_shell_for
 
-        shell = ssh_shell_for(profile.values, sources=profile.sources, profile_name=profile.name)
+        options = ConnectOptions(sources=profile.sources, profile_name=profile.name)
+        shell = ssh_shell_for(profile.values, options)
         return SlurmScheduler(shell, cluster=f"slurm:{host}")
     from hpcjob.shell import LocalShell
 
@@ -136,12 +137,20 @@ class SlurmScheduler:
         if not job_ids:
             return {}
         live: dict[str, slurm.SqueueRow] = {}
-        for row in self._squeue(job_ids):
+        rows = self._squeue(job_ids)
+        for row in rows:
             for task in row.task_ids() if row.is_array_rest else [row.job_id]:
                 live[task] = row
             live.setdefault(row.raw_job_id, row)
         ended = [j for j in job_ids if j not in live or live[j].state.is_final]
         accounted = self._accounted(ended)
+        # Array tasks cancelled while pending have no record of their own (slurm.py says why).
+        unstarted = slurm.cancelled_before_start(
+            [j for j in ended if "_" in j],
+            rows,
+            list(accounted.values()),
+            sacct_answered=bool(ended) and not self.accounting_off,
+        )
         infos: dict[str, JobInfo] = {}
         for job_id in job_ids:
             record, row = accounted.get(job_id), live.get(job_id)
@@ -152,6 +161,19 @@ class SlurmScheduler:
                 infos[job_id] = replace(_from_squeue(job_id, row), accounting_pending=True)
             elif row is not None:
                 infos[job_id] = _from_squeue(job_id, row)
+        for job_id in unstarted:
+            known = infos.get(job_id) or JobInfo(job_id, JobState.CANCELLED)
+            infos[job_id] = replace(
+                known,
+                job_id=job_id,
+                state=JobState.CANCELLED,
+                started_at=None,
+                ended_at=known.ended_at or utc_now(),
+                reason=slurm.CANCELLED_PENDING_REASON,
+                # It never ran: nothing more will come from accounting (stop asking for it).
+                facts={**known.facts, "sacct_elapsed_s": 0},
+                accounting_pending=False,
+            )
         return infos
 
     def _accounted(self, job_ids: Sequence[str]) -> dict[str, Any]:

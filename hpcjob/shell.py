@@ -9,10 +9,12 @@ tail of stderr.
 from __future__ import annotations
 
 import codecs
+import io
 import os
 import selectors
 import signal
 import subprocess
+import tarfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -84,6 +86,12 @@ class Shell(Protocol):
     def read_bytes(self, path: str, offset: int = 0, limit: int | None = None) -> bytes: ...
 
     def write_bytes(self, path: str, data: bytes, mode: int = 0o644) -> None: ...
+
+    def write_files(self, root: str, files: Mapping[str, tuple[bytes, int]]) -> None:
+        """Write files (relative path → (data, mode)) under `root`, creating it and their folders
+        (0700); each file replaced atomically. Over SSH this is one command, not a round trip
+        per file."""
+        ...
 
     def makedirs(self, path: str) -> None: ...
 
@@ -218,9 +226,19 @@ class LocalShell:
             tmp.unlink(missing_ok=True)
             raise
 
+    def write_files(self, root: str, files: Mapping[str, tuple[bytes, int]]) -> None:
+        for name in check_relative_names(files):
+            self.makedirs(os.path.dirname(f"{root}/{name}"))
+            self.write_bytes(f"{root}/{name}", *files[name])
+
     def makedirs(self, path: str) -> None:
-        # 0700: what hpcjob makes (run directories) is the user's alone on a shared machine.
-        Path(self.expand_home(path)).mkdir(parents=True, exist_ok=True, mode=0o700)
+        # 0700, every folder made on the way: what hpcjob makes (run directories) is the user's
+        # alone on a shared machine.
+        target = Path(self.expand_home(path))
+        missing = [target, *target.parents]
+        missing = missing[: next((i for i, p in enumerate(missing) if p.is_dir()), len(missing))]
+        for folder in reversed(missing):
+            folder.mkdir(mode=0o700, exist_ok=True)
 
     def exists(self, path: str) -> bool:
         return Path(self.expand_home(path)).exists()
@@ -248,6 +266,64 @@ class LocalShell:
                     continue  # removed while we looked
                 found.append((str((Path(folder) / name).relative_to(root)), size))
         return sorted(found)
+
+
+def check_relative_names(files: Mapping[str, object]) -> list[str]:
+    """The names of `files`, sorted, each a plain relative path (no `..`, no leading `/`, no
+    control characters): a bug here must not write outside the run directory."""
+    names = sorted(files)
+    for name in names:
+        parts = name.split("/")
+        if not name or name.startswith("/") or any(p in ("", ".", "..") for p in parts):
+            raise ValueError(f"not a plain relative file name: {name!r}")
+        if any(ord(c) < 32 or c == "\x7f" for c in name):
+            raise ValueError(f"control character in file name: {name!r}")
+    return names
+
+
+def tar_payload(files: Mapping[str, tuple[bytes, int]]) -> bytes:
+    """An uncompressed tar of `files` (relative path → (data, mode)), owned by nobody in
+    particular (the extracting user owns what it writes) and dated now."""
+    buffer = io.BytesIO()
+    now = time.time()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for name in check_relative_names(files):
+            data, mode = files[name]
+            info = tarfile.TarInfo(name)
+            info.size, info.mode, info.mtime = len(data), mode, now
+            tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+# Unpacks a tar from stdin into $1 ("~/…" is the home folder): first into a temporary folder
+# inside it, so nothing lands under a final name unless the whole archive arrived, then each
+# file renamed into place (atomic). Folders are made 0700, files keep the archive's modes. One
+# `mv` per folder, bash builtins elsewhere: on a login node every process start counts.
+UNPACK_SCRIPT = r"""set -eu
+umask 077
+shopt -s nullglob dotglob
+root=$1
+case $root in "~") root=$HOME ;; "~/"*) root=$HOME/${root#"~/"} ;; esac
+[ -d "$root" ] || mkdir -p -- "$root"
+tmp=$(mktemp -d "$root/.hpcjob-stage.XXXXXX")
+trap 'rm -rf -- "$tmp"' EXIT
+trap 'exit 1' HUP INT TERM PIPE
+tar -x -p -f - -C "$tmp"
+move() {  # the files of folder $1 (relative, "" for the top) into place; then its folders
+  local dir=$1 entry files=()
+  for entry in "$tmp/$dir"*; do
+    if [ -f "$entry" ]; then files+=("$entry"); fi
+  done
+  if [ ${#files[@]} -gt 0 ]; then
+    [ -d "$root/$dir" ] || mkdir -p -- "$root/$dir"
+    mv -f -- "${files[@]}" "$root/$dir"
+  fi
+  for entry in "$tmp/$dir"*; do
+    if [ -d "$entry" ]; then move "$dir${entry##*/}/"; fi
+  done
+}
+move ""
+"""
 
 
 def _left(argv: Sequence[str], deadline: float | None, timeout: float | None) -> float | None:

@@ -656,6 +656,76 @@ def _float_duration(text: str) -> float | None:
     return parse_slurm_duration(text) if text.strip() else None
 
 
+# ------------------------------------------------------- array tasks cancelled while pending
+CANCELLED_PENDING_REASON = "cancelled before it started"
+
+
+def cancelled_before_start(
+    task_ids: Iterable[str],
+    squeue_rows: Sequence[SqueueRow],
+    sacct_rows: Sequence[SacctRow],
+    sacct_answered: bool,
+) -> list[str]:
+    """The array tasks that were cancelled while still pending, by unambiguous evidence only.
+
+    Slurm 22.05 keeps an array's unstarted tasks in one record, the array's own (JobIDRaw = the
+    array's id, JobID `123_[4-9]`). `scancel 123_4` only takes 4 out of it: task 4 then has no
+    record anywhere. `scancel 123` ends that record CANCELLED, still covering the tasks it held.
+    A task that starts is split off into a record of its own, which squeue (`--states=all`) shows
+    until minutes after it ended and sacct keeps. So a task was cancelled before it started when
+    - its own sacct record is CANCELLED without a start; or
+    - the array's record that covers it is CANCELLED without having run (squeue's record, the
+      controller's live view, is believed before sacct's copy, which may lag); or
+    - it has no row of its own in squeue nor in sacct (which answered), and the array's record
+      is there but no longer holds it.
+    Being missing alone never counts: without the array's record, nothing is concluded.
+    """
+    out: list[str] = []
+    for task in task_ids:
+        base, _, index = task.partition("_")
+        if not index:
+            continue
+        record = next((r for r in sacct_rows if r.job_id == task), None)
+        if record is not None:  # its own accounting record speaks for it
+            if record.state == JobState.CANCELLED and record.start is None:
+                out.append(task)
+            continue
+        # squeue is the controller's live view; sacct's copy of the array's record may lag it.
+        in_squeue = _holders(squeue_rows, base)
+        if in_squeue:
+            evidence: list[SqueueRow | SacctRow] = [
+                r for r in in_squeue if r.job_id == task or task in _covered(r.job_id)
+            ]
+        else:
+            evidence = [r for r in _holders(sacct_rows, base) if task in _covered(r.job_id)]
+        evidence += [r for r in squeue_rows if r.job_id == task and r.raw_job_id != base]
+        if evidence:
+            if all(_cancelled_unstarted(r) for r in evidence):
+                out.append(task)
+            continue
+        if sacct_answered and (in_squeue or _holders(sacct_rows, base)):
+            out.append(task)
+    return out
+
+
+def _cancelled_unstarted(row: SqueueRow | SacctRow) -> bool:
+    """CANCELLED without having run: no start (sacct), no node (squeue)."""
+    if row.state != JobState.CANCELLED:
+        return False
+    return row.start is None if isinstance(row, SacctRow) else row.nodes is None
+
+
+def _holders(rows: Sequence[SqueueRow | SacctRow], base: str) -> list[SqueueRow | SacctRow]:
+    return [r for r in rows if r.raw_job_id == base and r.job_id.startswith(f"{base}_")]
+
+
+def _covered(job_id: str) -> list[str]:
+    try:
+        return expand_array_ids(job_id)
+    except HpcjobError:
+        return []
+
+
 # ------------------------------------------------------------------------------------- sinfo
 def sinfo_argv() -> list[str]:
     return ["sinfo", f"--format={SINFO_FORMAT}"]

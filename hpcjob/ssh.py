@@ -55,7 +55,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from hpcjob.errors import HpcjobError
-from hpcjob.shell import CommandResult, OutputCallback, OutputDecoder, command_error
+from hpcjob.shell import (
+    UNPACK_SCRIPT,
+    CommandResult,
+    OutputCallback,
+    OutputDecoder,
+    command_error,
+    tar_payload,
+)
 
 # paramiko.config imports `invoke` (asyncio, unittest.mock, yaml: ~36 ms of every command over
 # SSH) only to run `Match exec` lines of ~/.ssh/config. Import paramiko without it; `_lookup`
@@ -480,10 +487,11 @@ def remote_command(
     *,
     env: Mapping[str, str] | None = None,
     login_shell: bool = True,
+    load_profile: bool = True,
 ) -> str:
     """The command line for the remote shell: every word quoted, a marker printed first on stdout
     and stderr (what login scripts print before it is dropped), run by `bash -lc` (modules live
-    in the login environment) when `login_shell`."""
+    in the login environment) when `login_shell`, by a plain `bash -c` without `load_profile`."""
     if not argv:
         raise ValueError("an empty command")
     words = list(argv)
@@ -494,7 +502,7 @@ def remote_command(
         words = ["env", *(f"{k}={v}" for k, v in env.items()), *words]
     mark = shlex.quote(marker)
     script = f"printf '%s\\n' {mark}; printf '%s\\n' {mark} >&2; exec {shlex.join(words)}"
-    return shlex.join(["bash", "-lc", script]) if login_shell else script
+    return shlex.join(["bash", "-lc" if load_profile else "-c", script]) if login_shell else script
 
 
 def strip_before_marker(text: str, marker: str) -> str:
@@ -734,6 +742,20 @@ class SSHShell:
                 raise
 
         self._file_op(f"writing {full}", write)
+
+    def write_files(self, root: str, files: Mapping[str, tuple[bytes, int]]) -> None:
+        """All files in one command, a tar on its stdin (UNPACK_SCRIPT), instead of about five
+        SFTP round trips per file; safe to repeat, so retried on a dropped connection. No login
+        profile is loaded: unpacking needs only bash, tar and coreutils."""
+        words = ("bash", "-c", UNPACK_SCRIPT, "hpcjob-stage", root)
+        payload = tar_payload(files)
+        result = self._attempt(
+            f"writing {len(files)} files to {root}",
+            lambda attempt: self._run_once(words, 120, None, attempt, stdin=payload, profile=False),
+            retry=True,
+        )
+        if result.returncode != 0:
+            raise command_error(result, f"Writing files to {root}")
 
     def makedirs(self, path: str) -> None:
         full = self.expand_home(path)
@@ -1007,9 +1029,14 @@ class SSHShell:
         env: Mapping[str, str] | None,
         attempt: _Attempt,
         on_output: OutputCallback | None = None,
+        *,
+        stdin: bytes | None = None,
+        profile: bool = True,
     ) -> CommandResult:
         marker = f"__hpcjob_{uuid.uuid4().hex}__"
-        command = remote_command(argv, marker, env=env, login_shell=self.login_shell)
+        command = remote_command(
+            argv, marker, env=env, login_shell=self.login_shell, load_profile=profile
+        )
         transport = self._transport()
         channel = transport.open_session(timeout=self.connect_timeout_s)
         self.channels_opened += 1
@@ -1017,6 +1044,10 @@ class SSHShell:
             attempt.sent = True
             channel.exec_command(command)
             self.commands_run += 1
+            if stdin:
+                # OSError: the command ended before reading it all; its status and stderr say why.
+                with contextlib.suppress(OSError):
+                    channel.sendall(stdin)
             channel.shutdown_write()  # stdin at EOF, as LocalShell's DEVNULL
             relay = None if on_output is None else _Relay(marker, on_output)
             out, err, status = _collect(channel, timeout, relay)
@@ -1311,27 +1342,38 @@ def _walk(sftp: paramiko.SFTPClient, root: str, max_depth: int) -> list[tuple[st
 
 
 # ------------------------------------------------------------------------------ entry points
-def ssh_shell_for(
-    profile_values: Mapping[str, Any],
-    *,
-    ssh_config_path: str | Path | None = None,
-    prompt: Prompt | None = None,
-    confirm: Confirm | None = None,
-    sources: Mapping[str, str] | None = None,
-    profile_name: str | None = None,
-    interactive: bool | None = None,
-) -> SSHShell:
-    """The SSHShell for a profile with `host` (nothing connects until first use).
+@dataclass(frozen=True)
+class ConnectOptions:
+    """How `ssh_shell_for` and `connect_and_trust` reach a profile's host, beyond its values.
 
     `sources` (Profile.sources) marks values of a built-in profile, which rank below
     ~/.ssh/config; without it every value counts as set by the user. `ssh_config_path` None means
-    ~/.ssh/config. `confirm` set: an unknown host key is shown and may be accepted.
+    ~/.ssh/config. `confirm` set: an unknown host key is shown and may be accepted. `prompt` asks
+    for a passphrase or password; `interactive` None: asking is allowed when stdin is a terminal.
     """
-    text, name = read_ssh_config(ssh_config_path)
-    defaults = {k for k, source in (sources or {}).items() if source.startswith("built-in")}
+
+    ssh_config_path: str | Path | None = None
+    prompt: Prompt | None = None
+    confirm: Confirm | None = None
+    sources: Mapping[str, str] | None = None
+    profile_name: str | None = None
+    interactive: bool | None = None
+
+
+def ssh_shell_for(
+    profile_values: Mapping[str, Any], options: ConnectOptions | None = None
+) -> SSHShell:
+    """The SSHShell for a profile with `host` (nothing connects until first use)."""
+    opts = options or ConnectOptions()
+    text, name = read_ssh_config(opts.ssh_config_path)
+    defaults = {k for k, source in (opts.sources or {}).items() if source.startswith("built-in")}
     target = resolve_target(profile_values, text, defaults=defaults, config_name=name)
     return SSHShell(
-        target, prompt=prompt, confirm=confirm, profile_name=profile_name, interactive=interactive
+        target,
+        prompt=opts.prompt,
+        confirm=opts.confirm,
+        profile_name=opts.profile_name,
+        interactive=opts.interactive,
     )
 
 
@@ -1349,26 +1391,13 @@ class ConnectReport:
 
 
 def connect_and_trust(
-    profile_values: Mapping[str, Any],
-    *,
-    ssh_config_path: str | Path | None = None,
-    prompt: Prompt | None = None,
-    confirm: Confirm | None = None,
-    sources: Mapping[str, str] | None = None,
-    profile_name: str | None = None,
-    interactive: bool | None = None,
+    profile_values: Mapping[str, Any], options: ConnectOptions | None = None
 ) -> ConnectReport:
-    """Log in once: show each unknown host key's fingerprint and ask (`confirm`, y/N on the
-    terminal by default); append it to known_hosts only on yes. A changed key is still refused."""
-    shell = ssh_shell_for(
-        profile_values,
-        ssh_config_path=ssh_config_path,
-        prompt=prompt,
-        confirm=confirm or _ask_yes_no,
-        sources=sources,
-        profile_name=profile_name,
-        interactive=interactive,
-    )
+    """Log in once: show each unknown host key's fingerprint and ask (`options.confirm`, y/N on
+    the terminal by default); append it to known_hosts only on yes. A changed key is still
+    refused."""
+    opts = options or ConnectOptions()
+    shell = ssh_shell_for(profile_values, replace(opts, confirm=opts.confirm or _ask_yes_no))
     started = time.monotonic()
     try:
         home = shell.expand_home("~")

@@ -254,9 +254,8 @@ def _restage(ctx: Context, run: Run) -> None:
     from hpcjob.resources import workload_files
 
     shell = ctx.scheduler.shell
-    shell.makedirs(f"{run.run_dir}/workload")
-    for name, data in workload_files().items():
-        shell.write_bytes(f"{run.run_dir}/workload/{name}", data)
+    files = {f"workload/{name}": (data, 0o644) for name, data in workload_files().items()}
+    files["job.sh"] = (run.script.encode(), 0o755)
     if not shell.exists(f"{run.run_dir}/run.json"):
         meta: dict[str, Any] = {
             "run_id": run.run_id,
@@ -268,5 +267,5 @@ def _restage(ctx: Context, run: Run) -> None:
             "spec": run.spec,
             "script_sha256": run.script_hash,
         }
-        shell.write_bytes(f"{run.run_dir}/run.json", json.dumps(meta, indent=2).encode())
-    shell.write_bytes(f"{run.run_dir}/job.sh", run.script.encode(), mode=0o755)
+        files["run.json"] = (json.dumps(meta, indent=2).encode(), 0o644)
+    shell.write_files(run.run_dir, files)

@@ -152,6 +152,9 @@ def test_render_and_dry_run_submit_nothing(cli: Invoke) -> None:
     dry = cli("submit", "train", "--dry-run", "--data-dir", "/nowhere", "--json")
     assert dry.exit_code == 0
     assert dry.json()["dry_run"] is True and "#!/bin/bash" in dry.json()["script"]
+    told = cli("submit", "gpu-check", "--dry-run").stderr
+    assert "cost: none — the embedded scheduler runs jobs on this machine" in told
+    assert "not billed:" not in told
     assert cli("runs", "--json").json() == []
 
 

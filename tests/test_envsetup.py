@@ -467,6 +467,33 @@ def test_no_space_names_the_filesystem_the_venv_size_and_the_way_out() -> None:
     assert "myquota" in err.hint and "--installer uv" in err.hint and "/projects" in err.hint
 
 
+def test_verify_and_disk_probe_measure_the_venv_alike(tmp_path: Path) -> None:
+    """Both embedded scripts report the venv's size and file count with the one shared walk."""
+    from hpcjob.envscript import _DISK, _VERIFY
+
+    venv = tmp_path / "venv"
+    (venv / "lib" / "deep").mkdir(parents=True)
+    for name, size in (("a", 1), ("lib/b", 10), ("lib/deep/c", 100)):
+        (venv / name).write_bytes(b"x" * size)
+    (venv / "bin").mkdir()
+    (venv / "bin" / "python").symlink_to("/nonexistent")  # counted by lstat, not followed
+    link = len(str(Path("/nonexistent")))
+
+    def run(code: str, *args: str) -> str:
+        done = subprocess.run(
+            [SYSTEM_PYTHON, "-", *args], input=code, capture_output=True, text=True
+        )
+        return done.stdout
+
+    disk = json.loads("{" + run(_DISK, str(venv), str(venv), str(tmp_path)).lstrip(", ") + "}")
+    assert (disk["venv_bytes"], disk["venv_files"]) == (111 + link, 4)
+    assert disk["disk"][0]["what"] == "venv"
+    args = ("P:", "m", "f", "verify", "0", "pip", str(venv), "e")
+    verify = parse_result(run(_VERIFY, *args).replace("P:", RESULT_PREFIX, 1))
+    assert (verify.venv_bytes, verify.venv_files) == (111 + link, 4)
+    assert verify.ok and not (venv / "m").exists()  # `verify` writes no marker
+
+
 def test_quota_and_a_named_path_pick_that_filesystem() -> None:
     from hpcjob.envscript import disk_full
 

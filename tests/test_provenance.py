@@ -156,7 +156,7 @@ def test_submit_and_show_explain_a_run(cli: Invoke, repo: Path, isolated_home: P
     assert eff["source"] == "embedded scheduler"
     assert eff["elapsed_s"] > 0 and eff["mem_peak_bytes"] > 10 * 1024**2
     assert eff["cpu_efficiency"] > 0 and eff["time_limit_s"] == 600
-    assert shown["cost"]["actual"]["note"].startswith("not billed")
+    assert shown["cost"]["actual"]["note"].startswith("none — the embedded scheduler")
     text = cli("show", run["run_id"], "--no-script").stdout
     assert "Provenance:" in text and "dirty: diff in provenance/git.diff" in text
     assert "Efficiency:" in text and "(from embedded scheduler)" in text

@@ -138,17 +138,26 @@ def test_two_refreshing_processes_requeue_once(isolated_home: Path) -> None:
     """The claim is one transaction that re-reads the run: a second claim finds it taken."""
     from hpcjob.jobstate import JobState
     from hpcjob.ledger import NewRun
-    from hpcjob.requeue import _claim, attempts
+    from hpcjob.requeue import attempts
     from hpcjob.scheduler import JobInfo
 
     ledger = Ledger(isolated_home / "ledger.db")
     run = ledger.create_run(NewRun("local", "c", "local", "train", {}, "", "", "/x"))
     run = ledger.set_submitted(run.run_id, "7", "/x/slurm-7.out")
     run = ledger.record_info(run, JobInfo("7", JobState.TIMEOUT), "test")
-    assert _claim(ledger, run, 1, run.token + "-a2", "why")
-    assert not _claim(ledger, run, 1, run.token + "-a2", "why")
-    assert [a.job_id for a in attempts(ledger, run.run_id)] == ["7"]
-    assert ledger.get_run(run.run_id).state == JobState.SUBMITTING
+    ledger.set_facts(run.run_id, {"sacct_elapsed_s": 60, "sbu_estimate": 1.0})
+    assert ledger.claim_requeue(run, 1, run.token + "-a2", "why")
+    assert not ledger.claim_requeue(run, 1, run.token + "-a2", "why")
+    assert [(a.job_id, a.token, a.state) for a in attempts(ledger, run.run_id)] == [
+        ("7", run.token, "TIMEOUT")
+    ]
+    claimed = ledger.get_run(run.run_id)
+    assert claimed.state == JobState.SUBMITTING and claimed.job_id is None
+    assert claimed.token == run.token + "-a2" and claimed.reason == "why"
+    assert ledger.facts(run.run_id) == {"sbu_estimate": 1.0}  # the old job's sacct facts go
+    history = [(h.state, h.source) for h in ledger.history(run.run_id)]
+    assert history[-1] == (JobState.SUBMITTING, "auto-requeue")
+    assert history.count((JobState.SUBMITTING, "auto-requeue")) == 1  # the refused claim: none
 
 
 @pytest.mark.slow

@@ -56,6 +56,10 @@ class ReplayShell:
     def write_bytes(self, path: str, data: bytes, mode: int = 0o644) -> None:
         self.files[path] = data
 
+    def write_files(self, root: str, files: Mapping[str, tuple[bytes, int]]) -> None:
+        for name, (data, _mode) in files.items():
+            self.files[f"{root}/{name}"] = data
+
     def makedirs(self, path: str) -> None:
         pass
 

@@ -18,6 +18,7 @@ import pytest
 from hpcjob.config import Settings, resolve_profile
 from hpcjob.errors import HpcjobError
 from hpcjob.ssh import (
+    ConnectOptions,
     Hop,
     SSHShell,
     auth_failed_error,
@@ -147,10 +148,13 @@ def test_ssh_shell_for_reads_sources_of_a_resolved_profile(tmp_path: Path) -> No
     config.write_text("Host snellius.surf.nl\n    Port 2200\n    User fromconfig\n")
     profile = resolve_profile(Settings(tmp_path / "hpcjob"), profile_flag="snellius")
     assert profile.get("port") == 22 and profile.sources["port"].startswith("built-in")
-    shell = ssh_shell_for(profile.values, ssh_config_path=config, sources=profile.sources)
+    shell = ssh_shell_for(
+        profile.values, ConnectOptions(ssh_config_path=config, sources=profile.sources)
+    )
     assert (shell.target.login.port, shell.target.login.user) == (2200, "fromconfig")
     # Without sources every value counts as the user's: the profile's port 22 wins.
-    assert ssh_shell_for(profile.values, ssh_config_path=config).target.login.port == 22
+    plain = ssh_shell_for(profile.values, ConnectOptions(ssh_config_path=config))
+    assert plain.target.login.port == 22
     assert shell.connections_opened == 0  # nothing connects before first use
 
 
@@ -260,7 +264,7 @@ def test_injected_config_path_is_the_only_one_read(tmp_path: Path, fake_home: Pa
     (fake_home / ".ssh" / "config").write_text("Host x\n  HostName from-home\n")
     other = tmp_path / "other_config"
     other.write_text("Host x\n  HostName from-injected\n")
-    shell = ssh_shell_for({"host": "x"}, ssh_config_path=other)
+    shell = ssh_shell_for({"host": "x"}, ConnectOptions(ssh_config_path=other))
     assert shell.target.login.hostname == "from-injected"
 
 
@@ -346,7 +350,8 @@ def test_auth_failure_message_names_user_host_keys_and_says_no_retry() -> None:
 def test_connect_and_trust_refuses_a_bad_host_before_any_network(tmp_path: Path) -> None:
     with pytest.raises(HpcjobError, match="not a host name"):
         connect_and_trust(
-            {"host": "a b"}, ssh_config_path=tmp_path / "none", confirm=lambda _q: True
+            {"host": "a b"},
+            ConnectOptions(ssh_config_path=tmp_path / "none", confirm=lambda _q: True),
         )
 
 

@@ -206,14 +206,15 @@ class SSHLogin:
         **overrides: Any,
     ) -> Any:
         """An SSHShell for the profile with `overrides` (a None value drops the key)."""
-        from hpcjob.ssh import ssh_shell_for
+        from hpcjob.ssh import ConnectOptions, ssh_shell_for
 
         if ssh_config_text is not None:
             self.ssh_config.write_text(ssh_config_text)
         profile = {k: v for k, v in {**self.profile, **overrides}.items() if v is not None}
-        return ssh_shell_for(
-            profile, ssh_config_path=self.ssh_config, prompt=prompt, interactive=interactive
+        options = ConnectOptions(
+            ssh_config_path=self.ssh_config, prompt=prompt, interactive=interactive
         )
+        return ssh_shell_for(profile, options)
 
     def sshd_log_offset(self) -> int:
         return (STATE / "log" / "sshd.log").stat().st_size

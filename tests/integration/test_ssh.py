@@ -7,6 +7,7 @@ operations are checked against LocalShell on the same paths.
 from __future__ import annotations
 
 import os
+import posixpath
 import re
 import secrets
 import shutil
@@ -28,7 +29,7 @@ from hpcjob.errors import HpcjobError
 from hpcjob.jobstate import JobState
 from hpcjob.scheduler import SlurmScheduler
 from hpcjob.shell import LocalShell
-from hpcjob.ssh import SSHShell, connect_and_trust
+from hpcjob.ssh import ConnectOptions, SSHShell, connect_and_trust
 from tests.integration.conftest import SSHLogin
 
 pytestmark = pytest.mark.ssh
@@ -232,6 +233,30 @@ def test_write_is_atomic_for_a_concurrent_reader(
     assert len(seen) >= 2
 
 
+def test_write_files_is_one_command_and_no_sftp(ssh_login: SSHLogin, remote_dir: str) -> None:
+    files = {
+        "job.sh": (b"#!/bin/bash\necho hi\n", 0o755),
+        "run.json": (b"{}", 0o644),
+        **{f"workload/m{i}.py": (secrets.token_bytes(20_000), 0o644) for i in range(9)},
+    }
+    name = posixpath.basename(remote_dir)
+    with ssh_login.shell() as fresh:
+        fresh.write_files(f"~/{name}/run", files)  # "~/…": expanded over there, no SFTP
+        assert fresh.stats()["commands"] == 1 and fresh.stats()["sftp_requests"] == 0
+        fresh.write_files(f"{remote_dir}/run", {"job.sh": (b"second\n", 0o755)})
+        assert fresh.stats()["round_trips"] == 2
+    root = Path(remote_dir) / "run"
+    for rel, (data, mode) in files.items():
+        path = root / rel
+        assert path.read_bytes() == (b"second\n" if rel == "job.sh" else data), rel
+        assert path.stat().st_mode & 0o777 == mode and path.owner() == "hpctest", rel
+    assert (root / "workload").stat().st_mode & 0o777 == 0o700
+    assert not [p for p in root.iterdir() if p.name.startswith(".hpcjob-stage")]
+    Path(remote_dir, "file").write_text("in the way")
+    with ssh_login.shell() as fresh, pytest.raises(HpcjobError, match="Writing files to"):
+        fresh.write_files(f"{remote_dir}/file/run", {"a": (b"", 0o644)})
+
+
 # ------------------------------------------------------------------------ Slurm over SSH
 def test_submit_poll_output_and_cancel_through_slurm_scheduler(
     shell: SSHShell, remote_dir: str
@@ -303,15 +328,21 @@ def test_connect_and_trust_writes_known_hosts_only_on_yes(
         return confirm
 
     with pytest.raises(HpcjobError, match="was not accepted; nothing was written"):
-        connect_and_trust(profile, ssh_config_path=ssh_login.ssh_config, confirm=say(False))
+        connect_and_trust(
+            profile, ConnectOptions(ssh_config_path=ssh_login.ssh_config, confirm=say(False))
+        )
     assert not known.exists() or known.read_text() == ""
     fingerprint = host_key_fingerprint(ssh_login.cluster)
     assert fingerprint in questions[0]
-    report = connect_and_trust(profile, ssh_config_path=ssh_login.ssh_config, confirm=say(True))
+    report = connect_and_trust(
+        profile, ConnectOptions(ssh_config_path=ssh_login.ssh_config, confirm=say(True))
+    )
     assert report.home == "/home/hpctest" and len(report.trusted) == 1
     assert known.read_text().startswith("[127.0.0.1]:2222 ssh-ed25519 ")
     # Known now: no question, and a plain shell connects.
-    again = connect_and_trust(profile, ssh_config_path=ssh_login.ssh_config, confirm=say(True))
+    again = connect_and_trust(
+        profile, ConnectOptions(ssh_config_path=ssh_login.ssh_config, confirm=say(True))
+    )
     assert again.trusted == () and len(questions) == 2
     with ssh_login.shell(known_hosts=str(known)) as shell:
         assert shell.run(["whoami"]).stdout == "hpctest\n"

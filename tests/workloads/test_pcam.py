@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
@@ -199,3 +200,51 @@ def test_missing_file_and_bad_labels_are_clear(tmp_path: Path) -> None:
     write_pair(tmp_path, "train", np.zeros((3, 96, 96, 3), np.uint8), np.array([0, 2, 1]))
     with pytest.raises(ValueError, match="labels must be 0 or 1"):
         pcam.PCAMDataset(*pcam.split_paths(tmp_path, "train"))
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.float32])
+@pytest.mark.parametrize("n", [1, 31, 64, 257])
+def test_threaded_conversion_is_bitwise_the_single_thread_one(dtype: type, n: int) -> None:
+    rng = np.random.default_rng(n)
+    raw = (rng.random((n, 96, 96, 3)) * (400 if dtype == np.float32 else 255)).astype(dtype)
+    if dtype == np.float32:
+        raw[0, 0, 0] = [np.nan, np.inf, -np.inf]
+    one = pcam.to_tensor_batch(raw.copy(), threads=1)
+    for threads in (2, 3, 8):
+        many = pcam.to_tensor_batch(raw.copy(), threads=threads)
+        assert many.shape == (n, 3, 96, 96) and many.is_contiguous()
+        assert torch.equal(one, many), threads
+    torch.testing.assert_close(one[0], reference_raw(raw[0]))
+
+
+def reference_raw(image: np.ndarray) -> torch.Tensor:
+    raw = image.astype(np.float64)
+    raw[~np.isfinite(raw)] = 0
+    return torch.from_numpy(np.clip(raw, 0, 255).transpose(2, 0, 1) / 255).float()
+
+
+def test_batches_are_cut_into_slices_of_at_least_min_slice_rows() -> None:
+    for n in (0, 1, 63, 64, 65, 256, 1000):
+        for threads in (1, 2, 4, 16):
+            parts = pcam._slices(n, threads)
+            assert parts[0].start == 0 and parts[-1].stop == n
+            assert all(a.stop == b.start for a, b in itertools.pairwise(parts))
+            assert len(parts) <= max(1, threads)
+            assert len(parts) == 1 or min(p.stop - p.start for p in parts) >= pcam.MIN_SLICE
+
+
+def test_conversion_uses_torchs_thread_count(
+    official_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: list[int] = []
+    original = pcam._slices
+    monkeypatch.setattr(pcam, "_slices", lambda n, t: seen.append(t) or original(n, t))
+    previous = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        config = {"data_path": str(official_dir), "batch_size": 128, "num_workers": 0}
+        train, _ = pcam.get_dataloaders({"data": config})
+        next(iter(train))
+        assert seen == [2]
+    finally:
+        torch.set_num_threads(previous)

@@ -1,0 +1,62 @@
+"""`hpcjob setup-env` over SSH SIGKILLed mid-install: the next `status` ends the login run.
+
+The sshd is this machine, so the test sees the script's processes and the venv on disk. The
+offline twin (embedded/local shell) is tests/test_setup_env_killed.py.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import invoke
+from tests.integration.test_setup_env import TORCH_CPU, remote  # noqa: F401  (fixture)
+
+pytestmark = pytest.mark.ssh
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_sigkilled_setup_env_over_ssh_ends_failed(remote: tuple[Path, Path]) -> None:  # noqa: F811
+    venv, requirements = remote
+    requirements.write_text(TORCH_CPU)  # a real ~20 s install, slow enough to kill hpcjob in
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hpcjob", "setup-env", "--requirements", str(requirements)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stderr is not None
+    for line in proc.stderr:
+        if "installing" in line:
+            break
+    time.sleep(1.0)
+    proc.kill()  # SIGKILL: no handler runs, nothing is recorded by hpcjob itself
+    proc.wait(timeout=30)
+    killed = f"hpcjob was killed while setup-env ran (pid {proc.pid})"
+
+    run = invoke("runs", "--json").json()[0]  # refreshes as status does
+    notes = ""
+    deadline = time.monotonic() + 60
+    while run["state"] == "RUNNING":  # the script may outlive its hpcjob for a moment
+        assert time.monotonic() < deadline, notes
+        listed = invoke("status", "--json")
+        notes = listed.stderr
+        assert killed in notes and "still runs on the login node" in notes, notes
+        time.sleep(1)
+        run = next(r for r in listed.json() if r["run_id"] == run["run_id"])
+    shown = invoke("status", "--json")
+    run = next(r for r in shown.json() if r["run_id"] == run["run_id"])
+    assert (run["state"], run["reason"]) == ("FAILED", killed), run
+    pid = int((Path(run["run_dir"]) / "setup-env.pid").read_text())
+    assert not _alive(pid)
+    assert not (venv / ".hpcjob-env.json").exists()  # the venv stays marked unfinished

@@ -63,9 +63,9 @@ def _ledger_fault(exc: Exception) -> HpcjobError | None:
     if sqlite3 is None or not isinstance(exc, sqlite3.Error):
         return None
     from hpcjob.config import load_settings
-    from hpcjob.ledger import _ledger_error
+    from hpcjob.ledger import ledger_error
 
-    return _ledger_error(str(load_settings().ledger_path), exc)
+    return ledger_error(str(load_settings().ledger_path), exc)
 
 
 def _version(value: bool) -> None:

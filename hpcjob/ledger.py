@@ -224,7 +224,7 @@ class Ledger:
             self.db.execute("PRAGMA foreign_keys = ON")
             self.migrate()
         except sqlite3.DatabaseError as exc:
-            raise _ledger_error(self.path, exc) from exc
+            raise ledger_error(self.path, exc) from exc
 
     def close(self) -> None:
         self.db.close()
@@ -292,7 +292,7 @@ class Ledger:
                 self.db.execute("ROLLBACK")
                 raise
         except sqlite3.OperationalError as exc:
-            raise _ledger_error(self.path, exc) from exc
+            raise ledger_error(self.path, exc) from exc
         return matched
 
     # -- runs ---------------------------------------------------------------------------------
@@ -719,7 +719,8 @@ def _create_private(path: Path) -> None:
             os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
 
 
-def _ledger_error(path: str, exc: sqlite3.Error) -> HpcjobError:
+def ledger_error(path: str, exc: sqlite3.Error) -> HpcjobError:
+    """The user-facing error for a sqlite3 failure on the ledger at `path`."""
     text = str(exc)
     if "locked" in text or "busy" in text:
         return HpcjobError(

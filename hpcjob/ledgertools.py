@@ -34,9 +34,9 @@ def _open_read_only(path: Path) -> sqlite3.Connection:
 
 
 def _damaged(path: Path, exc: sqlite3.Error) -> HpcjobError:
-    from hpcjob.ledger import _ledger_error
+    from hpcjob.ledger import ledger_error
 
-    return _ledger_error(str(path), exc)
+    return ledger_error(str(path), exc)
 
 
 def default_backup_path(home: Path, now: datetime | None = None) -> Path:

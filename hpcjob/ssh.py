@@ -851,9 +851,22 @@ class SSHShell:
         assert conn is not None
         if conn.sftp is None:
             self.channels_opened += 1
-            sftp = paramiko.SFTPClient.from_transport(conn.transport)
+            try:
+                sftp = paramiko.SFTPClient.from_transport(conn.transport)
+            except paramiko.SSHException as exc:
+                if not conn.transport.is_active():
+                    raise  # the connection dropped: transient, retried by the caller
+                sftp, refusal = None, _reason(exc)
+            else:
+                refusal = "no reply"
             if sftp is None:
-                raise paramiko.SSHException("the server refused an SFTP session")
+                raise HpcjobError(
+                    f"{self.target.login.hostname} refused an SFTP session ({refusal}); "
+                    "hpcjob reads and writes run files over SFTP.",
+                    hint="Ask the cluster's admins to enable the sftp subsystem of its sshd "
+                    "(`Subsystem sftp internal-sftp` in sshd_config), or work on the login "
+                    "node itself.",
+                )
             channel = sftp.get_channel()
             if channel is not None:
                 channel.settimeout(self.io_timeout_s)

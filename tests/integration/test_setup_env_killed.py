@@ -51,9 +51,11 @@ def test_sigkilled_setup_env_over_ssh_ends_failed(remote: tuple[Path, Path]) -> 
         assert time.monotonic() < deadline, notes
         listed = invoke("status", "--json")
         notes = listed.stderr
-        assert killed in notes and "still runs on the login node" in notes, notes
-        time.sleep(1)
+        assert killed in notes, notes
         run = next(r for r in listed.json() if r["run_id"] == run["run_id"])
+        if run["state"] == "RUNNING":  # told, not yet ended: the script is still there
+            assert "still runs on the login node" in notes, notes
+            time.sleep(1)
     shown = invoke("status", "--json")
     run = next(r for r in shown.json() if r["run_id"] == run["run_id"])
     assert (run["state"], run["reason"]) == ("FAILED", killed), run

@@ -257,6 +257,44 @@ def test_write_files_is_one_command_and_no_sftp(ssh_login: SSHLogin, remote_dir:
         fresh.write_files(f"{remote_dir}/file/run", {"a": (b"", 0o644)})
 
 
+def test_server_without_sftp_gets_a_plain_error(ssh_login: SSHLogin, tmp_path: Path) -> None:
+    """A second sshd, the test one without its sftp subsystem: commands work, and file access
+    says what is missing instead of a traceback."""
+    state = Path(ssh_login.cluster["HPCJOB_TEST_CLUSTER_DIR"])
+    base = (state / "sshd" / "sshd_config").read_text().splitlines()
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    kept = [line for line in base if not line.startswith(("Port ", "PidFile ", "Subsystem "))]
+    config = tmp_path / "sshd_config"
+    config.write_text("\n".join([*kept, f"Port {port}", f"PidFile {tmp_path}/sshd.pid", ""]))
+    server = subprocess.Popen(
+        ["/usr/sbin/sshd", "-D", "-e", "-f", str(config)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert server.poll() is None, server.stderr.read() if server.stderr else ""
+                assert time.monotonic() < deadline, "the second sshd did not listen"
+                time.sleep(0.05)
+        key_type, key = (state / "sshd" / "ssh_host_ed25519_key.pub").read_text().split()[:2]
+        known = tmp_path / "known_hosts"
+        known.write_text(f"[127.0.0.1]:{port} {key_type} {key}\n")
+        with ssh_login.shell(port=port, known_hosts=str(known)) as shell:
+            assert shell.run(["echo", "ok"]).stdout == "ok\n"
+            with pytest.raises(HpcjobError, match="refused an SFTP session") as caught:
+                shell.expand_home("~/x")
+            assert "Subsystem sftp" in (caught.value.hint or "")
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
 # ------------------------------------------------------------------------ Slurm over SSH
 def test_submit_poll_output_and_cancel_through_slurm_scheduler(
     shell: SSHShell, remote_dir: str

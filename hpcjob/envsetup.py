@@ -492,10 +492,20 @@ def _stage(ctx: Context, run_dir: str, request: EnvRequest, script: str) -> None
 # Stops an interrupted login-node run: the script's process group (it leads one, started by sshd
 # or by LocalShell), after checking that the pid in the file still is that script; then notes
 # the reason at the end of its log.
-_STOP = r"""
+# The run directory is $1; `script_runs` is true while the pid in its setup-env.pid is still the
+# run's script (a recycled pid runs something else). The start of _STOP and _LOOK.
+_FIND_SCRIPT = r"""
 dir=$1
 pid=$(cat "$dir/setup-env.pid" 2>/dev/null) || pid=""
-if [ -n "$pid" ] && ps -ww -o args= -p "$pid" 2>/dev/null | grep -q -F "$dir/setup-env.sh"; then
+script_runs() {
+    [ -n "$pid" ] && ps -ww -o args= -p "$pid" 2>/dev/null | grep -q -F "$dir/setup-env.sh"
+}
+"""
+
+_STOP = (
+    _FIND_SCRIPT
+    + r"""
+if script_runs; then
     group=$(ps -o pgid= -p "$pid" | tr -d ' ')
     if [ "$group" = "$pid" ]; then target="-$pid"; else target="$pid"; fi
     kill -TERM -- "$target" 2>/dev/null
@@ -507,6 +517,7 @@ if [ -n "$pid" ] && ps -ww -o args= -p "$pid" 2>/dev/null | grep -q -F "$dir/set
 fi
 printf '%s\n' "$2" >> "$dir/setup-env.log"
 """
+)
 
 
 def _stop_script(shell: Shell, run_dir: str, note: str) -> None:
@@ -770,15 +781,16 @@ _UNRECORDED_GRACE_S = 5 * 60
 
 # Prints `running PID` while the run's script still runs (the pid in its file is that script),
 # else `gone` and the pid it had, if any.
-_LOOK = r"""
-dir=$1
-pid=$(cat "$dir/setup-env.pid" 2>/dev/null) || pid=""
-if [ -n "$pid" ] && ps -ww -o args= -p "$pid" 2>/dev/null | grep -q -F "$dir/setup-env.sh"; then
+_LOOK = (
+    _FIND_SCRIPT
+    + r"""
+if script_runs; then
     echo "running $pid"
 else
     echo "gone $pid"
 fi
 """
+)
 
 
 def process_start(pid: int) -> str | None:

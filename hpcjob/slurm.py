@@ -687,7 +687,7 @@ def cancelled_before_start(
             continue
         record = next((r for r in sacct_rows if r.job_id == task), None)
         if record is not None:  # its own accounting record speaks for it
-            if record.state == JobState.CANCELLED and record.start is None:
+            if _cancelled_unstarted(record):
                 out.append(task)
             continue
         # squeue is the controller's live view; sacct's copy of the array's record may lag it.

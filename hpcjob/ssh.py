@@ -856,22 +856,22 @@ class SSHShell:
             except paramiko.SSHException as exc:
                 if not conn.transport.is_active():
                     raise  # the connection dropped: transient, retried by the caller
-                sftp, refusal = None, _reason(exc)
-            else:
-                refusal = "no reply"
+                raise self._sftp_refused(_reason(exc)) from exc
             if sftp is None:
-                raise HpcjobError(
-                    f"{self.target.login.hostname} refused an SFTP session ({refusal}); "
-                    "hpcjob reads and writes run files over SFTP.",
-                    hint="Ask the cluster's admins to enable the sftp subsystem of its sshd "
-                    "(`Subsystem sftp internal-sftp` in sshd_config), or work on the login "
-                    "node itself.",
-                )
+                raise self._sftp_refused("no reply")
             channel = sftp.get_channel()
             if channel is not None:
                 channel.settimeout(self.io_timeout_s)
             conn.sftp, conn.sftp_base = sftp, sftp.request_number
         return conn.sftp
+
+    def _sftp_refused(self, why: str) -> HpcjobError:
+        return HpcjobError(
+            f"{self.target.login.hostname} refused an SFTP session ({why}); "
+            "hpcjob reads and writes run files over SFTP.",
+            hint="Ask the cluster's admins to enable the sftp subsystem of its sshd "
+            "(`Subsystem sftp internal-sftp` in sshd_config), or work on the login node itself.",
+        )
 
     def _open(self) -> _Connection:
         conn = _Connection()

@@ -100,6 +100,8 @@ def _pool(threads: int) -> ThreadPoolExecutor:
     """One conversion thread pool per process (a forked worker must not reuse the parent's)."""
     global _POOL
     if _POOL is None or _POOL[0] != os.getpid() or _POOL[1] < threads:
+        if _POOL is not None and _POOL[0] == os.getpid():
+            _POOL[2].shutdown(wait=False)  # outgrown: its threads end once idle
         _POOL = (os.getpid(), threads, ThreadPoolExecutor(threads, "pcam-convert"))
     return _POOL[2]
 

@@ -218,10 +218,9 @@ def test_login_run_killed_on_the_cluster_ends_failed_with_its_log(
     assert not (venv / ".hpcjob-env.json").exists()
 
 
-def test_ctrl_c_cancels_the_login_run_and_stops_it_on_the_cluster(
-    remote: tuple[Path, Path],
-) -> None:
-    venv, requirements = remote
+def start_installing_torch(requirements: Path) -> tuple[subprocess.Popen[str], list[str]]:
+    """`hpcjob setup-env` installing torch (a real ~20 s install), a second into it; and the
+    lines it printed so far (not a terminal: one plain line per step, as they happen)."""
     requirements.write_text(TORCH_CPU)
     proc = subprocess.Popen(
         [sys.executable, "-m", "hpcjob", "setup-env", "--requirements", str(requirements)],
@@ -231,11 +230,19 @@ def test_ctrl_c_cancels_the_login_run_and_stops_it_on_the_cluster(
     )
     assert proc.stderr is not None
     shown: list[str] = []
-    for line in proc.stderr:  # not a terminal: one plain line per step, as they happen
+    for line in proc.stderr:
         shown.append(line)
         if "installing" in line:
             break
     time.sleep(1.0)
+    return proc, shown
+
+
+def test_ctrl_c_cancels_the_login_run_and_stops_it_on_the_cluster(
+    remote: tuple[Path, Path],
+) -> None:
+    venv, requirements = remote
+    proc, shown = start_installing_torch(requirements)
     proc.send_signal(signal.SIGINT)
     _, rest = proc.communicate(timeout=60)
     assert proc.returncode == 130, "".join(shown) + rest

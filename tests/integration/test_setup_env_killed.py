@@ -6,15 +6,13 @@ offline twin (embedded/local shell) is tests/test_setup_env_killed.py.
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import invoke
-from tests.integration.test_setup_env import TORCH_CPU, remote  # noqa: F401  (fixture)
+from tests.integration.test_setup_env import remote, start_installing_torch  # noqa: F401
 
 pytestmark = pytest.mark.ssh
 
@@ -28,18 +26,7 @@ def _alive(pid: int) -> bool:
 
 def test_sigkilled_setup_env_over_ssh_ends_failed(remote: tuple[Path, Path]) -> None:  # noqa: F811
     venv, requirements = remote
-    requirements.write_text(TORCH_CPU)  # a real ~20 s install, slow enough to kill hpcjob in
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "hpcjob", "setup-env", "--requirements", str(requirements)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    assert proc.stderr is not None
-    for line in proc.stderr:
-        if "installing" in line:
-            break
-    time.sleep(1.0)
+    proc, _ = start_installing_torch(requirements)  # slow enough to kill hpcjob in
     proc.kill()  # SIGKILL: no handler runs, nothing is recorded by hpcjob itself
     proc.wait(timeout=30)
     killed = f"hpcjob was killed while setup-env ran (pid {proc.pid})"

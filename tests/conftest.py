@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-from typer.testing import CliRunner
 
-REPO = Path(__file__).resolve().parent.parent
+from tests.helpers import REPO, invoke
 
 
 @pytest.fixture(autouse=True)
@@ -39,41 +36,9 @@ def isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return home
 
 
-@dataclass
-class Result:
-    exit_code: int
-    stdout: str
-    stderr: str
-
-    def json(self) -> Any:
-        return json.loads(self.stdout)
-
-
-def invoke(*args: str) -> Result:
-    """Run the CLI in-process, stdout and stderr apart."""
-    from hpcjob.cli import app
-
-    result = CliRunner().invoke(app, list(args))
-    if result.exception and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    return Result(result.exit_code, result.stdout, result.stderr)
-
-
 @pytest.fixture
 def cli() -> Any:
     return invoke
-
-
-def run_hpcjob(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> Result:
-    """Run hpcjob as a separate process, as a user would."""
-    proc = subprocess.run(
-        [sys.executable, "-m", "hpcjob", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env={**os.environ, **(env or {})},
-    )
-    return Result(proc.returncode, proc.stdout, proc.stderr)
 
 
 @pytest.fixture(scope="session")

@@ -6,7 +6,7 @@ from hpcjob.app import array_info, sort_runs
 from hpcjob.jobstate import JobState
 from hpcjob.ledger import Ledger, Run
 from hpcjob.scheduler import JobInfo
-from tests.test_ledger import new_run
+from tests.helpers import new_run
 
 
 def array_with(states: list[JobState]) -> tuple[Run, list[Run]]:

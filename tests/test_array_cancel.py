@@ -17,7 +17,7 @@ from hpcjob.slurm import (
     parse_sacct,
     parse_squeue,
 )
-from tests.test_slurm_scheduler import ReplayShell, recorded
+from tests.helpers import ReplayShell, recorded
 
 FIXTURES = Path(__file__).parent / "fixtures" / "slurm"
 DEP = "array_cancel_dependency"  # --array=0-5 behind a held job; task 4, then all cancelled

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import Result, run_hpcjob
+from tests.helpers import Result, run_hpcjob
 
 Invoke = Any
 

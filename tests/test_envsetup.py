@@ -24,7 +24,7 @@ from hpcjob.envscript import (
 )
 from hpcjob.envsetup import check_module_names, result_error, summary_rows
 from hpcjob.errors import HpcjobError
-from tests.conftest import invoke
+from tests.helpers import invoke
 
 SYSTEM_PYTHON = "/usr/bin/python3"
 BASE = EnvRequest(venv="~/hpcjob/venv", python="python3", modules=("2025",), requirements="six\n")

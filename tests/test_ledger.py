@@ -10,23 +10,9 @@ import pytest
 
 from hpcjob.errors import HpcjobError
 from hpcjob.jobstate import JobState
-from hpcjob.ledger import MIGRATIONS, SCHEMA_VERSION, Ledger, Metric, NewRun
+from hpcjob.ledger import MIGRATIONS, SCHEMA_VERSION, Ledger, Metric
 from hpcjob.scheduler import JobInfo
-
-
-def new_run(**overrides: object) -> NewRun:
-    values: dict[str, object] = dict(
-        profile="local",
-        cluster="local:test",
-        scheduler="local",
-        workload="train",
-        spec={"workload": "train", "resources": {"partition": None}},
-        script="#!/bin/bash\necho hi\n",
-        script_hash="abc",
-        run_dir="/runs/x",
-    )
-    values.update(overrides)
-    return NewRun(**values)  # type: ignore[arg-type]
+from tests.helpers import new_run
 
 
 def test_migrates_from_blank_and_records_each_migration() -> None:

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from hpcjob import provenance
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 Invoke = Any
 

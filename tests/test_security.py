@@ -9,61 +9,12 @@ scheduler's records, the cache, the config), and the `--json` output of every co
 
 from __future__ import annotations
 
-import sqlite3
-import stat
-import subprocess
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-SECRET_ENV = {
-    "HF_TOKEN": "hf_PLANTEDtokenDoNotLeak0001",
-    "WANDB_API_KEY": "wandbPLANTEDkey0000000000000000000002",
-    "AWS_SECRET_ACCESS_KEY": "awsPLANTEDsecret/0003+xyz",
-    "GITHUB_TOKEN": "ghp_PLANTEDgithub0004",
-    "DB_PASSWORD": "PLANTED-password-0005",
-}
-PASSPHRASE = "PLANTED passphrase 0006"
-
-
-def make_key(folder: Path, passphrase: str) -> tuple[Path, list[str]]:
-    """An encrypted ed25519 key and the lines of its body (what must never be copied)."""
-    key = folder / "id_planted"
-    subprocess.run(
-        ["ssh-keygen", "-q", "-t", "ed25519", "-N", passphrase, "-f", str(key)], check=True
-    )
-    body = [ln for ln in key.read_text().splitlines() if ln and not ln.startswith("-----")]
-    return key, body
-
-
-def needles(key_body: Iterable[str], passphrase: str = PASSPHRASE) -> list[str]:
-    return [*SECRET_ENV.values(), passphrase, *[line for line in key_body if len(line) > 20]]
-
-
-def leaks(blobs: dict[str, bytes], secrets: list[str]) -> list[str]:
-    found = []
-    for where, data in blobs.items():
-        for secret in secrets:
-            if secret.encode() in data:
-                found.append(f"{secret[:12]}… in {where}")
-    return found
-
-
-def artefacts(home: Path) -> dict[str, bytes]:
-    """Every file under HPCJOB_HOME, plus a text dump of the ledger."""
-    blobs = {str(p): p.read_bytes() for p in home.rglob("*") if p.is_file()}
-    ledger = home / "ledger.db"
-    if ledger.exists():
-        db = sqlite3.connect(ledger)
-        blobs["ledger dump"] = "\n".join(db.iterdump()).encode()
-        db.close()
-    return blobs
-
-
-def mode(path: Path) -> int:
-    return stat.S_IMODE(path.stat().st_mode)
+from tests.helpers import PASSPHRASE, SECRET_ENV, artefacts, leaks, make_key, mode, needles
 
 
 def test_no_secret_in_any_artefact_of_a_full_cycle(

@@ -3,8 +3,6 @@ test cluster (tests/fixtures/slurm). No Slurm needed; nothing is patched globall
 
 from __future__ import annotations
 
-import json
-from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import pytest
@@ -17,67 +15,7 @@ from hpcjob.ledger import NewRun
 from hpcjob.scheduler import SlurmScheduler, utc_now
 from hpcjob.shell import CommandResult
 from hpcjob.spec import SpecRequest, build_spec
-
-FIXTURES = Path(__file__).parent / "fixtures" / "slurm"
-
-
-def recorded(name: str) -> CommandResult:
-    data = json.loads((FIXTURES / f"{name}.json").read_text())
-    return CommandResult(tuple(data["command"]), data["returncode"], data["stdout"], data["stderr"])
-
-
-class ReplayShell:
-    """Answers each command (by its program name) from a queue of recorded results."""
-
-    def __init__(self, answers: Mapping[str, Sequence[CommandResult]]) -> None:
-        self.answers = {k: list(v) for k, v in answers.items()}
-        self.calls: list[list[str]] = []
-        self.files: dict[str, bytes] = {}
-
-    def run(
-        self,
-        argv: Sequence[str],
-        *,
-        check: bool = True,
-        timeout: float | None = 60,
-        env: Mapping[str, str] | None = None,
-        idempotent: bool = False,
-    ) -> CommandResult:
-        self.calls.append(list(argv))
-        queue = self.answers.get(argv[0])
-        if not queue:
-            raise AssertionError(f"unexpected command {argv}")
-        return queue.pop(0) if len(queue) > 1 else queue[0]
-
-    def read_bytes(self, path: str, offset: int = 0, limit: int | None = None) -> bytes:
-        data = self.files[path][offset:]
-        return data if limit is None else data[:limit]
-
-    def write_bytes(self, path: str, data: bytes, mode: int = 0o644) -> None:
-        self.files[path] = data
-
-    def write_files(self, root: str, files: Mapping[str, tuple[bytes, int]]) -> None:
-        for name, (data, _mode) in files.items():
-            self.files[f"{root}/{name}"] = data
-
-    def makedirs(self, path: str) -> None:
-        pass
-
-    def exists(self, path: str) -> bool:
-        return path in self.files
-
-    def size(self, path: str) -> int | None:
-        return len(self.files[path]) if path in self.files else None
-
-    def expand_home(self, path: str) -> str:
-        return path.replace("~", "/home/u", 1)
-
-    def list_files(self, path: str, max_depth: int = 2) -> list[tuple[str, int]]:
-        prefix = path.rstrip("/") + "/"
-        return [(p[len(prefix) :], len(d)) for p, d in self.files.items() if p.startswith(prefix)]
-
-    def commands(self) -> list[str]:
-        return [argv[0] for argv in self.calls]
+from tests.helpers import ReplayShell, recorded
 
 
 def test_submit_parses_the_job_id_and_passes_the_token() -> None:

@@ -13,38 +13,23 @@ import shutil
 import subprocess
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.conftest import Result
+from tests.integration.support import (
+    REPO,
+    STATE,
+    SSHLogin,
+    UserSession,
+    cluster_required,
+    read_cluster_env,
+)
 
-REPO = Path(__file__).resolve().parents[2]
-STATE = Path(os.environ.get("HPCJOB_TEST_CLUSTER_DIR", "/var/tmp/hpcjob-test-cluster"))
 SYSTEM_PYTHON = "/usr/bin/python3"
 USER_PACKAGES = ["torch==2.13.0", "h5py", "numpy", "matplotlib", "typer", "rich", "jinja2",
                  "paramiko", "platformdirs"]  # fmt: skip
-
-
-def cluster_required() -> bool:
-    return (
-        os.environ.get("CI", "").lower() == "true"
-        or os.environ.get("HPCJOB_REQUIRE_CLUSTER") == "1"
-    )
-
-
-def read_cluster_env() -> dict[str, str] | None:
-    path = STATE / "cluster.env"
-    if not path.exists():
-        return None
-    env = {}
-    for line in path.read_text().splitlines():
-        if "=" in line and not line.startswith("#"):
-            key, value = line.split("=", 1)
-            env[key.strip()] = value.strip()
-    return env
 
 
 @pytest.fixture(scope="session")
@@ -106,58 +91,6 @@ def user_source(cluster: dict[str, str], tmp_path_factory: pytest.TempPathFactor
     return target
 
 
-@dataclass
-class UserSession:
-    """hpcjob as the test user, with a HPCJOB_HOME of its own."""
-
-    cluster: dict[str, str]
-    python: str
-    source: Path
-    home: Path
-    workdir: Path
-
-    def env(self, extra: dict[str, str] | None = None) -> dict[str, str]:
-        return {
-            "HOME": f"/home/{self.cluster['HPCJOB_TEST_USER']}",
-            "USER": self.cluster["HPCJOB_TEST_USER"],
-            "PATH": "/usr/local/bin:/usr/bin:/bin",
-            "HPCJOB_HOME": str(self.home),
-            "HPCJOB_PROFILE": "slurm",
-            "HPCJOB_PYTHON": self.python,
-            "HPCJOB_REMOTE_ROOT": str(self.home / "runs"),
-            "PYTHONPATH": str(self.source),
-            **(extra or {}),
-        }
-
-    def argv(self, *args: str, extra_env: dict[str, str] | None = None) -> list[str]:
-        env = [f"{k}={v}" for k, v in self.env(extra_env).items()]
-        return ["runuser", "-u", self.cluster["HPCJOB_TEST_USER"], "--", "env", "-i", *env,
-                self.python, "-m", "hpcjob", *args]  # fmt: skip
-
-    def hpcjob(self, *args: str, timeout: float = 300, **kw: Any) -> Result:
-        proc = subprocess.run(
-            self.argv(*args, **kw), cwd=self.workdir, capture_output=True, text=True,
-            timeout=timeout,
-        )  # fmt: skip
-        return Result(proc.returncode, proc.stdout, proc.stderr)
-
-    def as_user(self, *argv: str) -> subprocess.CompletedProcess[str]:
-        """Any command as the test user (squeue, sacct … to check what hpcjob did)."""
-        return subprocess.run(
-            ["runuser", "-u", self.cluster["HPCJOB_TEST_USER"], "--", *argv],
-            cwd=self.workdir, capture_output=True, text=True, timeout=60,
-        )  # fmt: skip
-
-    def template(self, workload: str, command: str) -> None:
-        """A user template (as a user may write one) whose job runs `command`."""
-        folder = self.home / "templates"
-        folder.mkdir(exist_ok=True)
-        (folder / f"{workload}.sbatch.j2").write_text(
-            '{% extends "base.sbatch.j2" %}{% block command %}' + command + "\n{% endblock %}"
-        )
-        subprocess.run(["chown", "-R", self.cluster["HPCJOB_TEST_USER"], str(folder)], check=True)
-
-
 @pytest.fixture
 def user(
     cluster: dict[str, str], user_python: str, user_source: Path, request: pytest.FixtureRequest
@@ -186,43 +119,6 @@ def user_pcam(cluster: dict[str, str], user_python: str) -> Path:
         )  # fmt: skip
         subprocess.run(["chmod", "-R", "a+rX", str(target)], check=True)
     return target
-
-
-@dataclass
-class SSHLogin:
-    """The test sshd as hpctest, from a $HOME and an ssh config of the test's own."""
-
-    cluster: dict[str, str]
-    home: Path
-    ssh_config: Path
-    profile: dict[str, Any]
-
-    def shell(
-        self,
-        *,
-        ssh_config_text: str | None = None,
-        prompt: Any = None,
-        interactive: bool = False,
-        **overrides: Any,
-    ) -> Any:
-        """An SSHShell for the profile with `overrides` (a None value drops the key)."""
-        from hpcjob.ssh import ConnectOptions, ssh_shell_for
-
-        if ssh_config_text is not None:
-            self.ssh_config.write_text(ssh_config_text)
-        profile = {k: v for k, v in {**self.profile, **overrides}.items() if v is not None}
-        options = ConnectOptions(
-            ssh_config_path=self.ssh_config, prompt=prompt, interactive=interactive
-        )
-        return ssh_shell_for(profile, options)
-
-    def sshd_log_offset(self) -> int:
-        return (STATE / "log" / "sshd.log").stat().st_size
-
-    def sshd_log_since(self, offset: int) -> str:
-        with open(STATE / "log" / "sshd.log", "rb") as handle:
-            handle.seek(offset)
-            return handle.read().decode(errors="replace")
 
 
 @pytest.fixture

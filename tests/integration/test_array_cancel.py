@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from tests.integration.conftest import UserSession
+from tests.integration.support import UserSession
 
 pytestmark = pytest.mark.slurm
 

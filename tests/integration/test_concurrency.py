@@ -17,8 +17,7 @@ from typing import Any
 
 import pytest
 
-from tests.integration.conftest import UserSession
-from tests.integration.test_exactly_once import jobs_with_token, ledger_rows
+from tests.integration.support import UserSession, jobs_with_token, ledger_rows
 
 pytestmark = [pytest.mark.slurm]
 

@@ -22,7 +22,6 @@ import json
 import os
 import shutil
 import signal
-import sqlite3
 import subprocess
 import time
 from collections.abc import Iterator
@@ -32,7 +31,14 @@ from typing import Any
 
 import pytest
 
-from tests.integration.conftest import REPO, SSHLogin, UserSession
+from tests.integration.support import (
+    Hpcjob,
+    SSHLogin,
+    UserSession,
+    jobs_with_token,
+    ledger_rows,
+    ssh_hpcjob,
+)
 
 pytestmark = [pytest.mark.slurm]
 
@@ -111,81 +117,9 @@ def install_wrappers(ctl: Path, bin_dir: Path, owner: str) -> KillSwitch:
     return KillSwitch(ctl, bin_dir)
 
 
-def jobs_with_token(user: UserSession, token: str) -> set[str]:
-    """Every Slurm job carrying this token in its comment, from squeue and from sacct."""
-    found = set()
-    queue = user.as_user("squeue", "--me", "-h", "--states=all", "-o", "%i|%k").stdout
-    acct = user.as_user(
-        "sacct", "-X", "-n", "-P", "-o", "JobID,Comment", "--starttime", "now-2hours"
-    ).stdout
-    for line in (queue + "\n" + acct).splitlines():
-        job_id, _, comment = line.partition("|")
-        if comment.strip() == token:
-            found.add(job_id.strip())
-    return found
-
-
-def ledger_rows(home: Path) -> list[dict[str, Any]]:
-    """The ledger's runs, read directly (a command would refresh them first)."""
-    db = sqlite3.connect(f"file:{home / 'ledger.db'}?mode=ro", uri=True)
-    db.row_factory = sqlite3.Row
-    try:
-        return [dict(r) for r in db.execute("SELECT * FROM runs")]
-    finally:
-        db.close()
-
-
-class Hpcjob:
-    """hpcjob as a process that can be killed (locally as the test user, or over SSH as root)."""
-
-    def __init__(self, home: Path, argv: Any, env: dict[str, str] | None, cwd: Path) -> None:
-        self.home, self._argv, self._env, self.cwd = home, argv, env, cwd
-        self.local = env is None  # as the test user through runuser, on this machine
-
-    def start(self, *args: str) -> subprocess.Popen[str]:
-        return subprocess.Popen(
-            self._argv(*args), cwd=self.cwd, env=self._env, text=True,
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        )  # fmt: skip
-
-    def run(self, *args: str, timeout: float = 180) -> tuple[int, str, str]:
-        proc = self.start(*args)
-        out, err = proc.communicate(timeout=timeout)
-        assert "Traceback" not in err, err
-        return proc.returncode, out, err
-
-    def json(self, *args: str) -> Any:
-        code, out, err = self.run(*args, "--json")
-        assert code in (0, 3), err
-        return json.loads(out)
-
-
 def local_hpcjob(user: UserSession, switch: KillSwitch) -> Hpcjob:
     path = f"{switch.bin}:/usr/local/bin:/usr/bin:/bin"
     return Hpcjob(user.home, lambda *a: user.argv(*a, extra_env={"PATH": path}), None, user.workdir)
-
-
-def ssh_hpcjob(
-    cluster: dict[str, str], ssh_login: SSHLogin, user_python: str, home: Path
-) -> Hpcjob:
-    home.mkdir(parents=True, exist_ok=True)
-    (home / "config.toml").write_text(
-        "[profiles.cluster]\n"
-        'scheduler = "slurm"\nhost = "127.0.0.1"\n'
-        f'port = {cluster["HPCJOB_TEST_SSH_PORT"]}\nuser = "{cluster["HPCJOB_TEST_USER"]}"\n'
-        f'identity_file = "{cluster["HPCJOB_TEST_SSH_KEY"]}"\n'
-        f'known_hosts = "{cluster["HPCJOB_TEST_KNOWN_HOSTS"]}"\npython = "{user_python}"\n'
-        f'remote_root = "~/hpcjob/runs-exactly-once-{os.getpid()}"\n'
-    )
-    env = {
-        "HOME": str(ssh_login.home),
-        "PATH": "/usr/local/bin:/usr/bin:/bin",
-        "HPCJOB_HOME": str(home),
-        "HPCJOB_PROFILE": "cluster",
-        "PYTHONPATH": str(REPO),
-    }
-    python = str(REPO / ".venv" / "bin" / "python")
-    return Hpcjob(home, lambda *a: [python, "-m", "hpcjob", *a], env, home)
 
 
 def quick_template(home: Path, owner: str | None) -> None:

@@ -28,9 +28,16 @@ from typing import Any
 import pytest
 
 from hpcjob.errors import HpcjobError
-from tests.integration.conftest import REPO, STATE, SSHLogin, UserSession
-from tests.integration.test_exactly_once import jobs_with_token, ledger_rows, ssh_hpcjob
-from tests.integration.test_ssh import drop_connection
+from tests.integration.support import (
+    REPO,
+    STATE,
+    SSHLogin,
+    UserSession,
+    drop_connection,
+    jobs_with_token,
+    ledger_rows,
+    ssh_hpcjob,
+)
 
 pytestmark = [pytest.mark.slurm]
 

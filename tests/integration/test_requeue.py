@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import REPO, UserSession
+from tests.integration.support import REPO, UserSession
 
 pytestmark = pytest.mark.slurm
 

@@ -21,9 +21,8 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import Result
-from tests.integration.conftest import UserSession
-from tests.test_security import SECRET_ENV, artefacts, leaks, make_key, mode, needles
+from tests.helpers import SECRET_ENV, Result, artefacts, leaks, make_key, mode, needles
+from tests.integration.support import UserSession
 
 pytestmark = pytest.mark.slurm
 

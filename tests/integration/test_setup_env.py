@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from hpcjob.errors import HpcjobError
-from tests.conftest import Result, invoke
+from tests.helpers import Result, invoke
 
 pytestmark = pytest.mark.ssh
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import invoke
+from tests.helpers import invoke
 from tests.integration.test_setup_env import remote, start_installing_torch  # noqa: F401
 
 pytestmark = pytest.mark.ssh

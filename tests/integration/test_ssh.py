@@ -11,7 +11,6 @@ import posixpath
 import re
 import secrets
 import shutil
-import signal
 import socket
 import statistics
 import subprocess
@@ -30,7 +29,7 @@ from hpcjob.jobstate import JobState
 from hpcjob.scheduler import SlurmScheduler
 from hpcjob.shell import LocalShell
 from hpcjob.ssh import ConnectOptions, SSHShell, connect_and_trust
-from tests.integration.conftest import SSHLogin
+from tests.integration.support import SSHLogin, drop_connection
 
 pytestmark = pytest.mark.ssh
 
@@ -64,37 +63,6 @@ def host_key_fingerprint(cluster: dict[str, str]) -> str:
         check=True,
     ).stdout
     return line.split()[1]
-
-
-def sshd_pids_of(shell: SSHShell) -> list[int]:
-    """The sshd processes serving this shell's TCP connection (found by its client port)."""
-    sock = shell.tcp_socket
-    assert sock is not None
-    server = sock.getpeername()[1]
-    client = sock.getsockname()[1]
-    inodes = set()
-    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
-        fields = line.split()
-        local, remote = fields[1].split(":")[1], fields[2].split(":")[1]
-        if int(local, 16) == server and int(remote, 16) == client:
-            inodes.add(fields[9])
-    pids = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            links = [os.readlink(fd) for fd in (proc / "fd").iterdir()]
-        except OSError:
-            continue
-        if any(link == f"socket:[{inode}]" for inode in inodes for link in links):
-            pids.append(int(proc.name))
-    assert pids, "no sshd process holds the connection"
-    return pids
-
-
-def drop_connection(shell: SSHShell) -> None:
-    for pid in sshd_pids_of(shell):
-        os.kill(pid, signal.SIGKILL)
 
 
 # ---------------------------------------------------------------------------- commands
@@ -587,7 +555,7 @@ def test_cli_full_cycle_over_ssh(
 ) -> None:
     """hpcjob on 'a laptop' (this machine, as root) drives the test user's Slurm over SSH: submit,
     wait, logs, status, show and cancel all over one connection per command."""
-    from tests.conftest import invoke
+    from tests.helpers import invoke
 
     home = tmp_path / "home"
     (home / "templates").mkdir(parents=True)

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from tests.integration.conftest import UserSession
+from tests.integration.support import UserSession
 
 pytestmark = pytest.mark.slurm
 
@@ -117,7 +117,7 @@ def test_sweep_on_slurm_then_resubmit_rerun_compare_plot_and_fetch_over_ssh(
     )
     monkeypatch.setenv("HPCJOB_HOME", str(home))
     monkeypatch.setenv("HPCJOB_PROFILE", "cluster")
-    from tests.conftest import invoke
+    from tests.helpers import invoke
 
     dest = tmp_path / "fetched"
     task = rows[3]

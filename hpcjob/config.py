@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hpcjob.cost import SNELLIUS_SBU_RATES, parse_rates
+from hpcjob.cost import SNELLIUS_SBU_RATES, Rate, parse_rates
 from hpcjob.errors import EXIT_USAGE, HpcjobError
 
 if sys.version_info >= (3, 11):
@@ -285,6 +285,20 @@ def resolve_profile(
     for key, value in values.items():
         _check_value(key, value, sources[key])
     return Profile(name=name, values=values, sources=sources)
+
+
+def profile_rates(settings: Settings, current: Profile, name: str) -> dict[str, Rate]:
+    """A profile's SBU rates: its `sbu_rates` over the built-in profile's of the same name.
+    `current` is the invocation's profile (resolved already); another is resolved here."""
+    if name == current.name:
+        table = current.get("sbu_rates")
+    else:
+        try:
+            table = resolve_profile(settings, profile_flag=name).get("sbu_rates")
+        except HpcjobError:  # a profile since removed: its built-in rates, if any
+            table = None
+    builtin = BUILTIN_PROFILES.get(name, {}).get("sbu_rates") or {}
+    return parse_rates({**builtin, **(table or {})})
 
 
 def _from_env(key: str, text: str) -> Any:

@@ -51,6 +51,8 @@ SNELLIUS_SBU_RATES: dict[str, dict[str, Any]] = {
 }
 
 _UNITS = ("core", "gpu")
+# Shown after `cost: ` (submit, dry run) and as the actual cost in `show` and `runs --since`.
+NOT_BILLED = "none — the embedded scheduler runs jobs on this machine"
 
 
 @dataclass(frozen=True)
@@ -144,6 +146,11 @@ def _checked(rate: Rate, where: str) -> Rate:
 
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def unbilled(scheduler: str, rates: dict[str, Rate]) -> bool:
+    """A run of the embedded scheduler costs nothing, unless its profile gave it rates."""
+    return not rates and scheduler == "local"
 
 
 def request_from_spec(resources: dict[str, Any], partition: str | None = None) -> Request:

@@ -13,8 +13,6 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from hpcjob.ledger import Metric
-
 METRIC_PREFIX = "HPCJOB_METRIC "
 _EPOCH_RE = re.compile(r"^\s*Epoch\s+(\d+)\s*(?:/\s*\d+)?\s*[:\-]\s*(.+)$", re.IGNORECASE)
 _PAIR_RE = re.compile(
@@ -29,6 +27,16 @@ _MAX_STEP = 2**31 - 1
 _MAX_FACT_DEPTH = 16
 _MAX_FACT_TEXT = 10_000
 _MAX_FACTS = 5_000  # keys of a facts object, items of a list
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One value of a run at a step (an epoch); None stands for NaN/Inf (stored as missing)."""
+
+    step: int
+    key: str
+    value: float | None
+    at: str | None = None
 
 
 @dataclass

@@ -1,8 +1,11 @@
-"""Job states: Slurm's words, plus the two hpcjob needs before a job reaches a scheduler."""
+"""Job states (Slurm's words, plus those hpcjob needs before a job reaches a scheduler) and
+`JobInfo`, what a scheduler knows of one job: vocabulary both schedulers and the ledger share."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from enum import Enum
+from typing import Any
 
 
 class JobState(str, Enum):
@@ -94,3 +97,25 @@ _SHORT = {
     "RV": "REVOKED",
     "SE": "SPECIAL_EXIT",
 }
+
+# The reason of an array task cancelled before it started (Slurm keeps no record of its own).
+CANCELLED_PENDING_REASON = "cancelled before it started"
+
+
+@dataclass(frozen=True)
+class JobInfo:
+    """What the scheduler knows of one job right now."""
+
+    job_id: str
+    state: JobState
+    exit_code: int | None = None
+    signal: int | None = None
+    node: str | None = None
+    submitted_at: str | None = None
+    started_at: str | None = None
+    ended_at: str | None = None
+    reason: str | None = None
+    # What the scheduler's accounting adds (elapsed, CPU time, peak memory, GPUs); into the ledger.
+    facts: dict[str, Any] = field(default_factory=dict)
+    # Ended, but the accounting record with the exit code is not there yet (sacct lags).
+    accounting_pending: bool = False

@@ -1,18 +1,15 @@
-"""Where a run came from: the user's project (git), hpcjob, the script and workload code at
-submit; the node, GPUs, versions, packages, data files and seed inside the job.
+"""Where a run came from, as facts (pure): the user's project (git), hpcjob, the script and
+workload code at submit; the node, GPUs, versions, packages, data files and seed inside the job.
 
-The submit side reads the project's git state (the one edge here: `git` subprocesses); the job
-side is written by `workloads/provenance.py` into `provenance.json` in the run directory and read
-back here (pure) when the run ends. The ledger keeps both as run facts: `provenance_submit` and
+The submit side is read by hpcjob/run/origin.py (`git` in the user's project); the job side is
+written by `workloads/provenance.py` into `provenance.json` in the run directory and read back
+here when the run ends. The ledger keeps both as run facts: `provenance_submit` and
 `provenance_job`; `hpcjob show` presents them as one `provenance` section.
 """
 
 from __future__ import annotations
 
 import json
-import subprocess
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 # A diff beyond this is cut (the ledger and run directory are no place for a dataset in git).
@@ -23,82 +20,6 @@ SUBMIT_FACT = "provenance_submit"
 JOB_FACT = "provenance_job"
 NOT_A_REPO = "not a git repo"
 _SHOWN_FILES = 8
-
-
-@dataclass(frozen=True)
-class SubmitProvenance:
-    """What is known at submit: `meta` goes into run.json and the ledger, `diff` (when the
-    project is dirty) into the run directory as provenance/git.diff."""
-
-    meta: dict[str, Any]
-    diff: bytes | None = None
-
-
-def _git(folder: Path, *args: str) -> subprocess.CompletedProcess[bytes] | None:
-    try:
-        return subprocess.run(
-            ["git", "-C", str(folder), *args], capture_output=True, timeout=20, check=False
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-
-
-def _git_text(folder: Path, *args: str) -> str | None:
-    done = _git(folder, *args)
-    if done is None or done.returncode != 0:
-        return None
-    return done.stdout.decode(errors="replace").strip()
-
-
-def git_state(folder: Path) -> tuple[dict[str, Any], bytes | None]:
-    """The project's commit, branch, dirty flag (and `git diff HEAD` when dirty); outside a git
-    checkout, `{"repo": "not a git repo"}`."""
-    top = _git_text(folder, "rev-parse", "--show-toplevel")
-    if top is None:
-        return {"repo": NOT_A_REPO, "folder": str(folder)}, None
-    commit = _git_text(folder, "rev-parse", "--verify", "-q", "HEAD")
-    branch = _git_text(folder, "rev-parse", "--abbrev-ref", "HEAD")
-    status = _git_text(folder, "status", "--porcelain", "--untracked-files=all") or ""
-    lines = status.splitlines()
-    untracked = sum(line.startswith("??") for line in lines)
-    dirty = len(lines) > untracked
-    state: dict[str, Any] = {
-        "repo": top,
-        "commit": commit,  # None in a repository without commits
-        "branch": None if branch == "HEAD" else branch,  # detached HEAD has no branch
-        "dirty": dirty,
-        "untracked_files": untracked,
-    }
-    diff = None
-    if dirty and commit:
-        done = _git(folder, "diff", "HEAD", "--no-color", "--no-ext-diff")
-        if done is not None and done.returncode == 0:
-            diff = done.stdout
-    if diff is not None:
-        state["diff_bytes"] = len(diff)
-        state["diff"] = DIFF_PATH
-        if len(diff) > DIFF_CAP:
-            state["diff_truncated"] = True
-            note = (
-                f"\n# hpcjob: diff truncated at {DIFF_CAP} of {len(diff)} bytes; "
-                f"see `git diff HEAD` at commit {commit} in {top}\n"
-            )
-            diff = diff[:DIFF_CAP] + note.encode()
-    return state, diff
-
-
-def at_submit(
-    project: Path, *, hpcjob_version: str, script_sha256: str, workload_sha256: str
-) -> SubmitProvenance:
-    """Everything known about a run's origin before it is submitted."""
-    git, diff = git_state(project)
-    meta = {
-        "git": git,
-        "hpcjob_version": hpcjob_version,
-        "script_sha256": script_sha256,
-        "workload_sha256": workload_sha256,
-    }
-    return SubmitProvenance(meta=meta, diff=diff)
 
 
 def job_facts(text: str) -> dict[str, Any]:

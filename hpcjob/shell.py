@@ -105,6 +105,10 @@ class Shell(Protocol):
         """Files under a folder as (relative path, size), at most `max_depth` folders down."""
         ...
 
+    def close(self) -> None:
+        """End the connection, if there is one (a later use opens a new one)."""
+        ...
+
 
 def command_error(result: CommandResult, what: str | None = None) -> HpcjobError:
     """The error for a failed command: argv, exit status, the tail of stderr."""
@@ -266,6 +270,9 @@ class LocalShell:
                     continue  # removed while we looked
                 found.append((str((Path(folder) / name).relative_to(root)), size))
         return sorted(found)
+
+    def close(self) -> None:
+        """Nothing is held open between commands on this machine."""
 
 
 def check_relative_names(files: Mapping[str, object]) -> list[str]:

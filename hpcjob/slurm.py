@@ -657,7 +657,6 @@ def _float_duration(text: str) -> float | None:
 
 
 # ------------------------------------------------------- array tasks cancelled while pending
-CANCELLED_PENDING_REASON = "cancelled before it started"
 
 
 def cancelled_before_start(

@@ -17,7 +17,7 @@ from typing import Any
 
 from typer.testing import CliRunner
 
-from hpcjob.ledger import NewRun
+from hpcjob.ledger.records import NewRun
 from hpcjob.shell import CommandResult
 
 FIXTURES = Path(__file__).parent / "fixtures" / "slurm"

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from hpcjob.app import array_info, sort_runs
-from hpcjob.jobstate import JobState
-from hpcjob.ledger import Ledger, Run
-from hpcjob.scheduler import JobInfo
+from hpcjob.insight.rows import sort_runs
+from hpcjob.jobstate import JobInfo, JobState
+from hpcjob.ledger.records import Run
+from hpcjob.ledger.store import Ledger
+from hpcjob.run.refresh import array_info
 from tests.helpers import new_run
 
 

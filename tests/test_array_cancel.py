@@ -9,14 +9,9 @@ from typing import Any
 
 import pytest
 
-from hpcjob.jobstate import JobState
-from hpcjob.scheduler import SlurmScheduler
-from hpcjob.slurm import (
-    CANCELLED_PENDING_REASON,
-    cancelled_before_start,
-    parse_sacct,
-    parse_squeue,
-)
+from hpcjob.jobstate import CANCELLED_PENDING_REASON, JobState
+from hpcjob.scheduler.slurm import SlurmScheduler
+from hpcjob.slurm import cancelled_before_start, parse_sacct, parse_squeue
 from tests.helpers import ReplayShell, recorded
 
 FIXTURES = Path(__file__).parent / "fixtures" / "slurm"

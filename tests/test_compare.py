@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from hpcjob.compare import compare, metric_summary, settings, table_rows
+from hpcjob.insight.compare import compare, metric_summary, settings, table_rows
 
 
 def detail(run_id: str, lr: float, epochs: int, losses: list[float | None], **extra: Any) -> dict:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from hpcjob.curves import LINE, MARKERS, OVERLAP, chart_text, loss_series, render_chart
+from hpcjob.insight.curves import LINE, MARKERS, OVERLAP, chart_text, loss_series, render_chart
 
 
 def plot_rows(lines: list[str]) -> list[str]:

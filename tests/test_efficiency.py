@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 
 from hpcjob import slurm
-from hpcjob.efficiency import Usage, assess, show_lines, usage_from_facts
-from hpcjob.scheduler import _from_sacct
+from hpcjob.insight.efficiency import Usage, assess, show_lines, usage_from_facts
+from hpcjob.scheduler.slurm import _from_sacct
 
 FIXTURES = Path(__file__).parent / "fixtures" / "slurm"
 

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from hpcjob.env.report import check_module_names, result_error, summary_rows
 from hpcjob.envscript import (
     RESULT_PREFIX,
     EnvRequest,
@@ -22,7 +23,6 @@ from hpcjob.envscript import (
     render_setup_script,
     requirement_names,
 )
-from hpcjob.envsetup import check_module_names, result_error, summary_rows
 from hpcjob.errors import HpcjobError
 from tests.helpers import invoke
 
@@ -321,8 +321,8 @@ def test_progress_follows_steps_and_pip_in_chunks_split_mid_line() -> None:
 
 
 def test_plain_progress_prints_one_line_per_step_with_elapsed_time() -> None:
+    from hpcjob.cli.output import ProgressDisplay
     from hpcjob.envscript import STEP_PREFIX
-    from hpcjob.envsetup import ProgressDisplay
 
     now = [100.0]
     lines: list[str] = []
@@ -519,7 +519,7 @@ def _slow_python(tmp_path: Path) -> Path:
 
 
 def _login_context(isolated_home: Path, tmp_path: Path, python: Path) -> object:
-    from hpcjob.app import open_context
+    from hpcjob.run.context import open_context
 
     _config(
         isolated_home,
@@ -531,7 +531,7 @@ def _login_context(isolated_home: Path, tmp_path: Path, python: Path) -> object:
 def test_login_run_that_times_out_ends_failed_with_its_log(
     isolated_home: Path, tmp_path: Path
 ) -> None:
-    from hpcjob.envsetup import request_for, setup_on_login_node
+    from hpcjob.env.setup import request_for, setup_on_login_node
 
     ctx: Any = _login_context(isolated_home, tmp_path, _slow_python(tmp_path))
     request = request_for(ctx, "six\n")
@@ -550,8 +550,9 @@ def test_login_run_that_times_out_ends_failed_with_its_log(
 def test_login_run_interrupted_by_ctrl_c_ends_cancelled(
     isolated_home: Path, tmp_path: Path
 ) -> None:
+    from hpcjob.cli.output import ProgressDisplay
+    from hpcjob.env.setup import request_for, setup_on_login_node
     from hpcjob.envscript import STEP_PREFIX
-    from hpcjob.envsetup import ProgressDisplay, request_for, setup_on_login_node
 
     class CtrlC(ProgressDisplay):
         def feed(self, text: str) -> None:
@@ -572,7 +573,7 @@ def test_login_run_interrupted_by_ctrl_c_ends_cancelled(
 
 
 def test_gpu_check_result_joins_summary_json_and_exit_code() -> None:
-    from hpcjob.envsetup import GpuCheck, gpu_error
+    from hpcjob.env.report import GpuCheck, gpu_error
 
     gpu = GpuCheck(
         run_id="r9",
@@ -596,8 +597,8 @@ def test_gpu_check_result_joins_summary_json_and_exit_code() -> None:
 def test_gpu_partition_prefers_the_profile_then_the_first_with_gpus(
     isolated_home: Path,
 ) -> None:
-    from hpcjob.app import open_context
-    from hpcjob.envsetup import gpu_partition
+    from hpcjob.env.setup import gpu_partition
+    from hpcjob.run.context import open_context
 
     def part(name: str, gpus: dict[str, int]) -> dict[str, object]:
         return {"name": name, "is_default": False, "avail": "up", "max_time_s": 3600,
@@ -629,7 +630,7 @@ def test_cli_check_gpu_refuses_the_embedded_scheduler_before_installing(
 
 
 def test_ssh_relay_drops_login_noise_and_keeps_split_characters() -> None:
-    from hpcjob.ssh import _Relay
+    from hpcjob.ssh.channel import _Relay
 
     got: list[str] = []
     relay = _Relay("__m__", got.append)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from hpcjob.fastpath import convert, plain_target
+from hpcjob.cli.fastpath import convert, plain_target
 
 
 class Info:

@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 
 from hpcjob.errors import HpcjobError
-from hpcjob.jobstate import JobState
-from hpcjob.ledger import MIGRATIONS, SCHEMA_VERSION, Ledger, Metric
-from hpcjob.scheduler import JobInfo
+from hpcjob.joblog import Metric
+from hpcjob.jobstate import JobInfo, JobState
+from hpcjob.ledger.schema import MIGRATIONS, SCHEMA_VERSION
+from hpcjob.ledger.store import Ledger
 from tests.helpers import new_run
 
 

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from hpcjob.errors import HpcjobError
-from hpcjob.jobstate import JobState
-from hpcjob.localsched import LocalScheduler, expand_output, parse_script_header
-from hpcjob.scheduler import JobInfo
+from hpcjob.jobstate import JobInfo, JobState
+from hpcjob.scheduler.header import expand_output, parse_script_header
+from hpcjob.scheduler.local import LocalScheduler
 
 
 def write_script(folder: Path, body: str, *, time_limit: str = "05:00", extra: str = "") -> Path:

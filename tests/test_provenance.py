@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from hpcjob import provenance
+from hpcjob.run import origin
 from tests.helpers import REPO
 
 Invoke = Any
@@ -55,7 +56,7 @@ def repo(tmp_path: Path) -> Path:
 
 
 def test_not_a_git_repo(tmp_path: Path) -> None:
-    state, diff = provenance.git_state(tmp_path)
+    state, diff = origin.git_state(tmp_path)
     assert state == {"repo": "not a git repo", "folder": str(tmp_path)}
     assert diff is None
     assert "not a git repo" in provenance.show_lines({"git": state})[0]
@@ -63,7 +64,7 @@ def test_not_a_git_repo(tmp_path: Path) -> None:
 
 def test_clean_repo(repo: Path) -> None:
     (repo / "notes.txt").write_text("untracked files do not make it dirty\n")
-    state, diff = provenance.git_state(repo)
+    state, diff = origin.git_state(repo)
     assert state["commit"] == git(repo, "rev-parse", "HEAD")
     assert state["branch"] == "main" and state["dirty"] is False
     assert state["untracked_files"] == 1
@@ -72,16 +73,16 @@ def test_clean_repo(repo: Path) -> None:
 
 def test_dirty_repo_keeps_the_diff(repo: Path) -> None:
     (repo / "model.py").write_text("LAYERS = 3\n")
-    state, diff = provenance.git_state(repo)
+    state, diff = origin.git_state(repo)
     assert state["dirty"] is True and state["diff"] == "provenance/git.diff"
     assert diff is not None and b"-LAYERS = 2\n+LAYERS = 3" in diff
     assert state["diff_bytes"] == len(diff) and "diff_truncated" not in state
 
 
 def test_a_huge_diff_is_cut_with_a_note(repo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(provenance, "DIFF_CAP", 200)
+    monkeypatch.setattr(origin, "DIFF_CAP", 200)
     (repo / "model.py").write_text("".join(f"LAYER_{i} = {i}\n" for i in range(500)))
-    state, diff = provenance.git_state(repo)
+    state, diff = origin.git_state(repo)
     assert state["diff_truncated"] is True and state["diff_bytes"] > 200
     assert diff is not None and diff.startswith(b"diff --git")
     assert b"# hpcjob: diff truncated at 200 of" in diff and len(diff) < 400
@@ -89,7 +90,7 @@ def test_a_huge_diff_is_cut_with_a_note(repo: Path, monkeypatch: pytest.MonkeyPa
 
 def test_detached_head_has_no_branch(repo: Path) -> None:
     git(repo, "checkout", "-q", "--detach")
-    state, _ = provenance.git_state(repo)
+    state, _ = origin.git_state(repo)
     assert state["branch"] is None and state["commit"]
 
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from hpcjob.ledger import Ledger
+from hpcjob.ledger.store import Ledger
 
 REPO = Path(__file__).resolve().parent.parent
 Invoke = Any
@@ -136,10 +136,8 @@ def test_bad_auto_requeue_values_are_usage_errors(
 
 def test_two_refreshing_processes_requeue_once(isolated_home: Path) -> None:
     """The claim is one transaction that re-reads the run: a second claim finds it taken."""
-    from hpcjob.jobstate import JobState
-    from hpcjob.ledger import NewRun
-    from hpcjob.requeue import attempts
-    from hpcjob.scheduler import JobInfo
+    from hpcjob.jobstate import JobInfo, JobState
+    from hpcjob.ledger.records import NewRun
 
     ledger = Ledger(isolated_home / "ledger.db")
     run = ledger.create_run(NewRun("local", "c", "local", "train", {}, "", "", "/x"))
@@ -148,7 +146,7 @@ def test_two_refreshing_processes_requeue_once(isolated_home: Path) -> None:
     ledger.set_facts(run.run_id, {"sacct_elapsed_s": 60, "sbu_estimate": 1.0})
     assert ledger.claim_requeue(run, 1, run.token + "-a2", "why")
     assert not ledger.claim_requeue(run, 1, run.token + "-a2", "why")
-    assert [(a.job_id, a.token, a.state) for a in attempts(ledger, run.run_id)] == [
+    assert [(a.job_id, a.token, a.state) for a in ledger.attempts(run.run_id)] == [
         ("7", run.token, "TIMEOUT")
     ]
     claimed = ledger.get_run(run.run_id)
@@ -204,9 +202,7 @@ def test_a_run_left_behind_is_requeued_by_the_next_refresh(
 ) -> None:
     """A run that ended TIMEOUT without being resubmitted then (its process died, or another
     held the lock) is resubmitted by the next `status`, and `wait` follows it to the end."""
-    from hpcjob.jobstate import JobState
-    from hpcjob.requeue import set_limit
-    from hpcjob.scheduler import JobInfo
+    from hpcjob.jobstate import JobInfo, JobState
 
     folder = isolated_home / "templates"
     folder.mkdir(parents=True)
@@ -217,7 +213,7 @@ def test_a_run_left_behind_is_requeued_by_the_next_refresh(
     ledger = Ledger(isolated_home / "ledger.db")
     stored = ledger.get_run(run["run_id"])
     ledger.record_info(stored, JobInfo(run["job_id"], JobState.TIMEOUT), "test")
-    set_limit(ledger, run["run_id"], 1)
+    ledger.set_max_requeues(run["run_id"], 1)
     ledger.close()
     status = cli("status", "--json")
     assert "auto-requeue 1 of 1" in status.stderr

@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from hpcjob.envscript import EnvResult
-from hpcjob.envsetup import (
+from hpcjob.jobstate import JobState
+from hpcjob.run.login import (
     DRIVER_FACT,
     LOGIN_TIMEOUT_S,
     LoginSighting,
@@ -26,7 +27,6 @@ from hpcjob.envsetup import (
     judge_login_run,
     process_start,
 )
-from hpcjob.jobstate import JobState
 
 SYSTEM_PYTHON = "/usr/bin/python3"
 LOG = "/runs/r1/setup-env.log"
@@ -209,8 +209,9 @@ def test_script_that_finished_after_its_hpcjob_died_is_completed(
     """A real (empty) install finishes; the ledger is then made to look as if its hpcjob died
     before recording the end: refresh reads the script's own result line from its log. Driven
     from another host, the same run is left alone."""
-    from hpcjob.app import open_context, refresh
-    from hpcjob.envsetup import request_for, setup_on_login_node
+    from hpcjob.env.setup import request_for, setup_on_login_node
+    from hpcjob.run.context import open_context
+    from hpcjob.run.refresh import refresh
 
     _profile(isolated_home, tmp_path, SYSTEM_PYTHON)
     ctx: Any = open_context("mine")

@@ -7,12 +7,16 @@ from pathlib import Path
 
 import pytest
 
-from hpcjob.app import Context, Prepared, refresh, submit
+from hpcjob.clock import utc_now
 from hpcjob.config import Profile, Settings
 from hpcjob.errors import HpcjobError
 from hpcjob.jobstate import JobState
-from hpcjob.ledger import NewRun
-from hpcjob.scheduler import SlurmScheduler, utc_now
+from hpcjob.ledger.records import NewRun
+from hpcjob.run.context import Context
+from hpcjob.run.prepare import Prepared
+from hpcjob.run.refresh import refresh
+from hpcjob.run.submit import submit
+from hpcjob.scheduler.slurm import SlurmScheduler
 from hpcjob.shell import CommandResult
 from hpcjob.spec import SpecRequest, build_spec
 from tests.helpers import ReplayShell, recorded

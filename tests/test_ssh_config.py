@@ -14,16 +14,15 @@ from pathlib import Path
 
 import paramiko
 import pytest
+from hpcjob.ssh.connect import ConnectOptions, connect_and_trust, ssh_shell_for
+from hpcjob.ssh.session import SSHShell
 
 from hpcjob.config import Settings, resolve_profile
 from hpcjob.errors import HpcjobError
 from hpcjob.ssh import (
-    ConnectOptions,
     Hop,
-    SSHShell,
     auth_failed_error,
     changed_host_error,
-    connect_and_trust,
     fingerprint_sha256,
     key_type_label,
     known_hosts_lines,
@@ -31,7 +30,6 @@ from hpcjob.ssh import (
     read_ssh_config,
     remote_command,
     resolve_target,
-    ssh_shell_for,
     strip_before_marker,
     unknown_host_error,
 )

@@ -12,8 +12,8 @@ import pytest
 
 from hpcjob.errors import HpcjobError
 from hpcjob.jobstate import JobState
-from hpcjob.localsched import LocalScheduler
 from hpcjob.render import RenderContext, render_script, template_dirs
+from hpcjob.scheduler.local import LocalScheduler
 from hpcjob.spec import JobSpec, Resources
 from hpcjob.sweep import Sweep, compress_indices, failed_tasks, parse_sweeps
 
@@ -337,7 +337,7 @@ class BrokenShell:
 
 
 def test_an_interrupted_copy_leaves_no_file_that_looks_whole(tmp_path: Path) -> None:
-    from hpcjob.artifacts import copy_file, wanted
+    from hpcjob.run.fetch import copy_file, wanted
 
     target = tmp_path / "dest" / "metrics.jsonl"
     with pytest.raises(OSError, match="connection lost"):

@@ -1,7 +1,8 @@
-"""The run ledger: a SQLite record of every run, its state history, metrics, facts and artifacts.
+"""Every SQL statement hpcjob runs on the ledger: `Ledger`, one SQLite file per invocation.
 
 WAL mode so readers never wait for a writer; every write is one `BEGIN IMMEDIATE` transaction;
-schema changes are named migrations applied together with their record in one transaction.
+a conditional write (a claim) changes the run only while it is still as the caller saw it, so two
+hpcjob processes never both act on one run.
 """
 
 from __future__ import annotations
@@ -9,201 +10,19 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import secrets
 import sqlite3
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from hpcjob.clock import utc_now
 from hpcjob.errors import HpcjobError
-from hpcjob.jobstate import JobState
-from hpcjob.scheduler import JobInfo, utc_now
-
-
-@dataclass(frozen=True)
-class Migration:
-    version: int
-    name: str
-    why: str
-    sql: str
-
-
-MIGRATIONS: tuple[Migration, ...] = (
-    Migration(
-        1,
-        "initial",
-        "Runs with their spec, script and paths; state history; metrics; facts; artifacts.",
-        """
-        CREATE TABLE runs (
-            run_id TEXT PRIMARY KEY,
-            token TEXT NOT NULL UNIQUE,
-            job_id TEXT,
-            profile TEXT NOT NULL,
-            cluster TEXT NOT NULL,
-            scheduler TEXT NOT NULL,
-            workload TEXT NOT NULL,
-            spec_json TEXT NOT NULL,
-            script TEXT NOT NULL,
-            script_hash TEXT NOT NULL,
-            run_dir TEXT NOT NULL,
-            output_path TEXT,
-            state TEXT NOT NULL,
-            exit_code INTEGER,
-            signal INTEGER,
-            node TEXT,
-            reason TEXT,
-            created_at TEXT NOT NULL,
-            submitted_at TEXT,
-            started_at TEXT,
-            ended_at TEXT,
-            updated_at TEXT NOT NULL
-        );
-        CREATE INDEX runs_job ON runs (cluster, job_id);
-        CREATE INDEX runs_state ON runs (profile, state);
-        CREATE INDEX runs_created ON runs (created_at);
-        CREATE TABLE state_history (
-            id INTEGER PRIMARY KEY,
-            run_id TEXT NOT NULL REFERENCES runs (run_id) ON DELETE CASCADE,
-            state TEXT NOT NULL,
-            at TEXT NOT NULL,
-            source TEXT NOT NULL,
-            detail TEXT
-        );
-        CREATE INDEX state_history_run ON state_history (run_id, id);
-        CREATE TABLE metrics (
-            run_id TEXT NOT NULL REFERENCES runs (run_id) ON DELETE CASCADE,
-            step INTEGER NOT NULL,
-            key TEXT NOT NULL,
-            value REAL,
-            at TEXT,
-            PRIMARY KEY (run_id, step, key)
-        );
-        CREATE TABLE facts (
-            run_id TEXT NOT NULL REFERENCES runs (run_id) ON DELETE CASCADE,
-            key TEXT NOT NULL,
-            value_json TEXT NOT NULL,
-            PRIMARY KEY (run_id, key)
-        );
-        CREATE TABLE artifacts (
-            run_id TEXT NOT NULL REFERENCES runs (run_id) ON DELETE CASCADE,
-            name TEXT NOT NULL,
-            path TEXT NOT NULL,
-            size INTEGER,
-            PRIMARY KEY (run_id, name)
-        );
-        """,
-    ),
-)
-MIGRATIONS += (
-    Migration(
-        2,
-        "array-tasks",
-        "A Slurm job array is one submitted run (the parent, job id `123`) whose tasks are runs "
-        "of their own (`123_4`), so each task has its state, output, metrics and history.",
-        """
-        ALTER TABLE runs ADD COLUMN parent_run_id TEXT REFERENCES runs (run_id);
-        ALTER TABLE runs ADD COLUMN array_task INTEGER;
-        CREATE INDEX runs_parent ON runs (parent_run_id)
-        """,
-    ),
-)
-MIGRATIONS += (
-    Migration(
-        3,
-        "attempts",
-        "`submit --auto-requeue N` resubmits a run that hit its time limit (or stopped with a "
-        "checkpoint, exit 75) up to N times. It stays ONE run; each scheduler job it went "
-        "through is an attempt with its own job id, state and times, so nothing is forgotten.",
-        """
-        ALTER TABLE runs ADD COLUMN max_requeues INTEGER NOT NULL DEFAULT 0;
-        CREATE TABLE attempts (
-            run_id TEXT NOT NULL REFERENCES runs (run_id) ON DELETE CASCADE,
-            attempt INTEGER NOT NULL,
-            job_id TEXT,
-            token TEXT,
-            state TEXT NOT NULL,
-            exit_code INTEGER,
-            started_at TEXT,
-            ended_at TEXT,
-            reason TEXT,
-            PRIMARY KEY (run_id, attempt)
-        )
-        """,
-    ),
-)
-SCHEMA_VERSION = MIGRATIONS[-1].version
-
-
-@dataclass(frozen=True)
-class Run:
-    run_id: str
-    token: str
-    job_id: str | None
-    profile: str
-    cluster: str
-    scheduler: str
-    workload: str
-    spec: dict[str, Any]
-    script: str
-    script_hash: str
-    run_dir: str
-    output_path: str | None
-    state: JobState
-    exit_code: int | None
-    signal: int | None
-    node: str | None
-    reason: str | None
-    created_at: str
-    submitted_at: str | None
-    started_at: str | None
-    ended_at: str | None
-    updated_at: str
-    parent_run_id: str | None = None
-    array_task: int | None = None
-    max_requeues: int = 0  # submit --auto-requeue N (migration 3)
-
-    @property
-    def is_array(self) -> bool:
-        """The parent run of a job array (its state is its tasks')."""
-        return self.parent_run_id is None and bool(self.spec.get("resources", {}).get("array"))
-
-
-@dataclass(frozen=True)
-class NewRun:
-    profile: str
-    cluster: str
-    scheduler: str
-    workload: str
-    spec: dict[str, Any]
-    script: str
-    script_hash: str
-    run_dir: str
-    run_id: str = field(default_factory=lambda: new_run_id())
-    token: str = field(default_factory=lambda: "hpcjob-" + secrets.token_hex(16))
-
-
-@dataclass(frozen=True)
-class Metric:
-    step: int
-    key: str
-    value: float | None
-    at: str | None = None
-
-
-@dataclass(frozen=True)
-class StateChange:
-    state: JobState
-    at: str
-    source: str
-    detail: str | None
-
-
-def new_run_id() -> str:
-    """Short, typeable, never all digits (so it cannot be mistaken for a job id)."""
-    return "r" + secrets.token_hex(3)
+from hpcjob.joblog import Metric
+from hpcjob.jobstate import JobInfo, JobState
+from hpcjob.ledger import schema
+from hpcjob.ledger.records import Attempt, NewRun, Run, StateChange, new_run_id
 
 
 class Ledger:
@@ -232,44 +51,10 @@ class Ledger:
     # -- schema -------------------------------------------------------------------------------
 
     def schema_version(self) -> int:
-        row = self.db.execute(
-            "SELECT name FROM sqlite_master WHERE type='table' AND name='schema_migrations'"
-        ).fetchone()
-        if row is None:
-            return 0
-        return int(self.db.execute("SELECT MAX(version) FROM schema_migrations").fetchone()[0] or 0)
+        return schema.schema_version(self.db)
 
     def migrate(self, upto: int | None = None) -> None:
-        """Apply each pending migration together with its record, in one transaction each."""
-        if self.schema_version() == SCHEMA_VERSION and upto is None:
-            return  # the common case takes no write lock, so opening never waits on a writer
-        self._write_sql(
-            "CREATE TABLE IF NOT EXISTS schema_migrations "
-            "(version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at TEXT NOT NULL)"
-        )
-        current = self.schema_version()
-        if current > SCHEMA_VERSION:
-            raise HpcjobError(
-                f"The ledger {self.path} was written by a newer hpcjob (schema {current}, "
-                f"this one knows {SCHEMA_VERSION}).",
-                hint="Upgrade hpcjob: pip install --upgrade hpcjob",
-            )
-        for migration in MIGRATIONS:
-            if migration.version <= current or (upto is not None and migration.version > upto):
-                continue
-            self.db.execute("BEGIN IMMEDIATE")
-            try:
-                for statement in migration.sql.split(";"):
-                    if statement.strip():
-                        self.db.execute(statement)
-                self.db.execute(
-                    "INSERT INTO schema_migrations VALUES (?, ?, ?)",
-                    (migration.version, migration.name, utc_now()),
-                )
-                self.db.execute("COMMIT")
-            except BaseException:
-                self.db.execute("ROLLBACK")
-                raise
+        schema.migrate(self.db, self.path, upto)
 
     def _write_sql(self, sql: str, params: Sequence[Any] = ()) -> None:
         self._transaction([(sql, params)])
@@ -417,6 +202,27 @@ class Ledger:
             ),
         )
 
+    def attempts(self, run_id: str) -> list[Attempt]:
+        """The run's ended attempts, oldest first (the current job is not among them)."""
+        rows = self.db.execute(
+            "SELECT attempt, job_id, token, state, exit_code, started_at, ended_at, reason "
+            "FROM attempts WHERE run_id = ? ORDER BY attempt",
+            (run_id,),
+        ).fetchall()
+        return [Attempt(*tuple(r)) for r in rows]
+
+    def requeue_due(self, profile: str, checkpoint_exit: int) -> list[Run]:
+        """Runs of the profile that ended TIMEOUT (or FAILED with `checkpoint_exit`) with
+        requeues left: what `--auto-requeue` resubmits."""
+        rows = self.db.execute(
+            "SELECT * FROM runs WHERE profile = ? AND max_requeues > 0 AND job_id IS NOT NULL "
+            "AND (state = ? OR (state = ? AND exit_code = ?)) "
+            "AND max_requeues > (SELECT COUNT(*) FROM attempts a WHERE a.run_id = runs.run_id) "
+            "ORDER BY created_at",
+            (profile, JobState.TIMEOUT.value, JobState.FAILED.value, checkpoint_exit),
+        ).fetchall()
+        return [_run(r) for r in rows]
+
     def set_max_requeues(self, run_id: str, limit: int) -> None:
         """How many times `--auto-requeue` may resubmit the run."""
         self._write_sql("UPDATE runs SET max_requeues = ? WHERE run_id = ?", (int(limit), run_id))
@@ -434,10 +240,6 @@ class Ledger:
         """One run per task of a submitted array, sharing the parent's run directory and its
         spec (or the task's own from `specs`: a sweep's tasks each have their arguments)."""
         assert parent.job_id is not None
-        if specs is None and parent.spec.get("sweep"):
-            from hpcjob.sweep import task_specs
-
-            specs = task_specs(parent.spec, tasks)
         now = utc_now()
         statements: list[tuple[str, Sequence[Any]]] = []
         ids = []

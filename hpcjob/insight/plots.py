@@ -9,13 +9,11 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from hpcjob.curves import Point
 from hpcjob.errors import HpcjobError
-
-if TYPE_CHECKING:
-    from hpcjob.app import Context
+from hpcjob.insight.curves import Point, loss_series
+from hpcjob.run.context import Context
+from hpcjob.run.watch import resolve
 
 _STYLES = ("-", "--", ":", "-.")
 
@@ -85,9 +83,6 @@ def plot_refs(
     ctx: Context, refs: Sequence[str], out: Path | None, metrics: Sequence[str] | None
 ) -> tuple[Path, list[str]]:
     """`hpcjob plot`: the runs' curves from the ledger into one PNG; (path, run ids)."""
-    from hpcjob.app import resolve
-    from hpcjob.curves import loss_series
-
     curves: dict[str, dict[str, list[Point]]] = {}
     labels: dict[str, str] = {}
     for ref in refs:

@@ -11,38 +11,21 @@ the run takes the new job id. The claim of an ended job for a requeue (`Ledger.c
 one `BEGIN IMMEDIATE` transaction that only changes the run while it still holds the ended job, so
 two hpcjob processes refreshing at once never both resubmit.
 Each attempt has its own token (`<token>-a2` …) in `--comment`, so a crash between the claim and
-sbatch is completed by the next refresh like any submission (app._complete_submission).
+sbatch is completed by the next refresh like any submission (recovery.py).
 """
 
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
-
 from hpcjob.errors import EXIT_USAGE, HpcjobError
 from hpcjob.jobstate import JobState
-
-if TYPE_CHECKING:
-    from hpcjob.app import Context
-    from hpcjob.ledger import Ledger, Run
+from hpcjob.ledger.records import Run
+from hpcjob.run.context import Context
+from hpcjob.run.lock import SubmitterLock
+from hpcjob.run.rundir import exit_status_path
+from hpcjob.run.submit import hand_over
 
 EXIT_CHECKPOINTED = 75  # workloads/train.py: stopped by SIGUSR1/SIGTERM after a checkpoint
 MAX_REQUEUES = 20
-
-
-@dataclass(frozen=True)
-class Attempt:
-    """One scheduler job of a run."""
-
-    attempt: int
-    job_id: str | None
-    token: str | None
-    state: str
-    exit_code: int | None
-    started_at: str | None
-    ended_at: str | None
-    reason: str | None
 
 
 def check_limit(value: int | None, *, is_array: bool) -> int:
@@ -64,39 +47,6 @@ def check_limit(value: int | None, *, is_array: bool) -> int:
     return value
 
 
-def set_limit(ledger: Ledger, run_id: str, limit: int) -> None:
-    ledger.set_max_requeues(run_id, limit)
-
-
-def attempts(ledger: Ledger, run_id: str) -> list[Attempt]:
-    """The run's ended attempts, oldest first (the current job is not among them)."""
-    rows = ledger.db.execute(
-        "SELECT attempt, job_id, token, state, exit_code, started_at, ended_at, reason "
-        "FROM attempts WHERE run_id = ? ORDER BY attempt",
-        (run_id,),
-    ).fetchall()
-    return [Attempt(*tuple(r)) for r in rows]
-
-
-def attempt_rows(ledger: Ledger, run: Run) -> list[dict[str, Any]]:
-    """Every attempt of a run for `show` (table and --json): the ended ones, then the current."""
-    past = attempts(ledger, run.run_id)
-    rows = [a.__dict__.copy() for a in past]
-    rows.append(
-        {
-            "attempt": len(past) + 1,
-            "job_id": run.job_id,
-            "token": run.token,
-            "state": run.state.value,
-            "exit_code": run.exit_code,
-            "started_at": run.started_at,
-            "ended_at": run.ended_at,
-            "reason": run.reason,
-        }
-    )
-    return rows
-
-
 def wants_requeue(run: Run, used: int) -> bool:
     """Did this run end in a way a resubmission fixes, with requeues left?"""
     if run.max_requeues <= used or not run.job_id or run.is_array or run.parent_run_id:
@@ -110,46 +60,29 @@ def due(ctx: Context, run: Run) -> bool:
     """A run that ended in a way --auto-requeue fixes and has not been resubmitted yet."""
     if not run.max_requeues or not run.state.is_final:
         return False
-    return wants_requeue(run, len(attempts(ctx.ledger, run.run_id)))
+    return wants_requeue(run, len(ctx.ledger.attempts(run.run_id)))
 
 
-def requeue_left_behind(ctx: Context) -> None:
-    """Runs of the profile that ended qualifying but were not resubmitted then (another process
-    held the run's lock, a crash between the end and the resubmission): resubmit them now."""
-    rows = ctx.ledger.db.execute(
-        "SELECT run_id FROM runs WHERE profile = ? AND max_requeues > 0 AND job_id IS NOT NULL "
-        "AND (state = 'TIMEOUT' OR (state = 'FAILED' AND exit_code = ?)) "
-        "AND max_requeues > (SELECT COUNT(*) FROM attempts a WHERE a.run_id = runs.run_id)",
-        (ctx.profile.name, EXIT_CHECKPOINTED),
-    ).fetchall()
-    for row in rows:
-        run = ctx.ledger.get_run(row["run_id"])
-        if run.cluster == ctx.scheduler.cluster:
-            requeue_ended(ctx, [run])
-
-
-def requeue_ended(ctx: Context, runs: list[Run]) -> list[Run]:
-    """After a refresh: resubmit the runs that qualify; the others come back unchanged."""
-    out = []
-    for run in runs:
-        if run.max_requeues and run.state.is_final:
-            used = len(attempts(ctx.ledger, run.run_id))
-            if wants_requeue(run, used):
-                run = resubmit(ctx, run, used + 1)
-        out.append(run)
-    return out
+def requeue(ctx: Context) -> dict[str, Run]:
+    """Refresh's requeue step: resubmit every run of the profile on this cluster that ended in a
+    way a resubmission fixes and has requeues left — whether it ended in this very refresh or
+    earlier without being resubmitted (another process held its lock, a crash in between).
+    Returns the runs it touched, by run id, as the ledger now has them."""
+    touched: dict[str, Run] = {}
+    for run in ctx.ledger.requeue_due(ctx.profile.name, EXIT_CHECKPOINTED):
+        used = len(ctx.ledger.attempts(run.run_id))
+        if run.cluster == ctx.scheduler.cluster and wants_requeue(run, used):
+            touched[run.run_id] = resubmit(ctx, run, used + 1)
+    return touched
 
 
 def resubmit(ctx: Context, run: Run, attempt: int) -> Run:
     """Record attempt `attempt` as ended, submit the same script again, record the new job.
 
-    The submission itself is submission.py's (exactly once, by token, under the run's submitter
+    The submission itself is submit.py's (exactly once, by token, under the run's submitter
     lock); a failure is said once on stderr and leaves the run as the ledger then shows it.
     """
-    from hpcjob.app import exit_status_path
-    from hpcjob.submission import hand_over
-
-    earlier = attempts(ctx.ledger, run.run_id)
+    earlier = ctx.ledger.attempts(run.run_id)
     base = earlier[0].token if earlier and earlier[0].token else run.token
     token = f"{base}-a{attempt + 1}"
     why = (
@@ -179,14 +112,12 @@ def resubmit(ctx: Context, run: Run, attempt: int) -> Run:
     return fresh
 
 
-def _lock(ctx: Context, run: Run, tries: int = 20) -> Any:
+def _lock(ctx: Context, run: Run, tries: int = 20) -> SubmitterLock | None:
     """The run's submitter lock; while another hpcjob process holds it (requeuing this very run),
     wait a moment so the caller then sees the run resubmitted, not ended. None if never free."""
-    from hpcjob.submission import SubmitterLock
-
     for _ in range(tries):
         try:
             return SubmitterLock(ctx.settings.home, run.run_id).__enter__()
         except HpcjobError:
-            time.sleep(0.25)
+            ctx.clock.sleep(0.25)
     return None

@@ -11,14 +11,12 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING
 
 from hpcjob.errors import HpcjobError
-
-if TYPE_CHECKING:
-    from hpcjob.app import Context
-    from hpcjob.ledger import Run
-    from hpcjob.shell import Shell
+from hpcjob.ledger.records import Run
+from hpcjob.run.context import Context
+from hpcjob.run.rundir import files_dir
+from hpcjob.shell import Shell
 
 _CHUNK = 8 * 1024 * 1024
 _CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt")
@@ -65,8 +63,6 @@ def fetch(
     on_file: Callable[[Copied], None] | None = None,
 ) -> list[Copied]:
     """Copy the run's artifacts into `dest`; what was copied, in order."""
-    from hpcjob.app import files_dir
-
     shell = ctx.scheduler.shell
     sources = plan(shell, run, files_dir(run), checkpoints)
     if not sources:
@@ -109,12 +105,3 @@ def copy_file(shell: Shell, source: str, target: Path) -> int:
 
 def default_dest(run: Run) -> Path:
     return Path.cwd() / "hpcjob-runs" / run.run_id
-
-
-def size_text(size: int) -> str:
-    value = float(size)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024 or unit == "GiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{value:.1f} GiB"

@@ -1,98 +1,17 @@
-"""The Scheduler seam: how a staged job script becomes a running job, and how it is watched.
-
-`LocalScheduler` (hpcjob/localsched.py) runs scripts on this machine; `SlurmScheduler` drives
-sbatch/squeue/sacct through a Shell. Everything above this seam only sees `JobInfo`.
-"""
+"""Slurm through a Shell (this machine's, or a login node's over SSH): sbatch, one squeue and at
+most one sacct per poll, scancel, sinfo. Everything above the seam only sees `JobInfo`."""
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
-from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any, Protocol
+from dataclasses import replace
+from typing import Any
 
+from hpcjob import slurm
+from hpcjob.clock import iso_utc, utc_now
 from hpcjob.errors import HpcjobError
-from hpcjob.jobstate import JobState
-
-if TYPE_CHECKING:
-    from hpcjob.config import Profile, Settings
-    from hpcjob.shell import Shell
-
-
-def utc_now() -> str:
-    """Now as ISO-8601 UTC, the form every time in hpcjob takes."""
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def parse_utc(text: str) -> datetime:
-    return datetime.fromisoformat(text.replace("Z", "+00:00"))
-
-
-@dataclass(frozen=True)
-class JobInfo:
-    """What the scheduler knows of one job right now."""
-
-    job_id: str
-    state: JobState
-    exit_code: int | None = None
-    signal: int | None = None
-    node: str | None = None
-    submitted_at: str | None = None
-    started_at: str | None = None
-    ended_at: str | None = None
-    reason: str | None = None
-    # What the scheduler's accounting adds (elapsed, CPU time, peak memory, GPUs); into the ledger.
-    facts: dict[str, Any] = field(default_factory=dict)
-    # Ended, but the accounting record with the exit code is not there yet (sacct lags).
-    accounting_pending: bool = False
-
-
-class Scheduler(Protocol):
-    """Submit, watch and cancel jobs; `shell` reaches the files of the scheduler's machine."""
-
-    name: str
-    cluster: str
-    shell: Shell
-    # Seconds between polls while waiting: first interval, doubling up to the cap.
-    poll_start_s: float
-    poll_cap_s: float
-
-    def submit(self, script_path: str, *, token: str, workdir: str) -> str:
-        """Submit a staged script; return the job id."""
-        ...
-
-    def poll(self, job_ids: Sequence[str]) -> dict[str, JobInfo]:
-        """The state of many jobs in one query; jobs the scheduler does not know are left out."""
-        ...
-
-    def cancel(self, job_ids: Sequence[str]) -> None: ...
-
-    def find_by_token(self, token: str) -> str | None:
-        """The job id submitted with this token, if the scheduler has one."""
-        ...
-
-    def partitions(self) -> list[Any] | None:
-        """The partitions requests are checked against; None when any name runs (embedded)."""
-        ...
-
-
-def scheduler_for(profile: Profile, settings: Settings) -> Scheduler:
-    """The scheduler a profile names."""
-    if profile.scheduler == "local":
-        from hpcjob.localsched import LocalScheduler
-
-        return LocalScheduler(settings.local_dir, max_jobs=int(profile.get("max_local_jobs") or 2))
-    host = profile.get("host")
-    if host:
-        from hpcjob.ssh import ConnectOptions, ssh_shell_for
-
-        options = ConnectOptions(sources=profile.sources, profile_name=profile.name)
-        shell = ssh_shell_for(profile.values, options)
-        return SlurmScheduler(shell, cluster=f"slurm:{host}")
-    from hpcjob.shell import LocalShell
-
-    return SlurmScheduler(LocalShell(), cluster=f"slurm:{socket.gethostname()}")
+from hpcjob.jobstate import CANCELLED_PENDING_REASON, JobInfo, JobState
+from hpcjob.shell import Shell, command_error
 
 
 class SlurmScheduler:
@@ -107,16 +26,15 @@ class SlurmScheduler:
     name = "slurm"
     poll_start_s = 2.0
     poll_cap_s = 30.0
+    jobs_run_here = False
 
     def __init__(self, shell: Shell, cluster: str) -> None:
         self.shell = shell
         self.cluster = cluster
-        self.accounting_off: str | None = None
+        self.accounting_off: str | None = None  # why sacct does not answer, while it does not
         self.last_submit_ambiguous = False  # the last submit failed without a clear yes or no
 
     def submit(self, script_path: str, *, token: str, workdir: str) -> str:
-        from hpcjob import slurm
-
         argv = slurm.sbatch_argv(script_path, comment=token, extra=[f"--chdir={workdir}"])
         # Until sbatch says clearly yes or no, the job may or may not be queued (the caller then
         # looks it up by token instead of guessing).
@@ -132,8 +50,6 @@ class SlurmScheduler:
         return job_id
 
     def poll(self, job_ids: Sequence[str]) -> dict[str, JobInfo]:
-        from hpcjob import slurm
-
         if not job_ids:
             return {}
         live: dict[str, slurm.SqueueRow] = {}
@@ -169,7 +85,7 @@ class SlurmScheduler:
                 state=JobState.CANCELLED,
                 started_at=None,
                 ended_at=known.ended_at or utc_now(),
-                reason=slurm.CANCELLED_PENDING_REASON,
+                reason=CANCELLED_PENDING_REASON,
                 # It never ran: nothing more will come from accounting (stop asking for it).
                 facts={**known.facts, "sacct_elapsed_s": 0},
                 accounting_pending=False,
@@ -180,8 +96,6 @@ class SlurmScheduler:
         """sacct's final word on these jobs, by job id. Array tasks are asked for by their
         array's id too: tasks cancelled before they started exist in sacct only inside a
         `123_[4-9]` row, never under their own id."""
-        from hpcjob import slurm
-
         bases = {j.split("_", 1)[0] for j in job_ids if "_" in j} - set(job_ids)
         records = [r for r in self._sacct([*job_ids, *sorted(bases)]) if not r.is_interim]
         accounted = {r.job_id: r for r in records if "[" not in r.job_id}
@@ -192,9 +106,6 @@ class SlurmScheduler:
         return accounted
 
     def _squeue(self, job_ids: Sequence[str]) -> list[Any]:
-        from hpcjob import slurm
-        from hpcjob.shell import command_error
-
         result = self.shell.run(
             slurm.squeue_argv(job_ids), check=False, timeout=60, idempotent=True
         )
@@ -206,8 +117,6 @@ class SlurmScheduler:
         return slurm.parse_squeue(result.stdout)
 
     def _sacct(self, job_ids: Sequence[str]) -> list[Any]:
-        from hpcjob import slurm
-
         if not job_ids:
             return []
         result = self.shell.run(slurm.sacct_argv(job_ids), check=False, timeout=60, idempotent=True)
@@ -218,8 +127,6 @@ class SlurmScheduler:
         return slurm.parse_sacct(result.stdout)
 
     def cancel(self, job_ids: Sequence[str]) -> None:
-        from hpcjob import slurm
-
         result = self.shell.run(
             slurm.scancel_argv(job_ids), check=False, timeout=60, idempotent=True
         )
@@ -232,9 +139,6 @@ class SlurmScheduler:
             )
 
     def find_by_token(self, token: str) -> str | None:
-        from hpcjob import slurm
-        from hpcjob.shell import command_error
-
         # squeue must answer: "not found" from a controller that is down would be a guess. sacct
         # (jobs squeue has forgotten) may be off; that is remembered in `accounting_off`.
         result = self.shell.run(slurm.squeue_mine_argv(), check=False, timeout=60, idempotent=True)
@@ -252,13 +156,12 @@ class SlurmScheduler:
                 return str(record.array_job_id or record.job_id)
         return None
 
-    def partitions(self) -> list[Any]:
-        from hpcjob import slurm
+    def close(self) -> None:
+        self.shell.close()  # the one SSH connection of this invocation, if any
 
+    def partitions(self) -> list[slurm.Partition]:
         result = self.shell.run(slurm.sinfo_argv(), check=False, timeout=60, idempotent=True)
         if result.returncode != 0:
-            from hpcjob.shell import command_error
-
             raise command_error(result, "Asking Slurm for its partitions (sinfo)")
         return slurm.parse_sinfo(result.stdout)
 
@@ -279,20 +182,13 @@ _REJECTIONS = frozenset(
 )
 
 
-def _iso(value: datetime | None) -> str | None:
-    """sacct/squeue print the cluster's local time; the ledger keeps UTC."""
-    if value is None:
-        return None
-    return value.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 def _from_squeue(job_id: str, row: Any) -> JobInfo:
     running = row.state not in (JobState.PENDING, JobState.REQUEUED)
     return JobInfo(
         job_id=job_id,
         state=row.state,
         node=row.nodes,
-        started_at=_iso(row.start_time) if running else None,
+        started_at=iso_utc(row.start_time) if running else None,
         reason=row.reason if row.state == JobState.PENDING else None,
     )
 
@@ -315,9 +211,9 @@ def _from_sacct(record: Any) -> JobInfo:
         exit_code=record.exit_code,
         signal=record.signal,
         node=record.nodes,
-        submitted_at=_iso(record.submit),
-        started_at=_iso(record.start),
-        ended_at=_iso(record.end) if record.state.is_final else None,
+        submitted_at=iso_utc(record.submit),
+        started_at=iso_utc(record.start),
+        ended_at=iso_utc(record.end) if record.state.is_final else None,
         reason=record.reason if record.state == JobState.PENDING else None,
         facts={f"sacct_{k}": v for k, v in facts.items() if v is not None},
     )

@@ -1,14 +1,18 @@
-"""The only printer: Rich tables and panels for people, JSON for scripts.
+"""The only printer: one `Sink` per command — JSON for scripts, Rich tables and text for people —
+and the live displays (the wait spinner, setup-env's progress).
 
 stdout carries data (a table, a script, a log, or JSON); progress, hints and errors go to stderr,
-so `--json` output is always clean JSON.
+so `--json` output is always clean JSON. A command hands its result to the sink and never asks
+itself which of the two it is printing.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -184,7 +188,7 @@ def print_run_detail(detail: dict[str, Any], show_script: bool = True) -> None:
         for column in ("name", "size", "path"):
             table.add_column(column)
         for art in detail["artifacts"]:
-            table.add_row(escape(art["name"]), _size(art["size"]), escape(art["path"]))
+            table.add_row(escape(art["name"]), size_text(art["size"]), escape(art["path"]))
         console.print()
         console.print(table)
     if show_script:
@@ -245,7 +249,7 @@ def _num(value: Any) -> str:
     return f"{value:.4f}" if isinstance(value, float) and abs(value) < 1e4 else f"{value:g}"
 
 
-def _size(size: int | None) -> str:
+def size_text(size: int | None) -> str:
     if size is None:
         return ""
     value = float(size)
@@ -271,7 +275,7 @@ def _exit(detail: dict[str, Any]) -> str:
 def _resources(res: dict[str, Any]) -> str:
     parts = [f"partition={res.get('partition') or '(default)'}"]
     if res.get("time_s"):
-        from hpcjob.spec import format_time
+        from hpcjob.spec import format_time  # only `show` needs it
 
         parts.append(f"time={format_time(res['time_s'])}")
     for key in ("nodes", "cpus_per_task", "mem_mb", "gpus", "account", "constraint"):
@@ -286,3 +290,110 @@ def spinner(text: str) -> Iterator[Any]:
     console = _console(stderr=True)
     with console.status(text) as status:
         yield status
+
+
+class Sink:
+    """Where one command's output goes: `--json` prints data as JSON on stdout and keeps quiet
+    otherwise; a person gets tables, text and messages. Warnings reach both."""
+
+    def __init__(self, json_mode: bool = False) -> None:
+        self.json_mode = json_mode
+
+    def result(self, data: Any, show: Callable[[], None] | None = None) -> None:
+        """The command's result: `data` as JSON, or `show()` for a person (nothing if None)."""
+        if self.json_mode:
+            print_json(data)
+        elif show is not None:
+            show()
+
+    def rows(
+        self,
+        rows: Sequence[dict[str, Any]],
+        columns: Sequence[tuple[str, str]] = RUN_COLUMNS,
+        title: str | None = None,
+        empty: str = "Nothing to show.",
+    ) -> None:
+        """Rows: a JSON list (`[]` when empty), or a table with these columns."""
+        self.result(list(rows), lambda: print_table(rows, columns, title=title, empty=empty))
+
+    def say(self, message: str) -> None:
+        """A message for a person on stderr (Rich markup); `--json` leaves it out."""
+        if not self.json_mode:
+            info(message)
+
+    def text(self, text: str) -> None:
+        """Plain text on stdout for a person (a script, a log, a summary line)."""
+        if not self.json_mode:
+            print_text(text)
+
+    def warn(self, message: str) -> None:
+        warn(message)
+
+    def waiting(self, text: str) -> contextlib.AbstractContextManager[Any]:
+        """A spinner whose text the caller updates while it waits; `--json` shows none."""
+        if self.json_mode:
+            return contextlib.nullcontext(_NoStatus())
+        return spinner(text)
+
+    def setup_display(self) -> ProgressDisplay:
+        """setup-env's progress: a live line on a terminal, plain lines in logs and `--json`."""
+        return ProgressDisplay(plain=self.json_mode or not sys.stderr.isatty())
+
+
+class _NoStatus:
+    def update(self, text: str) -> None:
+        pass
+
+
+class ProgressDisplay:
+    """Shows what the script is doing while it runs: a live line (rich, on stderr) for a person,
+    or one plain line per step for logs and `--json` (`plain`). The clock is injected."""
+
+    def __init__(
+        self,
+        plain: bool,
+        clock: Callable[[], float] = time.monotonic,
+        write: Callable[[str], None] | None = None,
+    ) -> None:
+        from hpcjob.envscript import SetupProgress  # the step parser; loaded by setup-env only
+
+        self.plain = plain
+        self.clock = clock
+        self.write = write or (lambda line: print(line, file=sys.stderr, flush=True))
+        self.progress = SetupProgress()
+        self._started = clock()
+        self._live: Any = None
+
+    @contextlib.contextmanager
+    def running(self, requirements: tuple[str, ...], log_path: str) -> Iterator[None]:
+        self.progress = type(self.progress)(requirements=requirements)
+        self._started = self.clock()
+        if self.plain:
+            self.write(f"setup-env: log {log_path}")
+            yield
+            return
+        from rich.console import Console
+        from rich.live import Live
+
+        console = Console(stderr=True, highlight=False)
+        self._live = Live(self, console=console, refresh_per_second=8, transient=True)
+        with self._live:
+            yield
+        self._live = None
+
+    def note(self, message: str) -> None:
+        self.write(message)
+
+    def feed(self, text: str) -> None:
+        if self.progress.feed(text) and self.plain:
+            self.write(f"setup-env [{self.clock() - self._started:4.0f} s] {self.progress.label}")
+
+    def __rich__(self) -> Any:
+        from rich.console import Group
+        from rich.spinner import Spinner
+        from rich.text import Text
+
+        elapsed = f"{self.clock() - self._started:.0f} s"
+        head = Spinner("dots", Text.assemble((self.progress.label, "bold"), f"  {elapsed}"))
+        recent = [Text(f"  {line[:160]}", style="dim") for line in self.progress.recent]
+        return Group(head, *recent)

@@ -118,13 +118,3 @@ def chart_text(metrics: Sequence[Mapping[str, Any]], width: int = 48, height: in
     if not lines:
         return ""
     return "\nLoss curves:\n" + "\n".join(lines) + "\n"
-
-
-def show_section(detail: Mapping[str, Any]) -> str:
-    """What `show` prints after the ledger's record: where the run comes from (rerun, sweep)
-    and its loss curves."""
-    from hpcjob.rerun import lineage
-
-    lines = lineage(dict(detail))
-    text = "\n" + "\n".join(lines) + "\n" if lines else ""
-    return text + chart_text(detail.get("metrics") or [])

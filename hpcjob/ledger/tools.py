@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from hpcjob.errors import HpcjobError
+from hpcjob.ledger.schema import SCHEMA_VERSION
+from hpcjob.ledger.store import ledger_error
 
 
 def _open_read_only(path: Path) -> sqlite3.Connection:
@@ -34,8 +36,6 @@ def _open_read_only(path: Path) -> sqlite3.Connection:
 
 
 def _damaged(path: Path, exc: sqlite3.Error) -> HpcjobError:
-    from hpcjob.ledger import ledger_error
-
     return ledger_error(str(path), exc)
 
 
@@ -87,8 +87,6 @@ def backup(ledger_path: Path, out: Path) -> dict[str, Any]:
 
 def check(ledger_path: Path) -> dict[str, Any]:
     """SQLite's integrity and foreign-key checks, the schema version and runs per state."""
-    from hpcjob.ledger import SCHEMA_VERSION
-
     db = _open_read_only(ledger_path)
     try:
         problems = [r[0] for r in db.execute("PRAGMA integrity_check").fetchall()]

@@ -1,8 +1,8 @@
 """The embedded scheduler: Slurm's behaviour for job scripts on this machine, without Slurm.
 
 A submitted script gets a job id, a record under `<local_dir>/jobs/` and a detached supervisor
-process (`python -m hpcjob.localsched`) that survives the CLI. The supervisor waits for a free slot
-(at most `max_jobs` run at once, first come first served), runs the script with Slurm's
+process (`python -m hpcjob.scheduler.local`) that survives the CLI. The supervisor waits for a
+free slot (at most `max_jobs` run at once, first come first served), runs the script with Slurm's
 environment variables, writes its output where `#SBATCH --output` says, enforces `--time`
 (TERM, then KILL after `kill_wait_s`), sends the `--signal` warning, and records the final state.
 A supervisor that dies is noticed by the next poll: its job is marked FAILED with the reason.
@@ -14,7 +14,6 @@ import contextlib
 import fcntl
 import json
 import os
-import shlex
 import signal
 import socket
 import subprocess
@@ -22,91 +21,17 @@ import sys
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from hpcjob.clock import parse_utc, utc_now
 from hpcjob.errors import HpcjobError
-from hpcjob.jobstate import JobState
-from hpcjob.scheduler import JobInfo, parse_utc, utc_now
+from hpcjob.jobstate import JobInfo, JobState
+from hpcjob.scheduler.header import ScriptHeader, array_tasks, expand_output, parse_script_header
 from hpcjob.shell import LocalShell, Shell
-from hpcjob.spec import parse_memory_mb, parse_time_limit
 
 _TICK_S = 0.05
-
-
-@dataclass(frozen=True)
-class ScriptHeader:
-    """The #SBATCH directives the embedded scheduler honours."""
-
-    job_name: str
-    output: str
-    time_s: int | None
-    partition: str | None
-    cpus_per_task: int | None
-    mem_mb: int | None
-    gpus: int
-    account: str | None
-    comment: str | None
-    signal: tuple[int, int] | None  # (signal number, seconds before the limit)
-    after: tuple[str, ...] = ()  # afterok dependencies
-    array: str | None = None  # e.g. "0-3%2"
-
-
-_SHORT_FLAGS = {
-    "-J": "job-name",
-    "-t": "time",
-    "-o": "output",
-    "-p": "partition",
-    "-c": "cpus-per-task",
-    "-G": "gpus",
-    "-A": "account",
-    "-N": "nodes",
-}
-
-
-def parse_script_header(script: str, default_name: str = "job") -> ScriptHeader:
-    """Read the #SBATCH lines at the top of a script, as sbatch does (pure)."""
-    options: dict[str, str] = {}
-    for line in script.splitlines()[1:]:
-        stripped = line.strip()
-        if stripped and not stripped.startswith("#"):
-            break  # sbatch stops at the first command
-        if not stripped.startswith("#SBATCH"):
-            continue
-        try:
-            words = shlex.split(stripped[len("#SBATCH") :], comments=False)
-        except ValueError as exc:
-            raise HpcjobError(f"Cannot read the job script line {line!r}: {exc}") from exc
-        while words:
-            key, has_value, value = words.pop(0).partition("=")
-            if not has_value and words and not words[0].startswith("-"):
-                value = words.pop(0)  # `-t 1:30` / `--time 1:30`
-            options[_SHORT_FLAGS.get(key, key.lstrip("-"))] = value
-    return ScriptHeader(
-        job_name=options.get("job-name", default_name),
-        output=options.get("output", "slurm-%j.out"),
-        time_s=parse_time_limit(options["time"]) if "time" in options else None,
-        partition=options.get("partition"),
-        cpus_per_task=int(options["cpus-per-task"]) if "cpus-per-task" in options else None,
-        mem_mb=parse_memory_mb(options["mem"]) if "mem" in options else None,
-        gpus=int(options.get("gpus", "0").split(":")[-1] or 0),
-        account=options.get("account"),
-        comment=options.get("comment"),
-        signal=_parse_signal(options["signal"]) if "signal" in options else None,
-        after=_parse_dependency(options.get("dependency", "")),
-        array=options.get("array"),
-    )
-
-
-def array_tasks(spec: str) -> tuple[list[int], int | None]:
-    """`0-3%2` → ([0, 1, 2, 3], 2): the task ids and the throttle (at most that many at once)."""
-    from hpcjob.slurm import expand_array_ids
-
-    _, _, throttle = spec.partition("%")
-    tasks = [int(t.split("_", 1)[1]) for t in expand_array_ids(f"0_[{spec}]")]
-    return sorted(set(tasks)), int(throttle) if throttle.isdigit() and int(throttle) > 0 else None
 
 
 def _order(job_id: str) -> tuple[int, int]:
@@ -120,49 +45,16 @@ def _is_job_id(name: str) -> bool:
     return base.isdigit() and (not task or task.isdigit())
 
 
-def _parse_dependency(text: str) -> tuple[str, ...]:
-    """`afterok:12:13` → ("12", "13"); other dependency kinds are refused."""
-    if not text:
-        return ()
-    kind, _, ids = text.partition(":")
-    if kind != "afterok" or not ids:
-        raise HpcjobError(
-            f"The embedded scheduler understands only afterok dependencies, not {text!r}."
-        )
-    return tuple(ids.split(":"))
-
-
-def _parse_signal(text: str) -> tuple[int, int]:
-    """`B:USR1@30` → (SIGUSR1, 30)."""
-    spec = text.split(":", 1)[-1]
-    name, _, when = spec.partition("@")
-    signame = name if name.startswith("SIG") else "SIG" + name
-    number = int(name) if name.isdigit() else int(getattr(signal, signame))
-    return number, int(when or 60)
-
-
-def expand_output(pattern: str, job_id: str, job_name: str, task: int | None = None) -> str:
-    """Slurm's filename patterns: %j job id, %A array job id, %a task id, %x job name, %u user,
-    %% a percent sign."""
-    user = os.environ.get("USER", "user")
-    array_id = job_id.partition("_")[0]
-    return (
-        pattern.replace("%%", "\0")
-        .replace("%j", job_id)
-        .replace("%A", array_id)
-        .replace("%a", str(task) if task is not None else "4294967294")
-        .replace("%x", job_name)
-        .replace("%u", user)
-        .replace("\0", "%")
-    )
-
-
 class LocalScheduler:
     """The Scheduler protocol on this machine (see the module docstring)."""
 
     name = "local"
     poll_start_s = 0.2
     poll_cap_s = 2.0
+    jobs_run_here = True
+    # Its own records answer every poll, and a submit either queues the job or says why not.
+    accounting_off: str | None = None
+    last_submit_ambiguous = False
 
     def __init__(self, local_dir: Path, max_jobs: int = 2, kill_wait_s: float = 5.0) -> None:
         self.root = local_dir
@@ -227,7 +119,7 @@ class LocalScheduler:
         self._write(job_id, record)
         (self.root / "queue" / job_id).touch()
         proc = subprocess.Popen(
-            [sys.executable, "-m", "hpcjob.localsched", str(self.root), job_id],
+            [sys.executable, "-m", "hpcjob.scheduler.local", str(self.root), job_id],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -282,6 +174,9 @@ class LocalScheduler:
     def partitions(self) -> None:
         """Any partition name runs here, on this machine."""
         return None
+
+    def close(self) -> None:
+        self.shell.close()
 
     # -- records ------------------------------------------------------------------------------
 
@@ -612,7 +507,7 @@ def _remove_tree(path: Path) -> None:
 
 
 def main(argv: list[str]) -> None:
-    """Entry of the detached supervisor: `python -m hpcjob.localsched LOCAL_DIR JOB_ID`."""
+    """Entry of the detached supervisor: `python -m hpcjob.scheduler.local LOCAL_DIR JOB_ID`."""
     root, job_id = Path(argv[0]), argv[1]
     record = json.loads((root / "jobs" / f"{job_id}.json").read_text())
     scheduler = LocalScheduler(

@@ -8,14 +8,15 @@ a resubmitted sweep array carries the sweep's `sweep_id`, so `sweep status` sees
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from hpcjob.errors import EXIT_USAGE, HpcjobError
+from hpcjob.ledger.records import Run
+from hpcjob.run.context import Context
+from hpcjob.run.prepare import Prepared, prepare
+from hpcjob.run.sweeps import sweep_of, task_rows
 from hpcjob.spec import SpecRequest, format_memory, format_time
-
-if TYPE_CHECKING:
-    from hpcjob.app import Context, Prepared
-    from hpcjob.ledger import Run
+from hpcjob.sweep import Sweep, failed_tasks
 
 # Resource overrides a rerun accepts, by SpecRequest field.
 RESOURCE_KEYS = ("partition", "time", "cpus_per_task", "mem", "gpus")
@@ -68,8 +69,6 @@ def prepare_rerun(
     ctx: Context, run: Run, overrides: dict[str, Any], *, current_code: bool = False
 ) -> Prepared:
     """The original's spec with overrides, validated and rendered, linked by `rerun_of`."""
-    from hpcjob.app import prepare
-
     if run.spec.get("sweep"):
         raise HpcjobError(
             f"Run {run.run_id} is a sweep of {run.spec['sweep'].get('tasks')} tasks.",
@@ -86,11 +85,8 @@ def prepare_rerun(
 
 def prepare_resubmit(ctx: Context, ref: str, *, current_code: bool = False) -> Prepared:
     """One new array of only the sweep's tasks whose latest attempt did not complete."""
-    from hpcjob.app import prepare
-    from hpcjob.sweep import Sweep, failed_tasks, status_rows, sweep_of
-
     sweep_id, arrays = sweep_of(ctx.ledger, ref)
-    rows = status_rows(ctx.ledger, arrays)
+    rows = task_rows(ctx.ledger, arrays)
     failed = failed_tasks(rows)
     if not failed:
         unfinished = [r["task"] for r in rows if r["state"] != "COMPLETED"]
@@ -106,37 +102,3 @@ def prepare_resubmit(ctx: Context, ref: str, *, current_code: bool = False) -> P
     )
     snapshot = None if current_code else workload_snapshot(ctx, first)
     return prepare(ctx, request, sweep=sweep, workload=snapshot)
-
-
-def lineage(detail: dict[str, Any]) -> list[str]:
-    """`show`'s lines on where a run comes from: a rerun, a sweep, a sweep's task."""
-    spec = detail.get("spec") or {}
-    lines = []
-    if spec.get("rerun_of"):
-        lines.append(f"Rerun of:   {spec['rerun_of']}")
-    sweep = spec.get("sweep")
-    if sweep:
-        params = " ".join(
-            f"{p['name']}={','.join(map(str, p['values']))}" for p in sweep.get("params") or []
-        )
-        lines.append(
-            f"Sweep:      {sweep.get('sweep_id')} — {sweep.get('tasks')} tasks, at most "
-            f"{sweep.get('max_parallel')} at once; {params}"
-        )
-    task = spec.get("sweep_task")
-    if task:
-        params = " ".join(f"{k}={v}" for k, v in (task.get("params") or {}).items())
-        lines.append(f"Sweep task: {task.get('index')} of sweep {task.get('sweep_id')}: {params}")
-    return lines
-
-
-def profile_of(ref: str) -> str:
-    """The profile a run was submitted with (its cluster is where its files are)."""
-    from hpcjob.config import load_settings
-    from hpcjob.ledger import Ledger
-
-    ledger = Ledger(load_settings().ledger_path)
-    try:
-        return ledger.resolve(ref).profile
-    finally:
-        ledger.close()

@@ -1,0 +1,232 @@
+"""Commands that submit: `submit` and `render` (one function: render stops before the ledger),
+`rerun`, `resubmit`.
+
+No `from __future__ import annotations`: Typer reads these annotations as objects.
+"""
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from hpcjob.cli.options import (
+    CurrentCodeOpt,
+    JsonOpt,
+    ProfileOpt,
+    RefArg,
+    ResourceArgs,
+    WaitOpt,
+    WorkloadArgs,
+    with_blocks,
+)
+from hpcjob.cli.output import Sink
+from hpcjob.cli.root import app, command
+from hpcjob.cli.session import conclude, run_session, session, wait_and_conclude
+from hpcjob.errors import HpcjobError
+
+
+@with_blocks
+def _submit_or_render(
+    ctx: typer.Context,
+    workload: Annotated[str, typer.Argument(help="gpu-check, eda, train or setup-env.")],
+    resources: ResourceArgs,
+    args: WorkloadArgs,
+    nodes: Annotated[int | None, typer.Option(help="Number of nodes.")] = None,
+    account: Annotated[str | None, typer.Option("--account", "-A", help="Budget account.")] = None,
+    constraint: Annotated[
+        str | None, typer.Option(help="Node features, e.g. scratch-node.")
+    ] = None,
+    job_name: Annotated[str | None, typer.Option("--job-name", "-J", help="Job name.")] = None,
+    array: Annotated[
+        str | None, typer.Option(help="A job array, e.g. 0-9%2 (at most 2 at once); Slurm only.")
+    ] = None,
+    after: Annotated[
+        str | None, typer.Option(help="Start after this job (id, run id or last) COMPLETED.")
+    ] = None,
+    data_dir: Annotated[str | None, typer.Option(help="Folder with the PCAM .h5 files.")] = None,
+    stage_data: Annotated[
+        bool, typer.Option("--stage-data", help="Copy the data to the node-local $TMPDIR first.")
+    ] = False,
+    sweep: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="A sweep as ONE job array: NAME=V1,V2 (repeatable; every combination is a task), "
+            "e.g. --sweep lr=1e-3,1e-4 --sweep hidden=256,512.",
+        ),
+    ] = None,
+    max_parallel: Annotated[
+        int | None, typer.Option(help="With --sweep: at most N tasks at once (4).")
+    ] = None,
+    wait: WaitOpt = False,
+    auto_requeue: Annotated[
+        int | None,
+        typer.Option(
+            "--auto-requeue",
+            help="Resubmit up to N times when the job hits its time limit (it resumes from "
+            "its checkpoint); one run, several attempts.",
+        ),
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Validate and render; submit nothing.")
+    ] = False,
+    project: Annotated[
+        str | None,
+        typer.Option(help="Your project's folder, for provenance (default: the current one)."),
+    ] = None,
+    profile: ProfileOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    from hpcjob.cli.output import print_text
+    from hpcjob.run.prepare import prepare
+    from hpcjob.run.requeue import check_limit
+    from hpcjob.spec import SpecRequest
+    from hpcjob.sweep import sweep_request
+
+    sink = Sink(json_out)
+    rendering = ctx.info_name == "render"
+    requeues = check_limit(auto_requeue, is_array=bool(array))
+    request = SpecRequest(
+        workload=workload,
+        **resources.to_dict(),
+        nodes=nodes,
+        account=account,
+        constraint=constraint,
+        job_name=job_name,
+        array=array,
+        after=after,
+        data_dir=data_dir,
+        stage_data=stage_data,
+        args=args.to_dict(),
+        require_data=not rendering,
+    )
+    request, sweep_def = sweep_request(request, sweep or [], max_parallel)
+    with session(profile) as context:
+        prepared = prepare(
+            context,
+            request,
+            check_data=not (rendering or dry_run),
+            check_cluster=not rendering,
+            sweep=sweep_def,
+        )
+        if rendering:
+            print_text(prepared.script)
+        elif dry_run:
+            _show_dry_run(context, sink, prepared)
+        else:
+            _submit(context, sink, prepared, requeues, _project_dir(project), wait)
+
+
+def _submit(
+    context: Any, sink: Sink, prepared: Any, requeues: int, project: Path | None, wait: bool
+) -> None:
+    from hpcjob.env.setup import venv_warning
+    from hpcjob.insight.explain import estimate_text
+    from hpcjob.run.submit import submit
+
+    warning = venv_warning(context)
+    if warning:
+        context.notes.append(warning)
+    run = submit(context, prepared, auto_requeue=requeues, project=project)
+    sink.say(
+        f"Submitted [bold]{run.workload}[/] as job [bold]{run.job_id}[/] "
+        f"(run {run.run_id}, profile {run.profile}); output: {run.output_path}"
+    )
+    sink.say(estimate_text(context, run))
+    wait_and_conclude(context, sink, run, wait=wait)
+
+
+def _project_dir(project: str | None) -> Path | None:
+    """--project: the folder whose git state is the run's provenance (default: the cwd)."""
+    if project is None:
+        return None
+    folder = Path(project).expanduser()
+    if not folder.is_dir():
+        raise HpcjobError(
+            f"--project {project!r} is not a folder.",
+            hint="Give the folder of your project (its git checkout), or leave --project out.",
+            exit_code=2,
+        )
+    return folder.resolve()
+
+
+def _show_dry_run(context: Any, sink: Sink, prepared: Any) -> None:
+    from hpcjob.cli.output import info, print_text
+    from hpcjob.cost import estimate_line
+    from hpcjob.run.origin import sbu_estimate
+
+    estimate = sbu_estimate(context, prepared)
+
+    def show() -> None:
+        print_text(prepared.script)
+        info(
+            f"[green]Valid.[/] Dry run: nothing was submitted (profile {context.profile.name}, "
+            f"run directory would be {prepared.new_run.run_dir})."
+        )
+        info(estimate_line(estimate))
+
+    summary = {
+        "dry_run": True,
+        "workload": prepared.spec.workload,
+        "profile": context.profile.name,
+        "spec": prepared.spec.to_dict(),
+        "run_dir": prepared.new_run.run_dir,
+        "script": prepared.script,
+        "sbu_estimate": estimate.to_dict(),
+    }
+    sink.result(summary, show)
+
+
+command(app, "submit", help="Validate, render and submit a job; record it in the ledger.")(
+    _submit_or_render
+)
+command(app, "render", help="Print the job script a submit would use; submit nothing.")(
+    _submit_or_render
+)
+
+
+@command(app)
+@with_blocks
+def rerun(
+    ref: RefArg,
+    args: WorkloadArgs,
+    resources: ResourceArgs,
+    current_code: CurrentCodeOpt = False,
+    wait: WaitOpt = False,
+    profile: ProfileOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Submit a run again: the same spec and code snapshot; the options given change it."""
+    from hpcjob.run.rerun import prepare_rerun
+    from hpcjob.run.submit import submit
+
+    sink = Sink(json_out)
+    with run_session(ref, profile) as context:
+        original = context.ledger.resolve(ref)
+        overrides = {**args.to_dict(), **resources.to_dict()}
+        prepared = prepare_rerun(context, original, overrides, current_code=current_code)
+        run = submit(context, prepared)
+        sink.say(
+            f"Submitted rerun of {original.run_id} as job [bold]{run.job_id}[/] "
+            f"(run {run.run_id}, {'current code' if current_code else 'same code'}); "
+            f"output: {run.output_path}"
+        )
+        wait_and_conclude(context, sink, run, wait=wait, extra={"rerun_of": original.run_id})
+
+
+@command(app)
+def resubmit(ref: RefArg, profile: ProfileOpt = None, json_out: JsonOpt = False) -> None:
+    """Submit a run that never reached the scheduler (UNSUBMITTED) again: same run, same script,
+    after checking by its token that no job of it exists."""
+    from hpcjob.run.submit import resubmit as resubmit_run
+
+    sink = Sink(json_out)
+    with session(profile) as context:
+        run, submitted = resubmit_run(context, ref)
+        if submitted:
+            sink.say(f"Resubmitted run {run.run_id} as job [bold]{run.job_id}[/].")
+        else:
+            sink.say(
+                f"Run {run.run_id} had reached the scheduler after all: it is job "
+                f"[bold]{run.job_id}[/]; nothing was submitted again."
+            )
+        conclude(context, sink, run, waited=False)

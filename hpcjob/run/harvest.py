@@ -1,0 +1,47 @@
+"""Harvest what a job wrote into the ledger: metrics and facts from its output and
+`metrics.jsonl` (while it runs, and once more when it ended), then its provenance and the list of
+artifacts it left. Idempotent: metrics are upserted by (run, step, key)."""
+
+from __future__ import annotations
+
+from hpcjob import provenance
+from hpcjob.joblog import JobOutput, parse_metrics_jsonl, parse_output
+from hpcjob.ledger.records import Run
+from hpcjob.run.context import Context
+from hpcjob.run.rundir import files_dir, is_artifact
+
+_MAX_READ = 64 * 1024 * 1024
+
+
+def harvest(ctx: Context, run: Run) -> JobOutput:
+    """Read the run's output and metrics.jsonl into the ledger (idempotent)."""
+    shell = ctx.scheduler.shell
+    parsed = JobOutput()
+    if run.output_path and shell.exists(run.output_path):
+        parse_output(read_text(ctx, run.output_path), parsed)
+    folder = files_dir(run)
+    metrics_path = f"{folder}/metrics.jsonl"
+    if shell.exists(metrics_path):
+        parse_metrics_jsonl(read_text(ctx, metrics_path), parsed)
+    ctx.ledger.add_metrics(run.run_id, parsed.metric_list())
+    ctx.ledger.set_facts(run.run_id, parsed.facts)
+    if run.state.is_final:
+        _harvest_provenance(ctx, run, folder)
+        files = shell.list_files(folder) if shell.exists(folder) else []
+        ctx.ledger.set_artifacts(
+            run.run_id,
+            [(name, f"{folder}/{name}", size) for name, size in files if is_artifact(name)],
+        )
+    return parsed
+
+
+def _harvest_provenance(ctx: Context, run: Run, folder: str) -> None:
+    """What the job wrote about itself (provenance.json) into the run's facts."""
+    path = f"{folder}/{provenance.JOB_FILE}"
+    if ctx.scheduler.shell.exists(path):
+        ctx.ledger.set_facts(run.run_id, provenance.job_facts(read_text(ctx, path)))
+
+
+def read_text(ctx: Context, path: str) -> str:
+    data = ctx.scheduler.shell.read_bytes(path, 0, _MAX_READ)
+    return data.decode("utf-8", errors="replace")

@@ -1,0 +1,180 @@
+"""Refresh: bring every unfinished run of the profile up to date with ONE scheduler query.
+
+The steps, in the order `refresh` takes them:
+1. recover — runs a crash left SUBMITTING are completed by their token or concluded (recovery.py);
+2. poll — one query for every unfinished job, and for jobs whose accounting record is late;
+3. record — what the scheduler (or a job's exit-status file) says goes into the ledger; runs that
+   just ended get their output harvested once (harvest.py), running ones where that is cheap;
+4. late accounting — the sacct record (CPU time, peak memory) of runs that ended before it came;
+5. requeue — `--auto-requeue` runs that ended in a way a resubmission fixes (requeue.py);
+6. arrays — each array's state from its tasks';
+7. login runs — setup-env runs on the login node whose hpcjob is gone (login.py).
+A job the scheduler does not report is left as it was: missing is never taken for done.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import Counter
+from collections.abc import Sequence
+
+from hpcjob.jobstate import CANCELLED_PENDING_REASON, JobInfo, JobState
+from hpcjob.ledger.records import Run
+from hpcjob.run.context import Context
+from hpcjob.run.harvest import harvest
+from hpcjob.run.login import settle_login_runs
+from hpcjob.run.recovery import recover
+from hpcjob.run.requeue import requeue
+from hpcjob.run.rundir import exit_status_path
+
+
+def refresh(ctx: Context, watched: frozenset[str] = frozenset()) -> list[Run]:
+    """Refresh the profile's runs (see the module docstring); returns the runs it looked at.
+    Running runs' metrics are read on each refresh only where that is cheap (jobs on this
+    machine) or for the runs being `watched` (a wait, a follow)."""
+    ledger = ctx.ledger
+    pending = ledger.unfinished(ctx.profile.name)
+    late = ledger.awaiting_accounting(ctx.profile.name)
+    updated: list[Run] = []
+    if pending or late:
+        pending = [recover(ctx, run) for run in pending]
+        polled, late, infos = _poll(ctx, pending, late)
+        cheap = ctx.scheduler.jobs_run_here
+        updated = [
+            _record(ctx, run, infos.get(run.job_id or ""), cheap or run.run_id in watched)
+            for run in polled
+        ]
+        _record_accounting(ctx, late, infos)
+    requeued = requeue(ctx)
+    updated = [requeued.get(run.run_id, run) for run in updated]
+    updated += _settle_arrays(ctx, [r for r in pending if r.is_array])
+    updated += settle_login_runs(ctx, [r for r in pending if r.scheduler == "login"])
+    return updated
+
+
+def _poll(
+    ctx: Context, pending: list[Run], late: list[Run]
+) -> tuple[list[Run], list[Run], dict[str, JobInfo]]:
+    """The runs this scheduler answers for, and its one answer about all of them."""
+    scheduler = ctx.scheduler
+    polled = [r for r in pending if r.job_id and r.cluster == scheduler.cluster and not r.is_array]
+    late = [r for r in late if r.cluster == scheduler.cluster]
+    infos = scheduler.poll([r.job_id for r in polled + late if r.job_id])
+    if scheduler.accounting_off:
+        ctx.notes.append(
+            f"Slurm's accounting (sacct) is not answering ({scheduler.accounting_off}); states "
+            "come from squeue and the jobs' exit-status files until it is back."
+        )
+    return polled, late, infos
+
+
+def _record(ctx: Context, run: Run, info: JobInfo | None, harvest_running: bool) -> Run:
+    """Store what the scheduler (or the job's exit-status file) says of one run."""
+    info = _settle(ctx, run, info)
+    if info is None:
+        return run  # unknown to the scheduler (yet): never taken for done
+    if info.facts:
+        ctx.ledger.set_facts(run.run_id, info.facts)
+    fresh = run
+    if (info.state, info.node, info.started_at, info.ended_at) != (
+        run.state,
+        run.node,
+        run.started_at,
+        run.ended_at,
+    ):
+        fresh = ctx.ledger.record_info(run, info, ctx.scheduler.name)
+    running = fresh.state == JobState.RUNNING and harvest_running
+    if running or (fresh.state.is_final and not run.state.is_final):
+        harvest(ctx, fresh)
+    return fresh
+
+
+def _settle(ctx: Context, run: Run, info: JobInfo | None) -> JobInfo | None:
+    """Fill what the scheduler could not say from the job's exit-status file.
+
+    A job the scheduler no longer reports, or reports ended without an exit code (sacct's record
+    lags a few seconds behind squeue, or accounting is off), takes its exit code from the file;
+    without the file such a job is still COMPLETING.
+    """
+    if info is not None and not (info.state.is_final and info.exit_code is None):
+        return info
+    from_file = exit_status_info(ctx, run)
+    if info is None or from_file is None:
+        if info is not None and info.accounting_pending:
+            return dataclasses.replace(info, state=JobState.COMPLETING)
+        return info if info is not None else from_file
+    return dataclasses.replace(
+        info, exit_code=from_file.exit_code, ended_at=info.ended_at or from_file.ended_at
+    )
+
+
+def exit_status_info(ctx: Context, run: Run) -> JobInfo | None:
+    """How a job the scheduler no longer reports ended, from the file its script's EXIT trap
+    wrote — where accounting is off, this is the only record."""
+    shell = ctx.scheduler.shell
+    path = exit_status_path(run)
+    if not run.job_id or not shell.exists(path):
+        return None
+    words = shell.read_bytes(path, 0, 200).decode(errors="replace").split()
+    if not words or not words[0].lstrip("-").isdigit():
+        return None
+    code = int(words[0])
+    return JobInfo(
+        job_id=run.job_id,
+        state=JobState.COMPLETED if code == 0 else JobState.FAILED,
+        exit_code=code,
+        ended_at=words[1] if len(words) > 1 else None,
+        reason="from the job's exit-status file (the scheduler no longer reports it)",
+    )
+
+
+def _record_accounting(ctx: Context, late: list[Run], infos: dict[str, JobInfo]) -> None:
+    """The accounting record of runs that ended before sacct had it (asked for within an hour)."""
+    for run in late:
+        info = infos.get(run.job_id or "")
+        if info is not None and info.facts:
+            ctx.ledger.set_facts(run.run_id, info.facts)
+            if info.state.is_final and info.state != run.state:
+                ctx.ledger.record_info(run, info, "sacct")
+
+
+def _settle_arrays(ctx: Context, parents: list[Run]) -> list[Run]:
+    """Each array's parent run takes the state its tasks' states add up to."""
+    out = []
+    for parent in parents:
+        info = array_info(parent, ctx.ledger.tasks(parent.run_id))
+        if info is not None and info.state != parent.state:
+            parent = ctx.ledger.record_info(parent, info, "array tasks")
+        out.append(parent)
+    return out
+
+
+def array_info(parent: Run, tasks: Sequence[Run]) -> JobInfo | None:
+    """An array's state from its tasks': running while any runs, COMPLETED when all did."""
+    if not tasks or not parent.job_id:
+        return None
+    states = [t.state for t in tasks]
+    starts = [t.started_at for t in tasks if t.started_at]
+    if all(s.is_final for s in states):
+        bad = [s for s in states if s != JobState.COMPLETED]
+        state = Counter(bad).most_common(1)[0][0] if bad else JobState.COMPLETED
+        ends = [t.ended_at for t in tasks if t.ended_at]
+        done = sum(s == JobState.COMPLETED for s in states)
+        return JobInfo(
+            parent.job_id,
+            state,
+            started_at=min(starts) if starts else None,
+            ended_at=max(ends) if ends else None,
+            reason=None if not bad else f"{done} of {len(tasks)} tasks COMPLETED",
+        )
+    # A task cancelled before it started does not make the array running.
+    active = any(
+        t.state in (JobState.RUNNING, JobState.COMPLETING)
+        or (t.state.is_final and t.reason != CANCELLED_PENDING_REASON)
+        for t in tasks
+    )
+    return JobInfo(
+        parent.job_id,
+        JobState.RUNNING if active else JobState.PENDING,
+        started_at=min(starts) if starts else None,
+    )

@@ -1,0 +1,146 @@
+"""Watching a run: find it (brought up to date), wait for it to end, follow its output, read its
+log, cancel it. The loops take their time from the context's clock, so tests drive them on a
+fake clock; they ask the scheduler only at its own polling pace."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from hpcjob.errors import HpcjobError
+from hpcjob.ledger.records import Run
+from hpcjob.run.context import Context
+from hpcjob.run.harvest import harvest
+from hpcjob.run.refresh import refresh
+from hpcjob.run.requeue import due as requeue_due
+from hpcjob.run.rundir import exit_status_path
+
+_FILE_TICK_S = 0.25
+_FOLLOW_TICK_S = 0.5
+# `wait` retries failed polls (backing off as usual) for this long before it gives up.
+_POLL_FAILURES_S = 30
+
+
+def resolve(ctx: Context, ref: str) -> Run:
+    """A run by job id, run id or `last`, brought up to date if it is still unfinished (or
+    still waits for its accounting record)."""
+    run = ctx.ledger.resolve(ref, cluster=None)
+    if run.profile == ctx.profile.name and (
+        not run.state.is_final or (run.scheduler == "slurm" and _awaits_accounting(ctx, run))
+    ):
+        refresh(ctx)
+        run = ctx.ledger.get_run(run.run_id)
+    return run
+
+
+def _awaits_accounting(ctx: Context, run: Run) -> bool:
+    return any(r.run_id == run.run_id for r in ctx.ledger.awaiting_accounting(ctx.profile.name))
+
+
+def wait(
+    ctx: Context,
+    run: Run,
+    on_tick: Callable[[Run], None] | None = None,
+    timeout_s: float | None = None,
+) -> Run:
+    """Refresh until the run is final, backing off from the start interval up to the cap."""
+    clock = ctx.clock
+    interval = ctx.scheduler.poll_start_s
+    started = clock.monotonic()
+    failing_since: float | None = None  # a controller restart or a network blip is waited out
+    while True:
+        job_before = run.job_id
+        try:
+            refresh(ctx, watched=frozenset({run.run_id}))
+            failing_since = None
+        except HpcjobError as exc:
+            failing_since = failing_since or clock.monotonic()
+            if clock.monotonic() - failing_since > _POLL_FAILURES_S:
+                raise HpcjobError(
+                    f"{exc.message}\nPolling has failed for over {_POLL_FAILURES_S} s; gave up "
+                    f"waiting. The ledger keeps run {run.run_id} as it was.",
+                    hint=exc.hint or f"Try again later: hpcjob wait {run.run_id}",
+                ) from exc
+        run = ctx.ledger.get_run(run.run_id)
+        if on_tick is not None:
+            on_tick(run)
+        if run.state.is_final and not requeue_due(ctx, run):
+            return run
+        if run.job_id != job_before and job_before:  # resubmitted (--auto-requeue): a new job
+            interval = ctx.scheduler.poll_start_s
+        if failing_since is None:
+            _sleep_until_due(ctx, run, interval)
+        else:
+            clock.sleep(interval)
+        interval = min(interval * 2, ctx.scheduler.poll_cap_s)
+        if timeout_s is not None and clock.monotonic() - started > timeout_s:
+            raise HpcjobError(
+                f"Gave up waiting for run {run.run_id} after {timeout_s:g} s; "
+                f"it is {run.state.value}.",
+                hint=f"It keeps running; see `hpcjob status` or `hpcjob wait {run.run_id}`.",
+            )
+
+
+def _sleep_until_due(ctx: Context, run: Run, interval: float) -> None:
+    """Sleep until the next poll is due — or until the job's exit-status file appears, which
+    costs the scheduler nothing to watch and ends a wait as soon as the job has ended."""
+    clock = ctx.clock
+    if interval <= _FILE_TICK_S:
+        clock.sleep(interval)
+        return
+    deadline = clock.monotonic() + interval
+    path = exit_status_path(run)
+    shell = ctx.scheduler.shell
+    if shell.exists(path):
+        # Already there: the job is ending and the scheduler will say so within seconds (Slurm
+        # keeps a job COMPLETING briefly); ask again soon rather than after a long back-off.
+        clock.sleep(min(interval, 2 * ctx.scheduler.poll_start_s))
+        return
+    while clock.monotonic() < deadline:
+        clock.sleep(_FILE_TICK_S)
+        if shell.exists(path):
+            return
+
+
+def follow(ctx: Context, run: Run, offset: int, emit: Callable[[str], None]) -> Run:
+    """Hand the job's new output to `emit` as it comes, until the job has ended and everything
+    it wrote is out; then harvest it. New bytes are read by offset twice a second; the scheduler
+    is asked about the state only at its own pace (every 0.4 s embedded, every 4 s on Slurm)."""
+    clock = ctx.clock
+    state_every = 2 * ctx.scheduler.poll_start_s
+    asked = clock.monotonic()
+    while True:
+        chunk = read_log(ctx, run, offset)
+        if chunk:
+            offset += len(chunk)
+            emit(chunk.decode("utf-8", errors="replace"))
+        if run.state.is_final and not chunk:
+            harvest(ctx, run)
+            return run
+        clock.sleep(_FOLLOW_TICK_S)
+        if not run.state.is_final and clock.monotonic() - asked >= state_every:
+            asked = clock.monotonic()
+            refresh(ctx, watched=frozenset({run.run_id}))
+            run = ctx.ledger.get_run(run.run_id)
+
+
+def read_log(ctx: Context, run: Run, offset: int = 0) -> bytes:
+    """The job's output from `offset`; empty while the job has not written anything."""
+    if not run.output_path:
+        return b""
+    shell = ctx.scheduler.shell
+    if not shell.exists(run.output_path):
+        return b""
+    return shell.read_bytes(run.output_path, offset)
+
+
+def cancel(ctx: Context, run: Run) -> Run:
+    if run.state.is_final:
+        raise HpcjobError(
+            f"Run {run.run_id} (job {run.job_id}) already ended: {run.state.value}.",
+            exit_code=1,
+        )
+    if not run.job_id:
+        raise HpcjobError(f"Run {run.run_id} has no job id yet; nothing to cancel.")
+    ctx.scheduler.cancel([run.job_id])
+    refresh(ctx)
+    return ctx.ledger.get_run(run.run_id)

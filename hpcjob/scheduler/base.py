@@ -1,0 +1,57 @@
+"""The Scheduler protocol: what every scheduler does and what it can tell about itself.
+
+Callers ask these capabilities, never the scheduler's name: whether jobs run on this machine
+(`jobs_run_here`: the embedded scheduler, whose files are cheap to read on every refresh), why
+accounting does not answer (`accounting_off`), and whether the last failed submit may have queued
+the job after all (`last_submit_ambiguous`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Protocol
+
+from hpcjob.jobstate import JobInfo
+from hpcjob.shell import Shell
+
+if TYPE_CHECKING:
+    from hpcjob.slurm import Partition
+
+
+class Scheduler(Protocol):
+    """Submit, watch and cancel jobs; `shell` reaches the files of the scheduler's machine."""
+
+    name: str  # recorded with each run: "slurm" or "local"
+    cluster: str  # the ledger keys runs by it: a job id means something only on its cluster
+    shell: Shell
+    # Seconds between polls while waiting: first interval, doubling up to the cap.
+    poll_start_s: float
+    poll_cap_s: float
+    jobs_run_here: bool
+    # Why the scheduler's accounting (sacct) does not answer, as of the last query; None when it
+    # does. States then come from the live queue and the jobs' exit-status files.
+    accounting_off: str | None
+    # The last submit failed without a clear yes or no: the job may be queued (look by token).
+    last_submit_ambiguous: bool
+
+    def submit(self, script_path: str, *, token: str, workdir: str) -> str:
+        """Submit a staged script; return the job id."""
+        ...
+
+    def poll(self, job_ids: Sequence[str]) -> dict[str, JobInfo]:
+        """The state of many jobs in one query; jobs the scheduler does not know are left out."""
+        ...
+
+    def cancel(self, job_ids: Sequence[str]) -> None: ...
+
+    def find_by_token(self, token: str) -> str | None:
+        """The job id submitted with this token, if the scheduler has one."""
+        ...
+
+    def partitions(self) -> list[Partition] | None:
+        """The partitions requests are checked against; None when any name runs (embedded)."""
+        ...
+
+    def close(self) -> None:
+        """Let go of what the scheduler holds open (the SSH connection of this invocation)."""
+        ...

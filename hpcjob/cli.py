@@ -680,7 +680,7 @@ def connect(profile: ProfileOpt = None) -> None:
     one), the login and the remote home."""
     from hpcjob import output
     from hpcjob.config import load_settings, resolve_profile
-    from hpcjob.ssh import ConnectOptions, connect_and_trust
+    from hpcjob.ssh.connect import ConnectOptions, connect_and_trust
 
     resolved = resolve_profile(load_settings(), profile_flag=profile)
     if not resolved.get("host"):

@@ -85,7 +85,7 @@ def scheduler_for(profile: Profile, settings: Settings) -> Scheduler:
         return LocalScheduler(settings.local_dir, max_jobs=int(profile.get("max_local_jobs") or 2))
     host = profile.get("host")
     if host:
-        from hpcjob.ssh import ConnectOptions, ssh_shell_for
+        from hpcjob.ssh.connect import ConnectOptions, ssh_shell_for
 
         options = ConnectOptions(sources=profile.sources, profile_name=profile.name)
         shell = ssh_shell_for(profile.values, options)

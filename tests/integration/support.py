@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hpcjob.ssh import SSHShell
+from hpcjob.ssh.session import SSHShell
 from tests.helpers import Result
 
 REPO = Path(__file__).resolve().parents[2]
@@ -111,7 +111,7 @@ class SSHLogin:
         **overrides: Any,
     ) -> Any:
         """An SSHShell for the profile with `overrides` (a None value drops the key)."""
-        from hpcjob.ssh import ConnectOptions, ssh_shell_for
+        from hpcjob.ssh.connect import ConnectOptions, ssh_shell_for
 
         if ssh_config_text is not None:
             self.ssh_config.write_text(ssh_config_text)

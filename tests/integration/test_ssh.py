@@ -28,7 +28,8 @@ from hpcjob.errors import HpcjobError
 from hpcjob.jobstate import JobState
 from hpcjob.scheduler import SlurmScheduler
 from hpcjob.shell import LocalShell
-from hpcjob.ssh import ConnectOptions, SSHShell, connect_and_trust
+from hpcjob.ssh.connect import ConnectOptions, connect_and_trust
+from hpcjob.ssh.session import SSHShell
 from tests.integration.support import SSHLogin, drop_connection
 
 pytestmark = pytest.mark.ssh

@@ -33,7 +33,7 @@ COUNTED = 3  # counted runs of status and logs (the counts are the same each tim
 PENDING = 50
 PASS = "`python -c pass`"
 PARAMIKO = "`python -c 'import paramiko'`"
-SSH_MODULE = "`python -c 'import hpcjob.ssh'`"
+SSH_MODULE = "`python -c 'import hpcjob.ssh.connect'`"
 STATUS_50 = "`hpcjob status`, blocker + 50 pending"
 KEYS = ("connections", "channels", "commands", "sftp_requests", "round_trips")
 
@@ -46,14 +46,14 @@ t0 = time.perf_counter()
 record_path = sys.argv[1]
 import hpcjob.cli
 import paramiko
-from hpcjob import ssh
+from hpcjob.ssh.session import SSHShell
 imported = time.perf_counter() - t0
 shells, closed, stack, kinds = [], {}, [], Counter()
 spent = {"t_connect": 0.0, "t_commands": 0.0, "t_files": 0.0}
 edges = {}  # first SSH operation's start, last one's end (from t0)
 
 def timed(name, key):
-    original = getattr(ssh.SSHShell, name)
+    original = getattr(SSHShell, name)
     def wrapper(self, *args, **kwargs):
         stack.append(0.0)
         start = time.perf_counter()
@@ -67,7 +67,7 @@ def timed(name, key):
             edges["last"] = end - t0
             if stack:
                 stack[-1] += total
-    setattr(ssh.SSHShell, name, wrapper)
+    setattr(SSHShell, name, wrapper)
 
 timed("_open", "t_connect")
 timed("run", "t_commands")
@@ -77,14 +77,14 @@ def counted_request(self, fileobj, t, *args):
     kinds[paramiko.sftp.CMD_NAMES.get(t, str(t))] += 1
     return request(self, fileobj, t, *args)
 paramiko.SFTPClient._async_request = counted_request
-init, close = ssh.SSHShell.__init__, ssh.SSHShell.close
+init, close = SSHShell.__init__, SSHShell.close
 def new_init(self, *args, **kwargs):
     init(self, *args, **kwargs)
     shells.append(self)
 def new_close(self):
     closed.setdefault(id(self), self.stats())
     close(self)
-ssh.SSHShell.__init__, ssh.SSHShell.close = new_init, new_close
+SSHShell.__init__, SSHShell.close = new_init, new_close
 
 @atexit.register
 def dump():
@@ -306,7 +306,7 @@ def measure(bench: Bench, empty: Bench, env: dict[str, str]) -> str:
             "`hpcjob status`, empty ledger": (empty.argv("status", "--json"), empty.env),
             PASS: ([py, "-c", "pass"], bench.env),
             PARAMIKO: ([py, "-c", "import paramiko"], bench.env),
-            SSH_MODULE: ([py, "-c", "import hpcjob.ssh"], bench.env),
+            SSH_MODULE: ([py, "-c", "import hpcjob.ssh.connect"], bench.env),
         }
     )
     imports = import_times(bench)
@@ -399,7 +399,7 @@ def report(
         f"{part('t_commands'):.0f} ms, SFTP {part('t_files'):.0f} ms, output and closing "
         f"{after:.0f} ms.",
         "",
-        f"Import cost: `import hpcjob.ssh` +{med[SSH_MODULE] - pass_ms:.0f}"
+        f"Import cost: `import hpcjob.ssh.connect` +{med[SSH_MODULE] - pass_ms:.0f}"
         f" ms over `python -c pass`, `import paramiko` alone "
         f"+{med[PARAMIKO] - pass_ms:.0f} ms. All imports of `hpcjob "
         f"status` (`-X importtime`, top level, cumulative): {imports[0][1]:.0f} ms; largest: "

@@ -26,12 +26,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from hpcjob.ssh.connect import ConnectOptions, ssh_shell_for  # noqa: E402
-from hpcjob.ssh.session import SSHShell  # noqa: E402
 from ssh import cluster_env  # noqa: E402
 from startup import machine, write_section  # noqa: E402
 
 from hpcjob.resources import workload_files  # noqa: E402
+from hpcjob.ssh.connect import ConnectOptions, ssh_shell_for  # noqa: E402
+from hpcjob.ssh.session import SSHShell  # noqa: E402
 
 HEADING = "## Staging over SSH"
 RTTS_MS = (0, 10, 40)

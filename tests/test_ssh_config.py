@@ -14,25 +14,21 @@ from pathlib import Path
 
 import paramiko
 import pytest
-from hpcjob.ssh.connect import ConnectOptions, connect_and_trust, ssh_shell_for
-from hpcjob.ssh.session import SSHShell
 
 from hpcjob.config import Settings, resolve_profile
 from hpcjob.errors import HpcjobError
-from hpcjob.ssh import (
-    Hop,
-    auth_failed_error,
+from hpcjob.ssh.channel import remote_command, strip_before_marker
+from hpcjob.ssh.connect import ConnectOptions, connect_and_trust, ssh_shell_for
+from hpcjob.ssh.hostkeys import (
     changed_host_error,
     fingerprint_sha256,
     key_type_label,
     known_hosts_lines,
-    parse_jump,
-    read_ssh_config,
-    remote_command,
-    resolve_target,
-    strip_before_marker,
     unknown_host_error,
 )
+from hpcjob.ssh.login import auth_failed_error
+from hpcjob.ssh.session import SSHShell
+from hpcjob.ssh.target import Hop, parse_jump, read_ssh_config, resolve_target
 
 CONFIG = """
 Host snellius
@@ -183,7 +179,7 @@ def test_ssh_config_options_hpcjob_honours(fake_home: Path) -> None:
 def test_match_exec_works_although_paramiko_is_imported_without_invoke() -> None:
     # A subprocess: `invoke` runs the exec command with the process's stdin.
     code = (
-        "import sys, hpcjob.ssh as s\n"
+        "import sys, hpcjob.ssh.target as s\n"
         "print('invoke' in sys.modules)\n"
         "text = 'Match host cluster exec \"test 1 = 1\"\\n  HostName yes.example.org\\n'"
         " 'Match host cluster exec \"test 1 = 2\"\\n  User never\\n'\n"

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 from hpcjob.ssh.session import SSHShell
-
 from tests.helpers import Result
 
 REPO = Path(__file__).resolve().parents[2]

@@ -22,14 +22,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hpcjob.ssh.connect import ConnectOptions, connect_and_trust
-from hpcjob.ssh.session import SSHShell
 
 from hpcjob import slurm
 from hpcjob.errors import HpcjobError
 from hpcjob.jobstate import JobState
 from hpcjob.scheduler.slurm import SlurmScheduler
 from hpcjob.shell import LocalShell
+from hpcjob.ssh.connect import ConnectOptions, connect_and_trust
+from hpcjob.ssh.session import SSHShell
 from tests.integration.support import SSHLogin, drop_connection
 
 pytestmark = pytest.mark.ssh

@@ -12,11 +12,11 @@ from typing import Any
 import pytest
 
 from hpcjob.env.report import check_module_names, result_error, summary_rows
+from hpcjob.envlog import failing_requirement
 from hpcjob.envscript import (
     RESULT_PREFIX,
     EnvRequest,
     EnvResult,
-    failing_requirement,
     fingerprint,
     import_name,
     parse_result,
@@ -295,7 +295,8 @@ def _fixture(name: str) -> dict[str, object]:
 
 
 def test_progress_follows_steps_and_pip_in_chunks_split_mid_line() -> None:
-    from hpcjob.envscript import STEP_PREFIX, SetupProgress
+    from hpcjob.envlog import SetupProgress
+    from hpcjob.envscript import STEP_PREFIX
 
     pip = str(_fixture("pip_no_space.json")["output"])
     text = (
@@ -362,7 +363,7 @@ MODULES = ("2025", "Python/3.13.1-GCCcore-14.2.0")
 def test_unknown_module_is_named_from_recorded_tool_output(
     fixture: str, tool: str, said: str
 ) -> None:
-    from hpcjob.envscript import module_problem
+    from hpcjob.envlog import module_problem
 
     recorded = _fixture(fixture)
     output = str(recorded["stdout"]) + str(recorded["stderr"])
@@ -495,7 +496,7 @@ def test_verify_and_disk_probe_measure_the_venv_alike(tmp_path: Path) -> None:
 
 
 def test_quota_and_a_named_path_pick_that_filesystem() -> None:
-    from hpcjob.envscript import disk_full
+    from hpcjob.envlog import disk_full
 
     output = "OSError: [Errno 122] Disk quota exceeded: '/tmp/pip-unpack-1/torch.whl'\n"
     full = disk_full(output, DISK)

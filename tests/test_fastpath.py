@@ -89,3 +89,15 @@ def test_bad_value_is_a_usage_error_and_exit_runs_atexit_handlers(tmp_path: Path
     assert "Invalid value for '--limit': 'abc' is not an integer." in done.stderr
     assert done.stdout == "atexit ran\n"
     assert "Traceback" not in done.stderr
+
+
+def test_the_hook_is_in_place_for_the_pinned_typer() -> None:
+    """pyproject pins the Typer whose private `core.build_runtime_param` fastpath replaces; a Typer
+    where the hook silently does nothing fails here, not in a benchmark."""
+    import typer
+    from typer import core
+
+    import hpcjob.cli  # noqa: F401  (installs the hook)
+
+    assert typer.__version__.startswith("0.29.")
+    assert getattr(core.build_runtime_param, "hpcjob_plain", False)

@@ -28,6 +28,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
         "hpcjob.sweep",
         "hpcjob.render",
         "hpcjob.envscript",
+        "hpcjob.envlog",
         "hpcjob.joblog",
         "hpcjob.provenance",
     ),

@@ -77,6 +77,7 @@ def connect(profile: ProfileOpt = None) -> None:
     )
 
 
+# Long only for its options (each is a parameter Typer reads).
 @command(app, "setup-env")
 def setup_env(
     profile: ProfileOpt = None,

@@ -355,7 +355,7 @@ class ProgressDisplay:
         clock: Callable[[], float] = time.monotonic,
         write: Callable[[str], None] | None = None,
     ) -> None:
-        from hpcjob.envscript import SetupProgress  # the step parser; loaded by setup-env only
+        from hpcjob.envlog import SetupProgress  # the step parser; loaded by setup-env only
 
         self.plain = plain
         self.clock = clock

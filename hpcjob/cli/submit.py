@@ -25,6 +25,7 @@ from hpcjob.cli.session import conclude, run_session, session, wait_and_conclude
 from hpcjob.errors import HpcjobError
 
 
+# Long only for its options (each is a parameter Typer reads); the body is a dozen lines.
 @with_blocks
 def _submit_or_render(
     ctx: typer.Context,

@@ -9,14 +9,8 @@ import unicodedata
 from dataclasses import dataclass
 from typing import Any
 
-from hpcjob.envscript import (
-    EnvRequest,
-    EnvResult,
-    disk_full,
-    failing_requirement,
-    module_problem,
-    tail,
-)
+from hpcjob.envlog import disk_full, failing_requirement, module_problem
+from hpcjob.envscript import EnvRequest, EnvResult, tail
 from hpcjob.errors import EXIT_JOB_FAILED, EXIT_USAGE, HpcjobError
 from hpcjob.ledger.records import Run
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 Point = tuple[int, float | None]
@@ -75,25 +75,7 @@ def render_chart(
         return round((high - value) / (high - low) * (height - 1))
 
     grid = [[" "] * width for _ in range(height)]
-    owner: dict[tuple[int, int], int] = {}
-    for index, unsorted in enumerate(series.values()):
-        pts = sorted(unsorted, key=lambda point: point[0])
-        mark = MARKERS[index % len(MARKERS)]
-        cells = [(column(s), row(v)) if v is not None and _finite(v) else None for s, v in pts]
-        for a, b in itertools.pairwise(cells):
-            if a is None or b is None:
-                continue  # a missing value breaks the line
-            for col in range(a[0] + 1, b[0]):
-                r = round(a[1] + (b[1] - a[1]) * (col - a[0]) / (b[0] - a[0]))
-                if grid[r][col] == " ":
-                    grid[r][col] = LINE
-        for cell in cells:
-            if cell is None:
-                continue
-            col, r = cell
-            previous = owner.get((r, col))
-            grid[r][col] = OVERLAP if previous is not None and previous != index else mark
-            owner[(r, col)] = index
+    _draw(series, grid, lambda step, value: (column(step), row(value)))
     middle = (height - 1) // 2
     labels = {r: _label(high - r / (height - 1) * (high - low)) for r in (0, middle, height - 1)}
     pad = max(len(text) for text in labels.values())
@@ -110,6 +92,34 @@ def render_chart(
     )
     lines.append(" " * (pad + 2) + legend)
     return lines
+
+
+def _draw(
+    series: Mapping[str, Sequence[Point]],
+    grid: list[list[str]],
+    cell_of: Callable[[int, float], tuple[int, int]],
+) -> None:
+    """Each series' markers into the grid, dots between consecutive points; a cell two series
+    share gets the overlap mark."""
+    owner: dict[tuple[int, int], int] = {}
+    for index, unsorted in enumerate(series.values()):
+        pts = sorted(unsorted, key=lambda point: point[0])
+        mark = MARKERS[index % len(MARKERS)]
+        cells = [cell_of(s, v) if v is not None and _finite(v) else None for s, v in pts]
+        for a, b in itertools.pairwise(cells):
+            if a is None or b is None:
+                continue  # a missing value breaks the line
+            for col in range(a[0] + 1, b[0]):
+                r = round(a[1] + (b[1] - a[1]) * (col - a[0]) / (b[0] - a[0]))
+                if grid[r][col] == " ":
+                    grid[r][col] = LINE
+        for cell in cells:
+            if cell is None:
+                continue
+            col, r = cell
+            previous = owner.get((r, col))
+            grid[r][col] = OVERLAP if previous is not None and previous != index else mark
+            owner[(r, col)] = index
 
 
 def chart_text(metrics: Sequence[Mapping[str, Any]], width: int = 48, height: int = 9) -> str:

@@ -1,0 +1,144 @@
+"""The waiting and following loops on a fake clock: they back off as promised, wake up for the
+job's exit-status file, give up at their timeout and stream a log by offset — driven by injected
+time and Slurm's recorded answers, so no test here sleeps or depends on this machine's speed."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+
+from hpcjob.config import Profile, Settings
+from hpcjob.errors import HpcjobError
+from hpcjob.jobstate import JobState
+from hpcjob.ledger.records import NewRun, Run
+from hpcjob.run.context import Context
+from hpcjob.run.rundir import exit_status_path
+from hpcjob.run.watch import follow, wait
+from hpcjob.scheduler.slurm import SlurmScheduler
+from tests.helpers import ReplayShell, recorded
+
+START = datetime(2026, 11, 27, 22, 23, tzinfo=timezone.utc)
+
+
+class FakeClock:
+    """Time that passes only when the code under test sleeps; `at` runs actions at given times."""
+
+    def __init__(self) -> None:
+        self.t = 0.0
+        self.slept: list[float] = []
+        self._due: list[tuple[float, Callable[[], None]]] = []
+
+    def at(self, when: float, action: Callable[[], None]) -> None:
+        self._due.append((when, action))
+
+    def monotonic(self) -> float:
+        return self.t
+
+    def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.t += seconds
+        for item in [d for d in self._due if d[0] <= self.t]:
+            self._due.remove(item)
+            item[1]()
+
+    def now(self) -> datetime:
+        return START + timedelta(seconds=self.t)
+
+
+class TimedShell(ReplayShell):
+    """The replay shell, noting the fake time of each squeue (each poll)."""
+
+    def __init__(self, clock: FakeClock, **answers: list[str]) -> None:
+        super().__init__({name: [recorded(f) for f in files] for name, files in answers.items()})
+        self.clock = clock
+        self.polled_at: list[float] = []
+
+    def run(self, argv, **kwargs):  # type: ignore[no-untyped-def, override]
+        if argv[0] == "squeue":
+            self.polled_at.append(self.clock.t)
+        return super().run(argv, **kwargs)
+
+
+def started_run(tmp_path: Path, shell: TimedShell, clock: FakeClock, job_id: str) -> tuple[
+    Context, Run
+]:
+    """A Slurm context on the replayed shell and fake clock, with one submitted run."""
+    profile = Profile("slurm", {"scheduler": "slurm", "remote_root": "/runs"}, {})
+    ctx = Context(Settings(tmp_path), profile, clock=clock)
+    ctx._scheduler = SlurmScheduler(shell, "slurm:test")
+    new = NewRun(
+        profile="slurm", cluster="slurm:test", scheduler="slurm", workload="gpu-check",
+        spec={"workload": "gpu-check", "resources": {}}, script="#!/bin/bash\n",
+        script_hash="h", run_dir="/runs/r1", run_id="r1",
+    )  # fmt: skip
+    run = ctx.ledger.create_run(new)
+    run = ctx.ledger.complete_submission(run.run_id, job_id, f"/runs/r1/slurm-{job_id}.out")
+    return ctx, run
+
+
+def test_wait_backs_off_from_the_start_interval_to_the_cap(tmp_path: Path) -> None:
+    clock = FakeClock()
+    # Job 101 pends for five polls, then has failed (exit 3): squeue, then sacct's record.
+    shell = TimedShell(
+        clock, squeue=["squeue_live"] * 5 + ["squeue_final"], sacct=["sacct_final"]
+    )
+    ctx, run = started_run(tmp_path, shell, clock, "101")
+    ticks: list[JobState] = []
+    done = wait(ctx, run, on_tick=lambda r: ticks.append(r.state))
+    assert done.state == JobState.FAILED and done.exit_code == 3
+    # Polls 2, 4, 8, 16 s apart, then at the 30 s cap: 0, 2, 6, 14, 30, 60.
+    assert shell.polled_at == [0.0, 2.0, 6.0, 14.0, 30.0, 60.0]
+    assert ticks == [JobState.PENDING] * 5 + [JobState.FAILED]
+
+
+def test_the_exit_status_file_ends_a_long_back_off_early(tmp_path: Path) -> None:
+    clock = FakeClock()
+    shell = TimedShell(clock, squeue=["squeue_live"] * 3 + ["squeue_final"], sacct=["sacct_final"])
+    ctx, run = started_run(tmp_path, shell, clock, "101")
+    # The job ends 7.1 s in (between polls at 6 and 14): its EXIT trap writes the file.
+    clock.at(7.1, lambda: shell.files.__setitem__(exit_status_path(run), b"3 2026-11-27T22:23:07Z"))
+    done = wait(ctx, run)
+    assert done.state == JobState.FAILED
+    assert shell.polled_at[:3] == [0.0, 2.0, 6.0]
+    # Woken at the next quarter-second tick after the file appeared, not at 14 s.
+    assert shell.polled_at[3] == pytest.approx(7.25)
+
+
+def test_wait_gives_up_at_its_timeout_and_leaves_the_run(tmp_path: Path) -> None:
+    clock = FakeClock()
+    shell = TimedShell(clock, squeue=["squeue_live"])  # pending for ever
+    ctx, run = started_run(tmp_path, shell, clock, "101")
+    with pytest.raises(HpcjobError, match="Gave up waiting for run r1 after 20 s; it is PENDING"):
+        wait(ctx, run, timeout_s=20)
+    assert 20 < clock.t <= 20 + ctx.scheduler.poll_cap_s
+    assert ctx.ledger.get_run("r1").state == JobState.PENDING
+
+
+def test_follow_streams_by_offset_and_asks_the_scheduler_at_its_own_pace(tmp_path: Path) -> None:
+    clock = FakeClock()
+    shell = TimedShell(
+        clock, squeue=["squeue_live"] * 3 + ["squeue_final"], sacct=["sacct_final"]
+    )
+    ctx, run = started_run(tmp_path, shell, clock, "104")
+    out = run.output_path
+    assert out is not None
+    shell.files[out] = b"epoch 1\n"
+    written = [b"epoch 1\n"]
+    for second in (1, 2, 3, 5, 8):  # the job writes a line now and then, one cut mid-line
+
+        def write(second: int = second) -> None:
+            line = f"epoch {second + 1}\n".encode() if second != 3 else b"epo"
+            written.append(line)
+            shell.files[out] += line
+
+        clock.at(second, write)
+    shown: list[str] = []
+    ended = follow(ctx, run, 0, shown.append)
+    assert ended.state == JobState.CANCELLED
+    assert "".join(shown) == b"".join(written).decode()  # every byte once, in order
+    # The state is asked every 2 × the start interval (4 s), never on each 0.5 s read.
+    assert shell.polled_at == [4.0, 8.0, 12.0, 16.0]
+    assert set(clock.slept) == {0.5}

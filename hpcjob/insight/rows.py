@@ -4,7 +4,7 @@ and in `--json` (ISO-8601 UTC times, durations in seconds), and the attempts of 
 from __future__ import annotations
 
 from datetime import datetime, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hpcjob.clock import parse_utc
 from hpcjob.joblog import Metric, headline
@@ -12,8 +12,10 @@ from hpcjob.ledger.records import Run
 from hpcjob.ledger.store import Ledger
 from hpcjob.run.context import Context
 from hpcjob.run.refresh import refresh
-from hpcjob.slurm import Partition
 from hpcjob.spec import format_memory, format_time
+
+if TYPE_CHECKING:
+    from hpcjob.slurm import Partition
 
 
 def partition_row(part: Partition) -> dict[str, Any]:

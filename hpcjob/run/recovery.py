@@ -18,8 +18,6 @@ from hpcjob.run.submit import AMBIGUOUS, add_array_tasks
 # A SUBMITTING run whose submitter is gone is concluded after this long without its job showing
 # up: an sbatch the dead process had started may still be on its way to the controller.
 SETTLE_S = 10
-
-
 # Without a lock file to ask (a ledger moved from another machine) or after a failure whose
 # outcome is unknown, wait longer than sbatch's own timeout (120 s) before concluding.
 GRACE_S = 300

@@ -22,8 +22,6 @@ from hpcjob.jobstate import CANCELLED_PENDING_REASON, JobInfo, JobState
 from hpcjob.ledger.records import Run
 from hpcjob.run.context import Context
 from hpcjob.run.harvest import harvest
-from hpcjob.run.login import settle_login_runs
-from hpcjob.run.recovery import recover
 from hpcjob.run.requeue import requeue
 from hpcjob.run.rundir import exit_status_path
 
@@ -37,7 +35,7 @@ def refresh(ctx: Context, watched: frozenset[str] = frozenset()) -> list[Run]:
     late = ledger.awaiting_accounting(ctx.profile.name)
     updated: list[Run] = []
     if pending or late:
-        pending = [recover(ctx, run) for run in pending]
+        pending = _recover(ctx, pending)
         polled, late, infos = _poll(ctx, pending, late)
         cheap = ctx.scheduler.jobs_run_here
         updated = [
@@ -48,8 +46,28 @@ def refresh(ctx: Context, watched: frozenset[str] = frozenset()) -> list[Run]:
     requeued = requeue(ctx)
     updated = [requeued.get(run.run_id, run) for run in updated]
     updated += _settle_arrays(ctx, [r for r in pending if r.is_array])
-    updated += settle_login_runs(ctx, [r for r in pending if r.scheduler == "login"])
+    updated += _settle_login_runs(ctx, [r for r in pending if r.scheduler == "login"])
     return updated
+
+
+# Steps 1 and 7 load their modules only when a run needs them: `hpcjob status` with nothing to
+# recover stays as quick to start as the commands that never refresh.
+
+
+def _recover(ctx: Context, pending: list[Run]) -> list[Run]:
+    if not any(run.state == JobState.SUBMITTING and not run.job_id for run in pending):
+        return pending
+    from hpcjob.run.recovery import recover
+
+    return [recover(ctx, run) for run in pending]
+
+
+def _settle_login_runs(ctx: Context, runs: list[Run]) -> list[Run]:
+    if not runs:
+        return []
+    from hpcjob.run.login import settle_login_runs
+
+    return settle_login_runs(ctx, runs)
 
 
 def _poll(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import selectors
 import shlex
 import signal
 import sqlite3
@@ -18,7 +19,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import IO, Any, TypeVar
 
 from typer.testing import CliRunner
 
@@ -70,6 +71,27 @@ def bash_wait_for(path: Path | str, guard_s: int = int(GUARD_S)) -> str:
         f"for _ in $(seq {guard_s * 10}); do [ -e {quoted} ] && break; sleep 0.1; done; "
         f'[ -e {quoted} ] || {{ echo "hpcjob test: {path} never appeared" >&2; exit 1; }}'
     )
+
+
+def read_until(stream: IO[Any], phrase: str, guard_s: float = GUARD_S) -> str:
+    """Read a child process's pipe until `phrase` has appeared; return everything read. Reads the
+    file descriptor itself, so `communicate()` afterwards returns the rest."""
+    fd, wanted, data = stream.fileno(), phrase.encode(), b""
+    deadline = time.monotonic() + guard_s
+    with selectors.DefaultSelector() as selector:
+        selector.register(fd, selectors.EVENT_READ)
+        while wanted not in data:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError(
+                    f"gave up after {guard_s:g} s waiting for {phrase!r}: {data!r}"
+                )
+            if selector.select(left):
+                chunk = os.read(fd, 65536)
+                if not chunk:
+                    raise AssertionError(f"the output ended before {phrase!r} appeared: {data!r}")
+                data += chunk
+    return data.decode(errors="replace")
 
 
 def local_job(home: Path, job_id: str) -> dict[str, Any]:

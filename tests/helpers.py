@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
+import pytest
 from typer.testing import CliRunner
 
 from hpcjob.ledger import NewRun
@@ -46,6 +47,19 @@ def ci_required(environ: Mapping[str, str] = os.environ) -> bool:
         environ.get("CI", "").strip().lower() in ("true", "1", "yes")
         or environ.get("HPCJOB_REQUIRE_CLUSTER") == "1"
     )
+
+
+def rewrite_requested(flag: str) -> bool:
+    """Whether `flag` (UPDATE_GOLDEN, UPDATE_DOC) is set to regenerate committed files. In CI it
+    fails the test instead: there files are compared, never rewritten."""
+    if os.environ.get(flag) != "1":
+        return False
+    if ci_required():
+        pytest.fail(
+            f"{flag}=1 is refused in CI: files committed to the repository are compared here, "
+            "never rewritten. Regenerate them locally, review the diff and commit it."
+        )
+    return True
 
 
 def wait_until(

@@ -12,7 +12,7 @@ from hpcjob.errors import HpcjobError
 from hpcjob.jobstate import JobState
 from hpcjob.ledger import MIGRATIONS, SCHEMA_VERSION, Ledger, Metric
 from hpcjob.scheduler import JobInfo
-from tests.helpers import new_run
+from tests.helpers import GUARD_S, new_run
 
 
 def test_migrates_from_blank_and_records_each_migration() -> None:
@@ -114,9 +114,12 @@ def test_readers_are_not_blocked_by_a_writer(tmp_path: Path) -> None:
     seen: list[str | None] = []
     thread = threading.Thread(target=lambda: seen.append(reader.get_run(run.run_id).node))
     thread.start()
-    thread.join(timeout=5)
+    # The writer commits only once the reader is done: a reader that waited for the writer would
+    # give up at its 30 s busy timeout, having read nothing (the guard only bounds a hang).
+    thread.join(timeout=GUARD_S)
+    assert not thread.is_alive()
     writer.db.execute("COMMIT")
-    assert seen == [None]  # read the last committed state without waiting
+    assert seen == [None]  # read the last committed state while the write was in flight
 
 
 def test_writers_wait_for_each_other_instead_of_failing(tmp_path: Path) -> None:

@@ -1,20 +1,27 @@
 """What tests share: running the CLI (in-process and as a process), recorded Slurm outputs and the
-Shell that replays them, a ledger row to start from, and the secret-scanning helpers. Test modules
-import from here, never from each other."""
+Shell that replays them, a ledger row to start from, the secret-scanning helpers, and the ways a
+test waits for an event instead of guessing a duration (`wait_until`, `bash_wait_for`, the embedded
+scheduler's job records, the ledger read directly). Test modules import from here, never from each
+other."""
 
 from __future__ import annotations
 
 import json
 import os
+import selectors
+import shlex
+import signal
 import sqlite3
 import stat
 import subprocess
 import sys
-from collections.abc import Iterable, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, TypeVar
 
+import pytest
 from typer.testing import CliRunner
 
 from hpcjob.ledger.records import NewRun
@@ -24,6 +31,132 @@ FIXTURES = Path(__file__).parent / "fixtures" / "slurm"
 
 
 REPO = Path(__file__).resolve().parent.parent
+
+T = TypeVar("T")
+
+# Bounds a hang, never a wait for something expected: CI runs on a loaded 2-core machine, where
+# a process may take many seconds to get going.
+GUARD_S = 120.0
+
+
+def ci_required(environ: Mapping[str, str] = os.environ) -> bool:
+    """A CI run, where every test is required: CI=true/1/yes or HPCJOB_REQUIRE_CLUSTER=1. There
+    the integration tests must run, any skip fails the run (conftest.py), and golden files are
+    compared, never rewritten."""
+    return (
+        environ.get("CI", "").strip().lower() in ("true", "1", "yes")
+        or environ.get("HPCJOB_REQUIRE_CLUSTER") == "1"
+    )
+
+
+def rewrite_requested(flag: str) -> bool:
+    """Whether `flag` (UPDATE_GOLDEN, UPDATE_DOC) is set to regenerate committed files. In CI it
+    fails the test instead: there files are compared, never rewritten."""
+    if os.environ.get(flag) != "1":
+        return False
+    if ci_required():
+        pytest.fail(
+            f"{flag}=1 is refused in CI: files committed to the repository are compared here, "
+            "never rewritten. Regenerate them locally, review the diff and commit it."
+        )
+    return True
+
+
+def wait_until(
+    condition: Callable[[], T], what: str, guard_s: float = GUARD_S, tick_s: float = 0.05
+) -> T:
+    """Poll `condition` until it returns something truthy, and return that. The guard only
+    bounds a hang: reaching it is a failure that names what never happened."""
+    deadline = time.monotonic() + guard_s
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"gave up after {guard_s:g} s waiting for {what}")
+        time.sleep(tick_s)
+
+
+def bash_wait_for(path: Path | str, guard_s: int = int(GUARD_S)) -> str:
+    """A line of bash that waits until `path` exists: a gate the test opens when it is ready.
+    After `guard_s` (a hang) it fails the job with exit status 1 and says so."""
+    quoted = shlex.quote(str(path))
+    return (
+        f"for _ in $(seq {guard_s * 10}); do [ -e {quoted} ] && break; sleep 0.1; done; "
+        f'[ -e {quoted} ] || {{ echo "hpcjob test: {path} never appeared" >&2; exit 1; }}'
+    )
+
+
+def read_until(stream: IO[Any], phrase: str, guard_s: float = GUARD_S) -> str:
+    """Read a child process's pipe until `phrase` has appeared; return everything read. Reads the
+    file descriptor itself, so `communicate()` afterwards returns the rest."""
+    fd, wanted, data = stream.fileno(), phrase.encode(), b""
+    deadline = time.monotonic() + guard_s
+    with selectors.DefaultSelector() as selector:
+        selector.register(fd, selectors.EVENT_READ)
+        while wanted not in data:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError(
+                    f"gave up after {guard_s:g} s waiting for {phrase!r}: {data!r}"
+                )
+            if selector.select(left):
+                chunk = os.read(fd, 65536)
+                if not chunk:
+                    raise AssertionError(f"the output ended before {phrase!r} appeared: {data!r}")
+                data += chunk
+    return data.decode(errors="replace")
+
+
+def local_job(home: Path, job_id: str) -> dict[str, Any]:
+    """The embedded scheduler's record of a job ($HPCJOB_HOME/local/jobs/<id>.json; replaced
+    atomically, so always whole), or {} before it exists."""
+    path = home / "local" / "jobs" / f"{job_id}.json"
+    if not path.exists():
+        return {}
+    data: dict[str, Any] = json.loads(path.read_text())
+    return data
+
+
+def warn_job(home: Path, job_id: str) -> None:
+    """What `#SBATCH --signal=B:USR1@…` does before the time limit: SIGUSR1 to the running job's
+    batch shell (its process group leader), not to the rest of the job."""
+    record = wait_until(
+        lambda: (rec := local_job(home, job_id)).get("state") == "RUNNING" and rec,
+        f"job {job_id} to run",
+    )
+    os.kill(int(record["pgid"]), signal.SIGUSR1)
+
+
+def ledger_run(home: Path, run_id: str) -> dict[str, Any] | None:
+    """A run as the ledger holds it, read directly and read-only (every command would refresh it
+    first), or None before it is there."""
+    path = home / "ledger.db"
+    if not path.exists():
+        return None
+    db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=30)
+    try:
+        db.row_factory = sqlite3.Row
+        row = db.execute("SELECT * FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+    except sqlite3.OperationalError:  # not created yet by the first hpcjob
+        return None
+    finally:
+        db.close()
+    return dict(row) if row is not None else None
+
+
+def process_state(pid: int) -> str | None:
+    """The kernel's one-letter state of a process (R, S, Z …), or None when there is none."""
+    try:
+        stat_line = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    return stat_line.rsplit(")", 1)[1].split()[0]
+
+
+def process_gone(pid: int) -> bool:
+    """Gone, or a zombie (dead, waiting for its parent to reap it)."""
+    return process_state(pid) in (None, "Z")
 
 
 @dataclass
@@ -116,7 +249,9 @@ class ReplayShell:
         pass
 
     def exists(self, path: str) -> bool:
-        return path in self.files
+        """A file, or a folder that holds one."""
+        folder = path.rstrip("/") + "/"
+        return path in self.files or any(name.startswith(folder) for name in self.files)
 
     def size(self, path: str) -> int | None:
         return len(self.files[path]) if path in self.files else None

@@ -4,16 +4,24 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.helpers import Result, run_hpcjob
+from tests.helpers import (
+    GUARD_S,
+    Result,
+    bash_wait_for,
+    ledger_run,
+    read_until,
+    run_hpcjob,
+    wait_until,
+)
 
 Invoke = Any
 
@@ -90,23 +98,26 @@ def test_cancel_a_running_job_and_logs_follow(cli: Invoke, tmp_path: Path) -> No
     templates = Path(os.environ["HPCJOB_HOME"]) / "templates"
     templates.mkdir(parents=True)
     (templates / "gpu-check.sbatch.j2").write_text(
-        '{% extends "base.sbatch.j2" %}{% block command %}echo started; sleep 60\n{% endblock %}'
+        '{% extends "base.sbatch.j2" %}{% block command %}echo started; sleep 600\n{% endblock %}'
     )
     run = submit_json(cli, "gpu-check")
-    deadline = time.monotonic() + 20
-    while cli("show", run["job_id"], "--json").json()["state"] != "RUNNING":
-        assert time.monotonic() < deadline
-        time.sleep(0.1)
+    wait_until(
+        lambda: cli("show", run["job_id"], "--json").json()["state"] == "RUNNING", "the job to run"
+    )
     follower = subprocess.Popen(
         [sys.executable, "-m", "hpcjob", "logs", run["job_id"], "--follow"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
-    time.sleep(1.5)
-    cancelled = cli("cancel", run["job_id"], "--json").json()
-    assert cancelled[0]["run_id"] == run["run_id"]
-    out, err = follower.communicate(timeout=30)
+    try:
+        followed = read_until(follower.stdout, "started")  # it follows the running job
+        cancelled = cli("cancel", run["job_id"], "--json").json()
+        assert cancelled[0]["run_id"] == run["run_id"]
+        rest, err = follower.communicate(timeout=GUARD_S)
+    finally:
+        follower.kill()
+    out = followed + rest
     assert follower.returncode == 0
     assert "started" in out and "CANCELLED" in out
     assert "ended: CANCELLED" in err
@@ -114,19 +125,26 @@ def test_cancel_a_running_job_and_logs_follow(cli: Invoke, tmp_path: Path) -> No
     assert again.exit_code == 1 and "already ended" in again.stderr
 
 
-def test_job_runs_on_after_the_cli_exits() -> None:
-    """Submit from a separate process that exits at once; the job still completes."""
-    home = os.environ["HPCJOB_HOME"]
-    templates = Path(home) / "templates"
+def _gated_template(home: Path, gate: Path, after: str) -> None:
+    """A gpu-check template whose job waits until the test creates `gate`, then runs `after`."""
+    templates = home / "templates"
     templates.mkdir(parents=True)
     (templates / "gpu-check.sbatch.j2").write_text(
-        '{% extends "base.sbatch.j2" %}{% block command %}sleep 2; echo survived\n{% endblock %}'
+        '{% extends "base.sbatch.j2" %}{% block command %}'
+        f"{bash_wait_for(gate)}\n{after}\n{{% endblock %}}"
     )
+
+
+def test_job_runs_on_after_the_cli_exits(isolated_home: Path, tmp_path: Path) -> None:
+    """Submit from a separate process that exits at once; the job still completes."""
+    gate = tmp_path / "go"
+    _gated_template(isolated_home, gate, "echo survived")
     submitted = run_hpcjob("submit", "gpu-check", "--json")
     assert submitted.exit_code == 0, submitted.stderr
     job_id = json.loads(submitted.stdout)["job_id"]
     first = json.loads(run_hpcjob("show", job_id, "--json").stdout)
-    assert first["state"] in ("PENDING", "RUNNING")
+    assert first["state"] in ("PENDING", "RUNNING")  # it waits for the gate: it cannot have ended
+    gate.touch()
     waited = run_hpcjob("wait", job_id, "--json")
     assert waited.exit_code == 0 and json.loads(waited.stdout)["state"] == "COMPLETED"
     assert "survived" in run_hpcjob("logs", job_id).stdout
@@ -236,24 +254,39 @@ def test_light_commands_do_not_import_heavy_modules(command: list[str]) -> None:
     assert "HEAVY []" in done.stderr, done.stderr
 
 
-def test_interrupted_wait_leaves_the_job_running(tmp_path: Path) -> None:
-    home = Path(os.environ["HPCJOB_HOME"])
-    (home / "templates").mkdir(parents=True)
-    (home / "templates" / "gpu-check.sbatch.j2").write_text(
-        '{% extends "base.sbatch.j2" %}{% block command %}sleep 3; echo done\n{% endblock %}'
-    )
+def test_interrupted_wait_leaves_the_job_running(isolated_home: Path, tmp_path: Path) -> None:
+    """Ctrl-C while `submit --wait` waits: it says the job keeps running, and it does."""
+    gate = tmp_path / "go"
+    _gated_template(isolated_home, gate, "echo done")
     proc = subprocess.Popen(
         [sys.executable, "-m", "hpcjob", "submit", "gpu-check", "--wait"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
-    time.sleep(1.5)
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=20)
-    assert proc.returncode == 130 and "keeps running" in err
-    waited = run_hpcjob("wait", "last", "--json")
+    try:
+        told = read_until(proc.stderr, "profile")  # "Submitted … (run r…, profile local)"
+        found = re.search(r"\(run\s+(r[0-9a-f]+),", told)
+        assert found, told
+        run_id = found.group(1)
+        # Only a refresh inside the wait records RUNNING (submit leaves the run PENDING), so once
+        # the ledger says RUNNING the process is waiting: that is where Ctrl-C comes.
+        wait_until(
+            lambda: (ledger_run(isolated_home, run_id) or {}).get("state") == "RUNNING",
+            "the waiting hpcjob to see its job run",
+        )
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=GUARD_S)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err
+    assert "Stopped waiting" in err and "keeps running" in err and "Traceback" not in err
+    shown = json.loads(run_hpcjob("show", run_id, "--json").stdout)
+    assert shown["state"] == "RUNNING"  # it does keep running, held at its gate
+    gate.touch()
+    waited = run_hpcjob("wait", run_id, "--json")
     assert json.loads(waited.stdout)["state"] == "COMPLETED"
+    assert "done" in run_hpcjob("logs", run_id).stdout
 
 
 def test_after_resolves_a_run_id(cli: Invoke) -> None:

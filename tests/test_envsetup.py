@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import re
+import signal
 import subprocess
-import time
+from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +27,7 @@ from hpcjob.envscript import (
     requirement_names,
 )
 from hpcjob.errors import HpcjobError
-from tests.helpers import invoke
+from tests.helpers import bash_wait_for, invoke, process_gone, wait_until
 
 SYSTEM_PYTHON = "/usr/bin/python3"
 BASE = EnvRequest(venv="~/hpcjob/venv", python="python3", modules=("2025",), requirements="six\n")
@@ -230,46 +233,50 @@ def test_cli_local_profile_creates_and_records(isolated_home: Path, tmp_path: Pa
 # -- streaming (LocalShell) -------------------------------------------------------------------
 
 
-def test_local_stream_hands_output_on_while_the_command_runs() -> None:
+def test_local_stream_hands_output_on_while_the_command_runs(tmp_path: Path) -> None:
     from hpcjob.shell import LocalShell
 
-    seen: list[tuple[float, str]] = []
-    started = time.monotonic()
-    done = LocalShell().stream(
-        ["bash", "-c", "echo first; sleep 0.6; echo second >&2; printf '\\xc3'; printf '\\xa9'"],
-        lambda text: seen.append((time.monotonic() - started, text)),
-    )
-    assert done.returncode == 0
+    gate = tmp_path / "go"
+    seen: list[str] = []
+
+    def on_output(text: str) -> None:
+        seen.append(text)
+        if text.startswith("first"):
+            gate.touch()  # the command goes on only once its first line has arrived here
+
+    command = f"echo first; {bash_wait_for(gate)}; echo second >&2; printf '\\xc3'; printf '\\xa9'"
+    done = LocalShell().stream(["bash", "-c", command], on_output)
+    # Had "first" come only at the end, the command would have waited for the gate in vain.
+    assert done.returncode == 0, done.stderr
     assert done.stdout == "first\né" and done.stderr == "second\n"
-    assert len(seen) >= 3 and seen[0][1] == "first\n"
-    assert seen[0][0] < 0.5 < seen[-1][0]  # the first line came before the command ended
+    assert len(seen) >= 3 and seen[0] == "first\n"
 
 
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as handle:
-            return handle.read().split(")")[-1].split()[0] != "Z"  # zombies are dead
-    except FileNotFoundError:
-        return False
+def _kill_quietly(pid: int) -> None:
+    with suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
 
 
 def test_local_stream_timeout_stops_the_whole_process_group(tmp_path: Path) -> None:
+    """At its timeout the command is stopped with all it started. The timeout counts from the
+    start, so on a busy machine the command may not have started its child by then: that try
+    proves nothing, and the next one gets twice the time."""
     from hpcjob.shell import LocalShell
 
     pid_file = tmp_path / "child.pid"
-    started = time.monotonic()
-    with pytest.raises(HpcjobError, match=r"was stopped after 0\.5 s"):
-        LocalShell().stream(
-            ["bash", "-c", f"sleep 30 & echo $! > {pid_file}; echo started; wait"],
-            lambda _text: None,
-            timeout=0.5,
-        )
-    assert time.monotonic() - started < 5
+    timeout = 0.5
+    while not (pid_file.exists() and pid_file.read_text().strip()):
+        assert timeout <= 64, "the command never started its child"
+        # The child outlives every wait below: only the stop can end it in time.
+        command = f"sleep 200 & echo $! > {pid_file}; wait"
+        with pytest.raises(HpcjobError, match=re.escape(f"was stopped after {timeout:g} s")):
+            LocalShell().stream(["bash", "-c", command], lambda _text: None, timeout=timeout)
+        timeout *= 2
     child = int(pid_file.read_text())
-    deadline = time.monotonic() + 3
-    while _alive(child) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not _alive(child)
+    try:
+        wait_until(lambda: process_gone(child), "the command's child to be stopped")
+    finally:
+        _kill_quietly(child)
 
 
 def test_local_stream_interrupted_by_the_callback_stops_the_command(tmp_path: Path) -> None:
@@ -278,11 +285,17 @@ def test_local_stream_interrupted_by_the_callback_stops_the_command(tmp_path: Pa
     def interrupt(_text: str) -> None:
         raise KeyboardInterrupt
 
-    pid_file = tmp_path / "pid"
+    shell_pid, child_pid = tmp_path / "pid", tmp_path / "child"
+    command = f"echo $$ > {shell_pid}; sleep 200 & echo $! > {child_pid}; echo go; wait"
     with pytest.raises(KeyboardInterrupt):
-        LocalShell().stream(["bash", "-c", f"echo $$ > {pid_file}; echo go; sleep 30"], interrupt)
-    time.sleep(0.2)
-    assert not _alive(int(pid_file.read_text()))
+        LocalShell().stream(["bash", "-c", command], interrupt)
+    pids = [int(shell_pid.read_text()), int(child_pid.read_text())]  # written before "go"
+    try:
+        for pid in pids:
+            wait_until(lambda pid=pid: process_gone(pid), f"process {pid} to be stopped")
+    finally:
+        for pid in pids:
+            _kill_quietly(pid)
 
 
 # -- progress ---------------------------------------------------------------------------------
@@ -514,7 +527,8 @@ def test_quota_and_a_named_path_pick_that_filesystem() -> None:
 def _slow_python(tmp_path: Path) -> Path:
     """A `python` that hangs, as a stuck install does; it notes its pid."""
     fake = tmp_path / "slow-python"
-    fake.write_text(f"#!/bin/bash\necho $$ > {tmp_path}/slow.pid\nexec sleep 60\n")
+    # It outlives every wait of the tests: only hpcjob stopping the script can end it in time.
+    fake.write_text(f"#!/bin/bash\necho $$ > {tmp_path}/slow.pid\nexec sleep 200\n")
     fake.chmod(0o755)
     return fake
 
@@ -532,20 +546,34 @@ def _login_context(isolated_home: Path, tmp_path: Path, python: Path) -> object:
 def test_login_run_that_times_out_ends_failed_with_its_log(
     isolated_home: Path, tmp_path: Path
 ) -> None:
+    """The timeout counts from the start: a try that ends before the script reached its stuck
+    python step (a busy machine) proves nothing, and the next one gets twice the time."""
     from hpcjob.env.setup import request_for, setup_on_login_node
 
+    slow_pid = tmp_path / "slow.pid"
     ctx: Any = _login_context(isolated_home, tmp_path, _slow_python(tmp_path))
     request = request_for(ctx, "six\n")
-    with pytest.raises(HpcjobError) as failed:
-        setup_on_login_node(ctx, request, timeout_s=1.5)
-    assert "did not finish" in failed.value.message and "recorded FAILED" in failed.value.message
-    run = ctx.ledger.list_runs(profile="mine")[0]
-    assert run.state.value == "FAILED" and "stopped after 1.5 s" in (run.reason or "")
-    log = Path(run.output_path).read_text()
-    assert "HPCJOB-SETUP-ENV-STEP python" in log and "the script was stopped" in log
-    time.sleep(0.3)
-    assert not _alive(int((tmp_path / "slow.pid").read_text()))
-    ctx.close()
+    timeout = 1.5
+    try:
+        while True:
+            with pytest.raises(HpcjobError) as failed:
+                setup_on_login_node(ctx, request, timeout_s=timeout)
+            if slow_pid.exists() and slow_pid.read_text().strip():
+                break
+            timeout *= 2
+            assert timeout <= 96, "the script never reached its python step"
+        message = failed.value.message
+        assert "did not finish" in message and "recorded FAILED" in message
+        run = ctx.ledger.list_runs(profile="mine")[0]
+        assert run.state.value == "FAILED" and f"stopped after {timeout:g} s" in (run.reason or "")
+        log = Path(run.output_path).read_text()
+        assert "HPCJOB-SETUP-ENV-STEP python" in log and "the script was stopped" in log
+        stuck = int(slow_pid.read_text())
+        wait_until(lambda: process_gone(stuck), "the stuck python to be stopped")
+    finally:
+        if slow_pid.exists() and slow_pid.read_text().strip():
+            _kill_quietly(int(slow_pid.read_text()))
+        ctx.close()
 
 
 def test_login_run_interrupted_by_ctrl_c_ends_cancelled(
@@ -631,10 +659,10 @@ def test_cli_check_gpu_refuses_the_embedded_scheduler_before_installing(
 
 
 def test_ssh_relay_drops_login_noise_and_keeps_split_characters() -> None:
-    from hpcjob.ssh.channel import Relay
+    from hpcjob.ssh.channel import _Relay
 
     got: list[str] = []
-    relay = Relay("__m__", got.append)
+    relay = _Relay("__m__", got.append)
     data = "motd says hi\n__m__\ncaf\u00e9 ok\n".encode()
     for index in range(len(data)):  # one byte at a time: the marker and é arrive split
         relay.feed(0, data[index : index + 1])

@@ -52,9 +52,13 @@ def test_metrics_jsonl_with_torn_last_line_and_non_finite_values() -> None:
 
 
 def test_binary_and_huge_garbage_do_not_crash() -> None:
-    garbage = "\x00\xff\ufffd" * 1000 + "\n" + "Epoch 99999999999999999999: loss = 1e999\n"
+    garbage = (
+        "\x00\xff\ufffd" * 1000
+        + "\nEpoch 99999999999999999999: loss = 0.5\n"  # no epoch has that number: dropped
+        + "Epoch 3: loss = 1e999\n"  # overflows to inf: kept as missing, never as inf
+    )
     out = parse_output(garbage)
-    assert all(m.value is None for m in out.metric_list())
+    assert [(m.step, m.key, m.value) for m in out.metric_list()] == [(3, "loss", None)]
     deep = "HPCJOB_METRIC " + "[" * 100000 + "\n"
     parse_output(deep)
 

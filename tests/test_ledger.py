@@ -13,7 +13,7 @@ from hpcjob.joblog import Metric
 from hpcjob.jobstate import JobInfo, JobState
 from hpcjob.ledger.schema import MIGRATIONS, SCHEMA_VERSION
 from hpcjob.ledger.store import Ledger
-from tests.helpers import new_run
+from tests.helpers import GUARD_S, new_run
 
 
 def test_migrates_from_blank_and_records_each_migration() -> None:
@@ -115,9 +115,12 @@ def test_readers_are_not_blocked_by_a_writer(tmp_path: Path) -> None:
     seen: list[str | None] = []
     thread = threading.Thread(target=lambda: seen.append(reader.get_run(run.run_id).node))
     thread.start()
-    thread.join(timeout=5)
+    # The writer commits only once the reader is done: a reader that waited for the writer would
+    # give up at its 30 s busy timeout, having read nothing (the guard only bounds a hang).
+    thread.join(timeout=GUARD_S)
+    assert not thread.is_alive()
     writer.db.execute("COMMIT")
-    assert seen == [None]  # read the last committed state without waiting
+    assert seen == [None]  # read the last committed state while the write was in flight
 
 
 def test_writers_wait_for_each_other_instead_of_failing(tmp_path: Path) -> None:

@@ -1,7 +1,11 @@
-"""The embedded scheduler: states, time limit, cancel, queueing, surviving the CLI, dead runners."""
+"""The embedded scheduler: states, time limit, cancel, queueing, surviving the CLI, dead runners.
+
+Jobs that must be running when the test looks wait at a gate the test opens (`bash_wait_for`);
+jobs that must be stopped sleep longer than any wait here, so only the stop can end them."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import time
@@ -13,6 +17,7 @@ from hpcjob.errors import HpcjobError
 from hpcjob.jobstate import JobInfo, JobState
 from hpcjob.scheduler.header import expand_output, parse_script_header
 from hpcjob.scheduler.local import LocalScheduler
+from tests.helpers import GUARD_S, bash_wait_for, process_gone, wait_until
 
 
 def write_script(folder: Path, body: str, *, time_limit: str = "05:00", extra: str = "") -> Path:
@@ -32,16 +37,23 @@ def submit(sched: LocalScheduler, folder: Path, body: str, **kw: str) -> str:
     return sched.submit(str(script), token=f"tok-{folder.name}", workdir=str(folder))
 
 
-def wait_for(
-    sched: LocalScheduler, job_id: str, states: set[JobState], limit: float = 30
-) -> JobInfo:
-    deadline = time.monotonic() + limit
+def wait_for(sched: LocalScheduler, job_id: str, states: set[JobState]) -> JobInfo:
+    """Poll until the job is in one of `states`; a final state outside them fails at once."""
+    deadline = time.monotonic() + GUARD_S
     while time.monotonic() < deadline:
         info = sched.poll([job_id])[job_id]
         if info.state in states:
             return info
+        assert not info.state.is_final, f"job {job_id} ended {info}, not in {states}"
         time.sleep(0.05)
     raise AssertionError(f"job {job_id} never reached {states}: {sched.poll([job_id])}")
+
+
+def stop_group(pgid: int | None) -> None:
+    """Clean up after a failed test: nothing of a job outlives it."""
+    if pgid:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pgid, signal.SIGKILL)
 
 
 @pytest.fixture
@@ -83,50 +95,76 @@ def test_failed_job_keeps_exit_code(sched: LocalScheduler, tmp_path: Path) -> No
 def test_time_limit_gives_timeout_and_kills_stubborn_jobs(
     sched: LocalScheduler, tmp_path: Path
 ) -> None:
-    # The job ignores TERM; KILL must follow after kill_wait.
-    job = submit(sched, tmp_path / "run", "trap '' TERM; sleep 60", time_limit="0:01")
-    started = time.monotonic()
-    info = wait_for(sched, job, {JobState.TIMEOUT})
-    assert time.monotonic() - started < 10
-    assert "DUE TO TIME LIMIT" in (tmp_path / "run" / f"slurm-{job}.out").read_text()
-    assert info.state.is_final
+    # The job ignores TERM from its first instruction (an ignored signal stays ignored across
+    # fork and exec: its runner is started while this process ignores TERM) and never ends by
+    # itself, so only the KILL that must follow TERM can end it.
+    previous = signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    try:
+        job = submit(sched, tmp_path / "run", "while :; do sleep 1; done", time_limit="0:01")
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    try:
+        info = wait_for(sched, job, {JobState.TIMEOUT})
+        assert "DUE TO TIME LIMIT" in (tmp_path / "run" / f"slurm-{job}.out").read_text()
+        assert info.state.is_final and info.ended_at
+        pgid = sched._read(job)["pgid"]
+        wait_until(lambda: process_gone(pgid), "the job's processes to be killed")
+    finally:
+        stop_group(sched._read(job).get("pgid"))
 
 
 def test_warning_signal_before_the_limit(sched: LocalScheduler, tmp_path: Path) -> None:
-    body = "trap 'echo got-usr1; exit 0' USR1\nfor i in $(seq 100); do sleep 0.1; done"
+    # Warned a second in, a minute before its limit. The batch shell does not catch USR1, so
+    # the warning ends the job wherever it finds it, even before the shell's first line; without
+    # a warning it would run into its limit (TIMEOUT).
     job = submit(
-        sched, tmp_path / "run", body, time_limit="0:03", extra="#SBATCH --signal=B:USR1@2\n"
+        sched,
+        tmp_path / "run",
+        "sleep 200 & wait",
+        time_limit="1:00",
+        extra="#SBATCH --signal=B:USR1@59\n",
     )
-    wait_for(sched, job, {JobState.COMPLETED})
-    assert "got-usr1" in (tmp_path / "run" / f"slurm-{job}.out").read_text()
+    try:
+        info = wait_for(sched, job, {JobState.FAILED})
+        assert info.signal == signal.SIGUSR1
+        assert "DUE TO TIME LIMIT" not in (tmp_path / "run" / f"slurm-{job}.out").read_text()
+    finally:
+        stop_group(sched._read(job).get("pgid"))
 
 
 def test_cancel_running_and_pending(tmp_path: Path) -> None:
     sched = LocalScheduler(tmp_path / "local", max_jobs=1, kill_wait_s=1)
-    first = submit(sched, tmp_path / "a", "sleep 60")
-    wait_for(sched, first, {JobState.RUNNING})
-    second = submit(sched, tmp_path / "b", "echo never")
-    time.sleep(0.5)
-    assert sched.poll([second])[second].state == JobState.PENDING  # one slot, taken
-    sched.cancel([second])
-    assert sched.poll([second])[second].state == JobState.CANCELLED
-    sched.cancel([first])
-    info = wait_for(sched, first, {JobState.CANCELLED}, limit=10)
-    assert info.ended_at
-    assert not (tmp_path / "b" / f"slurm-{second}.out").exists()
+    first = submit(sched, tmp_path / "a", "sleep 200")
+    try:
+        wait_for(sched, first, {JobState.RUNNING})
+        second = submit(sched, tmp_path / "b", "echo never")
+        assert sched.poll([second])[second].state == JobState.PENDING  # one slot, taken
+        sched.cancel([second])
+        assert sched.poll([second])[second].state == JobState.CANCELLED
+        sched.cancel([first])
+        info = wait_for(sched, first, {JobState.CANCELLED})
+        assert info.ended_at
+        # The slot is free now; the cancelled job's runner must give up rather than run it.
+        runner = sched._read(second)["supervisor"]["pid"]
+        wait_until(lambda: process_gone(runner), "the cancelled job's runner to end")
+        assert not (tmp_path / "b" / f"slurm-{second}.out").exists()
+        assert sched.poll([second])[second].state == JobState.CANCELLED
+    finally:
+        stop_group(sched._read(first).get("pgid"))
 
 
 def test_queue_runs_jobs_in_order_within_the_limit(tmp_path: Path) -> None:
     sched = LocalScheduler(tmp_path / "local", max_jobs=1, kill_wait_s=1)
     log = tmp_path / "order.log"
-    jobs = [submit(sched, tmp_path / f"j{i}", f"echo {i} >> {log}; sleep 0.2") for i in range(3)]
+    # The 0.2 s in each job only gives a scheduler that ignores the limit room to start another
+    # job meanwhile (interleaving the lines); a correct one passes however long anything takes.
+    body = 'echo "start {i}" >> {log}; sleep 0.2; echo "end {i}" >> {log}'
+    jobs = [submit(sched, tmp_path / f"j{i}", body.format(i=i, log=log)) for i in range(3)]
     for job in jobs:
         wait_for(sched, job, {JobState.COMPLETED})
-    assert log.read_text().split() == ["0", "1", "2"]
-    infos = sched.poll(jobs)
-    ends = [infos[j].ended_at or "" for j in jobs]
-    starts = [infos[j].started_at or "" for j in jobs]
-    assert starts[1] >= ends[0] and starts[2] >= ends[1]
+    assert log.read_text().splitlines() == [
+        "start 0", "end 0", "start 1", "end 1", "start 2", "end 2"
+    ]  # fmt: skip
 
 
 def test_missing_output_directory_fails_like_slurm(sched: LocalScheduler, tmp_path: Path) -> None:
@@ -141,16 +179,17 @@ def test_missing_output_directory_fails_like_slurm(sched: LocalScheduler, tmp_pa
 
 
 def test_dead_runner_marks_the_job_failed(sched: LocalScheduler, tmp_path: Path) -> None:
-    job = submit(sched, tmp_path / "run", "sleep 60")
+    job = submit(sched, tmp_path / "run", "sleep 200")
     wait_for(sched, job, {JobState.RUNNING})
     record = sched._read(job)
-    os.kill(record["supervisor"]["pid"], signal.SIGKILL)
-    info = wait_for(sched, job, {JobState.FAILED})
-    assert "runner" in (info.reason or "") and "died" in (info.reason or "")
-    time.sleep(0.2)
-    stat = Path(f"/proc/{record['pgid']}/stat")
-    # The job's processes were stopped too (gone, or a zombie awaiting its reaper).
-    assert not stat.exists() or stat.read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    try:
+        os.kill(record["supervisor"]["pid"], signal.SIGKILL)
+        info = wait_for(sched, job, {JobState.FAILED})
+        assert "runner" in (info.reason or "") and "died" in (info.reason or "")
+        # The job's processes were stopped too (gone, or a zombie awaiting its reaper).
+        wait_until(lambda: process_gone(record["pgid"]), "the job's processes to be stopped")
+    finally:
+        stop_group(record["pgid"])
 
 
 def test_unknown_jobs_are_left_out(sched: LocalScheduler) -> None:
@@ -161,16 +200,18 @@ def test_unknown_jobs_are_left_out(sched: LocalScheduler) -> None:
 
 def test_afterok_dependency_waits_and_never_satisfied_cancels(tmp_path: Path) -> None:
     sched = LocalScheduler(tmp_path / "local", max_jobs=2, kill_wait_s=1)
-    log = tmp_path / "order.log"
-    first = submit(sched, tmp_path / "a", f"sleep 1; echo first >> {log}")
+    log, gate = tmp_path / "order.log", tmp_path / "go"
+    first = submit(sched, tmp_path / "a", f"{bash_wait_for(gate)}; echo first >> {log}")
     second = submit(
         sched,
         tmp_path / "b",
         f"echo second >> {log}",
         extra=f"#SBATCH --dependency=afterok:{first}\n",
     )
-    time.sleep(0.5)
+    wait_for(sched, first, {JobState.RUNNING})
+    # A free slot, but the job it depends on is held at its gate: it must wait.
     assert sched.poll([second])[second].state == JobState.PENDING
+    gate.touch()
     wait_for(sched, second, {JobState.COMPLETED})
     assert log.read_text().split() == ["first", "second"]
     failing = submit(sched, tmp_path / "c", "exit 1")

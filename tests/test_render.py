@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import difflib
 import json
-import os
 import subprocess
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import pytest
 from hpcjob.errors import HpcjobError
 from hpcjob.render import RenderContext, render_script, sbatch_line, shell_path, template_dirs
 from hpcjob.spec import JobSpec, SpecRequest, build_spec
+from tests.helpers import ci_required, rewrite_requested
 
 GOLDEN = Path(__file__).parent / "golden"
 
@@ -57,10 +57,14 @@ def test_golden_scripts(name: str) -> None:
     request, ctx = CASES[name]
     script = render(build_spec(request), **ctx)
     golden = GOLDEN / f"{name}.sh"
-    if os.environ.get("UPDATE_GOLDEN") == "1" or not golden.exists():
+    update = rewrite_requested("UPDATE_GOLDEN")
+    if not golden.exists() and not update:
+        if ci_required():
+            pytest.fail(f"{golden} is missing (CI never writes golden files): UPDATE_GOLDEN=1")
         golden.write_text(script)
-        if os.environ.get("UPDATE_GOLDEN") != "1":
-            pytest.fail(f"{golden} did not exist; written now — review and commit it")
+        pytest.fail(f"{golden} did not exist; written now — review and commit it")
+    if update:
+        golden.write_text(script)
     expected = golden.read_text()
     if script != expected:
         diff = "".join(

@@ -12,7 +12,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +26,7 @@ from hpcjob.run.login import (
     judge_login_run,
     process_start,
 )
+from tests.helpers import process_state, wait_until
 
 SYSTEM_PYTHON = "/usr/bin/python3"
 LOG = "/runs/r1/setup-env.log"
@@ -102,10 +102,11 @@ def test_process_start_tells_live_processes_from_dead_ones_and_zombies() -> None
     me = driver_identity()
     assert me["pid"] == os.getpid() and me["start"] == process_start(os.getpid())
     assert me["start"] is not None
-    child = subprocess.Popen(["sleep", "30"])
+    child = subprocess.Popen(["sleep", "200"])
     assert process_start(child.pid) not in (None, me["start"])
     child.kill()
-    time.sleep(0.2)  # a zombie now (not yet waited for): dead all the same
+    # A zombie now (not yet waited for): dead all the same.
+    wait_until(lambda: process_state(child.pid) == "Z", "the killed child to become a zombie")
     assert process_start(child.pid) is None
     child.wait()
     assert process_start(child.pid) is None
@@ -150,7 +151,8 @@ def test_sigkilled_setup_env_ends_failed_in_status(isolated_home: Path, tmp_path
     """The script hangs in `python` (as a stuck install does); hpcjob is SIGKILLed. While the
     script still runs, status keeps the run RUNNING and says so; once it ends, FAILED."""
     slow = tmp_path / "slow-python"
-    slow.write_text(f"#!/bin/bash\necho $$ > {tmp_path}/slow.pid\nexec sleep 60\n")
+    # Stuck for longer than any wait here: it ends only when the test kills it.
+    slow.write_text(f"#!/bin/bash\necho $$ > {tmp_path}/slow.pid\nexec sleep 600\n")
     slow.chmod(0o755)
     _profile(isolated_home, tmp_path, slow)
     requirements = tmp_path / "req.txt"
@@ -163,11 +165,12 @@ def test_sigkilled_setup_env_ends_failed_in_status(isolated_home: Path, tmp_path
     slow_pid_file = tmp_path / "slow.pid"
     script_pid = None
     try:
-        deadline = time.monotonic() + 30
-        while not slow_pid_file.exists() or not slow_pid_file.read_text().strip():
+
+        def reached_python() -> bool:
             assert driver.poll() is None, driver.communicate()
-            assert time.monotonic() < deadline, "the script never reached its python step"
-            time.sleep(0.05)
+            return slow_pid_file.exists() and bool(slow_pid_file.read_text().strip())
+
+        wait_until(reached_python, "the script to reach its python step")
         before = _setup_run()
         assert before["state"] == "RUNNING"
         script_pid = int(Path(before["run_dir"], "setup-env.pid").read_text())
@@ -180,10 +183,7 @@ def test_sigkilled_setup_env_ends_failed_in_status(isolated_home: Path, tmp_path
         assert f"still runs on the login node (pid {script_pid})" in stderr
 
         os.kill(int(slow_pid_file.read_text()), signal.SIGKILL)  # the stuck step ends
-        deadline = time.monotonic() + 10
-        while _alive(script_pid):
-            assert time.monotonic() < deadline, "the script did not end"
-            time.sleep(0.05)
+        wait_until(lambda: not _alive(script_pid), "the script to end")
         row, stderr = _status()
         assert row["state"] == "FAILED", row
         assert row["reason"] == f"hpcjob was killed while setup-env ran (pid {driver.pid})"

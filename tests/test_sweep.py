@@ -4,7 +4,6 @@ arrays and throttle, `sweep status`, `sweep resubmit`, and `rerun` (same code sn
 from __future__ import annotations
 
 import subprocess
-import time
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +15,7 @@ from hpcjob.render import RenderContext, render_script, template_dirs
 from hpcjob.scheduler.local import LocalScheduler
 from hpcjob.spec import JobSpec, Resources
 from hpcjob.sweep import Sweep, compress_indices, failed_tasks, parse_sweeps
+from tests.helpers import wait_until
 
 Invoke = Any
 
@@ -115,20 +115,25 @@ def test_embedded_array_runs_each_task_and_keeps_the_throttle(tmp_path: Path) ->
     folder.mkdir()
     log = folder / "spans.log"
     script = folder / "job.sh"
+    # Tasks 0/1 and 2/3 are pairs: each task says it has started (a file) and waits until its
+    # partner has started too, so each pair is sure to overlap (two at once, proven, not hoped
+    # for); a partner that never comes fails the task after two minutes (a hang).
     script.write_text(
         "#!/bin/bash\n#SBATCH --job-name=arr\n#SBATCH --time=05:00\n#SBATCH --array=0-3%2\n"
         f"#SBATCH --output={folder}/slurm-%A_%a.out\n\n"
-        f'echo "start $SLURM_ARRAY_TASK_ID $(date +%s.%N)" >> {log}\n'
-        "sleep 0.6\n"
-        f'echo "end $SLURM_ARRAY_TASK_ID $(date +%s.%N)" >> {log}\n'
+        "me=$SLURM_ARRAY_TASK_ID; partner=$((me ^ 1))\n"
+        f'echo "start $me $(date +%s.%N)" >> {log}\n'
+        f"touch {folder}/started-$me\n"
+        f"for _ in $(seq 1200); do [ -e {folder}/started-$partner ] && break; sleep 0.1; done\n"
+        f'[ -e {folder}/started-$partner ] || {{ echo "task $partner never started"; exit 1; }}\n'
+        f'echo "end $me $(date +%s.%N)" >> {log}\n'
         'echo "task $SLURM_ARRAY_TASK_ID of $SLURM_ARRAY_JOB_ID count $SLURM_ARRAY_TASK_COUNT"\n'
     )
     job_id = sched.submit(str(script), token="tok-arr", workdir=str(folder))
     tasks = [f"{job_id}_{i}" for i in range(4)]
-    deadline = time.monotonic() + 30
-    while not all(i.state.is_final for i in sched.poll(tasks).values()):
-        assert time.monotonic() < deadline, sched.poll(tasks)
-        time.sleep(0.1)
+    wait_until(
+        lambda: all(i.state.is_final for i in sched.poll(tasks).values()), "every task to end"
+    )
     assert {i.state for i in sched.poll(tasks).values()} == {JobState.COMPLETED}
     assert sched.find_by_token("tok-arr") == job_id
     out = (folder / f"slurm-{job_id}_2.out").read_text()
@@ -147,20 +152,20 @@ def test_cancelling_the_array_id_cancels_every_task(tmp_path: Path) -> None:
     folder = tmp_path / "run"
     folder.mkdir()
     script = folder / "job.sh"
+    # Longer than any wait here: only the cancel can end the tasks in time.
     script.write_text(
         "#!/bin/bash\n#SBATCH --time=05:00\n#SBATCH --array=0-2\n"
-        f"#SBATCH --output={folder}/slurm-%A_%a.out\n\nsleep 30\n"
+        f"#SBATCH --output={folder}/slurm-%A_%a.out\n\nsleep 200\n"
     )
     job_id = sched.submit(str(script), token="tok-c", workdir=str(folder))
     tasks = [f"{job_id}_{i}" for i in range(3)]
-    deadline = time.monotonic() + 20
-    while sched.poll(tasks)[tasks[0]].state != JobState.RUNNING:
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    wait_until(
+        lambda: sched.poll(tasks)[tasks[0]].state == JobState.RUNNING, "the first task to run"
+    )
     sched.cancel([job_id])
-    while not all(i.state.is_final for i in sched.poll(tasks).values()):
-        assert time.monotonic() < deadline + 10
-        time.sleep(0.05)
+    wait_until(
+        lambda: all(i.state.is_final for i in sched.poll(tasks).values()), "every task to end"
+    )
     assert {i.state for i in sched.poll(tasks).values()} == {JobState.CANCELLED}
 
 

@@ -62,9 +62,9 @@ class TimedShell(ReplayShell):
         return super().run(argv, **kwargs)
 
 
-def started_run(tmp_path: Path, shell: TimedShell, clock: FakeClock, job_id: str) -> tuple[
-    Context, Run
-]:
+def started_run(
+    tmp_path: Path, shell: TimedShell, clock: FakeClock, job_id: str
+) -> tuple[Context, Run]:
     """A Slurm context on the replayed shell and fake clock, with one submitted run."""
     profile = Profile("slurm", {"scheduler": "slurm", "remote_root": "/runs"}, {})
     ctx = Context(Settings(tmp_path), profile, clock=clock)
@@ -82,9 +82,7 @@ def started_run(tmp_path: Path, shell: TimedShell, clock: FakeClock, job_id: str
 def test_wait_backs_off_from_the_start_interval_to_the_cap(tmp_path: Path) -> None:
     clock = FakeClock()
     # Job 101 pends for five polls, then has failed (exit 3): squeue, then sacct's record.
-    shell = TimedShell(
-        clock, squeue=["squeue_live"] * 5 + ["squeue_final"], sacct=["sacct_final"]
-    )
+    shell = TimedShell(clock, squeue=["squeue_live"] * 5 + ["squeue_final"], sacct=["sacct_final"])
     ctx, run = started_run(tmp_path, shell, clock, "101")
     ticks: list[JobState] = []
     done = wait(ctx, run, on_tick=lambda r: ticks.append(r.state))
@@ -119,9 +117,7 @@ def test_wait_gives_up_at_its_timeout_and_leaves_the_run(tmp_path: Path) -> None
 
 def test_follow_streams_by_offset_and_asks_the_scheduler_at_its_own_pace(tmp_path: Path) -> None:
     clock = FakeClock()
-    shell = TimedShell(
-        clock, squeue=["squeue_live"] * 3 + ["squeue_final"], sacct=["sacct_final"]
-    )
+    shell = TimedShell(clock, squeue=["squeue_live"] * 3 + ["squeue_final"], sacct=["sacct_final"])
     ctx, run = started_run(tmp_path, shell, clock, "104")
     out = run.output_path
     assert out is not None

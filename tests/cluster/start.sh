@@ -21,7 +21,8 @@ PARTITIONS=rome,gpu_a100,gpu_h100,staging
 SSH_PORT=${HPCJOB_TEST_SSH_PORT:-2222}
 TIMEOUT=${HPCJOB_TEST_CLUSTER_TIMEOUT:-60}
 MARKER="managed by hpcjob tests/cluster/start.sh"
-PACKAGES=(slurmctld slurmd slurm-client slurmdbd munge mariadb-server openssh-server)
+# openssh-client: ssh-agent and ssh-keygen, which tests use (in CI their absence would be a skip).
+PACKAGES=(slurmctld slurmd slurm-client slurmdbd munge mariadb-server openssh-server openssh-client)
 MYSQL_SOCK=/run/mysqld/mysqld.sock
 SCRATCH=$STATE/scratch
 CLIENT=$STATE/client

@@ -23,10 +23,11 @@ STATE = Path(os.environ.get("HPCJOB_TEST_CLUSTER_DIR", "/var/tmp/hpcjob-test-clu
 
 
 def cluster_required() -> bool:
-    return (
-        os.environ.get("CI", "").lower() == "true"
-        or os.environ.get("HPCJOB_REQUIRE_CLUSTER") == "1"
-    )
+    """CI (CI=true/1/yes) or HPCJOB_REQUIRE_CLUSTER=1: a missing cluster fails, never skips. One
+    definition, shared with the rule that fails a CI run on any skip (tests/conftest.py)."""
+    from tests.helpers import ci_required
+
+    return ci_required()
 
 
 def read_cluster_env() -> dict[str, str] | None:

@@ -47,9 +47,16 @@ def workload_argv(program: str, *args: object) -> list[str]:
     return [sys.executable, str(WORKLOADS / program), *map(str, args)]
 
 
-def run_workload(program: str, output_dir: Path, *args: object, timeout: float = 120) -> Run:
-    """Run a workload as a job would: a fresh Python, the script by path, its own output dir."""
+def run_workload(
+    program: str,
+    output_dir: Path,
+    *args: object,
+    timeout: float = 120,
+    env: dict[str, str] | None = None,
+) -> Run:
+    """Run a workload as a job would: a fresh Python, the script by path, its own output dir;
+    `env` replaces the environment (default: this one)."""
     argv = workload_argv(program, *args, "--output-dir", output_dir)
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env = {**(os.environ if env is None else env), "PYTHONUNBUFFERED": "1"}
     done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=env)
     return Run(done.returncode, done.stdout, done.stderr, output_dir)

@@ -1,17 +1,34 @@
-"""check_gpu.py: what it concludes from the job's request and what torch can see."""
+"""check_gpu.py: what it concludes from the job's request and what torch can see.
+
+The CPU-only path is checked on every machine: a job run with CUDA_VISIBLE_DEVICES="" (as Slurm
+sets it for a job given no GPU) sees none, even where this machine has one. The path the machine
+itself takes, GPU or not, is checked as it is. No test here skips for lack or presence of a GPU."""
 
 from __future__ import annotations
 
-import json
+import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import check_gpu
 import pytest
 import torch
-from jobrun import run_workload
+from jobrun import Run, run_workload
 
-needs_no_gpu = pytest.mark.skipif(torch.cuda.is_available(), reason="asserts the CPU-only path")
+
+def job_env(**slurm: str) -> dict[str, str]:
+    """This environment as a job given no GPU sees it: no Slurm variables but `slurm`, every
+    GPU hidden."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
+    return {**env, "CUDA_VISIBLE_DEVICES": "", **slurm}
+
+
+def facts(run: Run) -> dict[str, Any]:
+    found: dict[str, Any] = {}
+    for record in run.records():
+        found.update(record.get("facts", {}))
+    return found
 
 
 @pytest.mark.parametrize(
@@ -31,35 +48,44 @@ def test_requested_gpus_from_slurm_variables(env: dict[str, str], wanted: int) -
     assert check_gpu.requested_gpus(env) == wanted
 
 
-@needs_no_gpu
-def test_no_gpu_requested_is_fine_on_cpu(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    assert check_gpu.main(["--output-dir", str(tmp_path)], env={}) == 0
-    assert "no GPU requested, CPU only" in capsys.readouterr().out
-    facts = json.loads((tmp_path / "metrics.jsonl").read_text())["facts"]
-    assert facts["gpu_count"] == 0 and facts["cuda_available"] is False
-    assert facts["torch"] == str(torch.__version__) and facts["gpus_requested"] == 0
+def test_no_gpu_requested_is_fine_on_cpu(tmp_path: Path) -> None:
+    run = run_workload("check_gpu.py", tmp_path, env=job_env())
+    assert run.returncode == 0, run.stderr
+    assert "no GPU requested, CPU only" in run.stdout
+    seen = facts(run)
+    assert seen["gpu_count"] == 0 and seen["cuda_available"] is False
+    assert seen["torch"] == str(torch.__version__) and seen["gpus_requested"] == 0
 
 
-@needs_no_gpu
-def test_gpu_asked_for_by_slurm_but_invisible_fails(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    env = {"SLURM_GPUS_ON_NODE": "2", "CUDA_VISIBLE_DEVICES": ""}
-    assert check_gpu.main(["--output-dir", str(tmp_path)], env=env) == 1
-    err = capsys.readouterr().err
-    assert "this job asked for 2 GPUs but none is visible" in err
-    assert "CUDA_VISIBLE_DEVICES='' hides every GPU" in err
+def test_gpu_asked_for_by_slurm_but_invisible_fails(tmp_path: Path) -> None:
+    run = run_workload("check_gpu.py", tmp_path, env=job_env(SLURM_GPUS_ON_NODE="2"))
+    assert run.returncode == 1
+    assert "this job asked for 2 GPUs but none is visible" in run.stderr
+    assert "CUDA_VISIBLE_DEVICES='' hides every GPU" in run.stderr
+    assert "Traceback" not in run.stderr
 
 
-@needs_no_gpu
 def test_expect_gpus_as_a_job_runs_it(tmp_path: Path) -> None:
-    run = run_workload("check_gpu.py", tmp_path, "--expect-gpus", "1")
+    run = run_workload("check_gpu.py", tmp_path, "--expect-gpus", "1", env=job_env())
     assert run.returncode == 1
     assert "this job asked for 1 GPU but none is visible" in run.stderr
     assert "Traceback" not in run.stderr
     assert run.records()[0]["facts"]["gpus_requested"] == 1
+
+
+def test_this_machine_as_it_is(tmp_path: Path) -> None:
+    """No GPU asked for, and this machine's own GPUs (if any) left visible: the conclusion
+    matches what torch sees here."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
+    run = run_workload("check_gpu.py", tmp_path, "--matmul-size", "256", env=env)
+    assert run.returncode == 0, run.stderr
+    seen = facts(run)
+    if torch.cuda.is_available():
+        count = torch.cuda.device_count()
+        assert f"OK: {count} GPU(s) visible, 0 requested" in run.stdout
+        assert seen["gpu_count"] == count and len(seen["gpu_names"]) == count
+    else:
+        assert "no GPU requested, CPU only" in run.stdout and seen["gpu_count"] == 0
 
 
 def test_missing_torch_is_explained(

@@ -659,10 +659,10 @@ def test_cli_check_gpu_refuses_the_embedded_scheduler_before_installing(
 
 
 def test_ssh_relay_drops_login_noise_and_keeps_split_characters() -> None:
-    from hpcjob.ssh.channel import _Relay
+    from hpcjob.ssh.channel import Relay
 
     got: list[str] = []
-    relay = _Relay("__m__", got.append)
+    relay = Relay("__m__", got.append)
     data = "motd says hi\n__m__\ncaf\u00e9 ok\n".encode()
     for index in range(len(data)):  # one byte at a time: the marker and é arrive split
         relay.feed(0, data[index : index + 1])

@@ -50,7 +50,7 @@ def run_session(ref: str, profile: str | None, *, refresh: bool = False) -> Iter
         yield context
 
 
-def wait_with_progress(
+def _wait_with_progress(
     context: Context, sink: Sink, run: Run, timeout_s: float | None = None
 ) -> Run:
     """Wait for the run to end, with a spinner saying its state, elapsed time and last metric."""
@@ -64,14 +64,10 @@ def wait_with_progress(
         elapsed = duration(elapsed_s(current))
         return f"job {current.job_id} {current.state.value} {elapsed} {metric}".rstrip()
 
-    try:
-        with sink.waiting(f"job {run.job_id} {run.state.value}") as status:
-            return wait(
-                context, run, on_tick=lambda cur: status.update(describe(cur)), timeout_s=timeout_s
-            )
-    except KeyboardInterrupt:
-        info(f"Stopped waiting; job {run.job_id} keeps running (`hpcjob status`).")
-        raise typer.Exit(130) from None
+    with sink.waiting(f"job {run.job_id} {run.state.value}") as status:
+        return wait(
+            context, run, on_tick=lambda cur: status.update(describe(cur)), timeout_s=timeout_s
+        )
 
 
 def conclude(
@@ -97,6 +93,15 @@ def wait_and_conclude(
     timeout_s: float | None = None,
 ) -> None:
     """`--wait` (and `hpcjob wait`): wait for the run unless it ended, then `conclude`."""
-    if wait and not run.state.is_final:
-        run = wait_with_progress(context, sink, run, timeout_s)
-    conclude(context, sink, run, waited=wait, extra=extra)
+    try:
+        if wait and not run.state.is_final:
+            run = _wait_with_progress(context, sink, run, timeout_s)
+        conclude(context, sink, run, waited=wait, extra=extra)
+    except KeyboardInterrupt:
+        raise stopped(run) from None
+
+
+def stopped(run: Run) -> typer.Exit:
+    """Ctrl-C after a submission: the job is queued all the same; say so, exit 130."""
+    info(f"Stopped waiting; job {run.job_id} keeps running (`hpcjob status`).")
+    return typer.Exit(130)

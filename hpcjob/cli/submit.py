@@ -21,7 +21,7 @@ from hpcjob.cli.options import (
 )
 from hpcjob.cli.output import Sink
 from hpcjob.cli.root import app, command
-from hpcjob.cli.session import conclude, run_session, session, wait_and_conclude
+from hpcjob.cli.session import conclude, run_session, session, stopped, wait_and_conclude
 from hpcjob.errors import HpcjobError
 
 
@@ -128,11 +128,14 @@ def _submit(
     if warning:
         context.notes.append(warning)
     run = submit(context, prepared, auto_requeue=requeues, project=project)
-    sink.say(
-        f"Submitted [bold]{run.workload}[/] as job [bold]{run.job_id}[/] "
-        f"(run {run.run_id}, profile {run.profile}); output: {run.output_path}"
-    )
-    sink.say(estimate_text(context, run))
+    try:
+        sink.say(
+            f"Submitted [bold]{run.workload}[/] as job [bold]{run.job_id}[/] "
+            f"(run {run.run_id}, profile {run.profile}); output: {run.output_path}"
+        )
+        sink.say(estimate_text(context, run))
+    except KeyboardInterrupt:  # the job is queued all the same
+        raise stopped(run) from None
     wait_and_conclude(context, sink, run, wait=wait)
 
 

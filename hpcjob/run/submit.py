@@ -56,9 +56,10 @@ def submit(
 def hand_over(ctx: Context, run: Run) -> Run:
     """Submit a recorded, staged SUBMITTING run with its token; record the job id.
 
-    A rejection (Slurm said no) marks the run UNSUBMITTED. A failure whose outcome is unknown
-    (sbatch timed out, the connection dropped while it ran) is never retried blindly: the token is
-    looked up, and if the job is not (yet) there the run stays SUBMITTING for the next refresh.
+    A rejection (Slurm said no) marks the run UNSUBMITTED once the token lookup confirms no job
+    carries it. A failure whose outcome is unknown (sbatch timed out, the connection dropped while
+    it ran), or a lookup that itself fails, is never retried blindly: the run stays SUBMITTING
+    (reason "outcome unknown") for the next refresh to settle by its token.
     """
     scheduler = ctx.scheduler
     try:

@@ -26,7 +26,7 @@ from tests.integration.support import (
     UserSession,
     cluster_required,
     read_cluster_env,
-    ssh_profile,
+    setup_env_profile,
     synthetic_pcam,
     write_config,
 )
@@ -151,9 +151,7 @@ def remote_venv(
     user = cluster["HPCJOB_TEST_USER"]
     name = f"v-{uuid.uuid4().hex[:8]}"
     home = tmp_path / "home"
-    write_config(
-        home, ssh_profile(cluster, python="/usr/bin/python3", venv=f"~/{TEST_VENVS}/{name}")
-    )
+    write_config(home, setup_env_profile(cluster, f"~/{TEST_VENVS}/{name}"))
     monkeypatch.setenv("HPCJOB_HOME", str(home))
     monkeypatch.setenv("HPCJOB_PROFILE", "cluster")
     requirements = tmp_path / "requirements.txt"

@@ -17,6 +17,7 @@ import signal
 import socket
 import sqlite3
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -180,6 +181,11 @@ def ssh_profile(cluster: dict[str, str], name: str = "cluster", **settings: Any)
     lines = [f"[profiles.{name}]"]
     lines += [f"{key} = {_toml(value)}" for key, value in values.items() if value is not None]
     return "\n".join(lines) + "\n"
+
+
+def setup_env_profile(cluster: dict[str, str], venv: str, **settings: Any) -> str:
+    """The profile `hpcjob setup-env` tests use: the cluster's system Python builds `venv`."""
+    return ssh_profile(cluster, python="/usr/bin/python3", venv=venv, **settings)
 
 
 def write_config(home: Path, text: str, owner: str | None = None) -> Path:
@@ -544,3 +550,21 @@ class GatedPackage:
 
     def release(self) -> None:
         (self.folder / "release").touch()
+
+
+def start_setup_env(requirements: Path, gated: GatedPackage) -> Streamed:
+    """`hpcjob setup-env` (this checkout, with the caller's HPCJOB_HOME and profile) installing
+    the gated package, returned once pip demonstrably builds it: the install then waits for the
+    test (`gated.release()`)."""
+    requirements.write_text(gated.requirement + "\n")
+    argv = [sys.executable, "-m", "hpcjob", "setup-env", "--requirements", str(requirements)]
+    # Ctrl-C (SIGINT) must reach it as at a terminal, also when the tests run as a background
+    # job (which starts with SIGINT ignored, and Python then installs no handler).
+    running = Streamed(argv, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    wait_until(
+        "pip building the gated package",
+        lambda: gated.building() or running.proc.poll() is not None,
+        timeout=300,
+    )
+    assert running.proc.poll() is None, running.finish()
+    return running

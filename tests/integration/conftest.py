@@ -12,6 +12,7 @@ import os
 import shutil
 import subprocess
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,9 @@ from tests.integration.support import (
     UserSession,
     cluster_required,
     read_cluster_env,
+    setup_env_profile,
+    synthetic_pcam,
+    write_config,
 )
 
 SYSTEM_PYTHON = "/usr/bin/python3"
@@ -110,15 +114,8 @@ def user(
 @pytest.fixture(scope="session")
 def user_pcam(cluster: dict[str, str], user_python: str) -> Path:
     """A small synthetic PCAM set the test user's jobs can read."""
-    target = Path(cluster["HPCJOB_TEST_SCRATCH"]) / "pcam-synth-small"
-    if not (target / "synth.json").exists():
-        subprocess.run(
-            [user_python, str(REPO / "workloads" / "synth.py"), str(target), "--flavour",
-             "official", "--train", "512", "--valid", "128", "--test", "128", "--seed", "3"],
-            check=True, capture_output=True,
-        )  # fmt: skip
-        subprocess.run(["chmod", "-R", "a+rX", str(target)], check=True)
-    return target
+    scratch = Path(cluster["HPCJOB_TEST_SCRATCH"])
+    return synthetic_pcam(scratch, user_python, train=512, valid=128, test=128, seed=3)
 
 
 @pytest.fixture
@@ -139,3 +136,26 @@ def ssh_login(cluster: dict[str, str], tmp_path: Path, monkeypatch: pytest.Monke
         "known_hosts": cluster["HPCJOB_TEST_KNOWN_HOSTS"],
     }
     return SSHLogin(cluster, home, config, profile)
+
+
+TEST_VENVS = "hpcjob-test-venvs"
+
+
+@pytest.fixture
+def remote_venv(
+    cluster: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[tuple[Path, Path]]:
+    """`hpcjob setup-env` from 'a laptop' (this process, HPCJOB_HOME of its own) for a venv on
+    the cluster, reached through the test sshd; yields (the venv on the cluster, a requirements
+    file here). The sshd is this machine, so the venv is checked on disk; removed afterwards."""
+    user = cluster["HPCJOB_TEST_USER"]
+    name = f"v-{uuid.uuid4().hex[:8]}"
+    home = tmp_path / "home"
+    write_config(home, setup_env_profile(cluster, f"~/{TEST_VENVS}/{name}"))
+    monkeypatch.setenv("HPCJOB_HOME", str(home))
+    monkeypatch.setenv("HPCJOB_PROFILE", "cluster")
+    requirements = tmp_path / "requirements.txt"
+    requirements.write_text("six\n")
+    venv = Path(f"/home/{user}/{TEST_VENVS}/{name}")
+    yield venv, requirements
+    shutil.rmtree(venv, ignore_errors=True)

@@ -8,12 +8,11 @@ a `%1` throttle behind a running task.
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import pytest
 
-from tests.integration.support import UserSession
+from tests.integration.support import UserSession, wait_until
 
 pytestmark = pytest.mark.slurm
 
@@ -73,28 +72,26 @@ def test_pending_tasks_cancelled_one_then_all_end_cancelled(user: UserSession) -
 
 
 def test_throttled_array_cancelled_while_task_0_runs(user: UserSession) -> None:
-    user.template("gpu-check", "echo task $SLURM_ARRAY_TASK_ID; sleep 60")
+    # Task 0 runs until cancelled; the throttle keeps the others pending behind it.
+    user.template("gpu-check", "echo task $SLURM_ARRAY_TASK_ID; sleep infinity")
     parent = ok(user.hpcjob(
         "submit", "gpu-check", "--partition", "staging", "--time", "2", "--array", "0-3%1",
         "--json",
     ))  # fmt: skip
     job = parent["job_id"]
-    deadline = time.monotonic() + 60
-    while tasks_of(user, job)[f"{job}_0"]["state"] != "RUNNING":
-        assert time.monotonic() < deadline, "task 0 never ran"
-        time.sleep(0.5)
+    wait_until("task 0 running", lambda: tasks_of(user, job)[f"{job}_0"]["state"] == "RUNNING")
     ok(user.hpcjob("cancel", f"{job}_2", "--json"))
     rows = tasks_of(user, job)
     assert (rows[f"{job}_2"]["state"], rows[f"{job}_2"]["reason"]) == ("CANCELLED", REASON)
     assert [rows[f"{job}_{i}"]["state"] for i in (0, 1, 3)] == ["RUNNING", "PENDING", "PENDING"]
 
     ok(user.hpcjob("cancel", parent["run_id"], "--json"))
-    deadline = time.monotonic() + 60
-    rows = tasks_of(user, job)
-    while not all(r["state"] == "CANCELLED" for r in rows.values()):
-        assert time.monotonic() < deadline, rows
-        time.sleep(1)
+
+    def all_cancelled() -> dict[str, dict[str, Any]] | None:
         rows = tasks_of(user, job)
+        return rows if all(r["state"] == "CANCELLED" for r in rows.values()) else None
+
+    rows = wait_until("every task CANCELLED", all_cancelled, interval=1)
     assert rows[f"{job}_0"]["reason"] != REASON  # it ran: Slurm's own record says so
     assert rows[f"{job}_0"]["started_at"] is not None
     assert [rows[f"{job}_{i}"]["reason"] for i in (1, 3)] == [REASON, REASON]

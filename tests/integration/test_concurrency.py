@@ -11,13 +11,12 @@ import json
 import os
 import subprocess
 import threading
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
 
-from tests.integration.support import UserSession, jobs_with_token, ledger_rows
+from tests.integration.support import UserSession, jobs_with_token, ledger_rows, wait_until
 
 pytestmark = [pytest.mark.slurm]
 
@@ -32,6 +31,7 @@ class Outcome:
 
     submits: list[tuple[int, str, str]] = field(default_factory=list)
     status_outputs: int = 0
+    status_rounds: list[int] = field(default_factory=lambda: [0, 0])  # started, per loop
     torn: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     lock = threading.Lock()
@@ -56,8 +56,9 @@ def storm(user: UserSession, env: dict[str, str], submits: int = SUBMITS) -> Out
     follow_ref = first.json()["run_id"]
     stop = threading.Event()
 
-    def status_loop() -> None:
+    def status_loop(index: int) -> None:
         while not stop.is_set():
+            outcome.status_rounds[index] += 1
             proc = subprocess.run(
                 user.argv("status", "--json", "--limit", "50", extra_env=env),
                 capture_output=True, text=True, cwd=user.workdir, timeout=120,
@@ -95,17 +96,23 @@ def storm(user: UserSession, env: dict[str, str], submits: int = SUBMITS) -> Out
         with outcome.lock:
             outcome.submits.append((proc.returncode, proc.stdout, proc.stderr))
 
-    side = [threading.Thread(target=status_loop) for _ in range(2)]
+    def rounds_past(marks: list[int]) -> bool:
+        return all(now > mark for now, mark in zip(outcome.status_rounds, marks, strict=True))
+
+    side = [threading.Thread(target=status_loop, args=(i,)) for i in range(2)]
     side.append(threading.Thread(target=follow))
     for thread in side:
         thread.start()
-    time.sleep(0.5)
+    # The submits start while both status loops are at work, and the loops go on for a full
+    # round more after the last submit ended (while the jobs run).
+    wait_until("both status loops at work", lambda: rounds_past([0, 0]), interval=0.05)
     workers = [threading.Thread(target=submit) for _ in range(submits)]
     for thread in workers:
         thread.start()
     for thread in workers:
         thread.join()
-    time.sleep(2)  # a few more status rounds while the jobs run
+    marks = list(outcome.status_rounds)
+    wait_until("a status round after the submits", lambda: rounds_past([m + 1 for m in marks]))
     stop.set()
     for thread in side:
         thread.join()

@@ -23,7 +23,6 @@ import os
 import shutil
 import signal
 import subprocess
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,13 +30,16 @@ from typing import Any
 
 import pytest
 
+from hpcjob.run.recovery import SETTLE_S
 from tests.integration.support import (
     Hpcjob,
     SSHLogin,
     UserSession,
+    backdate_run,
     jobs_with_token,
     ledger_rows,
     ssh_hpcjob,
+    wait_until,
 )
 
 pytestmark = [pytest.mark.slurm]
@@ -53,7 +55,7 @@ real=/usr/bin/$name
 point=$(cat "$CTL/arm.$name" 2>/dev/null) || exec "$real" "$@"
 rm -f "$CTL/arm.$name"
 reached() { echo "$PPID" >"$CTL/hit.tmp"; mv "$CTL/hit.tmp" "$CTL/hit"; }
-wait_go() { for _ in $(seq 600); do [[ -e $CTL/go ]] && return; sleep 0.1; done; }
+wait_go() { for _ in $(seq 3000); do [[ -e $CTL/go ]] && return; sleep 0.1; done; }
 case $point in
     before)
         reached; wait_go; exit 1 ;;
@@ -84,15 +86,16 @@ class KillSwitch:
         (self.ctl / f"arm.{command}").write_text(point)
         self.armed.append(command)
 
-    def wait_reached(self, proc: subprocess.Popen[str], timeout: float = 90) -> int:
+    def wait_reached(self, proc: subprocess.Popen[str]) -> int:
         """The pid of the wrapper's parent, once the wrapper was reached."""
-        deadline = time.monotonic() + timeout
-        while not (self.ctl / "hit").exists():
+
+        def reached() -> bool:
             if proc.poll() is not None:
                 out, err = proc.communicate()
                 raise AssertionError(f"hpcjob ended before the kill point:\n{out}\n{err}")
-            assert time.monotonic() < deadline, "the wrapper was never reached"
-            time.sleep(0.05)
+            return (self.ctl / "hit").exists()
+
+        wait_until("the wrapper reached", reached, interval=0.05)
         return int((self.ctl / "hit").read_text().split()[0])
 
     def release(self) -> None:
@@ -126,8 +129,7 @@ def quick_template(home: Path, owner: str | None) -> None:
     folder = home / "templates"
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "gpu-check.sbatch.j2").write_text(
-        '{% extends "base.sbatch.j2" %}{% block command %}echo exactly-once; sleep 2\n'
-        "{% endblock %}"
+        '{% extends "base.sbatch.j2" %}{% block command %}echo exactly-once\n{% endblock %}'
     )
     if owner:
         subprocess.run(["chown", "-R", owner, str(home)], check=True)
@@ -175,9 +177,11 @@ def check_recovery(
     if point in ("before_sbatch",):
         assert run["state"] == "SUBMITTING" and run["job_id"] is None
         assert jobs_with_token(user, token) == set()
-        # Nothing can still be on its way once the dead submitter's lock is free and a few
-        # seconds have passed: the run is marked UNSUBMITTED, then resubmitted exactly once.
-        time.sleep(11)
+        # Nothing can still be on its way once the dead submitter's lock is free and SETTLE_S
+        # have passed since the run's last change: rather than wait, the test moves that change
+        # into the past. The run is marked UNSUBMITTED, then resubmitted exactly once.
+        owner = user.cluster["HPCJOB_TEST_USER"] if job.local else None
+        backdate_run(job.home, run["run_id"], SETTLE_S + 1, owner=owner)
         (shown,) = [r for r in job.json("status") if r["run_id"] == run["run_id"]]
         assert shown["state"] == "UNSUBMITTED" and "never reached" in shown["reason"]
         code, out, err = job.run("resubmit", run["run_id"], "--json")
@@ -191,7 +195,9 @@ def check_recovery(
         assert code == 0, err
         assert json.loads(out)["job_id"] == queued
     final = wait_final(job, run["run_id"])
-    jobs = wait_jobs(user, token)
+    # squeue --states=all keeps every job of the last 5 minutes (MinJobAge), sacct the older
+    # ones, and the test's own processes are all gone: one look finds any duplicate.
+    jobs = jobs_with_token(user, token)
     assert len(jobs) == 1, f"{point}: jobs with the run's token: {jobs}"
     assert final["job_id"] == next(iter(jobs))
     assert final["state"] == "COMPLETED", final
@@ -200,30 +206,16 @@ def check_recovery(
     return {"lost": 0, "duplicates": len(jobs) - 1}
 
 
-def wait_final(job: Hpcjob, run_id: str, timeout: float = 120) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while True:
+def wait_final(job: Hpcjob, run_id: str) -> dict[str, Any]:
+    def final() -> dict[str, Any] | None:
         rows = job.json("status")
         for row in rows:
             assert all(k in row for k in ("run_id", "state", "job_id")), row
         (shown,) = [r for r in rows if r["run_id"] == run_id]
-        if shown["state"] not in ("SUBMITTING", "PENDING", "RUNNING", "COMPLETING"):
-            return dict(shown)
-        assert time.monotonic() < deadline, shown
-        time.sleep(1)
+        unfinished = ("SUBMITTING", "PENDING", "RUNNING", "COMPLETING")
+        return None if shown["state"] in unfinished else dict(shown)
 
-
-def wait_jobs(user: UserSession, token: str) -> set[str]:
-    """The token's jobs once sacct (which lags a few seconds) agrees with squeue."""
-    deadline = time.monotonic() + 20
-    jobs = jobs_with_token(user, token)
-    while time.monotonic() < deadline:
-        time.sleep(2)
-        again = jobs_with_token(user, token)
-        if again == jobs:
-            break
-        jobs = again
-    return jobs
+    return wait_until(f"run {run_id} final", final, interval=1)
 
 
 # ------------------------------------------------------------------------------- the tests

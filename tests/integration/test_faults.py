@@ -21,22 +21,26 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from hpcjob.errors import HpcjobError
 from tests.integration.support import (
     REPO,
-    STATE,
     SSHLogin,
     UserSession,
-    drop_connection,
+    Valve,
+    alive,
+    client_ports,
     jobs_with_token,
+    known_hosts_for_port,
     ledger_rows,
     ssh_hpcjob,
+    sshd_pids_serving,
+    wait_until,
 )
 
 pytestmark = [pytest.mark.slurm]
@@ -90,76 +94,67 @@ def clean_failure(result: Any, *phrases: str, code: int = 1) -> None:
         assert phrase in err, err
 
 
-def descendants(pid: int) -> list[int]:
-    children: dict[int, list[int]] = {}
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit():
-            try:
-                ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(ppid, []).append(int(proc.name))
-    found, todo = [], [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return found
+def wait_state(user: UserSession, ref: str, states: set[str]) -> dict[str, Any]:
+    def shown() -> dict[str, Any] | None:
+        result = user.hpcjob("show", ref, "--json")
+        assert result.exit_code == 0, result.stderr
+        run: dict[str, Any] = result.json()
+        return run if run["state"] in states else None
+
+    return wait_until(f"run {ref} in {sorted(states)}", shown, interval=1)
 
 
-def wait_state(
-    user: UserSession, ref: str, states: set[str], timeout: float = 90
-) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while True:
-        shown = user.hpcjob("show", ref, "--json")
-        assert shown.exit_code == 0, shown.stderr
-        run: dict[str, Any] = shown.json()
-        if run["state"] in states:
-            return run
-        assert time.monotonic() < deadline, run["state"]
-        time.sleep(1)
+# A job that ends only once the test creates `release` in its run directory.
+GATED = 'until [ -e "$HPCJOB_RUN_DIR/release" ]; do sleep 0.2; done; echo {word}'
+
+
+def release(user: UserSession, run: dict[str, Any]) -> None:
+    done = user.as_user("touch", f"{run['run_dir']}/release")
+    assert done.returncode == 0, done.stderr
 
 
 # ------------------------------------------------------------------------------- sshd
 
 
 @pytest.mark.ssh
-def test_sshd_stopped_mid_command(
+def test_sshd_stopped_while_wait_polls_over_it(
     user: UserSession, ssh_login: SSHLogin, user_python: str, tmp_path: Path
 ) -> None:
     laptop = ssh_hpcjob(user.cluster, ssh_login, user_python, tmp_path / "laptop")
     (laptop.home / "templates").mkdir()
     (laptop.home / "templates" / "gpu-check.sbatch.j2").write_text(
-        '{% extends "base.sbatch.j2" %}{% block command %}sleep 25; echo survived\n{% endblock %}'
+        '{% extends "base.sbatch.j2" %}{% block command %}'
+        + GATED.format(word="survived")
+        + "\n{% endblock %}"
     )
     run = laptop.json("submit", "gpu-check")
     waiting = laptop.start("wait", run["run_id"], "--json")
-    time.sleep(4)  # polling over its one SSH connection
-    before = ledger_rows(laptop.home)
-    listener = int((STATE / "pids" / "sshd.pid").read_text())
-    with daemon_down_after(lambda: descendants(listener)) as sessions:
-        for pid in sessions:  # the connection's own sshd processes: mid-command, it is cut
+    port = int(user.cluster["HPCJOB_TEST_SSH_PORT"])
+    # The wait's own connection, found once it is open (its sshd processes serve it).
+    sessions = wait_until(
+        "the wait's SSH connection",
+        lambda: [
+            pid for c in client_ports(waiting.pid, port) for pid in sshd_pids_serving(c, port)
+        ],
+    )
+    with daemon_down("sshd"):
+        for pid in sessions:  # the connection is cut, and no new one can be made
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-        _out, err = waiting.communicate(timeout=120)
+        _out, err = waiting.communicate(timeout=300)
         clean_failure((waiting.returncode, err), "127.0.0.1")
+        before = ledger_rows(laptop.home)
         status = laptop.run("status", "--json")
         clean_failure((status[0], status[2]), "127.0.0.1")
-        assert ledger_rows(laptop.home) == before  # nothing half-written
+        assert ledger_rows(laptop.home) == before  # a failed refresh changes nothing
         assert integrity(laptop.home) == "ok"
-    code, out, err = laptop.run("wait", run["run_id"], "--json")
+        assert before[0]["state"] in ("PENDING", "RUNNING")  # the job cannot end by itself
+        # Let it end before sshd is back (start.sh checks the cluster with a job of its own).
+        release(user, run)
+    code, out, err = laptop.run("wait", run["run_id"], "--json", timeout=300)
     assert code == 0, err
     assert json.loads(out)["state"] == "COMPLETED"
     assert len(ledger_rows(laptop.home)) == 1
-
-
-@contextmanager
-def daemon_down_after(collect: Any) -> Iterator[list[int]]:
-    """Stop sshd, handing the block what `collect` found before (its session processes)."""
-    found = collect()
-    with daemon_down("sshd"):
-        yield found
 
 
 # ------------------------------------------------------------------------------- transfers
@@ -167,73 +162,99 @@ def daemon_down_after(collect: Any) -> Iterator[list[int]]:
 
 @pytest.mark.ssh
 def test_connection_dropped_during_a_transfer(ssh_login: SSHLogin, tmp_path: Path) -> None:
+    """The shell reaches sshd through a Valve: each transfer is held after 4 MiB of its 24 MiB
+    (so it is certainly mid-way), and then the connection is cut."""
     data = os.urandom(24 * 1024 * 1024)
-    with ssh_login.shell() as shell:
-        folder = shell.expand_home(f"~/hpcjob-fault-{os.getpid()}")
-        shell.makedirs(folder)
-        path = f"{folder}/big.bin"
-        try:
-            # Writing: the connection is cut mid-way; the retry writes the whole file again, and
-            # at no moment does the final name hold part of it.
-            seen: list[int] = []
-            watching = threading.Event()
-
-            def watch() -> None:
-                while not watching.is_set():
-                    if os.path.exists(path):
-                        seen.append(os.path.getsize(path))
-                    time.sleep(0.005)
-
-            watcher = threading.Thread(target=watch)
-            watcher.start()
-            dropper = threading.Timer(0.15, drop_connection, (shell,))
-            dropper.start()
+    cluster = ssh_login.cluster
+    sshd_port = int(cluster["HPCJOB_TEST_SSH_PORT"])
+    # The Valve closes first: nothing the helper runs can then be left waiting on it.
+    with ThreadPoolExecutor(1) as helper, Valve(sshd_port) as valve:
+        hosts = known_hosts_for_port(cluster, valve.port, tmp_path / "known_hosts")
+        with ssh_login.shell(port=valve.port, known_hosts=str(hosts)) as shell:
+            folder = Path(shell.expand_home(f"~/hpcjob-fault-{os.getpid()}"))
+            shell.makedirs(str(folder))  # the SFTP session is open: the connection is idle now
+            path = folder / "big.bin"
             try:
-                shell.write_bytes(path, data)
+                # Writing: the retry writes the whole file again, and at no moment does the
+                # final name hold part of it.
+                seen: list[int] = []
+                watching = threading.Event()
+
+                def watch() -> None:
+                    while not watching.is_set():
+                        with contextlib.suppress(OSError):
+                            seen.append(path.stat().st_size)
+                        time.sleep(0.005)
+
+                watcher = threading.Thread(target=watch)
+                watcher.start()
+                link = valve.hold_after("up", 4 * 1024 * 1024)
+                writing = helper.submit(shell.write_bytes, str(path), data)
+                try:
+                    wait_until("the upload held", link.held.is_set, interval=0.05)
+                    partial = wait_until(
+                        "part of the upload on disk",
+                        lambda: [p for p in folder.glob(".big.bin.tmp-*") if p.stat().st_size],
+                    )
+                    assert not path.exists() and partial[0].stat().st_size < len(data)
+                    valve.cut()
+                    writing.result(timeout=300)
+                finally:
+                    watching.set()
+                    watcher.join()
+                assert shell.connections_opened == 2
+                assert set(seen) <= {len(data)}, (
+                    f"a partial file was visible: {sorted(set(seen))[:3]}"
+                )
+                assert path.read_bytes() == data
+                # Reading: cut mid-way, the read is done again; a short read is never returned.
+                link = valve.hold_after("down", 4 * 1024 * 1024)
+                reading = helper.submit(shell.read_bytes, str(path))
+                wait_until("the download held", link.held.is_set, interval=0.05)
+                valve.cut()
+                assert reading.result(timeout=300) == data
+                assert shell.connections_opened == 3
             finally:
-                dropper.join()
-                watching.set()
-                watcher.join()
-            assert shell.connections_opened >= 2, "the drop came after the transfer"
-            assert set(seen) <= {len(data)}, f"a partial file was visible: {sorted(set(seen))[:3]}"
-            assert Path(path).read_bytes() == data
-            # Reading: cut mid-way, the read is done again; a short read is never returned.
-            opened = shell.connections_opened
-            dropper = threading.Timer(0.15, drop_connection, (shell,))
-            dropper.start()
-            try:
-                got = shell.read_bytes(path)
-            except HpcjobError as exc:  # allowed: a clear error, never a short result
-                assert "connection" in exc.message.lower()
-            else:
-                assert got == data
-            dropper.join()
-            assert shell.connections_opened > opened, "the drop came after the transfer"
-        finally:
-            shutil.rmtree(folder, ignore_errors=True)
+                shutil.rmtree(folder, ignore_errors=True)
 
 
 # ------------------------------------------------------------------------------- slurmctld
 
 
 def test_slurmctld_restarted_while_jobs_run_and_hpcjob_polls(user: UserSession) -> None:
-    user.template("gpu-check", "sleep 15; echo finished")
+    user.template("gpu-check", GATED.format(word="finished"))
     first = user.hpcjob("submit", "gpu-check", "--json").json()
     second = user.hpcjob("submit", "gpu-check", "--json").json()
     wait_state(user, first["run_id"], {"RUNNING"})
+    # The wait's squeue goes through a shim that writes down how each call ended.
+    shims, calls = user.home / "shims", user.home / "squeue-calls"
+    shims.mkdir()
+    (shims / "squeue").write_text(
+        f'#!/bin/sh\n/usr/bin/squeue "$@"\nrc=$?\necho $rc >> {calls}\nexit $rc\n'
+    )
+    (shims / "squeue").chmod(0o755)
+
+    def polls() -> list[str]:
+        return calls.read_text().split() if calls.exists() else []
+
+    path = f"{shims}:/usr/local/bin:/usr/bin:/bin"
     waiting = subprocess.Popen(
-        user.argv("wait", first["run_id"], "--json"), cwd=user.workdir, text=True,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        user.argv("wait", first["run_id"], "--json", extra_env={"PATH": path}),
+        cwd=user.workdir, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )  # fmt: skip
-    time.sleep(2)
+    wait_until("the wait's first poll", lambda: "0" in polls())
     with daemon_down("slurmctld"):
         down = user.hpcjob("status", "--json")
         clean_failure(down, "squeue")  # says what failed, in words
         assert integrity(user.home) == "ok"
         states = {r["run_id"]: r["state"] for r in ledger_rows(user.home)}
         assert states[first["run_id"]] == "RUNNING"  # a failed poll changes nothing
-        time.sleep(3)
-    out, err = waiting.communicate(timeout=180)  # the wait rode through the restart
+        # The wait has met the controller down (hpcjob waits out 30 s of failed polls).
+        wait_until("a failed poll of the wait", lambda: set(polls()) - {"0"}, timeout=300)
+        # The jobs may end now: they free rome's cores for start.sh's own check job.
+        for run in (first, second):
+            release(user, run)
+    out, err = waiting.communicate(timeout=300)  # the wait rode through the restart
     assert waiting.returncode == 0, err
     assert "Traceback" not in err
     assert json.loads(out)["state"] == "COMPLETED"
@@ -253,7 +274,7 @@ def ledger_token(user: UserSession, run_id: str) -> str:
 def test_slurmdbd_down_status_falls_back_and_recovers(user: UserSession) -> None:
     user.template("gpu-check", "echo without accounting; exit 0")
     with daemon_down("slurmdbd"):
-        submitted = user.hpcjob("submit", "gpu-check", "--wait", "--json", timeout=180)
+        submitted = user.hpcjob("submit", "gpu-check", "--wait", "--json", timeout=300)
         assert submitted.exit_code == 0, submitted.stderr
         run = submitted.json()
         assert (run["state"], run["exit_code"]) == ("COMPLETED", 0)
@@ -261,15 +282,14 @@ def test_slurmdbd_down_status_falls_back_and_recovers(user: UserSession) -> None
         assert status.exit_code == 0, status.stderr
         assert "accounting (sacct) is not answering" in status.stderr
         assert "sacct_elapsed_s" not in user.hpcjob("show", run["run_id"], "--json").json()["facts"]
-    deadline = time.monotonic() + 90  # back: the accounting record is fetched after all
-    while True:
+
+    def accounted() -> Any:  # back: the accounting record is fetched after all
         status = user.hpcjob("status", "--json")
         assert status.exit_code == 0 and "Traceback" not in status.stderr
         facts = user.hpcjob("show", run["run_id"], "--json").json()["facts"]
-        if "sacct_elapsed_s" in facts:
-            break
-        assert time.monotonic() < deadline, "accounting never came back"
-        time.sleep(3)
+        return status if "sacct_elapsed_s" in facts else None
+
+    status = wait_until("the accounting record", accounted, timeout=300, interval=3)
     assert "not answering" not in status.stderr
 
 
@@ -385,12 +405,18 @@ def test_locked_ledger_waits_then_says_so(user: UserSession) -> None:
     user.template("gpu-check", "true")
     assert user.hpcjob("submit", "gpu-check", "--wait", "--json", extra_env=env).exit_code == 0
     ledger = user.home / "ledger.db"
+    # It holds the lock until the test lets it go (kills it), however long the test takes.
     holder = subprocess.Popen(
-        [str(REPO / ".venv" / "bin" / "python"), "-c",
-         "import sqlite3, sys, time\n"
-         f"db = sqlite3.connect({str(ledger)!r}, isolation_level=None)\n"
-         "db.execute('BEGIN IMMEDIATE'); print('locked', flush=True); time.sleep(45)"],
-        stdout=subprocess.PIPE, text=True,
+        [
+            str(REPO / ".venv" / "bin" / "python"),
+            "-c",
+            "import sqlite3, sys, time\n"
+            f"db = sqlite3.connect({str(ledger)!r}, isolation_level=None)\n"
+            "db.execute('BEGIN IMMEDIATE'); print('locked', flush=True); sys.stdin.read()",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
     )  # fmt: skip
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
@@ -398,6 +424,8 @@ def test_locked_ledger_waits_then_says_so(user: UserSession) -> None:
         assert reads.exit_code == 0 and len(reads.json()) == 1
         started = time.monotonic()
         blocked = user.hpcjob("submit", "gpu-check", "--json", extra_env=env)
+        # It waited for the lock (hpcjob's busy timeout is 30 s) instead of failing at once: a
+        # lower bound, which a slow machine only makes longer.
         assert time.monotonic() - started >= 25
         clean_failure(blocked, "stayed locked by another process")
         backup = user.hpcjob("ledger", "backup", "--json")  # an online backup still works
@@ -426,7 +454,7 @@ def test_backup_while_submits_run(user: UserSession) -> None:
         assert result.exit_code == 0, result.stderr
         copies.append(result.json())
     for proc in procs:
-        assert proc.wait(timeout=120) == 0
+        assert proc.wait(timeout=300) == 0
     for copy in copies:
         assert copy["integrity"] == "ok" and copy["mode"] == "0o600"
     first = Path(copies[0]["backup"])
@@ -441,26 +469,27 @@ def test_backup_while_submits_run(user: UserSession) -> None:
 
 def test_embedded_runner_killed_marks_the_job_failed(user: UserSession) -> None:
     env = {"HPCJOB_PROFILE": "local"}
-    user.template("gpu-check", "echo started; sleep 120")
+    user.template("gpu-check", "echo started; sleep infinity")  # ends only when killed
     run = user.hpcjob("submit", "gpu-check", "--json", extra_env=env).json()
     record_path = user.home / "local" / "jobs" / f"{run['job_id']}.json"
-    deadline = time.monotonic() + 30
-    while json.loads(record_path.read_text()).get("state") != "RUNNING":
-        assert time.monotonic() < deadline
-        time.sleep(0.2)
-    record = json.loads(record_path.read_text())
-    os.kill(int(record["supervisor"]["pid"]), signal.SIGKILL)
-    time.sleep(0.5)
+    record = wait_until(
+        "the job RUNNING",
+        lambda: (r := json.loads(record_path.read_text())).get("state") == "RUNNING" and r,
+    )
+    supervisor = int(record["supervisor"]["pid"])
+    os.kill(supervisor, signal.SIGKILL)
+    wait_until("the runner gone", lambda: not alive(supervisor))
     status = user.hpcjob("status", "--json", extra_env=env)
     assert status.exit_code == 0, status.stderr
     (row,) = [r for r in status.json() if r["run_id"] == run["run_id"]]
     assert row["state"] == "FAILED"
     assert "runner" in row["reason"] and "died" in row["reason"]
     pgid = record.get("pgid")
-    deadline = time.monotonic() + 10
-    while pgid and any(_in_group(pid, pgid) for pid in _pids()):
-        assert time.monotonic() < deadline, "the job's processes outlived their runner"
-        time.sleep(0.2)
+    if pgid:
+        wait_until(
+            "the job's processes gone with their runner",
+            lambda: not any(_in_group(pid, pgid) for pid in _pids()),
+        )
 
 
 def _pids() -> list[int]:

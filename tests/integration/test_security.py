@@ -15,19 +15,18 @@ import shutil
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from tests.helpers import SECRET_ENV, Result, artefacts, leaks, make_key, mode, needles
-from tests.integration.support import UserSession
+from tests.integration.support import UserSession, ssh_profile, wait_until, write_config
 
 pytestmark = pytest.mark.slurm
 
 REPO = Path(__file__).resolve().parents[2]
-SLEEPER = '{% extends "base.sbatch.j2" %}{% block command %}sleep 120\n{% endblock %}'
+# A job that never ends on its own: the test cancels it.
+SLEEPER = '{% extends "base.sbatch.j2" %}{% block command %}sleep infinity\n{% endblock %}'
 
 
 def test_login_node_cycle_leaves_no_secret_and_private_files(
@@ -46,7 +45,7 @@ def test_login_node_cycle_leaves_no_secret_and_private_files(
     run("config", "init")
     done = run("submit", "gpu-check", "--partition", "rome", "--wait", "--json").json()
     assert done["state"] == "COMPLETED"
-    user.template("gpu-check", "sleep 120")
+    user.template("gpu-check", "sleep infinity")  # cancelled below
     sleeper = run("submit", "gpu-check", "--partition", "rome", "--json").json()
     run("status", "--json")
     run("runs", "--json")
@@ -93,10 +92,11 @@ def _hpcjob_at_a_terminal(
 
     reader = threading.Thread(target=read_screen, daemon=True)
     reader.start()
-    deadline = time.monotonic() + 60
-    while b"Passphrase for key" not in screen and proc.poll() is None:
-        assert time.monotonic() < deadline, screen.decode(errors="replace")
-        time.sleep(0.05)
+    wait_until(
+        "the passphrase prompt",
+        lambda: b"Passphrase for key" in screen or proc.poll() is not None,
+        interval=0.05,
+    )
     if proc.poll() is None:
         os.write(master, answer.encode() + b"\n")
     out, _ = proc.communicate(timeout=timeout)
@@ -117,13 +117,7 @@ def test_ssh_cycle_with_a_typed_passphrase_leaves_no_secret(
     laptop = tmp_path / "laptop-home"
     (laptop / ".ssh").mkdir(parents=True)
     (home / "templates").mkdir(parents=True)
-    (home / "config.toml").write_text(
-        "[profiles.cluster]\n"
-        'scheduler = "slurm"\nhost = "127.0.0.1"\n'
-        f'port = {cluster["HPCJOB_TEST_SSH_PORT"]}\nuser = "{cluster["HPCJOB_TEST_USER"]}"\n'
-        f'identity_file = "{encrypted}"\n'
-        f'known_hosts = "{cluster["HPCJOB_TEST_KNOWN_HOSTS"]}"\npython = "{user_python}"\n'
-    )
+    write_config(home, ssh_profile(cluster, identity_file=encrypted, python=user_python))
     env = {
         "PATH": os.environ["PATH"],
         "HOME": str(laptop),
@@ -171,9 +165,9 @@ def test_the_scan_sees_a_secret_a_job_prints(user: UserSession) -> None:
         "submit", "gpu-check", "--partition", "rome", "--wait", "--json", extra_env=SECRET_ENV
     )
     assert done.exit_code == 0, done.stderr
-    deadline = time.monotonic() + 30
-    found: list[Any] = []
-    while not found and time.monotonic() < deadline:
-        found = leaks(artefacts(user.home), [SECRET_ENV["HF_TOKEN"]])
-        time.sleep(1)
-    assert found and all(done.json()["run_dir"] in f for f in found), found
+    found = wait_until(
+        "the token in the job's output",
+        lambda: leaks(artefacts(user.home), [SECRET_ENV["HF_TOKEN"]]),
+        interval=1,
+    )
+    assert all(done.json()["run_dir"] in f for f in found), found

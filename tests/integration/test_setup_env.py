@@ -5,15 +5,12 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import signal
 import subprocess
-import sys
-import threading
-import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -21,37 +18,21 @@ import pytest
 
 from hpcjob.errors import HpcjobError
 from tests.helpers import Result, invoke
+from tests.integration.support import (
+    GatedPackage,
+    alive,
+    setup_env_profile,
+    start_setup_env,
+    wait_until,
+    write_config,
+)
 
 pytestmark = pytest.mark.ssh
 
-TEST_VENVS = "hpcjob-test-venvs"
 
-
-@pytest.fixture
-def remote(
-    cluster: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[tuple[Path, Path]]:
-    """A laptop-side HPCJOB_HOME with a profile for the test sshd; yields (venv on the cluster,
-    requirements file here). The sshd is this machine, so the venv is checked on disk."""
-    user = cluster["HPCJOB_TEST_USER"]
-    name = f"v-{uuid.uuid4().hex[:8]}"
-    home = tmp_path / "home"
-    home.mkdir()
-    (home / "config.toml").write_text(
-        "[profiles.cluster]\n"
-        'scheduler = "slurm"\nhost = "127.0.0.1"\n'
-        f'port = {cluster["HPCJOB_TEST_SSH_PORT"]}\nuser = "{user}"\n'
-        f'identity_file = "{cluster["HPCJOB_TEST_SSH_KEY"]}"\n'
-        f'known_hosts = "{cluster["HPCJOB_TEST_KNOWN_HOSTS"]}"\n'
-        f'python = "/usr/bin/python3"\nvenv = "~/{TEST_VENVS}/{name}"\n'
-    )
-    monkeypatch.setenv("HPCJOB_HOME", str(home))
-    monkeypatch.setenv("HPCJOB_PROFILE", "cluster")
-    requirements = tmp_path / "requirements.txt"
-    requirements.write_text("six\n")
-    venv = Path(f"/home/{user}/{TEST_VENVS}/{name}")
-    yield venv, requirements
-    shutil.rmtree(venv, ignore_errors=True)
+def laptop_home() -> Path:
+    """The HPCJOB_HOME remote_venv set up (this process's, as a laptop's)."""
+    return Path(os.environ["HPCJOB_HOME"])
 
 
 def setup_env(requirements: Path, *args: str) -> Result:
@@ -60,8 +41,8 @@ def setup_env(requirements: Path, *args: str) -> Result:
     return result
 
 
-def test_setup_env_over_ssh_creates_skips_updates_repairs(remote: tuple[Path, Path]) -> None:
-    venv, requirements = remote
+def test_setup_env_over_ssh_creates_skips_updates_repairs(remote_venv: tuple[Path, Path]) -> None:
+    venv, requirements = remote_venv
     created = setup_env(requirements).json()
     assert created["action"] == "create" and created["state"] == "COMPLETED"
     assert created["python_version"].startswith("3.")
@@ -75,10 +56,15 @@ def test_setup_env_over_ssh_creates_skips_updates_repairs(remote: tuple[Path, Pa
     ]
     assert "HPCJOB-SETUP-ENV-RESULT" in invoke("logs", created["run_id"]).stdout
 
-    started = time.monotonic()
+    marker_text = (venv / ".hpcjob-env.json").read_text()
     again = invoke("setup-env", "--requirements", str(requirements))
     assert again.exit_code == 0, again.stderr
-    assert "up to date" in again.stdout and time.monotonic() - started < 15
+    assert "up to date" in again.stdout
+    # A no-op: it verified the venv and installed nothing.
+    log = (Path(invoke("runs", "--json").json()[0]["run_dir"]) / "setup-env.log").read_text()
+    assert "HPCJOB-SETUP-ENV-STEP venv verify" in log, log
+    assert "HPCJOB-SETUP-ENV-STEP install" not in log, log
+    assert (venv / ".hpcjob-env.json").read_text() == marker_text
 
     requirements.write_text("six\ntomli-w\n")
     updated = setup_env(requirements).json()
@@ -104,8 +90,8 @@ def test_setup_env_over_ssh_creates_skips_updates_repairs(remote: tuple[Path, Pa
     assert states[0] == "FAILED" and states.count("COMPLETED") == 5
 
 
-def test_setup_env_as_job_runs_through_slurm(remote: tuple[Path, Path]) -> None:
-    venv, requirements = remote
+def test_setup_env_as_job_runs_through_slurm(remote_venv: tuple[Path, Path]) -> None:
+    venv, requirements = remote_venv
     done = setup_env(requirements, "--as-job").json()
     assert done["state"] == "COMPLETED" and done["action"] == "create"
     assert (venv / ".hpcjob-env.json").exists()
@@ -113,9 +99,9 @@ def test_setup_env_as_job_runs_through_slurm(remote: tuple[Path, Path]) -> None:
     assert shown["job_id"].isdigit() and shown["scheduler"] == "slurm"
 
 
-def test_jobs_run_in_the_venv_setup_env_made(remote: tuple[Path, Path]) -> None:
+def test_jobs_run_in_the_venv_setup_env_made(remote_venv: tuple[Path, Path]) -> None:
     """Before setup-env, submit warns; afterwards a job runs the venv's own Python, silently."""
-    venv, requirements = remote
+    venv, requirements = remote_venv
     templates = Path(invoke("config", "show", "--json").json()["home"]) / "templates"
     templates.mkdir()
     (templates / "gpu-check.sbatch.j2").write_text(
@@ -135,29 +121,49 @@ def test_jobs_run_in_the_venv_setup_env_made(remote: tuple[Path, Path]) -> None:
 # -- streaming, interruption, kills ---------------------------------------------------------------
 
 # torch's CPU build from the machine's wheelhouse (sshd's sessions do not get PIP_FIND_LINKS):
-# a real install of ~0.9 GB that takes 20-30 s, slow enough to interrupt.
+# a real install of ~0.9 GB, for the tests that need torch itself.
 WHEELS = os.environ.get("PIP_FIND_LINKS", "/opt/wheels")
 TORCH_CPU = f"--find-links {WHEELS}\ntorch==2.13.0+cpu\n"
 
 
 def test_streaming_over_ssh_hands_output_on_before_the_end(ssh_login: Any) -> None:
+    """Each line is proven to arrive before the command ends: the command goes on only once the
+    test, having received the line before, creates the file it waits for."""
+    gates = Path(ssh_login.cluster["HPCJOB_TEST_SCRATCH"]) / f"stream-{uuid.uuid4().hex[:8]}"
+    gates.mkdir(mode=0o755)
+    chunks: list[str] = []
+
+    def received(text: str) -> None:
+        chunks.append(text)
+        (gates / str(len(chunks))).touch()
+
+    script = (
+        f"echo one; until [ -e {gates}/1 ]; do sleep 0.05; done; echo two >&2; "
+        f"until [ -e {gates}/2 ]; do sleep 0.05; done; echo three"
+    )
     shell = ssh_login.shell()
-    chunks: list[tuple[float, str]] = []
-    started = time.monotonic()
     try:
-        done = shell.stream(
-            ["bash", "-c", "echo one; sleep 1; echo two >&2; sleep 0.5; echo three"],
-            lambda text: chunks.append((time.monotonic() - started, text)),
-        )
+        done = shell.stream(["bash", "-c", script], received, timeout=300)
         assert done.returncode == 0
         assert (done.stdout, done.stderr) == ("one\nthree\n", "two\n")
-        assert [text for _, text in chunks] == ["one\n", "two\n", "three\n"]  # no login noise
-        assert chunks[0][0] < 0.9 < chunks[1][0] < chunks[2][0]
+        assert chunks == ["one\n", "two\n", "three\n"]  # in order, and no login noise
         with pytest.raises(HpcjobError, match=r"was stopped after 0\.5 s"):
             shell.stream(["sleep", "5"], lambda _text: None, timeout=0.5)
         assert shell.run(["echo", "still connected"]).stdout == "still connected\n"
     finally:
         shell.close()
+        shutil.rmtree(gates, ignore_errors=True)
+
+
+@pytest.fixture
+def gated(cluster: dict[str, str]) -> Iterator[GatedPackage]:
+    """A package whose install waits for the test (see support.GatedPackage); released at the
+    end, so nothing is left waiting."""
+    folder = Path(cluster["HPCJOB_TEST_SCRATCH"]) / f"gated-{uuid.uuid4().hex[:8]}"
+    package = GatedPackage.create(folder, cluster["HPCJOB_TEST_USER"])
+    yield package
+    package.release()
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 def _run_dir_of(venv: Path) -> Path | None:
@@ -168,92 +174,52 @@ def _run_dir_of(venv: Path) -> Path | None:
     return None
 
 
-def _when_installing(venv: Path, action: Any, timeout: float = 60) -> threading.Thread:
-    """Call action(run_dir) once the script there has started installing."""
-
-    def watch() -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            run_dir = _run_dir_of(venv)
-            log = run_dir / "setup-env.log" if run_dir else None
-            if log is not None and log.exists() and "STEP install" in log.read_text():
-                time.sleep(1.0)  # well into pip's work
-                action(run_dir)
-                return
-            time.sleep(0.1)
-
-    thread = threading.Thread(target=watch, daemon=True)
-    thread.start()
-    return thread
-
-
-def _alive(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
-
-
 def test_login_run_killed_on_the_cluster_ends_failed_with_its_log(
-    remote: tuple[Path, Path],
+    remote_venv: tuple[Path, Path], gated: GatedPackage
 ) -> None:
     """As when a login node's watchdog kills a long command: the script's process group dies
     mid-install; the run ends FAILED with the reason, the log so far is kept, no marker."""
-    venv, requirements = remote
-    requirements.write_text(TORCH_CPU)
+    venv, requirements = remote_venv
+    requirements.write_text(gated.requirement + "\n")
 
-    def kill(run_dir: Path) -> None:
-        pid = int((run_dir / "setup-env.pid").read_text())
-        os.killpg(os.getpgid(pid), signal.SIGKILL)
+    def kill_once_installing() -> None:
+        try:
+            wait_until("pip building the gated package", gated.building, timeout=300)
+            run_dir = wait_until("the run directory", lambda: _run_dir_of(venv))
+            pid = int((run_dir / "setup-env.pid").read_text())
+            os.killpg(os.getpgid(pid), signal.SIGKILL)
+        finally:
+            gated.release()  # whatever happened, the install does not wait forever
 
-    watcher = _when_installing(venv, kill)
-    failed = invoke("setup-env", "--requirements", str(requirements))
-    watcher.join(5)
+    with ThreadPoolExecutor(1) as helper:
+        killing = helper.submit(kill_once_installing)
+        failed = invoke("setup-env", "--requirements", str(requirements))
+        killing.result(timeout=300)
     assert failed.exit_code == 1
     assert "The setup script was killed" in failed.stderr and "--as-job" in failed.stderr
     run = invoke("runs", "--json").json()[0]
     assert run["state"] == "FAILED"
     log = (Path(run["run_dir"]) / "setup-env.log").read_text()
-    assert "HPCJOB-SETUP-ENV-STEP install pip 1" in log and "torch" in log
+    assert "HPCJOB-SETUP-ENV-STEP install pip" in log and gated.folder.name in log
     assert not (venv / ".hpcjob-env.json").exists()
 
 
-def start_installing_torch(requirements: Path) -> tuple[subprocess.Popen[str], list[str]]:
-    """`hpcjob setup-env` installing torch (a real ~20 s install), a second into it; and the
-    lines it printed so far (not a terminal: one plain line per step, as they happen)."""
-    requirements.write_text(TORCH_CPU)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "hpcjob", "setup-env", "--requirements", str(requirements)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    assert proc.stderr is not None
-    shown: list[str] = []
-    for line in proc.stderr:
-        shown.append(line)
-        if "installing" in line:
-            break
-    time.sleep(1.0)
-    return proc, shown
-
-
 def test_ctrl_c_cancels_the_login_run_and_stops_it_on_the_cluster(
-    remote: tuple[Path, Path],
+    remote_venv: tuple[Path, Path], gated: GatedPackage
 ) -> None:
-    venv, requirements = remote
-    proc, shown = start_installing_torch(requirements)
-    proc.send_signal(signal.SIGINT)
-    _, rest = proc.communicate(timeout=60)
-    assert proc.returncode == 130, "".join(shown) + rest
-    assert any("checking python" in line for line in shown)
-    assert "interrupted after" in rest and "CANCELLED" in rest
+    venv, requirements = remote_venv
+    proc = start_setup_env(requirements, gated)
+    proc.proc.send_signal(signal.SIGINT)
+    stderr = proc.finish(timeout=300)
+    assert proc.proc.returncode == 130, stderr
+    assert "checking python" in stderr  # the steps were shown as they happened, then:
+    assert "interrupted after" in stderr and "CANCELLED" in stderr
     run = invoke("runs", "--json").json()[0]
     assert run["state"] == "CANCELLED"
     run_dir = Path(run["run_dir"])
     assert "interrupted (Ctrl-C)" in (run_dir / "setup-env.log").read_text()
     pid = int((run_dir / "setup-env.pid").read_text())
-    assert not _alive(pid)
+    assert not alive(pid)
     assert not subprocess.run(["pgrep", "-f", str(venv)], capture_output=True).stdout
     assert not (venv / ".hpcjob-env.json").exists()
 
@@ -261,10 +227,12 @@ def test_ctrl_c_cancels_the_login_run_and_stops_it_on_the_cluster(
 # -- errors ---------------------------------------------------------------------------------------
 
 
-def test_no_module_command_on_the_cluster_is_said_plainly(remote: tuple[Path, Path]) -> None:
-    venv, requirements = remote
-    config = Path(os.environ["HPCJOB_HOME"]) / "config.toml"
-    config.write_text(config.read_text() + 'modules = ["2025", "Python/3.13.1-GCCcore-14.2.0"]\n')
+def test_no_module_command_on_the_cluster_is_said_plainly(
+    remote_venv: tuple[Path, Path], cluster: dict[str, str]
+) -> None:
+    venv, requirements = remote_venv
+    modules = ["2025", "Python/3.13.1-GCCcore-14.2.0"]
+    write_config(laptop_home(), setup_env_profile(cluster, str(venv), modules=modules))
     failed = invoke("setup-env", "--requirements", str(requirements))
     assert failed.exit_code == 1
     assert "the cluster has no `module` command" in failed.stderr
@@ -286,12 +254,10 @@ def full_disk(cluster: dict[str, str]) -> Iterator[Path]:
 
 
 def test_a_full_filesystem_is_named_with_the_venv_size(
-    remote: tuple[Path, Path], full_disk: Path
+    remote_venv: tuple[Path, Path], full_disk: Path, cluster: dict[str, str]
 ) -> None:
-    _, requirements = remote
-    config = Path(os.environ["HPCJOB_HOME"]) / "config.toml"
-    text = re.sub(r'venv = "[^"]*"', f'venv = "{full_disk}/venv"', config.read_text())
-    config.write_text(text)
+    _, requirements = remote_venv
+    write_config(laptop_home(), setup_env_profile(cluster, f"{full_disk}/venv"))
     requirements.write_text(TORCH_CPU)
     failed = invoke("setup-env", "--requirements", str(requirements))
     assert failed.exit_code == 1
@@ -306,11 +272,11 @@ def test_a_full_filesystem_is_named_with_the_venv_size(
 
 
 def test_check_gpu_runs_gpu_check_in_the_venv_and_reports_no_cuda(
-    remote: tuple[Path, Path],
+    remote_venv: tuple[Path, Path],
 ) -> None:
     """The test cluster's GPUs are stand-ins and its torch is the CPU build: the truthful
     outcome is a failed check that says why, with the setup itself done."""
-    venv, requirements = remote
+    venv, requirements = remote_venv
     requirements.write_text(TORCH_CPU)
     result = invoke("setup-env", "--requirements", str(requirements), "--check-gpu", "--json")
     assert result.exit_code == 3, result.stderr

@@ -1,51 +1,60 @@
 """`hpcjob setup-env` over SSH SIGKILLed mid-install: the next `status` ends the login run.
 
+The install is held mid-way by a package whose build waits for the test (support.GatedPackage),
+so each step is an event: hpcjob is killed while pip demonstrably works; `status` then sees the
+script still running; once the test lets the install go on, the script (its output now going
+nowhere) ends, and the next `status` ends the run FAILED.
+
 The sshd is this machine, so the test sees the script's processes and the venv on disk. The
 offline twin (embedded/local shell) is tests/test_setup_env_killed.py.
 """
 
 from __future__ import annotations
 
-import time
+import shutil
+import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tests.helpers import invoke
-from tests.integration.test_setup_env import remote, start_installing_torch  # noqa: F401
+from tests.integration.support import GatedPackage, alive, start_setup_env, wait_until
 
 pytestmark = pytest.mark.ssh
 
 
-def _alive(pid: int) -> bool:
+def test_sigkilled_setup_env_over_ssh_ends_failed(
+    remote_venv: tuple[Path, Path], cluster: dict[str, str]
+) -> None:
+    venv, requirements = remote_venv
+    folder = Path(cluster["HPCJOB_TEST_SCRATCH"]) / f"gated-{uuid.uuid4().hex[:8]}"
+    gated = GatedPackage.create(folder, cluster["HPCJOB_TEST_USER"])
     try:
-        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
+        running = start_setup_env(requirements, gated)
+        running.proc.kill()  # SIGKILL: no handler runs, nothing is recorded by hpcjob itself
+        running.finish(timeout=60)
+        killed = f"hpcjob was killed while setup-env ran (pid {running.proc.pid})"
 
+        def status() -> tuple[dict[str, Any], str]:
+            listed = invoke("status", "--json")
+            assert listed.exit_code == 0, listed.stderr
+            (run,) = [r for r in listed.json() if r["run_id"] == run_id]
+            return run, listed.stderr
 
-def test_sigkilled_setup_env_over_ssh_ends_failed(remote: tuple[Path, Path]) -> None:  # noqa: F811
-    venv, requirements = remote
-    proc, _ = start_installing_torch(requirements)  # slow enough to kill hpcjob in
-    proc.kill()  # SIGKILL: no handler runs, nothing is recorded by hpcjob itself
-    proc.wait(timeout=30)
-    killed = f"hpcjob was killed while setup-env ran (pid {proc.pid})"
-
-    run = invoke("runs", "--json").json()[0]  # refreshes as status does
-    notes = ""
-    deadline = time.monotonic() + 60
-    while run["state"] == "RUNNING":  # the script may outlive its hpcjob for a moment
-        assert time.monotonic() < deadline, notes
-        listed = invoke("status", "--json")
-        notes = listed.stderr
-        assert killed in notes, notes
-        run = next(r for r in listed.json() if r["run_id"] == run["run_id"])
-        if run["state"] == "RUNNING":  # told, not yet ended: the script is still there
-            assert "still runs on the login node" in notes, notes
-            time.sleep(1)
-    shown = invoke("status", "--json")
-    run = next(r for r in shown.json() if r["run_id"] == run["run_id"])
-    assert (run["state"], run["reason"]) == ("FAILED", killed), run
-    pid = int((Path(run["run_dir"]) / "setup-env.pid").read_text())
-    assert not _alive(pid)
-    assert not (venv / ".hpcjob-env.json").exists()  # the venv stays marked unfinished
+        run_id = invoke("runs", "--json").json()[0]["run_id"]
+        run, notes = status()
+        # Told, not ended: the script still runs (held by the test) on the login node.
+        assert run["state"] == "RUNNING", run
+        assert killed in notes and "still runs on the login node" in notes, notes
+        gated.release()
+        run, notes = wait_until(
+            "the run ended", lambda: (s := status())[0]["state"] != "RUNNING" and s
+        )
+        assert (run["state"], run["reason"]) == ("FAILED", killed), (run, notes)
+        pid = int((Path(run["run_dir"]) / "setup-env.pid").read_text())
+        assert not alive(pid)
+        assert not (venv / ".hpcjob-env.json").exists()  # the venv stays marked unfinished
+    finally:
+        gated.release()
+        shutil.rmtree(folder, ignore_errors=True)

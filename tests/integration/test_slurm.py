@@ -3,25 +3,24 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.integration.support import UserSession
+from tests.integration.support import UserSession, wait_until
 
 pytestmark = pytest.mark.slurm
 
 
 def accounting_facts(user: UserSession, ref: str) -> dict[str, Any]:
     """The run's facts once sacct's record (which lags the job's end by seconds) is in."""
-    deadline = time.monotonic() + 60
-    while True:
-        facts: dict[str, Any] = user.hpcjob("show", ref, "--json").json()["facts"]
-        if "sacct_elapsed_s" in facts or time.monotonic() > deadline:
-            return facts
-        time.sleep(2)
+
+    def facts() -> dict[str, Any] | None:
+        shown: dict[str, Any] = user.hpcjob("show", ref, "--json").json()["facts"]
+        return shown if "sacct_elapsed_s" in shown else None
+
+    return wait_until(f"sacct's record of {ref}", facts, interval=2)
 
 
 def test_partitions_come_from_sinfo(user: UserSession) -> None:
@@ -94,22 +93,23 @@ def test_failing_job_keeps_its_exit_code(user: UserSession) -> None:
 
 
 def test_cancel_a_running_job(user: UserSession) -> None:
-    user.template("gpu-check", "echo running; sleep 300")
+    user.template("gpu-check", "echo running; sleep infinity")  # only the cancel ends it
     run = user.hpcjob("submit", "gpu-check", "--json").json()
-    deadline = time.monotonic() + 60
-    while "running" not in user.hpcjob("logs", run["job_id"]).stdout:
-        assert time.monotonic() < deadline, "the job never started"
-        time.sleep(1)
+    wait_until(
+        "the job running",
+        lambda: "running" in user.hpcjob("logs", run["job_id"]).stdout,
+        interval=1,
+    )
     cancelled = user.hpcjob("cancel", run["job_id"], "--json")
     assert cancelled.exit_code == 0, cancelled.stderr
-    waited = user.hpcjob("wait", run["job_id"], "--json", timeout=120)
+    waited = user.hpcjob("wait", run["job_id"], "--json", timeout=300)
     assert waited.exit_code == 3
     assert waited.json()["state"] == "CANCELLED"
 
 
 @pytest.mark.slow
 def test_time_limit_gives_timeout(user: UserSession) -> None:
-    user.template("gpu-check", "echo start; sleep 600")
+    user.template("gpu-check", "echo start; sleep infinity")  # cannot meet any limit
     result = user.hpcjob("submit", "gpu-check", "--time", "1", "--wait", "--json", timeout=400)
     assert result.exit_code == 3, result.stderr
     assert result.json()["state"] == "TIMEOUT"
@@ -127,7 +127,7 @@ def test_sbatch_rejection_is_readable_and_recorded(user: UserSession) -> None:
 
 def test_status_is_one_squeue_and_at_most_one_sacct(user: UserSession, tmp_path: Path) -> None:
     """Count the scheduler commands a status refresh makes with several unfinished jobs."""
-    user.template("gpu-check", "sleep 120")
+    user.template("gpu-check", "sleep infinity")  # unfinished while counted (cancelled after)
     for _ in range(5):
         assert user.hpcjob("submit", "gpu-check", "--json").exit_code == 0
     shims = user.home / "shims"
@@ -170,13 +170,32 @@ def test_array_of_fifty_tasks(user: UserSession) -> None:
 
 
 def test_dependency_waits_for_the_first_job(user: UserSession) -> None:
-    user.template("gpu-check", "sleep 3; date +%s.%N")
+    """The second job pends while the first runs (held by the test), and starts only after the
+    first has ended: its start is after the first's end on the one clock of this machine."""
+    user.template(
+        "gpu-check",
+        'echo "start $(date +%s%N)"; until [ -e "$HPCJOB_RUN_DIR/release" ]; do sleep 0.2; done; '
+        'echo "end $(date +%s%N)"',
+    )
     first = user.hpcjob("submit", "gpu-check", "--json").json()
     second = user.hpcjob("submit", "gpu-check", "--after", first["run_id"], "--json").json()
+    wait_until(
+        "the first job running",
+        lambda: "start" in user.hpcjob("logs", first["job_id"]).stdout,
+        interval=1,
+    )
+    queued = user.as_user("squeue", "-h", "-j", second["job_id"], "-o", "%T|%r").stdout.strip()
+    assert queued == "PENDING|Dependency", queued
+    for run in (first, second):
+        released = user.as_user("touch", f"{run['run_dir']}/release")
+        assert released.returncode == 0, released.stderr
     waited = user.hpcjob("wait", second["run_id"], "--json", timeout=300)
     assert waited.exit_code == 0, waited.stderr
     shown = user.hpcjob("show", second["run_id"], "--json").json()
     assert f"#SBATCH --dependency=afterok:{first['job_id']}" in shown["script"]
-    first_end = float(user.hpcjob("logs", first["job_id"]).stdout.split()[-1])
-    second_end = float(user.hpcjob("logs", second["job_id"]).stdout.split()[-1])
-    assert second_end - first_end >= 3  # the second started only after the first ended
+
+    def times(job_id: str) -> dict[str, int]:
+        lines = user.hpcjob("logs", job_id).stdout.splitlines()
+        return {w[0]: int(w[1]) for w in map(str.split, lines) if w[:1] in (["start"], ["end"])}
+
+    assert times(second["job_id"])["start"] > times(first["job_id"])["end"]

@@ -6,18 +6,19 @@ operations are checked against LocalShell on the same paths.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import posixpath
 import re
 import secrets
 import shutil
 import socket
-import statistics
 import subprocess
 import threading
 import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,14 @@ from hpcjob.scheduler.slurm import SlurmScheduler
 from hpcjob.shell import LocalShell
 from hpcjob.ssh.connect import ConnectOptions, connect_and_trust
 from hpcjob.ssh.session import SSHShell
-from tests.integration.support import SSHLogin, drop_connection
+from tests.integration.support import (
+    SSHLogin,
+    drop_connection,
+    known_hosts_for_port,
+    ssh_profile,
+    wait_until,
+    write_config,
+)
 
 pytestmark = pytest.mark.ssh
 
@@ -91,49 +99,19 @@ def test_commands_share_one_connection_and_one_channel_each(
     assert ssh_login.sshd_log_since(offset).count("Accepted publickey for hpctest") == 1
 
 
-def test_tcp_nodelay_and_time_per_command(ssh_login: SSHLogin, shell: SSHShell) -> None:
+def test_tcp_nodelay_is_on_and_can_be_turned_off(ssh_login: SSHLogin, shell: SSHShell) -> None:
+    """paramiko leaves Nagle's algorithm on, which costs ~40 ms a command on loopback
+    (TEST-CLUSTER-FACTS.md); hpcjob turns it off on its socket. What that saves is measured in
+    bench/, not here."""
     shell.run(["true"])
     sock = shell.tcp_socket
     assert sock is not None
     assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
-
-    def median_ms(target: SSHShell, argv: list[str], n: int = 15) -> float:
-        times = []
-        for _ in range(n):
-            started = time.perf_counter()
-            target.run(argv)
-            times.append(time.perf_counter() - started)
-        return statistics.median(times) * 1000
-
-    fast = median_ms(shell, ["true"])
-    squeue = median_ms(shell, ["squeue", "--me"])
-    with ssh_login.shell() as plain:
+    with ssh_login.shell() as plain:  # the check can fail: without it, the option is off
         plain.tcp_nodelay = False
         plain.run(["true"])
-        slow = median_ms(plain, ["true"], n=8)
-    bare = SSHShell(shell.target, login_shell=False, interactive=False)
-    with bare:
-        bare.run(["true"])
-        no_login = median_ms(bare, ["true"])
-    cluster = ssh_login.cluster
-    openssh = []
-    for _ in range(3):
-        started = time.perf_counter()
-        subprocess.run(
-            ["ssh", "-F", "/dev/null", "-p", cluster["HPCJOB_TEST_SSH_PORT"], "-i",
-             cluster["HPCJOB_TEST_SSH_KEY"], "-o", "BatchMode=yes", "-o",
-             f"UserKnownHostsFile={cluster['HPCJOB_TEST_KNOWN_HOSTS']}",
-             f"{cluster['HPCJOB_TEST_USER']}@{cluster['HPCJOB_TEST_SSH_HOST']}", "squeue"],
-            check=True, capture_output=True,
-        )  # fmt: skip
-        openssh.append(time.perf_counter() - started)
-    print(
-        f"\nSSH per command (median): true {fast:.1f} ms (bash -lc), {no_login:.1f} ms "
-        f"(no login shell), {slow:.1f} ms without TCP_NODELAY; squeue {squeue:.1f} ms; "
-        f"OpenSSH `ssh host squeue` {statistics.median(openssh) * 1000:.0f} ms"
-    )
-    # Nagle + delayed ACK cost ~40 ms a command; with TCP_NODELAY a command is a few ms.
-    assert fast < slow / 2
+        assert plain.tcp_socket is not None
+        assert plain.tcp_socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 0
 
 
 # ------------------------------------------------------------------------------- files
@@ -193,8 +171,8 @@ def test_write_is_atomic_for_a_concurrent_reader(
         thread.start()
         try:
             # At least 12 reads, more until a rewrite was seen: on a busy machine the writer's
-            # first rewrite may take longer than 12 reads.
-            deadline, reads = time.monotonic() + 30, 0
+            # first rewrite may take longer than 12 reads (the deadline only bounds a hang).
+            deadline, reads = time.monotonic() + 180, 0
             while reads < 12 or (len(seen) < 2 and time.monotonic() < deadline):
                 reads += 1
                 data = reader.read_bytes(path)
@@ -246,18 +224,16 @@ def test_server_without_sftp_gets_a_plain_error(ssh_login: SSHLogin, tmp_path: P
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )  # fmt: skip
     try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                assert server.poll() is None, server.stderr.read() if server.stderr else ""
-                assert time.monotonic() < deadline, "the second sshd did not listen"
-                time.sleep(0.05)
-        key_type, key = (state / "sshd" / "ssh_host_ed25519_key.pub").read_text().split()[:2]
-        known = tmp_path / "known_hosts"
-        known.write_text(f"[127.0.0.1]:{port} {key_type} {key}\n")
+
+        def listening() -> bool:
+            assert server.poll() is None, server.stderr.read() if server.stderr else ""
+            with contextlib.suppress(OSError):
+                socket.create_connection(("127.0.0.1", port), timeout=10).close()
+                return True
+            return False
+
+        wait_until("the second sshd listening", listening, interval=0.05)
+        known = known_hosts_for_port(ssh_login.cluster, port, tmp_path / "known_hosts")
         with ssh_login.shell(port=port, known_hosts=str(known)) as shell:
             assert shell.run(["echo", "ok"]).stdout == "ok\n"
             with pytest.raises(HpcjobError, match="refused an SFTP session") as caught:
@@ -285,15 +261,17 @@ def test_submit_poll_output_and_cancel_through_slurm_scheduler(
     job_id = scheduler.submit(script, token=token, workdir=remote_dir)
     assert scheduler.find_by_token(token) == job_id
     sleeper = f"{remote_dir}/sleep.sh"
-    shell.write_bytes(sleeper, b"#!/bin/bash\n#SBATCH --time=2\nsleep 300\n", mode=0o755)
+    # A job that never ends on its own: only the cancel ends it.
+    shell.write_bytes(sleeper, b"#!/bin/bash\n#SBATCH --time=2\nsleep infinity\n", mode=0o755)
     other = scheduler.submit(sleeper, token=f"{token}-b", workdir=remote_dir)
     scheduler.cancel([other])
-    deadline = time.monotonic() + 60
-    infos = scheduler.poll([job_id, other])
-    while not all(i.state.is_final for i in infos.values()) or len(infos) < 2:
-        assert time.monotonic() < deadline, f"jobs did not end: {infos}"
-        time.sleep(1)
+
+    def both_ended() -> dict[str, Any] | None:
         infos = scheduler.poll([job_id, other])
+        done = len(infos) == 2 and all(i.state.is_final for i in infos.values())
+        return infos if done else None
+
+    infos = wait_until("both jobs ended", both_ended, interval=1)
     # (exit_code is the scheduler's business: sacct may not have it on the first final record)
     assert infos[job_id].state is JobState.COMPLETED
     assert infos[other].state is JobState.CANCELLED
@@ -429,10 +407,7 @@ def test_ssh_agent_key(ssh_login: SSHLogin, tmp_path: Path, monkeypatch: Any) ->
     sock = tmp_path / "agent.sock"
     agent = subprocess.Popen(["ssh-agent", "-D", "-a", str(sock)], stdout=subprocess.DEVNULL)
     try:
-        for _ in range(50):
-            if sock.exists():
-                break
-            time.sleep(0.05)
+        wait_until("ssh-agent's socket", sock.exists, interval=0.05)
         env = {**os.environ, "SSH_AUTH_SOCK": str(sock)}
         subprocess.run(
             ["ssh-add", "-q", ssh_login.cluster["HPCJOB_TEST_SSH_KEY"]], env=env, check=True
@@ -503,27 +478,41 @@ def test_dropped_connection_is_recovered_for_reads(shell: SSHShell, remote_dir: 
 
 
 def test_lost_command_is_not_run_again_unless_idempotent(shell: SSHShell, remote_dir: str) -> None:
-    counter = f"{remote_dir}/runs"
-    argv = ["sh", "-c", f"echo x >> {counter}; sleep 3"]
-    shell.run(["true"])
+    """The connection is cut while a command demonstrably runs: it has written its line and
+    waits for a file that the test creates only afterwards."""
+    counter = Path(remote_dir) / "runs"
 
-    def drop_soon() -> None:
-        time.sleep(0.7)
+    def command(word: str, gate: str) -> list[str]:
+        return ["sh", "-c", f"echo {word} >> {counter}; until [ -e {remote_dir}/{gate} ]; "
+                "do sleep 0.05; done"]  # fmt: skip
+
+    def lines() -> str:
+        return counter.read_text() if counter.exists() else ""
+
+    def cut_once_started() -> None:
+        wait_until("the command's line", lambda: lines() == "x\n")
         drop_connection(shell)
 
-    killer = threading.Thread(target=drop_soon)
-    killer.start()
-    with pytest.raises(HpcjobError, match="may or may not have run, and hpcjob did not run it"):
-        shell.run(argv)
-    killer.join()
-    assert Path(counter).read_text() == "x\n"
-    # After a lost connection, a new command reconnects first and runs once.
-    assert shell.run(["cat", counter]).stdout == "x\n"
-    killer = threading.Thread(target=drop_soon)
-    killer.start()
-    shell.run(["sh", "-c", f"echo y >> {counter}; sleep 1.5"], idempotent=True)
-    killer.join()
-    assert Path(counter).read_text() == "x\ny\ny\n"  # re-run after the drop
+    def cut_then_release() -> None:
+        wait_until("the command's line", lambda: lines() == "x\ny\n")
+        drop_connection(shell)
+        wait_until("the command run again", lambda: lines() == "x\ny\ny\n")
+        Path(remote_dir, "go-y").touch()
+
+    shell.run(["true"])
+    with ThreadPoolExecutor(1) as helper:
+        cutting = helper.submit(cut_once_started)
+        with pytest.raises(HpcjobError, match="may or may not have run, and hpcjob did not run it"):
+            shell.run(command("x", "go-x"), timeout=300)
+        cutting.result(timeout=300)
+        Path(remote_dir, "go-x").touch()  # the first command, still waiting over there, ends
+        assert lines() == "x\n"
+        # After a lost connection, a new command reconnects first and runs once.
+        assert shell.run(["cat", str(counter)]).stdout == "x\n"
+        releasing = helper.submit(cut_then_release)
+        shell.run(command("y", "go-y"), idempotent=True, timeout=300)
+        releasing.result(timeout=300)
+    assert lines() == "x\ny\ny\n"
 
 
 def test_bashrc_noise_does_not_break_parsing(ssh_login: SSHLogin, shell: SSHShell) -> None:
@@ -560,13 +549,7 @@ def test_cli_full_cycle_over_ssh(
 
     home = tmp_path / "home"
     (home / "templates").mkdir(parents=True)
-    (home / "config.toml").write_text(
-        "[profiles.cluster]\n"
-        'scheduler = "slurm"\nhost = "127.0.0.1"\n'
-        f'port = {cluster["HPCJOB_TEST_SSH_PORT"]}\nuser = "{cluster["HPCJOB_TEST_USER"]}"\n'
-        f'identity_file = "{cluster["HPCJOB_TEST_SSH_KEY"]}"\n'
-        f'known_hosts = "{cluster["HPCJOB_TEST_KNOWN_HOSTS"]}"\npython = "{user_python}"\n'
-    )
+    write_config(home, ssh_profile(cluster, python=user_python))
     monkeypatch.setenv("HPCJOB_HOME", str(home))
     monkeypatch.setenv("HPCJOB_PROFILE", "cluster")
     (home / "templates" / "gpu-check.sbatch.j2").write_text(
@@ -581,7 +564,7 @@ def test_cli_full_cycle_over_ssh(
     assert "over ssh on" in invoke("logs", run["job_id"]).stdout
     assert [r["run_id"] for r in invoke("status", "--json").json()] == [run["run_id"]]
     (home / "templates" / "gpu-check.sbatch.j2").write_text(
-        '{% extends "base.sbatch.j2" %}{% block command %}sleep 300\n{% endblock %}'
+        '{% extends "base.sbatch.j2" %}{% block command %}sleep infinity\n{% endblock %}'
     )
     second = invoke("submit", "gpu-check", "--json").json()
     assert invoke("cancel", second["job_id"], "--json").exit_code == 0

@@ -8,14 +8,21 @@ cluster by SSH.
 
 from __future__ import annotations
 
+import os
 import shutil
-import time
+import signal
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.integration.support import UserSession
+from tests.integration.support import (
+    UserSession,
+    processes_matching,
+    ssh_profile,
+    wait_until,
+    write_config,
+)
 
 pytestmark = pytest.mark.slurm
 
@@ -40,12 +47,14 @@ def test_sweep_on_slurm_then_resubmit_rerun_compare_plot_and_fetch_over_ssh(
     parent = ok(submitted)
     job = parent["job_id"]
     assert "_" not in job  # one sbatch, one array job id
-    # Cancel task 0 while it trains, so the sweep has a task to resubmit. (A task cancelled
+    # Cancel task 0 while it runs, so the sweep has a task to resubmit. (A task cancelled
     # while still pending in the array's meta-record leaves no record in Slurm 22.05 at all.)
-    deadline = time.monotonic() + 120
-    while f"{job}_0" not in user.as_user("squeue", "-h", "-t", "R", "-o", "%i").stdout.split():
-        assert time.monotonic() < deadline, "task 0 never ran"
-        time.sleep(0.1)
+    # Its train.py is frozen as soon as it starts, so the task cannot end before the cancel.
+    task_0 = (f"{parent['run_dir']}/workload/train.py", f"{parent['run_dir']}/task-0 ")
+    (trainer,) = wait_until("task 0's train.py", lambda: processes_matching(*task_0), interval=0.02)
+    os.kill(trainer, signal.SIGSTOP)
+    running = user.as_user("squeue", "-h", "-t", "R", "-o", "%i").stdout.split()
+    assert f"{job}_0" in running, running
     cancelled = user.as_user("scancel", f"{job}_0")
     assert cancelled.returncode == 0, cancelled.stderr
     waited = user.hpcjob("wait", parent["run_id"], "--json", timeout=400)
@@ -106,15 +115,8 @@ def test_sweep_on_slurm_then_resubmit_rerun_compare_plot_and_fetch_over_ssh(
 
     # fetch over SSH: this machine as a laptop, with a copy of the ledger and an SSH profile.
     home = tmp_path / "laptop"
-    home.mkdir()
+    write_config(home, ssh_profile(cluster))
     shutil.copy(user.home / "ledger.db", home / "ledger.db")
-    (home / "config.toml").write_text(
-        "[profiles.cluster]\n"
-        'scheduler = "slurm"\nhost = "127.0.0.1"\n'
-        f'port = {cluster["HPCJOB_TEST_SSH_PORT"]}\nuser = "{cluster["HPCJOB_TEST_USER"]}"\n'
-        f'identity_file = "{cluster["HPCJOB_TEST_SSH_KEY"]}"\n'
-        f'known_hosts = "{cluster["HPCJOB_TEST_KNOWN_HOSTS"]}"\n'
-    )
     monkeypatch.setenv("HPCJOB_HOME", str(home))
     monkeypatch.setenv("HPCJOB_PROFILE", "cluster")
     from tests.helpers import invoke

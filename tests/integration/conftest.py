@@ -32,7 +32,7 @@ from tests.integration.support import (
 )
 
 SYSTEM_PYTHON = "/usr/bin/python3"
-USER_PACKAGES = ["torch==2.13.0", "h5py", "numpy", "matplotlib", "typer", "rich", "jinja2",
+USER_PACKAGES = ["torch==2.13.0", "h5py", "numpy", "matplotlib", "typer>=0.29,<0.30", "rich", "jinja2",
                  "paramiko", "platformdirs"]  # fmt: skip
 
 

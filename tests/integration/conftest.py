@@ -32,8 +32,8 @@ from tests.integration.support import (
 )
 
 SYSTEM_PYTHON = "/usr/bin/python3"
-USER_PACKAGES = ["torch==2.13.0", "h5py", "numpy", "matplotlib", "typer>=0.29,<0.30", "rich", "jinja2",
-                 "paramiko", "platformdirs"]  # fmt: skip
+USER_PACKAGES = ["torch==2.13.0", "h5py", "numpy", "matplotlib", "typer>=0.29,<0.30", "rich",
+                 "jinja2", "paramiko", "platformdirs"]  # fmt: skip
 
 
 @pytest.fixture(scope="session")

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from hpcjob.cli.options import JsonOpt, ProfileOpt
-from hpcjob.cli.output import Sink
+from hpcjob.cli.output import Sink, info, print_pairs, print_table, print_text
 from hpcjob.cli.root import app, chosen_profile, command
 from hpcjob.errors import HpcjobError
 
@@ -22,7 +22,6 @@ app.add_typer(ledger_app, name="ledger")
 @command(config_app, "show")
 def config_show(profile: ProfileOpt = None, json_out: JsonOpt = False) -> None:
     """The effective settings of a profile and where each value came from."""
-    from hpcjob.cli.output import print_pairs, print_table
     from hpcjob.config import load_settings, resolve_profile
 
     settings = load_settings()
@@ -63,7 +62,6 @@ def config_init(
     force: Annotated[bool, typer.Option("--force", help="Replace an existing file.")] = False,
 ) -> None:
     """Write a commented starter config to $HPCJOB_HOME/config.toml."""
-    from hpcjob.cli.output import info, print_text
     from hpcjob.config import load_settings, write_starter_config
 
     path = write_starter_config(load_settings(), force=force)
@@ -82,7 +80,6 @@ def ledger_backup(
     """Copy the ledger to a new private file (0600) while hpcjob may be running."""
     from pathlib import Path
 
-    from hpcjob.cli.output import info
     from hpcjob.config import load_settings
     from hpcjob.ledger.tools import backup, default_backup_path
 
@@ -100,7 +97,6 @@ def ledger_backup(
 @command(ledger_app, "check")
 def ledger_check(json_out: JsonOpt = False) -> None:
     """Check the ledger file (SQLite integrity, schema, runs per state); never changes it."""
-    from hpcjob.cli.output import print_pairs
     from hpcjob.config import load_settings
     from hpcjob.ledger.tools import check
 

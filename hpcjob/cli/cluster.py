@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from hpcjob.cli.options import JsonOpt, ProfileOpt
-from hpcjob.cli.output import Sink
+from hpcjob.cli.output import Sink, info, print_pairs
 from hpcjob.cli.root import app, chosen_profile, command
 from hpcjob.cli.session import session
 from hpcjob.errors import HpcjobError
@@ -27,7 +27,6 @@ _PARTITION_COLUMNS = (
 @command(app)
 def partitions(profile: ProfileOpt = None, json_out: JsonOpt = False) -> None:
     """The cluster's partitions: time limit, nodes, CPUs, memory and GPUs per node, state."""
-    from hpcjob.cli.output import info
     from hpcjob.insight.rows import partition_row
     from hpcjob.run.context import cached_partitions
 
@@ -52,7 +51,6 @@ def partitions(profile: ProfileOpt = None, json_out: JsonOpt = False) -> None:
 def connect(profile: ProfileOpt = None) -> None:
     """Log in to the profile's cluster once: check the host key (asking before trusting a new
     one), the login and the remote home."""
-    from hpcjob.cli.output import info
     from hpcjob.config import load_settings, resolve_profile
     from hpcjob.ssh.connect import ConnectOptions, connect_and_trust
 
@@ -108,7 +106,6 @@ def setup_env(
     json_out: JsonOpt = False,
 ) -> None:
     """Create, update or repair the profile's venv with its modules, then verify it."""
-    from hpcjob.cli.output import print_pairs
     from hpcjob.env import report
     from hpcjob.env.setup import request_for
     from hpcjob.env.setup import setup_env as run_setup

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from hpcjob.cli.options import CurrentCodeOpt, JsonOpt, ProfileOpt, RefArg
-from hpcjob.cli.output import Sink
+from hpcjob.cli.output import Sink, info, print_table, size_text
 from hpcjob.cli.root import app, command
 from hpcjob.cli.session import conclude, run_session, session
 from hpcjob.errors import HpcjobError
@@ -25,7 +25,6 @@ def compare(
     json_out: JsonOpt = False,
 ) -> None:
     """The settings that differ between runs, and their final and best metrics side by side."""
-    from hpcjob.cli.output import print_table
     from hpcjob.insight.compare import compare as compare_runs
     from hpcjob.insight.compare import table_rows
     from hpcjob.insight.explain import run_detail
@@ -54,7 +53,6 @@ def plot(
     json_out: JsonOpt = False,
 ) -> None:
     """Write a PNG comparing runs' per-epoch curves."""
-    from hpcjob.cli.output import info
     from hpcjob.insight.plots import plot_refs
 
     with session(profile) as context:
@@ -78,7 +76,6 @@ def fetch(
     json_out: JsonOpt = False,
 ) -> None:
     """Copy a run's artifacts (plots, eda.json, metrics.jsonl, output) to a local folder."""
-    from hpcjob.cli.output import info, print_table, size_text
     from hpcjob.run.fetch import default_dest
     from hpcjob.run.fetch import fetch as fetch_files
     from hpcjob.run.watch import resolve
@@ -113,7 +110,6 @@ def sweep_status(
     json_out: JsonOpt = False,
 ) -> None:
     """A sweep's tasks: parameters, state, best metric; the best task marked."""
-    from hpcjob.cli.output import print_table
     from hpcjob.run.sweeps import sweep_of, task_rows
 
     with run_session(ref, profile, refresh=True) as context:

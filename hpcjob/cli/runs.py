@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import typer
 
 from hpcjob.cli.options import JsonOpt, ProfileOpt, RefArg
-from hpcjob.cli.output import Sink
+from hpcjob.cli.output import RUN_COLUMNS, Sink, info, print_run_detail, print_table, print_text
 from hpcjob.cli.root import app, command
 from hpcjob.cli.session import session, wait_and_conclude
 from hpcjob.errors import EXIT_JOB_FAILED, EXIT_USAGE, HpcjobError
@@ -97,7 +97,6 @@ def _spend(
     context: Any, sink: Sink, found: list[Any], period: tuple[str, str | None], limit: int
 ) -> None:
     """`runs --since/--until`: the runs that started in the period, what each cost, the total."""
-    from hpcjob.cli.output import RUN_COLUMNS, print_table, print_text
     from hpcjob.cost import sbu_text
     from hpcjob.insight.explain import spend
 
@@ -130,7 +129,6 @@ def show(
     json_out: JsonOpt = False,
 ) -> None:
     """Everything the ledger knows of a run: spec, script, paths, states, metrics, artifacts."""
-    from hpcjob.cli.output import print_run_detail, print_text
     from hpcjob.insight.explain import run_detail, show_text
     from hpcjob.run.watch import resolve
 
@@ -152,7 +150,6 @@ def logs(
     profile: ProfileOpt = None,
 ) -> None:
     """Print a job's output; with --follow, keep printing until the job ends."""
-    from hpcjob.cli.output import info, print_text
     from hpcjob.run.harvest import harvest
     from hpcjob.run.watch import follow as follow_output
     from hpcjob.run.watch import read_log, resolve

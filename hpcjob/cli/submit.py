@@ -19,7 +19,7 @@ from hpcjob.cli.options import (
     WorkloadArgs,
     with_blocks,
 )
-from hpcjob.cli.output import Sink
+from hpcjob.cli.output import Sink, info, print_text
 from hpcjob.cli.root import app, command
 from hpcjob.cli.session import conclude, run_session, session, stopped, wait_and_conclude
 from hpcjob.errors import HpcjobError
@@ -77,7 +77,6 @@ def _submit_or_render(
     profile: ProfileOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
-    from hpcjob.cli.output import print_text
     from hpcjob.run.prepare import prepare
     from hpcjob.run.requeue import check_limit
     from hpcjob.spec import SpecRequest
@@ -154,7 +153,6 @@ def _project_dir(project: str | None) -> Path | None:
 
 
 def _show_dry_run(context: Any, sink: Sink, prepared: Any) -> None:
-    from hpcjob.cli.output import info, print_text
     from hpcjob.cost import estimate_line
     from hpcjob.run.origin import sbu_estimate
 

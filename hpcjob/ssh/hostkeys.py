@@ -170,8 +170,8 @@ def changed_key_error(hop: Hop, exc: paramiko.BadHostKeyException) -> HpcjobErro
 
 
 class HostKeyPolicy(paramiko.RejectPolicy):
-    """paramiko's RejectPolicy (never AutoAddPolicy: a key taken unasked on first contact is a
-    man-in-the-middle door) with a message that says how to accept the key. Given `confirm`
+    """paramiko's RejectPolicy (never the auto-adding one: a key taken unasked on first contact is
+    a man-in-the-middle door) with a message that says how to accept the key. Given `confirm`
     (hpcjob connect), the user may accept the key, and only then is it written to known_hosts and
     named in `trusted`."""
 

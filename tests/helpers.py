@@ -73,7 +73,9 @@ def wait_until(
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"gave up after {guard_s:g} s waiting for {what}")
+            raise AssertionError(
+                f"gave up after {guard_s:g} s waiting for {what} (last answer: {value!r})"
+            )
         time.sleep(tick_s)
 
 

@@ -321,14 +321,6 @@ class Sink:
         if not self.json_mode:
             info(message)
 
-    def text(self, text: str) -> None:
-        """Plain text on stdout for a person (a script, a log, a summary line)."""
-        if not self.json_mode:
-            print_text(text)
-
-    def warn(self, message: str) -> None:
-        warn(message)
-
     def waiting(self, text: str) -> contextlib.AbstractContextManager[Any]:
         """A spinner whose text the caller updates while it waits; `--json` shows none."""
         if self.json_mode:

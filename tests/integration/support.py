@@ -10,6 +10,7 @@ in conftest.py."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import shutil
@@ -19,13 +20,12 @@ import sqlite3
 import subprocess
 import sys
 import threading
-import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
 from hpcjob.ssh.session import SSHShell
+from tests import helpers
 from tests.helpers import Result
 
 T = TypeVar("T")
@@ -44,17 +44,9 @@ def cluster_required() -> bool:
     return ci_required()
 
 
-def wait_until(what: str, check: Callable[[], T], timeout: float = 180, interval: float = 0.2) -> T:
-    """Ask `check` until it answers something truthy, and return that. The deadline only bounds a
-    hang (a loaded 2-core machine may be slow; it is never what the test measures)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        answer = check()
-        if answer:
-            return answer
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {timeout:g} s (last answer: {answer!r})")
-        time.sleep(interval)
+# Integration checks run commands (squeue, sacct …): ask less often, and bound a hang more
+# generously on a loaded machine. The one definition is tests/helpers.py's.
+wait_until = functools.partial(helpers.wait_until, guard_s=180, tick_s=0.2)
 
 
 def read_cluster_env() -> dict[str, str] | None:
@@ -563,9 +555,9 @@ def start_setup_env(requirements: Path, gated: GatedPackage) -> Streamed:
     # job (which starts with SIGINT ignored, and Python then installs no handler).
     running = Streamed(argv, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     wait_until(
-        "pip building the gated package",
         lambda: gated.building() or running.proc.poll() is not None,
-        timeout=300,
+        "pip building the gated package",
+        guard_s=300,
     )
     assert running.proc.poll() is None, running.finish()
     return running

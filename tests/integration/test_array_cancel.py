@@ -79,7 +79,7 @@ def test_throttled_array_cancelled_while_task_0_runs(user: UserSession) -> None:
         "--json",
     ))  # fmt: skip
     job = parent["job_id"]
-    wait_until("task 0 running", lambda: tasks_of(user, job)[f"{job}_0"]["state"] == "RUNNING")
+    wait_until(lambda: tasks_of(user, job)[f"{job}_0"]["state"] == "RUNNING", "task 0 running")
     ok(user.hpcjob("cancel", f"{job}_2", "--json"))
     rows = tasks_of(user, job)
     assert (rows[f"{job}_2"]["state"], rows[f"{job}_2"]["reason"]) == ("CANCELLED", REASON)
@@ -91,7 +91,7 @@ def test_throttled_array_cancelled_while_task_0_runs(user: UserSession) -> None:
         rows = tasks_of(user, job)
         return rows if all(r["state"] == "CANCELLED" for r in rows.values()) else None
 
-    rows = wait_until("every task CANCELLED", all_cancelled, interval=1)
+    rows = wait_until(all_cancelled, "every task CANCELLED", tick_s=1)
     assert rows[f"{job}_0"]["reason"] != REASON  # it ran: Slurm's own record says so
     assert rows[f"{job}_0"]["started_at"] is not None
     assert [rows[f"{job}_{i}"]["reason"] for i in (1, 3)] == [REASON, REASON]

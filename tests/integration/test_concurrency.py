@@ -105,14 +105,14 @@ def storm(user: UserSession, env: dict[str, str], submits: int = SUBMITS) -> Out
         thread.start()
     # The submits start while both status loops are at work, and the loops go on for a full
     # round more after the last submit ended (while the jobs run).
-    wait_until("both status loops at work", lambda: rounds_past([0, 0]), interval=0.05)
+    wait_until(lambda: rounds_past([0, 0]), "both status loops at work", tick_s=0.05)
     workers = [threading.Thread(target=submit) for _ in range(submits)]
     for thread in workers:
         thread.start()
     for thread in workers:
         thread.join()
     marks = list(outcome.status_rounds)
-    wait_until("a status round after the submits", lambda: rounds_past([m + 1 for m in marks]))
+    wait_until(lambda: rounds_past([m + 1 for m in marks]), "a status round after the submits")
     stop.set()
     for thread in side:
         thread.join()

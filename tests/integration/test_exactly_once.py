@@ -95,7 +95,7 @@ class KillSwitch:
                 raise AssertionError(f"hpcjob ended before the kill point:\n{out}\n{err}")
             return (self.ctl / "hit").exists()
 
-        wait_until("the wrapper reached", reached, interval=0.05)
+        wait_until(reached, "the wrapper reached", tick_s=0.05)
         return int((self.ctl / "hit").read_text().split()[0])
 
     def release(self) -> None:
@@ -215,7 +215,7 @@ def wait_final(job: Hpcjob, run_id: str) -> dict[str, Any]:
         unfinished = ("SUBMITTING", "PENDING", "RUNNING", "COMPLETING")
         return None if shown["state"] in unfinished else dict(shown)
 
-    return wait_until(f"run {run_id} final", final, interval=1)
+    return wait_until(final, f"run {run_id} final", tick_s=1)
 
 
 # ------------------------------------------------------------------------------- the tests

@@ -46,7 +46,7 @@ def shown_with_accounting(user: UserSession, ref: str) -> dict[str, Any]:
         run: dict[str, Any] = user.hpcjob("show", ref, "--json").json()
         return run if "sacct_elapsed_s" in run["facts"] else None
 
-    return wait_until(f"sacct's record of {ref}", shown, interval=2)
+    return wait_until(shown, f"sacct's record of {ref}", tick_s=2)
 
 
 def test_dry_run_and_submit_show_the_estimate(user: UserSession) -> None:

@@ -101,7 +101,7 @@ def wait_state(user: UserSession, ref: str, states: set[str]) -> dict[str, Any]:
         run: dict[str, Any] = result.json()
         return run if run["state"] in states else None
 
-    return wait_until(f"run {ref} in {sorted(states)}", shown, interval=1)
+    return wait_until(shown, f"run {ref} in {sorted(states)}", tick_s=1)
 
 
 # A job that ends only once the test creates `release` in its run directory.
@@ -132,10 +132,10 @@ def test_sshd_stopped_while_wait_polls_over_it(
     port = int(user.cluster["HPCJOB_TEST_SSH_PORT"])
     # The wait's own connection, found once it is open (its sshd processes serve it).
     sessions = wait_until(
-        "the wait's SSH connection",
         lambda: [
             pid for c in client_ports(waiting.pid, port) for pid in sshd_pids_serving(c, port)
         ],
+        "the wait's SSH connection",
     )
     with daemon_down("sshd"):
         for pid in sessions:  # the connection is cut, and no new one can be made
@@ -191,10 +191,10 @@ def test_connection_dropped_during_a_transfer(ssh_login: SSHLogin, tmp_path: Pat
                 link = valve.hold_after("up", 4 * 1024 * 1024)
                 writing = helper.submit(shell.write_bytes, str(path), data)
                 try:
-                    wait_until("the upload held", link.held.is_set, interval=0.05)
+                    wait_until(link.held.is_set, "the upload held", tick_s=0.05)
                     partial = wait_until(
-                        "part of the upload on disk",
                         lambda: [p for p in folder.glob(".big.bin.tmp-*") if p.stat().st_size],
+                        "part of the upload on disk",
                     )
                     assert not path.exists() and partial[0].stat().st_size < len(data)
                     valve.cut()
@@ -210,7 +210,7 @@ def test_connection_dropped_during_a_transfer(ssh_login: SSHLogin, tmp_path: Pat
                 # Reading: cut mid-way, the read is done again; a short read is never returned.
                 link = valve.hold_after("down", 4 * 1024 * 1024)
                 reading = helper.submit(shell.read_bytes, str(path))
-                wait_until("the download held", link.held.is_set, interval=0.05)
+                wait_until(link.held.is_set, "the download held", tick_s=0.05)
                 valve.cut()
                 assert reading.result(timeout=300) == data
                 assert shell.connections_opened == 3
@@ -242,7 +242,7 @@ def test_slurmctld_restarted_while_jobs_run_and_hpcjob_polls(user: UserSession) 
         user.argv("wait", first["run_id"], "--json", extra_env={"PATH": path}),
         cwd=user.workdir, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )  # fmt: skip
-    wait_until("the wait's first poll", lambda: "0" in polls())
+    wait_until(lambda: "0" in polls(), "the wait's first poll")
     with daemon_down("slurmctld"):
         down = user.hpcjob("status", "--json")
         clean_failure(down, "squeue")  # says what failed, in words
@@ -250,7 +250,7 @@ def test_slurmctld_restarted_while_jobs_run_and_hpcjob_polls(user: UserSession) 
         states = {r["run_id"]: r["state"] for r in ledger_rows(user.home)}
         assert states[first["run_id"]] == "RUNNING"  # a failed poll changes nothing
         # The wait has met the controller down (hpcjob waits out 30 s of failed polls).
-        wait_until("a failed poll of the wait", lambda: set(polls()) - {"0"}, timeout=300)
+        wait_until(lambda: set(polls()) - {"0"}, "a failed poll of the wait", guard_s=300)
         # The jobs may end now: they free rome's cores for start.sh's own check job.
         for run in (first, second):
             release(user, run)
@@ -289,7 +289,7 @@ def test_slurmdbd_down_status_falls_back_and_recovers(user: UserSession) -> None
         facts = user.hpcjob("show", run["run_id"], "--json").json()["facts"]
         return status if "sacct_elapsed_s" in facts else None
 
-    status = wait_until("the accounting record", accounted, timeout=300, interval=3)
+    status = wait_until(accounted, "the accounting record", guard_s=300, tick_s=3)
     assert "not answering" not in status.stderr
 
 
@@ -473,12 +473,12 @@ def test_embedded_runner_killed_marks_the_job_failed(user: UserSession) -> None:
     run = user.hpcjob("submit", "gpu-check", "--json", extra_env=env).json()
     record_path = user.home / "local" / "jobs" / f"{run['job_id']}.json"
     record = wait_until(
-        "the job RUNNING",
         lambda: (r := json.loads(record_path.read_text())).get("state") == "RUNNING" and r,
+        "the job RUNNING",
     )
     supervisor = int(record["supervisor"]["pid"])
     os.kill(supervisor, signal.SIGKILL)
-    wait_until("the runner gone", lambda: not alive(supervisor))
+    wait_until(lambda: not alive(supervisor), "the runner gone")
     status = user.hpcjob("status", "--json", extra_env=env)
     assert status.exit_code == 0, status.stderr
     (row,) = [r for r in status.json() if r["run_id"] == run["run_id"]]
@@ -487,8 +487,8 @@ def test_embedded_runner_killed_marks_the_job_failed(user: UserSession) -> None:
     pgid = record.get("pgid")
     if pgid:
         wait_until(
-            "the job's processes gone with their runner",
             lambda: not any(_in_group(pid, pgid) for pid in _pids()),
+            "the job's processes gone with their runner",
         )
 
 

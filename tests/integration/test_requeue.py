@@ -79,30 +79,30 @@ def test_warned_then_timed_out_run_resumes_to_the_uninterrupted_result(
     run_dir: Path | None = None
     try:
         run_dir = wait_until(
-            "the run directory", lambda: next((user.home / "runs").glob("*"), None)
+            lambda: next((user.home / "runs").glob("*"), None), "the run directory"
         )
         checkpoints = run_dir / "checkpoints"
 
         # Attempt 1: Slurm's warning, delivered by the test once epoch 1 is saved.
-        wait_until("epoch 1's checkpoint", (checkpoints / "epoch-001.pt").exists, interval=0.02)
+        wait_until((checkpoints / "epoch-001.pt").exists, "epoch 1's checkpoint", tick_s=0.02)
         (first,) = train_processes(run_dir)
         os.kill(first, signal.SIGSTOP)
         frozen.append(first)
         assert not (checkpoints / "epoch-002.pt").exists(), "epoch 2 ended before the freeze"
-        first_job = wait_until("the first job id", lambda: current_job(user))
+        first_job = wait_until(lambda: current_job(user), "the first job id")
         warned = user.as_user("scancel", "--signal=USR1", "--batch", first_job)
         assert warned.returncode == 0, warned.stderr
         wait_until(
-            "the batch shell passing USR1 on to train.py",
             lambda: signal.SIGUSR1 in pending_signals(first),
+            "the batch shell passing USR1 on to train.py",
         )
         os.kill(first, signal.SIGCONT)
 
         # Attempt 2: cannot finish (frozen from its start) and hits its time limit.
-        second = wait_until("the next job's train.py", lambda: train_processes(run_dir, first))[0]
+        second = wait_until(lambda: train_processes(run_dir, first), "the next job's train.py")[0]
         os.kill(second, signal.SIGSTOP)
         frozen.append(second)
-        second_job = wait_until("the second job id", lambda: current_job(user, not_=first_job))
+        second_job = wait_until(lambda: current_job(user, not_=first_job), "the second job id")
         shortened = user.as_user("scontrol", "update", f"JobId={second_job}", "TimeLimit=1")
         assert shortened.returncode == 0, shortened.stderr
 

@@ -93,9 +93,9 @@ def _hpcjob_at_a_terminal(
     reader = threading.Thread(target=read_screen, daemon=True)
     reader.start()
     wait_until(
-        "the passphrase prompt",
         lambda: b"Passphrase for key" in screen or proc.poll() is not None,
-        interval=0.05,
+        "the passphrase prompt",
+        tick_s=0.05,
     )
     if proc.poll() is None:
         os.write(master, answer.encode() + b"\n")
@@ -166,8 +166,8 @@ def test_the_scan_sees_a_secret_a_job_prints(user: UserSession) -> None:
     )
     assert done.exit_code == 0, done.stderr
     found = wait_until(
-        "the token in the job's output",
         lambda: leaks(artefacts(user.home), [SECRET_ENV["HF_TOKEN"]]),
-        interval=1,
+        "the token in the job's output",
+        tick_s=1,
     )
     assert all(done.json()["run_dir"] in f for f in found), found

@@ -184,8 +184,8 @@ def test_login_run_killed_on_the_cluster_ends_failed_with_its_log(
 
     def kill_once_installing() -> None:
         try:
-            wait_until("pip building the gated package", gated.building, timeout=300)
-            run_dir = wait_until("the run directory", lambda: _run_dir_of(venv))
+            wait_until(gated.building, "pip building the gated package", guard_s=300)
+            run_dir = wait_until(lambda: _run_dir_of(venv), "the run directory")
             pid = int((run_dir / "setup-env.pid").read_text())
             os.killpg(os.getpgid(pid), signal.SIGKILL)
         finally:

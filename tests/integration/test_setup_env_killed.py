@@ -49,7 +49,7 @@ def test_sigkilled_setup_env_over_ssh_ends_failed(
         assert killed in notes and "still runs on the login node" in notes, notes
         gated.release()
         run, notes = wait_until(
-            "the run ended", lambda: (s := status())[0]["state"] != "RUNNING" and s
+            lambda: (s := status())[0]["state"] != "RUNNING" and s, "the run ended"
         )
         assert (run["state"], run["reason"]) == ("FAILED", killed), (run, notes)
         pid = int((Path(run["run_dir"]) / "setup-env.pid").read_text())

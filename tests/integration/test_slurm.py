@@ -20,7 +20,7 @@ def accounting_facts(user: UserSession, ref: str) -> dict[str, Any]:
         shown: dict[str, Any] = user.hpcjob("show", ref, "--json").json()["facts"]
         return shown if "sacct_elapsed_s" in shown else None
 
-    return wait_until(f"sacct's record of {ref}", facts, interval=2)
+    return wait_until(facts, f"sacct's record of {ref}", tick_s=2)
 
 
 def test_partitions_come_from_sinfo(user: UserSession) -> None:
@@ -96,9 +96,7 @@ def test_cancel_a_running_job(user: UserSession) -> None:
     user.template("gpu-check", "echo running; sleep infinity")  # only the cancel ends it
     run = user.hpcjob("submit", "gpu-check", "--json").json()
     wait_until(
-        "the job running",
-        lambda: "running" in user.hpcjob("logs", run["job_id"]).stdout,
-        interval=1,
+        lambda: "running" in user.hpcjob("logs", run["job_id"]).stdout, "the job running", tick_s=1
     )
     cancelled = user.hpcjob("cancel", run["job_id"], "--json")
     assert cancelled.exit_code == 0, cancelled.stderr
@@ -180,9 +178,9 @@ def test_dependency_waits_for_the_first_job(user: UserSession) -> None:
     first = user.hpcjob("submit", "gpu-check", "--json").json()
     second = user.hpcjob("submit", "gpu-check", "--after", first["run_id"], "--json").json()
     wait_until(
-        "the first job running",
         lambda: "start" in user.hpcjob("logs", first["job_id"]).stdout,
-        interval=1,
+        "the first job running",
+        tick_s=1,
     )
     queued = user.as_user("squeue", "-h", "-j", second["job_id"], "-o", "%T|%r").stdout.strip()
     assert queued == "PENDING|Dependency", queued

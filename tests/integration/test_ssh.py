@@ -232,7 +232,7 @@ def test_server_without_sftp_gets_a_plain_error(ssh_login: SSHLogin, tmp_path: P
                 return True
             return False
 
-        wait_until("the second sshd listening", listening, interval=0.05)
+        wait_until(listening, "the second sshd listening", tick_s=0.05)
         known = known_hosts_for_port(ssh_login.cluster, port, tmp_path / "known_hosts")
         with ssh_login.shell(port=port, known_hosts=str(known)) as shell:
             assert shell.run(["echo", "ok"]).stdout == "ok\n"
@@ -271,7 +271,7 @@ def test_submit_poll_output_and_cancel_through_slurm_scheduler(
         done = len(infos) == 2 and all(i.state.is_final for i in infos.values())
         return infos if done else None
 
-    infos = wait_until("both jobs ended", both_ended, interval=1)
+    infos = wait_until(both_ended, "both jobs ended", tick_s=1)
     # (exit_code is the scheduler's business: sacct may not have it on the first final record)
     assert infos[job_id].state is JobState.COMPLETED
     assert infos[other].state is JobState.CANCELLED
@@ -407,7 +407,7 @@ def test_ssh_agent_key(ssh_login: SSHLogin, tmp_path: Path, monkeypatch: Any) ->
     sock = tmp_path / "agent.sock"
     agent = subprocess.Popen(["ssh-agent", "-D", "-a", str(sock)], stdout=subprocess.DEVNULL)
     try:
-        wait_until("ssh-agent's socket", sock.exists, interval=0.05)
+        wait_until(sock.exists, "ssh-agent's socket", tick_s=0.05)
         env = {**os.environ, "SSH_AUTH_SOCK": str(sock)}
         subprocess.run(
             ["ssh-add", "-q", ssh_login.cluster["HPCJOB_TEST_SSH_KEY"]], env=env, check=True
@@ -490,13 +490,13 @@ def test_lost_command_is_not_run_again_unless_idempotent(shell: SSHShell, remote
         return counter.read_text() if counter.exists() else ""
 
     def cut_once_started() -> None:
-        wait_until("the command's line", lambda: lines() == "x\n")
+        wait_until(lambda: lines() == "x\n", "the command's line")
         drop_connection(shell)
 
     def cut_then_release() -> None:
-        wait_until("the command's line", lambda: lines() == "x\ny\n")
+        wait_until(lambda: lines() == "x\ny\n", "the command's line")
         drop_connection(shell)
-        wait_until("the command run again", lambda: lines() == "x\ny\ny\n")
+        wait_until(lambda: lines() == "x\ny\ny\n", "the command run again")
         Path(remote_dir, "go-y").touch()
 
     shell.run(["true"])

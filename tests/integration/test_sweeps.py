@@ -51,7 +51,7 @@ def test_sweep_on_slurm_then_resubmit_rerun_compare_plot_and_fetch_over_ssh(
     # while still pending in the array's meta-record leaves no record in Slurm 22.05 at all.)
     # Its train.py is frozen as soon as it starts, so the task cannot end before the cancel.
     task_0 = (f"{parent['run_dir']}/workload/train.py", f"{parent['run_dir']}/task-0 ")
-    (trainer,) = wait_until("task 0's train.py", lambda: processes_matching(*task_0), interval=0.02)
+    (trainer,) = wait_until(lambda: processes_matching(*task_0), "task 0's train.py", tick_s=0.02)
     os.kill(trainer, signal.SIGSTOP)
     running = user.as_user("squeue", "-h", "-t", "R", "-o", "%i").stdout.split()
     assert f"{job}_0" in running, running

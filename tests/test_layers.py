@@ -32,7 +32,8 @@ LAYERS: tuple[tuple[str, ...], ...] = (
         "hpcjob.joblog",
         "hpcjob.provenance",
     ),
-    # 2. the seams and the ledger
+    # 2. the user's project on this machine, the seams and the ledger
+    ("hpcjob.project",),
     ("hpcjob.shell",),
     ("hpcjob.ssh",),
     ("hpcjob.scheduler", "hpcjob.ledger"),

@@ -1,16 +1,20 @@
-"""Pure parsing of what a job wrote: metrics and facts from its output and `metrics.jsonl`.
+"""Pure parsing of what a job wrote: metrics and facts from its output and its metrics files.
 
-Two sources feed the same result: JSON objects (one per line in `metrics.jsonl`, or on stdout
-behind the `HPCJOB_METRIC ` prefix) and the human lines students print, such as
+Three sources feed the same result: JSON objects (one per line in `metrics.jsonl`, or on stdout
+behind the `HPCJOB_METRIC ` prefix), CSV files with a header row (`epoch,train_loss,val_loss`, as
+Lightning's CSVLogger writes them) and the human lines students print, such as
 `Epoch 3: Train_Loss = 0.6523, Val_Loss = 0.7066`.
 """
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import math
 import re
 from dataclasses import dataclass, field
+from pathlib import PurePath
 from typing import Any
 
 METRIC_PREFIX = "HPCJOB_METRIC "
@@ -162,6 +166,75 @@ def parse_metrics_jsonl(text: str, out: JobOutput | None = None) -> JobOutput:
         except (ValueError, RecursionError):  # incl. a number of >4300 digits
             continue
     return out
+
+
+def parse_metrics_csv(text: str, out: JobOutput | None = None) -> JobOutput:
+    """Metrics from a CSV file whose first row names the columns. The `step` (else `epoch`)
+    column gives the step, as in the JSON objects; without one, the row number (1 for the first
+    data row). Other columns are metrics where their cell is a number; a torn last line (still
+    being written) is skipped."""
+    out = out or JobOutput()
+    if not text.endswith(("\n", "\r")):
+        text = text[: max(text.rfind("\n"), text.rfind("\r")) + 1]
+    rows = csv.reader(io.StringIO(text, newline=""))
+    try:
+        header = [normalise_key(column) for column in next(rows, [])]
+        step_at = next((header.index(k) for k in ("step", "epoch") if k in header), None)
+        time_at = header.index("time") if "time" in header else None
+        number = 0
+        for row in rows:
+            if not any(cell.strip() for cell in row):
+                continue
+            number += 1
+            step = _csv_step(row, step_at) if step_at is not None else _step(number)
+            if step is not None:
+                _csv_row(header, row, step, _csv_time(row, time_at), out)
+    except csv.Error:  # a field beyond csv's size limit: keep what was read
+        pass
+    return out
+
+
+def _csv_step(row: list[str], index: int) -> int | None:
+    cell = _csv_number(row[index]) if index < len(row) else None
+    return _step(cell) if isinstance(cell, float) else None
+
+
+def _csv_time(row: list[str], index: int | None) -> str | None:
+    """A time column's text (an ISO-8601 time), unless it is a number (seconds, say)."""
+    if index is None or index >= len(row) or not row[index].strip():
+        return None
+    return row[index].strip() if _csv_number(row[index]) == "skip" else None
+
+
+def _csv_number(cell: str) -> float | str | None:
+    """A finite float, None for NaN/Inf, or "skip" for a cell that is not a number."""
+    try:
+        number = float(cell)
+    except ValueError:
+        return "skip"
+    return number if math.isfinite(number) else None
+
+
+def _csv_row(header: list[str], row: list[str], step: int, at: str | None, out: JobOutput) -> None:
+    for key, cell in zip(header, row, strict=False):  # a short or long row: what lines up
+        if not key or key in _RESERVED:
+            continue
+        value = _csv_number(cell)
+        if value != "skip":
+            out.metrics[(step, key)] = Metric(
+                step, key, value if value is None else float(value), at
+            )
+
+
+def parse_metrics_file(name: str, text: str, out: JobOutput | None = None) -> JobOutput:
+    """Metrics from a file by its extension: `.csv`, `.jsonl`/`.json` (one object a line), and
+    anything else read as a job's output (human lines and prefixed JSON)."""
+    suffix = PurePath(name).suffix.lower()
+    if suffix == ".csv":
+        return parse_metrics_csv(text, out)
+    if suffix in (".jsonl", ".json"):
+        return parse_metrics_jsonl(text, out)
+    return parse_output(text, out)
 
 
 def headline(metrics: list[Metric]) -> str:

@@ -9,6 +9,7 @@ banner over SSH) are skipped. Anything else unexpected is an `HpcjobError` that 
 from __future__ import annotations
 
 import re
+import shlex
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -243,6 +244,69 @@ def parse_sbatch_error(stderr: str) -> tuple[str, str | None]:
     elif err.kind is SlurmErrorKind.SOCKET_TIMEOUT:
         message = f"sbatch gave up waiting for Slurm: {err.message}"
     return message, _SBATCH_HINTS.get(err.kind)
+
+
+# --------------------------------------------------------------------------- #SBATCH lines
+# sbatch's short options, by the long name they stand for.
+SHORT_OPTIONS = {
+    "-J": "job-name",
+    "-t": "time",
+    "-o": "output",
+    "-e": "error",
+    "-p": "partition",
+    "-c": "cpus-per-task",
+    "-G": "gpus",
+    "-A": "account",
+    "-N": "nodes",
+    "-n": "ntasks",
+    "-C": "constraint",
+    "-a": "array",
+    "-d": "dependency",
+    "-D": "chdir",
+}
+
+
+@dataclass(frozen=True)
+class SbatchDirective:
+    """One option of a `#SBATCH` line: its long name (no dashes), its value ("" for a flag such
+    as `--exclusive`), the option as written, and the script line it is on (1-based)."""
+
+    name: str
+    value: str
+    written: str
+    line_no: int
+    line: str
+
+
+def parse_sbatch_directives(script: str) -> list[SbatchDirective]:
+    """The options of the #SBATCH lines at the top of a script, in order, as sbatch reads them:
+    after the first line (`#!…`), up to the first command. `--key=value`, `--key value` and
+    `-k value` are understood; short options become their long names (SHORT_OPTIONS)."""
+    out: list[SbatchDirective] = []
+    for line_no, line in enumerate(script.splitlines()[1:], 2):
+        stripped = line.strip()
+        if stripped and not stripped.startswith("#"):
+            break  # sbatch stops at the first command
+        if not stripped.startswith("#SBATCH"):
+            continue
+        try:
+            words = shlex.split(stripped[len("#SBATCH") :], comments=False)
+        except ValueError as exc:
+            raise HpcjobError(
+                f"Cannot read the job script line {line!r} (line {line_no}): {exc}"
+            ) from exc
+        while words:
+            key, has_value, value = words.pop(0).partition("=")
+            if not has_value and words and not words[0].startswith("-"):
+                value = words.pop(0)  # `-t 1:30` / `--time 1:30`
+            name = SHORT_OPTIONS.get(key, key.lstrip("-"))
+            out.append(SbatchDirective(name, value, key, line_no, line))
+    return out
+
+
+def sbatch_directives(script: str) -> list[tuple[str, str]]:
+    """(long option name, value) of each #SBATCH option at the top of a script, in order."""
+    return [(d.name, d.value) for d in parse_sbatch_directives(script)]
 
 
 # ------------------------------------------------------------------------------------- times

@@ -1,8 +1,18 @@
-"""Parsing job output into metrics and facts: human lines, prefixed JSON, metrics.jsonl, garbage."""
+"""Parsing job output into metrics and facts: human lines, prefixed JSON, metrics.jsonl, CSV
+files, garbage."""
 
 from __future__ import annotations
 
-from hpcjob.joblog import headline, parse_metrics_jsonl, parse_output
+import pytest
+
+from hpcjob.joblog import (
+    JobOutput,
+    headline,
+    parse_metrics_csv,
+    parse_metrics_file,
+    parse_metrics_jsonl,
+    parse_output,
+)
 
 STUDENT_OUTPUT = """\
 Loading data...
@@ -68,3 +78,85 @@ def test_headline_prefers_validation_loss() -> None:
     last = [m for m in out.metric_list() if m.step == 2]
     assert headline(last) == "epoch 2 val_loss=0.7066"
     assert headline([]) == ""
+
+
+def values_of(out: JobOutput) -> dict[tuple[int, str], float | None]:
+    return {(m.step, m.key): m.value for m in out.metric_list()}
+
+
+def test_metrics_csv_by_header_with_an_epoch_column() -> None:
+    text = "Epoch,Train Loss,val_acc,note\n1,0.5,0.8,warmup\n2,nan,inf,\n3.0,0.25,,x\n"
+    assert values_of(parse_metrics_csv(text)) == {
+        (1, "train_loss"): 0.5,
+        (1, "val_acc"): 0.8,
+        (2, "train_loss"): None,  # NaN and Inf are stored as missing
+        (2, "val_acc"): None,
+        (3, "train_loss"): 0.25,  # an empty cell and text are no metric
+    }
+
+
+def test_metrics_csv_prefers_step_to_epoch_as_the_json_objects_do() -> None:
+    # Lightning's CSVLogger: the epoch and the global step, and rows that log different metrics.
+    text = "epoch,step,train_loss,val_loss\n0,49,0.7,\n0,49,,0.69\n1,99,0.6,\n"
+    assert values_of(parse_metrics_csv(text)) == {
+        (49, "train_loss"): 0.7,
+        (49, "val_loss"): 0.69,
+        (99, "train_loss"): 0.6,
+    }
+
+
+def test_metrics_csv_without_a_step_column_counts_rows() -> None:
+    text = "loss,acc\n0.9,0.1\n\n0.8,0.2\n"
+    assert values_of(parse_metrics_csv(text)) == {
+        (1, "loss"): 0.9,
+        (1, "acc"): 0.1,
+        (2, "loss"): 0.8,  # a blank line is no row
+        (2, "acc"): 0.2,
+    }
+
+
+def test_metrics_csv_skips_a_torn_last_line() -> None:
+    text = "step,loss\n1,0.5\n2,0.4\n3,0.3"  # 3,0.3 may still become 3,0.35
+    assert values_of(parse_metrics_csv(text)) == {(1, "loss"): 0.5, (2, "loss"): 0.4}
+    assert values_of(parse_metrics_csv("step,loss")) == {}
+    assert values_of(parse_metrics_csv("")) == {}
+
+
+def test_metrics_csv_rows_without_a_usable_step_are_skipped() -> None:
+    text = "step,loss\nx,1\n-1,2\n,3\n4,4\n"
+    assert values_of(parse_metrics_csv(text)) == {(4, "loss"): 4.0}
+
+
+def test_metrics_csv_time_column_and_ragged_rows() -> None:
+    text = "step,time,loss\n1,2026-01-01T00:00:00Z,0.5,extra\n2,12.5\n"
+    (metric,) = parse_metrics_csv(text).metric_list()
+    assert (metric.step, metric.key, metric.value) == (1, "loss", 0.5)
+    assert metric.at == "2026-01-01T00:00:00Z"
+
+
+def test_metrics_csv_adds_to_what_is_there_and_survives_garbage() -> None:
+    out = parse_output("Epoch 1: loss = 0.9\n")
+    parse_metrics_csv("step,acc\n1,0.5\n", out)
+    assert values_of(out) == {(1, "loss"): 0.9, (1, "acc"): 0.5}
+    huge = "step,loss\n1,0.5\n2," + '"' + "x" * 200_000 + '"\n'  # beyond csv's field limit
+    assert values_of(parse_metrics_csv(huge)) == {(1, "loss"): 0.5}  # what came before it
+    parse_metrics_csv("\x00\xff\ufffd,\n" * 100)
+
+
+@pytest.mark.parametrize(
+    ("name", "text"),
+    [
+        ("metrics.csv", "step,loss\n1,0.5\n"),
+        ("logs/Metrics.CSV", "step,loss\n1,0.5\n"),
+        ("metrics.jsonl", '{"step": 1, "loss": 0.5}\n'),
+        ("metrics.json", '{"step": 1, "loss": 0.5}\n'),
+        ("train.log", "Epoch 1: loss = 0.5\n"),
+        ("slurm-12.out", 'HPCJOB_METRIC {"step": 1, "loss": 0.5}\n'),
+    ],
+)
+def test_parse_metrics_file_by_extension(name: str, text: str) -> None:
+    assert values_of(parse_metrics_file(name, text)) == {(1, "loss"): 0.5}
+
+
+def test_parse_metrics_file_trusts_the_extension() -> None:
+    assert parse_metrics_file("metrics.csv", '{"step": 1, "loss": 0.5}\n').metrics == {}

@@ -4,12 +4,11 @@ time limit, output pattern, resources, warning signal, afterok dependencies, arr
 from __future__ import annotations
 
 import os
-import shlex
 import signal
 from dataclasses import dataclass
 
 from hpcjob.errors import HpcjobError
-from hpcjob.slurm import expand_array_ids
+from hpcjob.slurm import expand_array_ids, sbatch_directives
 from hpcjob.spec import parse_memory_mb, parse_time_limit
 
 
@@ -31,36 +30,9 @@ class ScriptHeader:
     array: str | None = None  # e.g. "0-3%2"
 
 
-_SHORT_FLAGS = {
-    "-J": "job-name",
-    "-t": "time",
-    "-o": "output",
-    "-p": "partition",
-    "-c": "cpus-per-task",
-    "-G": "gpus",
-    "-A": "account",
-    "-N": "nodes",
-}
-
-
 def parse_script_header(script: str, default_name: str = "job") -> ScriptHeader:
-    """Read the #SBATCH lines at the top of a script, as sbatch does (pure)."""
-    options: dict[str, str] = {}
-    for line in script.splitlines()[1:]:
-        stripped = line.strip()
-        if stripped and not stripped.startswith("#"):
-            break  # sbatch stops at the first command
-        if not stripped.startswith("#SBATCH"):
-            continue
-        try:
-            words = shlex.split(stripped[len("#SBATCH") :], comments=False)
-        except ValueError as exc:
-            raise HpcjobError(f"Cannot read the job script line {line!r}: {exc}") from exc
-        while words:
-            key, has_value, value = words.pop(0).partition("=")
-            if not has_value and words and not words[0].startswith("-"):
-                value = words.pop(0)  # `-t 1:30` / `--time 1:30`
-            options[_SHORT_FLAGS.get(key, key.lstrip("-"))] = value
+    """Read the #SBATCH lines at the top of a script, as sbatch does (pure); the last wins."""
+    options = dict(sbatch_directives(script))
     return ScriptHeader(
         job_name=options.get("job-name", default_name),
         output=options.get("output", "slurm-%j.out"),

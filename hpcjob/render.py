@@ -7,6 +7,7 @@ Every value that reaches a script passes through `shell_quote` (script body) or 
 from __future__ import annotations
 
 import hashlib
+import re
 import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -16,7 +17,16 @@ from typing import Any
 from hpcjob import __version__
 from hpcjob.errors import HpcjobError
 from hpcjob.resources import builtin_dir
-from hpcjob.spec import WORKLOADS, JobSpec, workload_argv
+from hpcjob.spec import (
+    PLACEHOLDER_VARIABLES,
+    PROGRAM_TEMPLATE,
+    WORKLOADS,
+    JobSpec,
+    Program,
+    workload_argv,
+)
+
+_PLACEHOLDER_RE = re.compile(r"\{(config|data_dir|run_dir)\}")
 
 
 def shell_quote(value: object) -> str:
@@ -48,7 +58,41 @@ def sbatch_line(key: str, value: object) -> str:
         )
     if any(ch.isspace() for ch in text):
         text = f'"{text}"'
-    return f"#SBATCH --{key}={text}"
+    return f"#SBATCH --{key}={text}" if text else f"#SBATCH --{key}"
+
+
+def command_line(words: Sequence[str], python: str) -> str:
+    """A program's command as one shell line: each word quoted, `{config}`, `{data_dir}` and
+    `{run_dir}` as the job's variables; a first word `python`/`python3` is the job's Python."""
+    parts = []
+    for index, word in enumerate(words):
+        if index == 0 and word in ("python", "python3"):
+            parts.append(shell_quote(python))
+            continue
+        pieces = []
+        for position, piece in enumerate(_PLACEHOLDER_RE.split(word)):
+            if position % 2:  # a placeholder's name
+                pieces.append(f'"${{{PLACEHOLDER_VARIABLES[piece]}}}"')
+            elif piece:
+                pieces.append(shell_quote(piece))
+        parts.append("".join(pieces) or "''")
+    return " ".join(parts)
+
+
+# Written last into a snapshot's folder: the snapshot is whole (program.sbatch.j2 checks it).
+SNAPSHOT_MARKER = ".hpcjob-snapshot"
+
+
+def snapshot_dir(run_dir: str, sha256: str) -> str:
+    """Where a code snapshot lives on the cluster: beside the run directories, once per content
+    (`<root>/.snapshots/<sha256>`), shared by reruns and sweep tasks."""
+    root = run_dir.rstrip("/").rsplit("/", 1)[0]
+    return f"{root}/.snapshots/{sha256}"
+
+
+def config_name(program: Program) -> str | None:
+    """The file name the run's own copy of the config has in `config/` of the run directory."""
+    return program.config.rsplit("/", 1)[-1] if program.config else None
 
 
 @dataclass(frozen=True)
@@ -64,6 +108,8 @@ class RenderContext:
     output_name: str = "slurm-%j.out"
     # A sweep: each array task's own program arguments, by task id (unquoted; `q` quotes them).
     task_args: tuple[tuple[int, tuple[str, ...]], ...] = ()
+    # A program swept over config keys: each array task reads `config/task-<i>/<name>`.
+    config_per_task: bool = False
 
 
 def _environment(template_dirs: Sequence[Path]) -> Any:
@@ -93,7 +139,9 @@ def render_script(spec: JobSpec, ctx: RenderContext, dirs: Sequence[Path]) -> st
     """The job script for a spec: the workload's template rendered with StrictUndefined."""
     import jinja2
 
-    workload = WORKLOADS[spec.workload]
+    program = spec.program
+    template = PROGRAM_TEMPLATE if program is not None else WORKLOADS[spec.workload].template
+    main = WORKLOADS[spec.workload].program if program is None else None
     env = _environment(dirs)
     res = spec.resources
     variables = {
@@ -109,26 +157,33 @@ def render_script(spec: JobSpec, ctx: RenderContext, dirs: Sequence[Path]) -> st
         "python": ctx.python,
         "data_dir": spec.data_dir,
         "stage_data": spec.stage_data,
-        "program": f"{ctx.run_dir.rstrip('/')}/workload/{workload.program}"
-        if workload.program
-        else None,
-        "workload_args": workload_argv(spec),
+        "program": f"{ctx.run_dir.rstrip('/')}/workload/{main}" if main else None,
+        "workload_args": workload_argv(spec) if program is None else [],
         "task_args": ctx.task_args,
         "hpcjob_version": __version__,
     }
+    if program is not None:
+        variables.update(
+            user=program,
+            command_line=command_line(program.command, ctx.python),
+            snapshot_dir=snapshot_dir(ctx.run_dir, program.snapshot) if program.snapshot else None,
+            config_name=config_name(program),
+            config_per_task=ctx.config_per_task,
+            provenance_program=f"{ctx.run_dir.rstrip('/')}/workload/provenance.py",
+        )
     try:
-        return str(env.get_template(workload.template).render(**variables))
+        return str(env.get_template(template).render(**variables))
     except jinja2.TemplateNotFound as exc:
         raise HpcjobError(
             f"Template {exc.name!r} not found in {', '.join(str(d) for d in dirs)}."
         ) from exc
     except jinja2.UndefinedError as exc:
         raise HpcjobError(
-            f"Template {workload.template} uses an undefined variable: {exc.message}",
+            f"Template {template} uses an undefined variable: {exc.message}",
             hint="A template of your own must only use the variables listed in docs/templates.md.",
         ) from exc
     except jinja2.TemplateError as exc:
-        raise HpcjobError(f"Template {workload.template} is broken: {exc}") from exc
+        raise HpcjobError(f"Template {template} is broken: {exc}") from exc
 
 
 def script_hash(script: str) -> str:

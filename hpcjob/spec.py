@@ -194,27 +194,80 @@ WORKLOADS: dict[str, WorkloadDef] = {
 }
 
 
+# What a Program is: a workload of the project file, a Python file of the project, the user's
+# own batch script, or any command.
+PROGRAM_KINDS = ("project", "python", "script", "command")
+PLACEHOLDER_VARIABLES = {
+    "config": "HPCJOB_CONFIG",
+    "data_dir": "HPCJOB_DATA_DIR",
+    "run_dir": "HPCJOB_RUN_DIR",
+}
+
+
+@dataclass(frozen=True)
+class Program:
+    """The user's own code a job runs, exactly as it ran: the command, the config it reads (the
+    run gets its own copy, with the overrides in the spec's `args`), the code snapshot."""
+
+    kind: str  # one of PROGRAM_KINDS
+    command: tuple[str, ...]  # words; {config}, {data_dir}, {run_dir} filled in by the job
+    project: str | None = None  # the project's name
+    source: str = ""  # where the workload was defined, for `show`
+    config: str | None = None  # the config file, relative to the project's root
+    metrics: tuple[str, ...] = ()  # globs of CSV/JSONL files the command writes
+    artifacts: tuple[str, ...] = ()  # globs that fetch/show list
+    snapshot: str | None = None  # sha256 of the code snapshot; None: no code travels
+    src_layout: bool = False  # the project has src/: it goes on PYTHONPATH
+    options: dict[str, str] = field(default_factory=dict)  # CLI option → config key
+    sbatch_extra: tuple[tuple[str, str], ...] = ()  # a batch script's other #SBATCH options
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Program:
+        return cls(
+            kind=data["kind"],
+            command=tuple(data.get("command") or ()),
+            project=data.get("project"),
+            source=data.get("source") or "",
+            config=data.get("config"),
+            metrics=tuple(data.get("metrics") or ()),
+            artifacts=tuple(data.get("artifacts") or ()),
+            snapshot=data.get("snapshot"),
+            src_layout=bool(data.get("src_layout")),
+            options=dict(data.get("options") or {}),
+            sbatch_extra=tuple((str(k), str(v)) for k, v in data.get("sbatch_extra") or ()),
+        )
+
+
 @dataclass(frozen=True)
 class JobSpec:
-    """A whole request: which workload, with which resources and arguments, on which data."""
+    """A whole request: which workload, with which resources and arguments, on which data.
+
+    A built-in workload's `args` are its options; a Program's are the config keys it overrides
+    (dotted, e.g. `training.epochs`)."""
 
     workload: str
     resources: Resources
     args: dict[str, Any] = field(default_factory=dict)
     data_dir: str | None = None
     stage_data: bool = False
+    program: Program | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(self)
+        if self.program is None:
+            del data["program"]  # a built-in workload's spec stays as it always was
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> JobSpec:
+        program = data.get("program")
         return cls(
             workload=data["workload"],
             resources=Resources(**data["resources"]),
             args=dict(data.get("args", {})),
             data_dir=data.get("data_dir"),
             stage_data=bool(data.get("stage_data", False)),
+            program=Program.from_dict(program) if program else None,
         )
 
 
@@ -239,6 +292,9 @@ class SpecRequest:
     args: dict[str, Any] = field(default_factory=dict)
     # `render` previews a script without data; submitting needs it.
     require_data: bool = True
+    # The user's own code instead of a built-in workload, and its default time limit.
+    program: Program | None = None
+    default_time: str | None = None
 
 
 DATA_PLACEHOLDER = "/path/to/pcam"
@@ -247,22 +303,19 @@ DATA_PLACEHOLDER = "/path/to/pcam"
 def build_spec(request: SpecRequest) -> JobSpec:
     """Validate a request into a JobSpec, reporting every problem at once (exit 2)."""
     problems: list[str] = []
-    workload = WORKLOADS.get(request.workload)
-    if workload is None:
-        raise HpcjobError(
-            f"Unknown workload {request.workload!r}.",
-            hint=f"Choose one of: {', '.join(WORKLOADS)}.",
-            exit_code=EXIT_USAGE,
-        )
+    workload = _workload_def(request)
     resources = _build_resources(request, workload, problems)
-    args = _build_args(request.args, workload, problems)
+    if request.program is None:
+        args = _build_args(request.args, workload, problems)
+    else:  # config keys, checked against the config file (project/configfile.py)
+        args = {k: v for k, v in request.args.items() if v is not None}
     data_dir = request.data_dir
     if workload.needs_data and not data_dir and not request.require_data:
         data_dir = DATA_PLACEHOLDER
     if workload.needs_data and not data_dir:
+        what = "the PCAM data" if request.program is None else "a data folder ({data_dir})"
         problems.append(
-            f"{workload.name} needs the PCAM data: give --data-dir DIR "
-            "(or set data_dir in your profile)"
+            f"{workload.name} needs {what}: give --data-dir DIR (or set data_dir in your profile)"
         )
     if request.data_dir is not None and ("\n" in request.data_dir or "\0" in request.data_dir):
         problems.append("--data-dir must not contain a newline or NUL byte")
@@ -272,6 +325,16 @@ def build_spec(request: SpecRequest) -> JobSpec:
             hint="Fix the values above; `hpcjob submit --help` lists every option.",
             exit_code=EXIT_USAGE,
         )
+    if request.program is not None:
+        # A program's data folder is optional: given, the job has it as $HPCJOB_DATA_DIR.
+        return JobSpec(
+            workload=workload.name,
+            resources=resources,
+            args=args,
+            data_dir=data_dir,
+            stage_data=request.stage_data and bool(data_dir),
+            program=request.program,
+        )
     return JobSpec(
         workload=workload.name,
         resources=resources,
@@ -279,6 +342,31 @@ def build_spec(request: SpecRequest) -> JobSpec:
         data_dir=data_dir if workload.needs_data else None,
         stage_data=request.stage_data and workload.needs_data,
     )
+
+
+def _workload_def(request: SpecRequest) -> WorkloadDef:
+    """The built-in workload, or a definition standing in for the user's program."""
+    if request.program is not None:
+        # The name reaches the script's banner line: a plain word or path, whatever was typed.
+        return WorkloadDef(
+            re.sub(r"[^A-Za-z0-9._/+-]+", "-", request.workload)[:128] or "command",
+            PROGRAM_TEMPLATE,
+            None,
+            request.default_time or PROGRAM_DEFAULT_TIME,
+            needs_data=any("{data_dir}" in word for word in request.program.command),
+        )
+    workload = WORKLOADS.get(request.workload)
+    if workload is None:
+        raise HpcjobError(
+            f"Unknown workload {request.workload!r}.",
+            hint=f"Choose one of: {', '.join(WORKLOADS)}.",
+            exit_code=EXIT_USAGE,
+        )
+    return workload
+
+
+PROGRAM_TEMPLATE = "program.sbatch.j2"
+PROGRAM_DEFAULT_TIME = "01:00:00"
 
 
 def _build_resources(request: SpecRequest, workload: WorkloadDef, problems: list[str]) -> Resources:
@@ -335,10 +423,16 @@ def _build_resources(request: SpecRequest, workload: WorkloadDef, problems: list
         gpus=gpus,
         account=request.account or None,
         constraint=request.constraint,
-        job_name=request.job_name or f"hpcjob-{workload.name}",
+        job_name=request.job_name or default_job_name(workload.name),
         array=request.array,
         dependency=f"afterok:{request.after}" if request.after else None,
     )
+
+
+def default_job_name(workload: str) -> str:
+    """`hpcjob-train`; a path such as experiments/eval.py becomes `hpcjob-eval.py`."""
+    base = re.sub(r"[^A-Za-z0-9._-]+", "-", workload.rstrip("/").rsplit("/", 1)[-1]).strip("-.")
+    return f"hpcjob-{base or 'job'}"[:64]
 
 
 # hpcjob records one ledger run per array task; Slurm's own hard limit is MaxArraySize 4000001.

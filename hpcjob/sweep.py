@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,6 +44,8 @@ class Sweep:
     max_parallel: int = DEFAULT_MAX_PARALLEL
     sweep_id: str | None = None  # the first array's run id, set when it is prepared
     indices: tuple[int, ...] | None = None  # only these tasks (a resubmission); None: all
+    # "args": a built-in workload's options; "config": keys of a program's config file.
+    target: str = "args"
 
     @property
     def names(self) -> list[str]:
@@ -85,6 +87,7 @@ class Sweep:
             "params": [{"name": name, "values": list(vals)} for name, vals in self.params],
             "max_parallel": self.max_parallel,
             "tasks": len(self.task_indices()),
+            **({"target": self.target} if self.target != "args" else {}),
         }
 
     @classmethod
@@ -93,6 +96,7 @@ class Sweep:
             params=tuple((p["name"], tuple(p["values"])) for p in data["params"]),
             max_parallel=int(data.get("max_parallel") or DEFAULT_MAX_PARALLEL),
             sweep_id=data.get("sweep_id"),
+            target=str(data.get("target") or "args"),
         )
 
 
@@ -151,6 +155,24 @@ def parse_sweeps(workload: str, texts: Sequence[str], max_parallel: int | None =
         if len(set(map(repr, values))) != len(values):
             problems.append(f"--sweep {arg.name} lists a value twice")
         params.append((arg.name, tuple(values)))
+    return make_sweep(
+        params,
+        max_parallel,
+        problems,
+        hint="Each --sweep is NAME=V1,V2,… with a workload argument's name, e.g. "
+        "--sweep lr=1e-3,1e-4 --sweep hidden=256,512.",
+    )
+
+
+def make_sweep(
+    params: Sequence[tuple[str, tuple[Any, ...]]],
+    max_parallel: int | None,
+    problems: list[str],
+    *,
+    hint: str,
+    target: str = "args",
+) -> Sweep:
+    """The sweep of these parameters, or every problem found (with those already found) at once."""
     if max_parallel is not None and max_parallel < 1:
         problems.append(f"--max-parallel must be at least 1, got {max_parallel}")
     size = math.prod(len(vals) for _, vals in params) if params else 0
@@ -159,11 +181,10 @@ def parse_sweeps(workload: str, texts: Sequence[str], max_parallel: int | None =
     if problems:
         raise HpcjobError(
             "The sweep has problems:\n" + "\n".join(f"  - {p}" for p in problems),
-            hint="Each --sweep is NAME=V1,V2,… with a workload argument's name, e.g. "
-            "--sweep lr=1e-3,1e-4 --sweep hidden=256,512.",
+            hint=hint,
             exit_code=EXIT_USAGE,
         )
-    return Sweep(tuple(params), max_parallel or DEFAULT_MAX_PARALLEL)
+    return Sweep(tuple(params), max_parallel or DEFAULT_MAX_PARALLEL, target=target)
 
 
 def _find_arg(args: Sequence[ArgDef], name: str) -> ArgDef | None:
@@ -232,9 +253,13 @@ def failed_tasks(rows: Sequence[Mapping[str, Any]]) -> list[int]:
 
 
 def sweep_request(
-    request: SpecRequest, texts: Sequence[str], max_parallel: int | None
+    request: SpecRequest,
+    texts: Sequence[str],
+    max_parallel: int | None,
+    parse: Callable[[SpecRequest, Sequence[str], int | None], Sweep] | None = None,
 ) -> tuple[SpecRequest, Sweep | None]:
-    """`submit --sweep …`: the request made into the sweep's array, and the sweep."""
+    """`submit --sweep …`: the request made into the sweep's array, and the sweep (`parse`
+    reads a program's config-key sweeps; default: a built-in workload's options)."""
     if not texts:
         if max_parallel is not None:
             raise HpcjobError(
@@ -249,10 +274,16 @@ def sweep_request(
             hint="Set how many tasks run at once with --max-parallel N.",
             exit_code=EXIT_USAGE,
         )
-    sweep = parse_sweeps(request.workload, texts, max_parallel)
+    if parse is not None:
+        sweep = parse(request, texts, max_parallel)
+    else:
+        sweep = parse_sweeps(request.workload, texts, max_parallel)
     clash = [name for name in sweep.names if request.args.get(name) is not None]
     if clash:
-        flags = ", ".join("--" + name.replace("_", "-") for name in clash)
+        flags = ", ".join(
+            ("--" + name.replace("_", "-")) if sweep.target == "args" else f"--set {name}"
+            for name in clash
+        )
         raise HpcjobError(
             f"{flags} is swept and given as a plain option too.",
             hint="Give each argument either as an option or as a --sweep, not both.",

@@ -10,6 +10,7 @@ import json
 import os
 import selectors
 import shlex
+import shutil
 import signal
 import sqlite3
 import stat
@@ -317,3 +318,33 @@ def artefacts(home: Path) -> dict[str, bytes]:
 
 def mode(path: Path) -> int:
     return stat.S_IMODE(path.stat().st_mode)
+
+
+COURSE = Path(__file__).parent / "fixtures" / "course"
+
+
+def course_project(dest: Path, *, git: bool = True) -> Path:
+    """A repository shaped like the MLOps course skeleton (src/ml_core, experiments/train.py with
+    a YAML config, requirements.txt, pyproject.toml, a job.sh), committed to git unless `git` is
+    off. Its trainer prints `Epoch N: Train_Loss = …, Val_Loss = …` and writes
+    experiments/results/<name>/metrics.csv; it needs only PyYAML."""
+    shutil.copytree(COURSE, dest, ignore=shutil.ignore_patterns("__pycache__"))
+    for stored, name in (("pyproject.toml.txt", "pyproject.toml"), ("gitignore.txt", ".gitignore")):
+        (dest / stored).rename(dest / name)
+    (dest / "job.sh").chmod(0o755)
+    if git:
+        for argv in (
+            ["init", "-q", "-b", "main"],
+            ["add", "-A"],
+            [
+                "-c",
+                "user.name=Student",
+                "-c",
+                "user.email=s@example.org",
+                "commit",
+                "-qm",
+                "skeleton",
+            ],
+        ):
+            subprocess.run(["git", "-C", str(dest), *argv], check=True, capture_output=True)
+    return dest

@@ -491,8 +491,9 @@ def test_output_case(case: OutputCase, cli: Any, isolated_home: Path, sandbox: P
 def test_every_template_value_is_quoted_or_hpcjob_made() -> None:
     """Built-in templates: a value reaches the script through `sbatch(...)`, `| q`, `| qpath`,
     or is one hpcjob makes itself (its version, the run id, a workload name it validated, a
-    sweep's task id, an int)."""
-    safe = {"hpcjob_version", "run_id", "spec.workload", "index"}
+    sweep's task id, an int, a program's command that render.command_line quoted word by
+    word)."""
+    safe = {"hpcjob_version", "run_id", "spec.workload", "index", "command_line"}
     for path in sorted((REPO / "templates").glob("*.j2")):
         for expr in re.findall(r"{{(.*?)}}", path.read_text()):
             expr = expr.strip()

@@ -162,3 +162,23 @@ def test_spec_round_trips_through_json() -> None:
     spec = CASES["train-snellius"][0]
     built = build_spec(spec)
     assert JobSpec.from_dict(json.loads(json.dumps(built.to_dict()))) == built
+
+
+def test_a_programs_command_is_quoted_word_by_word_with_placeholders_as_variables() -> None:
+    import subprocess
+
+    from hpcjob.render import command_line
+
+    words = ["python", "train.py", "--config={config}", "{data_dir}/x y", "$(touch /tmp/no)", "'"]
+    line = command_line(words, "/venv/bin/python")
+    assert line.startswith('/venv/bin/python train.py --config="${HPCJOB_CONFIG}"')
+    shown = subprocess.run(
+        ["bash", "-c", f"printf '%s\\n' {line.split(' ', 1)[1]}"],
+        capture_output=True,
+        text=True,
+        env={"HPCJOB_CONFIG": "/r/c.yaml", "HPCJOB_DATA_DIR": "/d", "PATH": "/usr/bin:/bin"},
+        check=True,
+    ).stdout.splitlines()
+    assert shown == ["train.py", "--config=/r/c.yaml", "/d/x y", "$(touch /tmp/no)", "'"]
+    assert command_line(["python3", "-c", "print(1)"], "python") == "python -c 'print(1)'"
+    assert command_line(["nvidia-smi", ""], "python") == "nvidia-smi ''"

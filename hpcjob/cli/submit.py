@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from typer.core import TyperCommand
 
 from hpcjob.cli.options import (
     CurrentCodeOpt,
@@ -24,12 +25,25 @@ from hpcjob.cli.root import app, command
 from hpcjob.cli.session import conclude, run_session, session, stopped, wait_and_conclude
 from hpcjob.errors import HpcjobError
 
+AFTER_DASHES = "hpcjob.after_dashes"
+
+
+class _WordsAfterDashes(TyperCommand):
+    """Keeps the words after `--` apart (the user's command or program arguments), so that
+    `submit -- nvidia-smi` is a command and `submit train -- --fast` a workload with arguments."""
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        if "--" in args:
+            index = args.index("--")
+            ctx.meta[AFTER_DASHES] = tuple(args[index + 1 :])
+            args = args[:index]
+        return list(super().parse_args(ctx, args))
+
 
 # Long only for its options (each is a parameter Typer reads); the body is a dozen lines.
 @with_blocks
 def _submit_or_render(
     ctx: typer.Context,
-    workload: Annotated[str, typer.Argument(help="gpu-check, eda, train or setup-env.")],
     resources: ResourceArgs,
     args: WorkloadArgs,
     nodes: Annotated[int | None, typer.Option(help="Number of nodes.")] = None,
@@ -44,7 +58,10 @@ def _submit_or_render(
     after: Annotated[
         str | None, typer.Option(help="Start after this job (id, run id or last) COMPLETED.")
     ] = None,
-    data_dir: Annotated[str | None, typer.Option(help="Folder with the PCAM .h5 files.")] = None,
+    data_dir: Annotated[
+        str | None,
+        typer.Option(help="Folder with the PCAM .h5 files (your code: $HPCJOB_DATA_DIR)."),
+    ] = None,
     stage_data: Annotated[
         bool, typer.Option("--stage-data", help="Copy the data to the node-local $TMPDIR first.")
     ] = False,
@@ -52,7 +69,15 @@ def _submit_or_render(
         list[str] | None,
         typer.Option(
             help="A sweep as ONE job array: NAME=V1,V2 (repeatable; every combination is a task), "
-            "e.g. --sweep lr=1e-3,1e-4 --sweep hidden=256,512.",
+            "e.g. --sweep lr=1e-3,1e-4; for your project's workloads NAME is a config key.",
+        ),
+    ] = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set",
+            help="[your project] Override a config key: KEY=VALUE (repeatable; VALUE is YAML), "
+            "e.g. --set training.learning_rate=3e-4.",
         ),
     ] = None,
     max_parallel: Annotated[
@@ -72,21 +97,41 @@ def _submit_or_render(
     ] = False,
     project: Annotated[
         str | None,
-        typer.Option(help="Your project's folder, for provenance (default: the current one)."),
+        typer.Option(
+            help="Your project's folder: its hpcjob.toml, code and git state (default: found "
+            "from the current folder)."
+        ),
     ] = None,
     profile: ProfileOpt = None,
     json_out: JsonOpt = False,
+    workload: Annotated[
+        str | None,
+        typer.Argument(
+            help="A workload (your project's, or built-in: gpu-check, eda, train, setup-env), a "
+            "Python file (experiments/eval.py), a batch script (job.sh), or nothing and a "
+            "command after `--`. Words after `--` go to the program.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
-    from hpcjob.run.prepare import prepare
+    from hpcjob.run.project import Target, prepare_submit
     from hpcjob.run.requeue import check_limit
     from hpcjob.spec import SpecRequest
-    from hpcjob.sweep import sweep_request
 
     sink = Sink(json_out)
     rendering = ctx.info_name == "render"
     requeues = check_limit(auto_requeue, is_array=bool(array))
+    folder = _project_dir(project)
+    target = Target(
+        name=workload,
+        extra=tuple(ctx.meta.get(AFTER_DASHES, ())),
+        sets=tuple(set_ or ()),
+        sweeps=tuple(sweep or ()),
+        max_parallel=max_parallel,
+        project_dir=folder,
+    )
     request = SpecRequest(
-        workload=workload,
+        workload=workload or "",
         **resources.to_dict(),
         nodes=nodes,
         account=account,
@@ -99,28 +144,28 @@ def _submit_or_render(
         args=args.to_dict(),
         require_data=not rendering,
     )
-    request, sweep_def = sweep_request(request, sweep or [], max_parallel)
     with session(profile) as context:
-        prepared = prepare(
+        prepared, plan = prepare_submit(
             context,
             request,
+            target,
             check_data=not (rendering or dry_run),
             check_cluster=not rendering,
-            sweep=sweep_def,
         )
         if rendering:
             print_text(prepared.script)
         elif dry_run:
             _show_dry_run(context, sink, prepared)
         else:
-            _submit(context, sink, prepared, requeues, _project_dir(project), wait)
+            root = plan.project.root if plan is not None and plan.project else None
+            _submit(context, sink, prepared, requeues, folder or root, wait)
 
 
 def _submit(
     context: Any, sink: Sink, prepared: Any, requeues: int, project: Path | None, wait: bool
 ) -> None:
     from hpcjob.env.setup import venv_warning
-    from hpcjob.insight.explain import estimate_text
+    from hpcjob.insight.explain import estimate_text, program_label
     from hpcjob.run.submit import submit
 
     warning = venv_warning(context)
@@ -129,8 +174,9 @@ def _submit(
     run = submit(context, prepared, auto_requeue=requeues, project=project)
     try:
         sink.say(
-            f"Submitted [bold]{run.workload}[/] as job [bold]{run.job_id}[/] "
-            f"(run {run.run_id}, profile {run.profile}); output: {run.output_path}"
+            f"Submitted [bold]{run.workload}[/]{program_label(run.spec)} as job "
+            f"[bold]{run.job_id}[/] (run {run.run_id}, profile {run.profile}); "
+            f"output: {run.output_path}"
         )
         sink.say(estimate_text(context, run))
     except KeyboardInterrupt:  # the job is queued all the same
@@ -178,12 +224,19 @@ def _show_dry_run(context: Any, sink: Sink, prepared: Any) -> None:
     sink.result(summary, show)
 
 
-command(app, "submit", help="Validate, render and submit a job; record it in the ledger.")(
-    _submit_or_render
-)
-command(app, "render", help="Print the job script a submit would use; submit nothing.")(
-    _submit_or_render
-)
+command(
+    app,
+    "submit",
+    help="Validate, render and submit a job (a workload, your own code or a command); record it "
+    "in the ledger.",
+    cls=_WordsAfterDashes,
+)(_submit_or_render)
+command(
+    app,
+    "render",
+    help="Print the job script a submit would use; submit nothing.",
+    cls=_WordsAfterDashes,
+)(_submit_or_render)
 
 
 @command(app)

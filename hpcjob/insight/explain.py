@@ -185,10 +185,49 @@ def estimate_text(ctx: Context, run: Run) -> str:
     return cost.estimate_line(cost.Cost(**estimate)) if estimate else ""
 
 
+_KINDS = {
+    "project": "your project's workload",
+    "python": "a Python file of your project",
+    "script": "your batch script",
+    "command": "a command",
+}
+
+
+def program_label(spec: dict[str, Any]) -> str:
+    """` (your project's workload, hpcjob.toml)` after a program's name; `` for a built-in."""
+    program = spec.get("program")
+    if not program:
+        return ""
+    source = program.get("source") if program.get("kind") == "project" else None
+    return f" ({_KINDS.get(program.get('kind'), 'your code')}" + (f", {source})" if source else ")")
+
+
+def program_lines(spec: dict[str, Any]) -> list[str]:
+    """`show`'s lines on what ran: a built-in workload, or the user's command, config (with its
+    overrides) and code snapshot."""
+    program = spec.get("program")
+    if not program:
+        return [f"Workload:   {spec.get('workload')} (built-in, hpcjob's own code)"]
+    label = program_label(spec).strip(" ()")
+    project = f", project {program['project']}" if program.get("project") else ""
+    lines = [
+        f"Workload:   {spec.get('workload')} ({label}{project})",
+        f"Command:    {' '.join(program.get('command') or ())}",
+    ]
+    if program.get("config"):
+        overrides = " ".join(f"{k}={v}" for k, v in (spec.get("args") or {}).items())
+        lines.append(
+            f"Config:     {program['config']}" + (f" with {overrides}" if overrides else "")
+        )
+    if program.get("snapshot"):
+        lines.append(f"Code:       snapshot {program['snapshot'][:12]}")
+    return lines
+
+
 def lineage(detail: dict[str, Any]) -> list[str]:
-    """`show`'s lines on where a run comes from: a rerun, a sweep, a sweep's task."""
+    """`show`'s lines on where a run comes from: what ran, a rerun, a sweep, a sweep's task."""
     spec = detail.get("spec") or {}
-    lines = []
+    lines = program_lines(spec) if spec.get("workload") else []
     if spec.get("rerun_of"):
         lines.append(f"Rerun of:   {spec['rerun_of']}")
     sweep = spec.get("sweep")

@@ -349,3 +349,49 @@ class _Lines:
 
 def _unquote_dotted(text: str) -> str:
     return ".".join(part.strip().strip("\"'") for part in text.split("."))
+
+
+def glob_match(path: str, pattern: str) -> bool:
+    """Whether a relative path matches one of the file's globs: `*` and `?` within a folder,
+    `**` any number of folders; a pattern without `/` matches the file name at any depth."""
+    if "/" not in pattern:
+        pattern = "**/" + pattern
+    return _glob_regex(pattern).fullmatch(path) is not None
+
+
+def glob_base(pattern: str) -> tuple[str, int]:
+    """The folder a glob starts in and how many folders down it can reach (64: any depth), so
+    only that part of a run's working copy is listed."""
+    if "/" not in pattern:
+        return "", 64
+    parts = pattern.split("/")
+    fixed: list[str] = []
+    for part in parts[:-1]:
+        if any(ch in part for ch in "*?["):
+            break
+        fixed.append(part)
+    rest = parts[len(fixed) :]
+    depth = 64 if "**" in rest else len(rest)
+    return "/".join(fixed), depth
+
+
+def _glob_regex(pattern: str) -> re.Pattern[str]:
+    out = []
+    index = 0
+    while index < len(pattern):
+        if pattern.startswith("**/", index):
+            out.append("(?:.*/)?")
+            index += 3
+        elif pattern.startswith("**", index):
+            out.append(".*")
+            index += 2
+        elif pattern[index] == "*":
+            out.append("[^/]*")
+            index += 1
+        elif pattern[index] == "?":
+            out.append("[^/]")
+            index += 1
+        else:
+            out.append(re.escape(pattern[index]))
+            index += 1
+    return re.compile("".join(out))

@@ -15,7 +15,7 @@ from pathlib import Path, PurePosixPath
 from hpcjob.errors import HpcjobError
 from hpcjob.ledger.records import Run
 from hpcjob.run.context import Context
-from hpcjob.run.rundir import files_dir
+from hpcjob.run.rundir import CODE_DIR, WORKLOAD_DIR, code_outputs, files_dir
 from hpcjob.shell import Shell
 
 _CHUNK = 8 * 1024 * 1024
@@ -37,15 +37,22 @@ def is_checkpoint(name: str) -> bool:
 def wanted(name: str, checkpoints: bool) -> bool:
     """Artifacts worth a copy: not the code snapshot, exit-status files or hidden temporaries."""
     top = PurePosixPath(name).parts[0]
-    if top == "workload" or top.startswith((".", "exit-status")) or name == "job.sh":
+    if top in (WORKLOAD_DIR, CODE_DIR) or top.startswith((".", "exit-status")) or name == "job.sh":
         return False
     return checkpoints or not is_checkpoint(name)
 
 
 def plan(shell: Shell, run: Run, folder: str, checkpoints: bool) -> list[tuple[str, str]]:
-    """(source path, name at the destination) for every file to copy."""
+    """(source path, name at the destination) for every file to copy: a program's working copy
+    only through its `artifacts` and `metrics` globs."""
     files = shell.list_files(folder) if shell.exists(folder) else []
     chosen = [(f"{folder}/{name}", name) for name, _ in files if wanted(name, checkpoints)]
+    program = run.spec.get("program") or {}
+    patterns = [*(program.get("artifacts") or ()), *(program.get("metrics") or ())]
+    for name, _ in code_outputs(shell, run, patterns):
+        relative = f"{CODE_DIR}/{name}"
+        if checkpoints or not is_checkpoint(relative):
+            chosen.append((f"{folder}/{relative}", relative))
     # A task's output and run.json are in the array's folder, not in its own.
     extra = [run.output_path, f"{run.run_dir}/run.json"]
     names = {name for _, name in chosen}

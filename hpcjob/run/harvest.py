@@ -5,10 +5,10 @@ artifacts it left. Idempotent: metrics are upserted by (run, step, key)."""
 from __future__ import annotations
 
 from hpcjob import provenance
-from hpcjob.joblog import JobOutput, parse_metrics_jsonl, parse_output
+from hpcjob.joblog import JobOutput, parse_metrics_file, parse_metrics_jsonl, parse_output
 from hpcjob.ledger.records import Run
 from hpcjob.run.context import Context
-from hpcjob.run.rundir import files_dir, is_artifact
+from hpcjob.run.rundir import CODE_DIR, code_outputs, files_dir, is_artifact
 
 _MAX_READ = 64 * 1024 * 1024
 
@@ -23,15 +23,21 @@ def harvest(ctx: Context, run: Run) -> JobOutput:
     metrics_path = f"{folder}/metrics.jsonl"
     if shell.exists(metrics_path):
         parse_metrics_jsonl(read_text(ctx, metrics_path), parsed)
+    program = run.spec.get("program") or {}
+    # A program's own CSV/JSONL files (the project file's `metrics`), read on every harvest.
+    for name, _ in code_outputs(shell, run, program.get("metrics") or ()):
+        parse_metrics_file(name, read_text(ctx, f"{folder}/{CODE_DIR}/{name}"), parsed)
     ctx.ledger.add_metrics(run.run_id, parsed.metric_list())
     ctx.ledger.set_facts(run.run_id, parsed.facts)
     if run.state.is_final:
         _harvest_provenance(ctx, run, folder)
         files = shell.list_files(folder) if shell.exists(folder) else []
-        ctx.ledger.set_artifacts(
-            run.run_id,
-            [(name, f"{folder}/{name}", size) for name, size in files if is_artifact(name)],
-        )
+        artifacts = [(name, f"{folder}/{name}", size) for name, size in files if is_artifact(name)]
+        patterns = [*(program.get("artifacts") or ()), *(program.get("metrics") or ())]
+        for name, size in code_outputs(shell, run, patterns):
+            path = f"{CODE_DIR}/{name}"
+            artifacts.append((path, f"{folder}/{path}", size))
+        ctx.ledger.set_artifacts(run.run_id, artifacts)
     return parsed
 
 

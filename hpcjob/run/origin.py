@@ -20,7 +20,7 @@ from hpcjob.config import profile_rates
 from hpcjob.ledger.records import Run
 from hpcjob.provenance import DIFF_CAP, DIFF_PATH, NOT_A_REPO, SUBMIT_FACT
 from hpcjob.run.context import Context, default_partition
-from hpcjob.run.prepare import Prepared, workload_hash
+from hpcjob.run.prepare import Prepared
 from hpcjob.run.rundir import Files, code_files
 from hpcjob.spec import array_task_ids
 
@@ -110,7 +110,7 @@ def record_origin(
         project or Path.cwd(),
         hpcjob_version=__version__,
         script_sha256=prepared.new_run.script_hash,
-        workload_sha256=workload_hash(prepared.code),
+        workload_sha256=prepared.code_sha256,
     )
     estimate = sbu_estimate(ctx, prepared)
     ctx.ledger.set_facts(run.run_id, {SUBMIT_FACT: origin.meta, "sbu_estimate": estimate.to_dict()})
@@ -148,7 +148,7 @@ def run_json(ctx: Context, prepared: Prepared, origin: SubmitProvenance) -> dict
         "scheduler": ctx.profile.scheduler,
         "spec": {**prepared.spec.to_dict(), **prepared.extra},
         "script_sha256": prepared.new_run.script_hash,
-        "workload_sha256": workload_hash(prepared.code),
+        "workload_sha256": prepared.code_sha256,
         "project_git": origin.meta["git"],
         "provenance": origin.meta,
     }

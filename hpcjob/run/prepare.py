@@ -20,6 +20,7 @@ from hpcjob.spec import JobSpec, SpecRequest, build_spec, check_against_partitio
 from hpcjob.sweep import Sweep
 
 PCAM_SPLIT_FILE = "camelyonpatch_level_2_split_{split}_{xy}.h5"
+PROVENANCE_PROGRAM = "provenance.py"
 
 
 @dataclass(frozen=True)
@@ -33,12 +34,38 @@ class Prepared:
     extra: dict[str, Any] = field(default_factory=dict)
     # The workload code to stage; None: this hpcjob's own (a rerun reuses its run's snapshot).
     workload: dict[str, bytes] | None = None
-    # More files the job needs in its run directory (setup-env's script and requirements).
+    # More files the job needs in its run directory (setup-env's script and requirements, a
+    # program's config copies).
     files: Files = field(default_factory=dict)
+    # A program's code snapshot to upload (None: none, or it is on the cluster already).
+    snapshot: Files | None = None
 
     @property
     def code(self) -> dict[str, bytes]:
-        return self.workload if self.workload is not None else workload_files()
+        """hpcjob's workload programs staged in `workload/`; a user's program gets only the
+        provenance writer (its own code travels as the snapshot)."""
+        if self.workload is not None:
+            return self.workload
+        if self.spec.program is not None:
+            return {PROVENANCE_PROGRAM: workload_files()[PROVENANCE_PROGRAM]}
+        return workload_files()
+
+    @property
+    def code_sha256(self) -> str:
+        """The hash of the code the job runs: the project's snapshot, or hpcjob's workloads."""
+        program = self.spec.program
+        if program is not None and program.snapshot:
+            return program.snapshot
+        return workload_hash(self.code)
+
+
+@dataclass(frozen=True)
+class ProgramFiles:
+    """What a user's program brings to `prepare`: its code snapshot (to upload; None when the
+    recorded one is reused) and the text of its config file before the overrides."""
+
+    snapshot: Files | None = None
+    config_base: bytes | None = None
 
 
 def prepare(
@@ -50,12 +77,17 @@ def prepare(
     sweep: Sweep | None = None,
     workload: dict[str, bytes] | None = None,
     extra: dict[str, Any] | None = None,
+    program_files: ProgramFiles | None = None,
 ) -> Prepared:
     """Fill the request from the profile, validate it (against the live cluster's partitions
     unless `check_cluster` is off, as for `render`), render the script."""
     spec = build_spec(_filled(ctx, request))
     if sweep is not None:
         spec = sweep.apply(spec)  # the swept arguments are each task's own
+    files: Files = {}
+    if spec.program is not None and spec.program.config:
+        base = (program_files or ProgramFiles()).config_base
+        files = config_files(spec.program.config, base, spec.args, sweep)
     if check_data and spec.data_dir and ctx.scheduler.jobs_run_here:
         check_local_data(spec)
     if check_cluster:
@@ -80,6 +112,7 @@ def prepare(
         extras["sweep"] = sweep.to_dict()
     run_dir = f"{root.rstrip('/')}/{new.run_id}"
     script = _render(ctx, spec, new, run_dir, sweep)
+    snapshot = program_files.snapshot if program_files is not None else None
     new = dataclasses.replace(
         new,
         spec={**spec.to_dict(), **extras},
@@ -87,7 +120,41 @@ def prepare(
         script_hash=script_hash(script),
         run_dir=run_dir,
     )
-    return Prepared(spec=spec, new_run=new, script=script, extra=extras, workload=workload)
+    return Prepared(
+        spec=spec,
+        new_run=new,
+        script=script,
+        extra=extras,
+        workload=workload,
+        files=files,
+        snapshot=snapshot,
+    )
+
+
+def config_files(
+    path: str, base: bytes | None, overrides: dict[str, Any], sweep: Sweep | None
+) -> Files:
+    """The run's own copies of a program's config, the overrides applied: `config/<name>`, or
+    one per array task of a sweep (`config/task-<i>/<name>`). An unknown key is refused here,
+    before anything is recorded or submitted."""
+    from hpcjob.project.configfile import apply_overrides, dump_config, load_config
+
+    if base is None:
+        raise HpcjobError(f"The config file {path} is not in the project.", exit_code=EXIT_USAGE)
+    name = path.rsplit("/", 1)[-1]
+    given = {key: value for key, value in overrides.items() if value is not None}
+    config = load_config(path, base)
+    if sweep is None:
+        data = base if not given else dump_config(name, apply_overrides(config, given, name=path))
+        return {f"config/{name}": (data, 0o644)}
+    combos = sweep.combinations()
+    return {
+        f"config/task-{index}/{name}": (
+            dump_config(name, apply_overrides(config, {**given, **combos[index]}, name=path)),
+            0o644,
+        )
+        for index in range(len(combos))
+    }
 
 
 def _filled(ctx: Context, request: SpecRequest) -> SpecRequest:
@@ -116,6 +183,7 @@ def _filled(ctx: Context, request: SpecRequest) -> SpecRequest:
 
 def _render(ctx: Context, spec: JobSpec, new: NewRun, run_dir: str, sweep: Sweep | None) -> str:
     profile = ctx.profile
+    by_config = sweep is not None and spec.program is not None  # each task has its own config
     render_ctx = RenderContext(
         run_id=new.run_id,
         token=new.token,
@@ -124,16 +192,25 @@ def _render(ctx: Context, spec: JobSpec, new: NewRun, run_dir: str, sweep: Sweep
         venv=profile.get("venv"),
         # With a venv, the job runs the venv's own `python` (the profile's `python` made it).
         python="python" if profile.get("venv") else str(profile.get("python") or "python3"),
-        task_args=sweep.task_argv(spec.workload) if sweep is not None else (),
+        task_args=sweep.task_argv(spec.workload) if sweep is not None and not by_config else (),
+        config_per_task=by_config,
     )
     dirs = template_dirs([profile.get("template_dir"), ctx.settings.user_template_dir])
     return render_script(spec, render_ctx, dirs)
 
 
 def check_local_data(spec: JobSpec) -> None:
-    """The PCAM files must exist when the job runs on this machine."""
+    """The PCAM files (a program's data folder) must exist when the job runs on this machine."""
     assert spec.data_dir is not None
     folder = Path(spec.data_dir)
+    if spec.program is not None:
+        if folder.is_dir():
+            return
+        raise HpcjobError(
+            f"Cannot run {spec.workload}: the data directory {folder} does not exist.",
+            hint="Point --data-dir (or the profile's data_dir) at an existing folder.",
+            exit_code=EXIT_USAGE,
+        )
     needed = [PCAM_SPLIT_FILE.format(split=s, xy=xy) for s in ("train", "valid") for xy in "xy"]
     if not folder.is_dir():
         problem = f"the data directory {folder} does not exist"

@@ -13,9 +13,10 @@ from typing import Any
 from hpcjob.errors import EXIT_USAGE, HpcjobError
 from hpcjob.ledger.records import Run
 from hpcjob.run.context import Context
-from hpcjob.run.prepare import Prepared, prepare
+from hpcjob.run.prepare import Prepared, ProgramFiles, prepare
+from hpcjob.run.project import current_files, recorded_files
 from hpcjob.run.sweeps import sweep_of, task_rows
-from hpcjob.spec import SpecRequest, format_memory, format_time
+from hpcjob.spec import Program, SpecRequest, format_memory, format_time
 from hpcjob.sweep import Sweep, failed_tasks
 
 # Resource overrides a rerun accepts, by SpecRequest field.
@@ -28,10 +29,11 @@ def request_from_spec(
     """A SpecRequest that rebuilds `spec` (a ledger spec dict), with `overrides` (None = keep)."""
     res = spec.get("resources") or {}
     given = {k: v for k, v in overrides.items() if v is not None}
-    args = {
-        **(spec.get("args") or {}),
-        **{k: v for k, v in given.items() if k not in RESOURCE_KEYS},
-    }
+    program = Program.from_dict(spec["program"]) if spec.get("program") else None
+    options = {k: v for k, v in given.items() if k not in RESOURCE_KEYS}
+    if program is not None:  # the options the project maps to config keys
+        options = {program.options.get(k, k): v for k, v in options.items()}
+    args = {**(spec.get("args") or {}), **options}
     return SpecRequest(
         workload=spec["workload"],
         partition=given.get("partition", res.get("partition")),
@@ -48,6 +50,7 @@ def request_from_spec(
         data_dir=spec.get("data_dir"),
         stage_data=bool(spec.get("stage_data")),
         args=args,
+        program=program,
     )
 
 
@@ -79,8 +82,23 @@ def prepare_rerun(
     if run.workload == "setup-env":
         raise HpcjobError("A setup-env run is not rerun; run `hpcjob setup-env` again.")
     request = request_from_spec(run.spec, overrides, keep_array=run.parent_run_id is None)
+    extra = {"rerun_of": run.run_id}
+    if request.program is not None:
+        request, files = _program_files(ctx, run, request, current_code)
+        return prepare(ctx, request, program_files=files, extra=extra)
     snapshot = None if current_code else workload_snapshot(ctx, run)
-    return prepare(ctx, request, workload=snapshot, extra={"rerun_of": run.run_id})
+    return prepare(ctx, request, workload=snapshot, extra=extra)
+
+
+def _program_files(
+    ctx: Context, run: Run, request: SpecRequest, current_code: bool
+) -> tuple[SpecRequest, ProgramFiles]:
+    """A program's rerun: its recorded snapshot (still on the cluster), or today's code."""
+    assert request.program is not None
+    if current_code:
+        program, files = current_files(request.program)
+        return dataclasses.replace(request, program=program), files
+    return request, recorded_files(ctx, run.run_dir, request.program)
 
 
 def prepare_resubmit(ctx: Context, ref: str, *, current_code: bool = False) -> Prepared:
@@ -100,5 +118,8 @@ def prepare_resubmit(ctx: Context, ref: str, *, current_code: bool = False) -> P
     request = dataclasses.replace(
         request_from_spec(first.spec, {}, keep_array=False), array=sweep.array_spec()
     )
+    if request.program is not None:
+        request, files = _program_files(ctx, first, request, current_code)
+        return prepare(ctx, request, sweep=sweep, program_files=files)
     snapshot = None if current_code else workload_snapshot(ctx, first)
     return prepare(ctx, request, sweep=sweep, workload=snapshot)

@@ -9,11 +9,12 @@ writes: `metrics.jsonl`, plots, checkpoints (an array task in `task-<i>/`).
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING
 
 from hpcjob.errors import HpcjobError
 from hpcjob.ledger.records import Run
+from hpcjob.shell import Shell
 
 if TYPE_CHECKING:
     from hpcjob.run.context import Context
@@ -23,6 +24,8 @@ Files = dict[str, tuple[bytes, int]]
 
 # Files a run directory holds that are hpcjob's own, not the workload's artifacts.
 OWN_FILES = frozenset({"job.sh", "run.json", "metrics.jsonl"})
+WORKLOAD_DIR = "workload"  # hpcjob's workload programs, staged with the run
+CODE_DIR = "code"  # a program's working copy of its project's snapshot (program.sbatch.j2)
 
 
 def output_path(run: Run, job_id: str) -> str:
@@ -43,11 +46,36 @@ def files_dir(run: Run) -> str:
 
 
 def is_artifact(name: str) -> bool:
-    """A file the workload left (a plot, eda.json, a checkpoint), not one of hpcjob's own."""
+    """A file the workload left (a plot, eda.json, a checkpoint), not one of hpcjob's own; a
+    program's working copy (`code/`) counts only through its artifact globs (`code_outputs`)."""
     top = name.split("/", 1)[0]
-    if name in OWN_FILES or top == "workload" or name.startswith(("exit-status", ".")):
+    if (
+        name in OWN_FILES
+        or top in (WORKLOAD_DIR, CODE_DIR)
+        or name.startswith(("exit-status", "."))
+    ):
         return False
     return not (name.startswith("slurm-") and name.endswith(".out"))
+
+
+def code_outputs(shell: Shell, run: Run, patterns: Sequence[str]) -> list[tuple[str, int]]:
+    """Files of a program's working copy (`<files_dir>/code`) that match the project file's
+    globs, as (path relative to the working copy, size): only the folders the globs can reach
+    are listed (over SSH each listed folder is a round trip)."""
+    from hpcjob.project.projectfile import glob_base, glob_match
+
+    code = f"{files_dir(run)}/{CODE_DIR}"
+    found: dict[str, int] = {}
+    for pattern in patterns:
+        base, depth = glob_base(pattern)
+        folder = f"{code}/{base}" if base else code
+        if not shell.exists(folder):
+            continue
+        for name, size in shell.list_files(folder, max_depth=depth):
+            path = f"{base}/{name}" if base else name
+            if glob_match(path, pattern):
+                found[path] = size
+    return sorted(found.items())
 
 
 def code_files(code: dict[str, bytes]) -> Files:

@@ -18,12 +18,13 @@ from hpcjob.clock import utc_now
 from hpcjob.errors import EXIT_USAGE, HpcjobError
 from hpcjob.jobstate import JobState
 from hpcjob.ledger.records import Run
+from hpcjob.render import SNAPSHOT_MARKER, snapshot_dir
 from hpcjob.resources import workload_files
 from hpcjob.run.context import Context
 from hpcjob.run.lock import SubmitterLock
 from hpcjob.run.origin import record_origin, run_files
 from hpcjob.run.prepare import Prepared
-from hpcjob.run.rundir import code_files, output_path, staging
+from hpcjob.run.rundir import Files, code_files, output_path, staging
 from hpcjob.spec import array_task_ids
 from hpcjob.sweep import task_specs
 
@@ -46,11 +47,32 @@ def submit(
             ctx.ledger.set_max_requeues(run.run_id, auto_requeue)
         with staging(ctx, run):
             origin = record_origin(ctx, run, prepared, project)  # provenance, SBU estimate
-            # One write for all files: over SSH one command instead of ~5 round trips per file.
             # Before submitting: Slurm fails a job whose output directory is missing.
-            ctx.scheduler.shell.write_files(run.run_dir, run_files(ctx, prepared, origin))
+            _stage(ctx, run, prepared, run_files(ctx, prepared, origin))
         run = hand_over(ctx, run)  # sbatch with the token; unclear failures checked by token
         return add_array_tasks(ctx, run)
+
+
+def _stage(ctx: Context, run: Run, prepared: Prepared, files: Files) -> None:
+    """Write the run directory in one go (over SSH one command instead of ~5 round trips per
+    file). A program's code snapshot is stored once per content beside the run directories: it
+    is uploaded only when it is not there yet, and its marker goes with the run's files."""
+    shell = ctx.scheduler.shell
+    program = prepared.spec.program
+    if program is None or not program.snapshot or prepared.snapshot is None:
+        shell.write_files(run.run_dir, files)
+        return
+    folder = snapshot_dir(run.run_dir, program.snapshot)
+    if not shell.exists(f"{folder}/{SNAPSHOT_MARKER}"):
+        shell.write_files(folder, prepared.snapshot)
+    root, name = run.run_dir.rstrip("/").rsplit("/", 1)
+    marker = {"sha256": program.snapshot, "files": len(prepared.snapshot), "run_id": run.run_id}
+    together: Files = {f"{name}/{path}": value for path, value in files.items()}
+    together[f".snapshots/{program.snapshot}/{SNAPSHOT_MARKER}"] = (
+        json.dumps(marker).encode(),
+        0o644,
+    )
+    shell.write_files(root, together)
 
 
 def hand_over(ctx: Context, run: Run) -> Run:
@@ -131,9 +153,17 @@ def resubmit(ctx: Context, ref: str) -> tuple[Run, bool]:
 def _restage(ctx: Context, run: Run) -> None:
     """Write the run directory again from the ledger (a first attempt may have left nothing)."""
     shell = ctx.scheduler.shell
+    staged = shell.exists(f"{run.run_dir}/run.json")
+    if run.spec.get("program") and not staged:
+        # The config copies and the code snapshot are not in the ledger: only a new submit has
+        # them.
+        raise HpcjobError(
+            f"Run {run.run_id} runs your own code, and its files never reached {run.run_dir}.",
+            hint="Submit it anew (the same `hpcjob submit …`); nothing of it was queued.",
+        )
     files = code_files(workload_files())
     files["job.sh"] = (run.script.encode(), 0o755)
-    if not shell.exists(f"{run.run_dir}/run.json"):
+    if not staged:
         meta: dict[str, Any] = {
             "run_id": run.run_id,
             "token": run.token,

@@ -129,6 +129,15 @@ def fingerprint(request: EnvRequest) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
 
+def requirements_sha256(text: str) -> str:
+    """sha256 of what a requirements text asks for: each line stripped, comments and blank lines
+    left out, so a reworded comment is no change. Recorded in the venv's marker, so `submit` can
+    tell when a project's requirements have moved on from its venv."""
+    lines = [ln.split(" #", 1)[0].strip() for ln in text.splitlines()]
+    kept = [ln for ln in lines if ln and not ln.startswith("#")]
+    return hashlib.sha256("\n".join(kept).encode()).hexdigest()
+
+
 def environment_key(modules: Sequence[str], python: str) -> str:
     """What ties a venv to a profile: its modules and Python. Stored in the marker so `submit`
     can tell when the profile has moved on from the venv."""
@@ -161,6 +170,7 @@ def render_setup_script(request: EnvRequest) -> str:
         python=shell_quote(request.python),
         fingerprint=shell_quote(fingerprint(request)),
         environment=shell_quote(environment_key(request.modules, request.python)),
+        requirements_sha256=shell_quote(requirements_sha256(request.requirements)),
         installer=shell_quote(request.installer),
         force="1" if request.force else "0",
         modules=modules,
@@ -229,9 +239,10 @@ import importlib, importlib.metadata, json, os, sys, time
     + _VENV_SIZE
     + r"""
 prefix, marker, fingerprint, action, install_s, installer, venv, environment = sys.argv[1:9]
+requirements_sha256 = sys.argv[9]
 result = {"ok": True, "action": action, "installer": installer, "install_s": float(install_s),
           "python_version": "%d.%d.%d" % sys.version_info[:3], "packages": []}
-for pair in sys.argv[9:]:
+for pair in sys.argv[10:]:
     dist, _, module = pair.partition("=")
     entry = {"name": dist, "module": module, "ok": True}
     try:
@@ -255,6 +266,7 @@ if result["ok"] and action != "verify":
     tmp = marker + ".tmp"
     with open(tmp, "w") as handle:
         json.dump({"fingerprint": fingerprint, "environment": environment,
+                   "requirements_sha256": requirements_sha256,
                    "python_version": result["python_version"],
                    "installer": installer, "written_at": time.strftime("%Y-%m-%dT%H:%M:%SZ",
                    time.gmtime())}, handle)
@@ -434,7 +446,8 @@ fi
 
 step verify
 "$venv_dir/bin/python" - "$prefix" "$marker" "$fingerprint" "$action" \\
-    "$((SECONDS - start))" "$used" "$venv_dir" {environment} {checks} <<'HPCJOB_VERIFY'
+    "$((SECONDS - start))" "$used" "$venv_dir" {environment} {requirements_sha256} \\
+    {checks} <<'HPCJOB_VERIFY'
 {verify}HPCJOB_VERIFY
 }}
 

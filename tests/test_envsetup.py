@@ -20,14 +20,16 @@ from hpcjob.envscript import (
     RESULT_PREFIX,
     EnvRequest,
     EnvResult,
+    environment_key,
     fingerprint,
     import_name,
     parse_result,
     render_setup_script,
     requirement_names,
+    requirements_sha256,
 )
 from hpcjob.errors import HpcjobError
-from tests.helpers import bash_wait_for, invoke, process_gone, wait_until
+from tests.helpers import ReplayShell, bash_wait_for, invoke, process_gone, wait_until
 
 SYSTEM_PYTHON = "/usr/bin/python3"
 BASE = EnvRequest(venv="~/hpcjob/venv", python="python3", modules=("2025",), requirements="six\n")
@@ -125,6 +127,7 @@ def test_script_builds_a_hostile_venv_path_and_skips_when_up_to_date(tmp_path: P
     assert (venv / "bin" / "python").exists()
     marker = json.loads((venv / ".hpcjob-env.json").read_text())
     assert marker["fingerprint"] == fingerprint(request)
+    assert marker["requirements_sha256"] == requirements_sha256("")
     assert not list(tmp_path.rglob("PWNED*"))
     again = subprocess.run(["bash", str(run_dir / "setup-env.sh")], capture_output=True, text=True)
     assert parse_result(again.stdout).up_to_date
@@ -186,6 +189,36 @@ def test_summary_explains_cuda_on_a_login_node() -> None:
     assert rows["result"] == "created, verified" and rows["torch build"] == "CUDA 12.4"
     assert "expected on a login node" in rows["cuda available"]
     assert "2.5% of 200 GiB" in rows["venv size"] and "5.0% of 1M" in rows["venv size"]
+
+
+def test_venv_warning_names_requirements_the_venv_does_not_hold(tmp_path: Path) -> None:
+    """`submit` of a project workload passes its requirements: a venv set up for others is
+    named; a marker from before markers held requirements cannot tell, and says nothing."""
+    from hpcjob.config import Profile, Settings
+    from hpcjob.env.setup import venv_warning
+    from hpcjob.run.context import Context
+    from hpcjob.scheduler.slurm import SlurmScheduler
+
+    shell = ReplayShell({})
+    ctx = Context(Settings(tmp_path), Profile("snellius", {"venv": "~/venv", "modules": ["2025"]}))
+    ctx._scheduler = SlurmScheduler(shell, "slurm:test")
+    marker = {
+        "fingerprint": "f",
+        "environment": environment_key(["2025"], "python3"),
+        "requirements_sha256": requirements_sha256("torch\nnumpy\n"),
+    }
+    shell.files["/home/u/venv/.hpcjob-env.json"] = json.dumps(marker).encode()
+    assert venv_warning(ctx) is None
+    assert venv_warning(ctx, requirements="# ours\ntorch\nnumpy\n") is None
+    warning = venv_warning(ctx, requirements="torch\nnumpy\npandas\n")
+    assert warning is not None
+    assert "does not hold the project's current requirements" in warning
+    assert "hpcjob setup-env --profile snellius" in warning
+    del marker["requirements_sha256"]
+    shell.files["/home/u/venv/.hpcjob-env.json"] = json.dumps(marker).encode()
+    assert venv_warning(ctx, requirements="pandas\n") is None
+    del shell.files["/home/u/venv/.hpcjob-env.json"]
+    assert "was not set up by hpcjob setup-env" in (venv_warning(ctx, requirements="x") or "")
 
 
 def _config(home: Path, body: str) -> None:
@@ -502,7 +535,7 @@ def test_verify_and_disk_probe_measure_the_venv_alike(tmp_path: Path) -> None:
     disk = json.loads("{" + run(_DISK, str(venv), str(venv), str(tmp_path)).lstrip(", ") + "}")
     assert (disk["venv_bytes"], disk["venv_files"]) == (111 + link, 4)
     assert disk["disk"][0]["what"] == "venv"
-    args = ("P:", "m", "f", "verify", "0", "pip", str(venv), "e")
+    args = ("P:", "m", "f", "verify", "0", "pip", str(venv), "e", "r")
     verify = parse_result(run(_VERIFY, *args).replace("P:", RESULT_PREFIX, 1))
     assert (verify.venv_bytes, verify.venv_files) == (111 + link, 4)
     assert verify.ok and not (venv / "m").exists()  # `verify` writes no marker

@@ -81,7 +81,16 @@ def setup_env(
     profile: ProfileOpt = None,
     requirements: Annotated[
         str | None,
-        typer.Option(help="Requirements file to install (default: the workloads' own)."),
+        typer.Option(
+            help="Requirements file to install (default: your project's, else the workloads')."
+        ),
+    ] = None,
+    project: Annotated[
+        str | None,
+        typer.Option(
+            help="Your project's folder, whose requirements are installed (default: the one "
+            "whose hpcjob.toml is found from here)."
+        ),
     ] = None,
     editable: Annotated[
         str | None, typer.Option(help="A project folder on the cluster to `pip install -e`.")
@@ -110,8 +119,8 @@ def setup_env(
     from hpcjob.env.setup import request_for
     from hpcjob.env.setup import setup_env as run_setup
 
-    text = _requirements_text(requirements)
     sink = Sink(json_out)
+    text, source = _requirements_text(requirements, project, sink)
     with session(profile) as context:
         request = request_for(
             context,
@@ -136,19 +145,55 @@ def setup_env(
             print_pairs(report.summary_rows(done.result, done.gpu), title=f"venv {request.venv}")
             sink.say(f"Recorded as run {done.run.run_id}.")
 
-        sink.result(report.result_json(done), human)
+        sink.result({**report.result_json(done), "requirements_from": source}, human)
         if done.gpu is not None and not done.gpu.ok:
             raise report.gpu_error(done.gpu)
 
 
-def _requirements_text(path: str | None) -> str:
-    """--requirements, or the workloads' own requirements.txt."""
+def _requirements_text(path: str | None, project: str | None, sink: Sink) -> tuple[str, str]:
+    """What setup-env installs, and where it came from in words: --requirements, else the
+    project's (hpcjob.toml found from --project or here), else the workloads' own."""
     from hpcjob.resources import workload_files
 
-    if path is None:
-        return workload_files()["requirements.txt"].decode()
-    try:
-        with open(path, encoding="utf-8") as handle:
-            return handle.read()
-    except OSError as exc:
-        raise HpcjobError(f"Cannot read {path}: {exc.strerror}.", exit_code=2) from exc
+    if path is not None:
+        try:
+            with open(path, encoding="utf-8") as handle:
+                return handle.read(), path
+        except OSError as exc:
+            raise HpcjobError(f"Cannot read {path}: {exc.strerror}.", exit_code=2) from exc
+    found = _project_requirements(project, sink)
+    if found is not None:
+        return found
+    return workload_files()["requirements.txt"].decode(), "the built-in workloads' requirements"
+
+
+def _project_requirements(folder: str | None, sink: Sink) -> tuple[str, str] | None:
+    """The project's requirements; None outside a project, or (said) when it names none."""
+    from pathlib import Path
+
+    from rich.markup import escape
+
+    from hpcjob.project.projectfile import find_project_file, load_project
+    from hpcjob.project.requirements import notes, project_requirements
+
+    start = Path(folder).expanduser() if folder else Path.cwd()
+    if not start.is_dir():
+        raise HpcjobError(f"--project {folder!r} is not a folder.", exit_code=2)
+    found = find_project_file(start)
+    if found is None and folder is None:
+        return None  # not in a project: the built-in workloads, as always
+    project = load_project(found) if found is not None else None
+    root = project.root if project is not None else start.resolve()
+    chosen = project_requirements(root, project)
+    if chosen is None:
+        said = (
+            f"Project {root} names no requirements (no requirements.txt, [project.dependencies] "
+            "or [project] requirements): installing the built-in workloads' requirements."
+        )
+        sink.say(escape(said))
+        return None
+    text, source = chosen
+    sink.say(f"Requirements of project {escape(str(root))}: {escape(source)}.")
+    for note in notes(text):
+        sink.say(f"  {escape(note)}")
+    return text, f"{source} in {root}"

@@ -34,6 +34,7 @@ from hpcjob.envscript import (
     parse_result,
     render_setup_script,
     requirement_names,
+    requirements_sha256,
 )
 from hpcjob.errors import EXIT_USAGE, HpcjobError
 from hpcjob.jobstate import JobInfo, JobState
@@ -69,9 +70,12 @@ class SetupDisplay(Protocol):
 # -- checks before anything runs ------------------------------------------------------------------
 
 
-def venv_warning(ctx: Context) -> str | None:
+def venv_warning(ctx: Context, requirements: str | None = None) -> str | None:
     """A sentence when the profile's venv was never set up, never finished, or was set up for
-    other modules or another Python than the profile names now; None when it matches."""
+    other modules or another Python than the profile names now, or — given the `requirements`
+    text a project's workload needs — does not hold those requirements; None when it matches.
+
+    A marker from before markers recorded their requirements cannot tell, and says nothing."""
     venv = ctx.profile.get("venv")
     if not venv or ctx.scheduler.jobs_run_here:
         return None
@@ -92,6 +96,13 @@ def venv_warning(ctx: Context) -> str | None:
         return (
             f"The venv {venv} was set up for other modules or another Python than profile "
             f"{ctx.profile.name} names now; {fix}."
+        )
+    held = stored.get("requirements_sha256")
+    if requirements is not None and held is not None and held != requirements_sha256(requirements):
+        return (
+            f"The venv {venv} does not hold the project's current requirements (they changed "
+            f"after its last setup-env): the job may fail with ModuleNotFoundError; run "
+            f"`hpcjob setup-env --profile {ctx.profile.name}` in the project's folder first."
         )
     return None
 

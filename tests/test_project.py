@@ -294,3 +294,16 @@ def test_a_built_in_workload_still_runs_inside_a_project_and_show_says_so(
     assert run["state"] == "COMPLETED"
     assert "program" not in shown(cli, run["run_id"])["spec"]
     assert "gpu-check (built-in" in cli("show", run["run_id"]).stdout
+
+
+def test_right_after_init_the_course_trainer_runs_for_the_epochs_asked(
+    cli: Invoke, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = course_project(tmp_path / "fresh")
+    monkeypatch.chdir(root)
+    assert cli("init").exit_code == 0
+    run = submit(cli, "train", "--epochs", "3", "--wait")
+    assert run["state"] == "COMPLETED"
+    detail = shown(cli, run["run_id"])
+    assert set(metric(detail, "val_loss")) == {1, 2, 3}
+    assert detail["spec"]["args"] == {"training.epochs": 3}

@@ -157,21 +157,31 @@ def _submit_or_render(
         elif dry_run:
             _show_dry_run(context, sink, prepared)
         else:
-            root = plan.project.root if plan is not None and plan.project else None
-            _submit(context, sink, prepared, requeues, folder or root, wait)
+            _submit(context, sink, prepared, requeues, plan, folder, wait)
 
 
 def _submit(
-    context: Any, sink: Sink, prepared: Any, requeues: int, project: Path | None, wait: bool
+    context: Any,
+    sink: Sink,
+    prepared: Any,
+    requeues: int,
+    plan: Any,
+    folder: Path | None,
+    wait: bool,
 ) -> None:
     from hpcjob.env.setup import venv_warning
     from hpcjob.insight.explain import estimate_text, program_label
+    from hpcjob.project.requirements import project_requirements
     from hpcjob.run.submit import submit
 
-    warning = venv_warning(context)
+    project = plan.project if plan is not None else None
+    # A program's venv must hold its project's requirements (setup-env installs them).
+    needs = project_requirements(project.root, project) if project is not None else None
+    warning = venv_warning(context, requirements=needs[0] if needs else None)
     if warning:
         context.notes.append(warning)
-    run = submit(context, prepared, auto_requeue=requeues, project=project)
+    provenance = folder or (project.root if project is not None else None)
+    run = submit(context, prepared, auto_requeue=requeues, project=provenance)
     try:
         sink.say(
             f"Submitted [bold]{run.workload}[/]{program_label(run.spec)} as job "

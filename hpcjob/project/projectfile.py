@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from hpcjob.errors import EXIT_USAGE, HpcjobError
+from hpcjob.project.snapshot import check_patterns
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -176,6 +177,11 @@ def parse_project(text: str, path: Path) -> Project:
     for key in ("requirements", "exclude"):
         if not all(isinstance(item, str) and item.strip() for item in meta.get(key, [])):
             problems.append(f"line {lines.of('project', key)}: {key} must be a list of strings")
+            meta.pop(key, None)
+    try:
+        check_patterns(meta.get("exclude", ()))
+    except HpcjobError as exc:
+        problems.append(f"line {lines.of('project', 'exclude')}: {exc.message}")
     if problems:
         raise HpcjobError(
             f"{path} has problems:\n" + "\n".join(f"  - {p}" for p in problems),

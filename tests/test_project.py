@@ -307,3 +307,17 @@ def test_right_after_init_the_course_trainer_runs_for_the_epochs_asked(
     detail = shown(cli, run["run_id"])
     assert set(metric(detail, "val_loss")) == {1, 2, 3}
     assert detail["spec"]["args"] == {"training.epochs": 3}
+
+
+def test_a_data_dir_option_sets_the_config_key_the_project_maps_it_to(
+    cli: Invoke, project: Path, tmp_path: Path
+) -> None:
+    (project / "hpcjob.toml").write_text(PROJECT_FILE + 'data_dir = "data.data_path"\n')
+    data = tmp_path / "pcam"
+    data.mkdir()
+    run = submit(cli, "train", "--epochs", "1", "--data-dir", str(data), "--wait")
+    run_dir = Path(shown(cli, run["run_id"])["run_dir"])
+    used = yaml.safe_load((run_dir / "config" / "train_config.yaml").read_text())
+    assert used["data"]["data_path"] == str(data)
+    result = cli("submit", "train", "--data-dir", str(tmp_path / "missing"))
+    assert result.exit_code == 2 and "does not exist" in result.stderr

@@ -82,6 +82,12 @@ def prepare(
     """Fill the request from the profile, validate it (against the live cluster's partitions
     unless `check_cluster` is off, as for `render`), render the script."""
     spec = build_spec(_filled(ctx, request))
+    program = spec.program
+    if program is not None and spec.data_dir and "data_dir" in program.options:
+        # The project maps the data folder to a config key: --data-dir (or the profile's) sets it.
+        spec = dataclasses.replace(
+            spec, args={**spec.args, program.options["data_dir"]: spec.data_dir}
+        )
     if sweep is not None:
         spec = sweep.apply(spec)  # the swept arguments are each task's own
     files: Files = {}

@@ -321,3 +321,13 @@ def test_a_data_dir_option_sets_the_config_key_the_project_maps_it_to(
     assert used["data"]["data_path"] == str(data)
     result = cli("submit", "train", "--data-dir", str(tmp_path / "missing"))
     assert result.exit_code == 2 and "does not exist" in result.stderr
+
+
+def test_compare_shows_the_config_values_each_run_used(cli: Invoke, project: Path) -> None:
+    plain = submit(cli, "train", "--epochs", "1", "--wait")
+    faster = submit(cli, "train", "--epochs", "1", "--lr", "3e-3", "--wait")
+    result = cli("compare", plain["run_id"], faster["run_id"], "--json")
+    assert result.exit_code == 0, result.stderr
+    rows = {row["setting"]: row["values"] for row in result.json()["settings"]}
+    assert rows["training.learning_rate"] == {plain["run_id"]: 0.001, faster["run_id"]: 3e-3}
+    assert "training.epochs" not in rows  # the same in both

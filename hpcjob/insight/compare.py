@@ -20,6 +20,8 @@ def settings(detail: Mapping[str, Any]) -> dict[str, Any]:
     spec = detail.get("spec") or {}
     res = spec.get("resources") or {}
     found: dict[str, Any] = {"workload": detail.get("workload"), "profile": detail.get("profile")}
+    # A program's config values (what it used), then what was set or swept.
+    found.update(spec.get("config_values") or {})
     found.update({name: value for name, value in (spec.get("args") or {}).items()})
     found.update({name: res.get(name) for name in _RESOURCES})
     found["data_dir"] = spec.get("data_dir")

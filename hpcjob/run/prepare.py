@@ -16,7 +16,7 @@ from hpcjob.render import RenderContext, render_script, script_hash, template_di
 from hpcjob.resources import workload_files
 from hpcjob.run.context import Context, cached_partitions, run_root
 from hpcjob.run.rundir import Files
-from hpcjob.spec import JobSpec, SpecRequest, build_spec, check_against_partitions
+from hpcjob.spec import JobSpec, Program, SpecRequest, build_spec, check_against_partitions
 from hpcjob.sweep import Sweep
 
 PCAM_SPLIT_FILE = "camelyonpatch_level_2_split_{split}_{xy}.h5"
@@ -91,9 +91,11 @@ def prepare(
     if sweep is not None:
         spec = sweep.apply(spec)  # the swept arguments are each task's own
     files: Files = {}
+    values: dict[str, Any] = {}
     if spec.program is not None and spec.program.config:
         base = (program_files or ProgramFiles()).config_base
         files = config_files(spec.program.config, base, spec.args, sweep)
+        values = config_values(spec.program, base, spec.args)
     if check_data and spec.data_dir and ctx.scheduler.jobs_run_here:
         check_local_data(spec)
     if check_cluster:
@@ -113,6 +115,10 @@ def prepare(
         run_dir="",
     )
     extras = dict(extra or {})
+    if values:
+        # The config's values of the keys the project maps to options, and of those overridden:
+        # `compare` and `show` read what a run used, not only what was changed.
+        extras["config_values"] = values
     if sweep is not None:
         sweep = dataclasses.replace(sweep, sweep_id=sweep.sweep_id or new.run_id)
         extras["sweep"] = sweep.to_dict()
@@ -135,6 +141,26 @@ def prepare(
         files=files,
         snapshot=snapshot,
     )
+
+
+def config_values(
+    program: Program, base: bytes | None, overrides: dict[str, Any]
+) -> dict[str, Any]:
+    """The values this run's config has for the mapped and overridden keys (a sweep's swept keys
+    are each task's own, in its arguments)."""
+    from hpcjob.project.configfile import apply_overrides, get_key, load_config
+
+    if base is None or not program.config:
+        return {}
+    given = {key: value for key, value in overrides.items() if value is not None}
+    config = apply_overrides(load_config(program.config, base), given, name=program.config)
+    found = {}
+    for key in dict.fromkeys([*program.options.values(), *given]):
+        try:
+            found[key] = get_key(config, key)
+        except KeyError:
+            continue
+    return found
 
 
 def config_files(

@@ -331,3 +331,24 @@ def test_compare_shows_the_config_values_each_run_used(cli: Invoke, project: Pat
     rows = {row["setting"]: row["values"] for row in result.json()["settings"]}
     assert rows["training.learning_rate"] == {plain["run_id"]: 0.001, faster["run_id"]: 3e-3}
     assert "training.epochs" not in rows  # the same in both
+
+
+def test_without_a_project_file_an_unknown_workload_points_at_init(
+    cli: Invoke, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(course_project(tmp_path / "bare"))
+    result = cli("submit", "trainer")
+    assert result.exit_code == 2
+    assert "built-in: eda, gpu-check, setup-env, train" in result.stderr
+    assert "hpcjob init" in result.stderr
+
+
+def test_an_array_of_the_projects_workload_gives_each_task_its_own_working_copy(
+    cli: Invoke, project: Path
+) -> None:
+    parent = submit(cli, "train", "--epochs", "1", "--array", "0-1", "--wait")
+    assert parent["state"] == "COMPLETED"
+    run_dir = Path(shown(cli, parent["run_id"])["run_dir"])
+    for task in (0, 1):
+        result = run_dir / f"task-{task}" / "code/experiments/results/mlp_baseline/metrics.csv"
+        assert result.read_text().startswith("epoch,train_loss")

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from hpcjob.errors import EXIT_USAGE, HpcjobError
-from hpcjob.project.snapshot import check_patterns
+from hpcjob.project.snapshot import check_patterns, glob_regex
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -362,7 +362,7 @@ def glob_match(path: str, pattern: str) -> bool:
     `**` any number of folders; a pattern without `/` matches the file name at any depth."""
     if "/" not in pattern:
         pattern = "**/" + pattern
-    return _glob_regex(pattern).fullmatch(path) is not None
+    return re.fullmatch(glob_regex(pattern), path) is not None
 
 
 def glob_base(pattern: str) -> tuple[str, int]:
@@ -379,25 +379,3 @@ def glob_base(pattern: str) -> tuple[str, int]:
     rest = parts[len(fixed) :]
     depth = 64 if "**" in rest else len(rest)
     return "/".join(fixed), depth
-
-
-def _glob_regex(pattern: str) -> re.Pattern[str]:
-    out = []
-    index = 0
-    while index < len(pattern):
-        if pattern.startswith("**/", index):
-            out.append("(?:.*/)?")
-            index += 3
-        elif pattern.startswith("**", index):
-            out.append(".*")
-            index += 2
-        elif pattern[index] == "*":
-            out.append("[^/]*")
-            index += 1
-        elif pattern[index] == "?":
-            out.append("[^/]")
-            index += 1
-        else:
-            out.append(re.escape(pattern[index]))
-            index += 1
-    return re.compile("".join(out))

@@ -158,10 +158,11 @@ def _compile(pattern: str) -> tuple[bool, bool, re.Pattern[str]]:
     dir_only = pattern.endswith("/")
     body = pattern.rstrip("/")
     anchored = "/" in body  # a slash at the start or in the middle, as in gitignore
-    return dir_only, anchored, re.compile(_glob_regex(body.lstrip("/")))
+    return dir_only, anchored, re.compile(glob_regex(body.lstrip("/")))
 
 
-def _glob_regex(glob: str) -> str:
+def glob_regex(glob: str) -> str:
+    """A glob as a regular expression: `*`/`?` within a folder, `**` across, `[...]` a class."""
     out: list[str] = []
     i = 0
     while i < len(glob):

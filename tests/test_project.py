@@ -352,3 +352,17 @@ def test_an_array_of_the_projects_workload_gives_each_task_its_own_working_copy(
     for task in (0, 1):
         result = run_dir / f"task-{task}" / "code/experiments/results/mlp_baseline/metrics.csv"
         assert result.read_text().startswith("epoch,train_loss")
+
+
+def test_fetch_copies_what_the_globs_name_and_not_the_code(
+    cli: Invoke, project: Path, tmp_path: Path
+) -> None:
+    submit(cli, "train", "--epochs", "1", "--wait")
+    dest = tmp_path / "fetched"
+    result = cli("fetch", "last", "--dest", str(dest), "--checkpoints")
+    assert result.exit_code == 0, result.stderr
+    got = {p.relative_to(dest).as_posix() for p in dest.rglob("*") if p.is_file()}
+    assert "code/experiments/results/mlp_baseline/metrics.csv" in got
+    assert "code/experiments/results/mlp_baseline/best_model.pt" in got
+    assert "config/train_config.yaml" in got
+    assert not any(name.startswith(("code/src/", "code/experiments/train.py")) for name in got)

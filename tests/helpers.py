@@ -321,6 +321,24 @@ def mode(path: Path) -> int:
 
 
 COURSE = Path(__file__).parent / "fixtures" / "course"
+# The course project's hpcjob.toml: its trainer as the workload `train`, options mapped to keys.
+COURSE_PROJECT_FILE = """\
+[project]
+name = "course"
+
+[workloads.train]
+command = ["python", "experiments/train.py", "--config", "{config}"]
+config = "experiments/configs/train_config.yaml"
+metrics = ["experiments/results/*/metrics.csv"]
+artifacts = ["experiments/results/*/*.pt"]
+time = "00:30:00"
+
+[workloads.train.options]
+epochs = "training.epochs"
+lr = "training.learning_rate"
+batch-size = "data.batch_size"
+seed = "seed"
+"""
 
 
 def course_project(dest: Path, *, git: bool = True) -> Path:

@@ -12,33 +12,15 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.helpers import course_project
+from tests.helpers import COURSE_PROJECT_FILE, course_project
 
 Invoke = Any
-
-PROJECT_FILE = """\
-[project]
-name = "course"
-
-[workloads.train]
-command = ["python", "experiments/train.py", "--config", "{config}"]
-config = "experiments/configs/train_config.yaml"
-metrics = ["experiments/results/*/metrics.csv"]
-artifacts = ["experiments/results/*/*.pt"]
-time = "00:30:00"
-
-[workloads.train.options]
-epochs = "training.epochs"
-lr = "training.learning_rate"
-batch-size = "data.batch_size"
-seed = "seed"
-"""
 
 
 @pytest.fixture
 def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     root = course_project(tmp_path / "course")
-    (root / "hpcjob.toml").write_text(PROJECT_FILE)
+    (root / "hpcjob.toml").write_text(COURSE_PROJECT_FILE)
     monkeypatch.chdir(root)
     return root
 
@@ -235,7 +217,7 @@ def test_a_snapshot_above_the_limit_is_refused_naming_the_largest_file(
     cli: Invoke, project: Path
 ) -> None:
     (project / "hpcjob.toml").write_text(
-        PROJECT_FILE.replace('name = "course"', 'name = "course"\nmax_snapshot_mb = 1')
+        COURSE_PROJECT_FILE.replace('name = "course"', 'name = "course"\nmax_snapshot_mb = 1')
     )
     (project / "weights.bin").write_bytes(os.urandom(2 * 1024 * 1024))
     result = cli("submit", "train")
@@ -245,14 +227,16 @@ def test_a_snapshot_above_the_limit_is_refused_naming_the_largest_file(
 
 
 def test_the_project_file_errors_name_the_line_and_the_key(cli: Invoke, project: Path) -> None:
-    (project / "hpcjob.toml").write_text(PROJECT_FILE.replace('time = "00:30:00"', "gpus = 'x'"))
+    (project / "hpcjob.toml").write_text(
+        COURSE_PROJECT_FILE.replace('time = "00:30:00"', "gpus = 'x'")
+    )
     result = cli("submit", "train")
     assert result.exit_code == 2
     assert "line 9: gpus must be a whole number" in result.stderr
-    (project / "hpcjob.toml").write_text(PROJECT_FILE + "[workloads.bad\n")
+    (project / "hpcjob.toml").write_text(COURSE_PROJECT_FILE + "[workloads.bad\n")
     result = cli("submit", "train")
     assert result.exit_code == 2 and "line 16" in result.stderr
-    (project / "hpcjob.toml").write_text(PROJECT_FILE.replace("{config}", "{confg}"))
+    (project / "hpcjob.toml").write_text(COURSE_PROJECT_FILE.replace("{config}", "{confg}"))
     result = cli("submit", "train")
     assert result.exit_code == 2 and "{confg} does not exist" in result.stderr
 
@@ -278,7 +262,7 @@ def test_a_project_outside_git_travels_as_a_folder_with_a_note(
     cli: Invoke, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     root = course_project(tmp_path / "plain", git=False)
-    (root / "hpcjob.toml").write_text(PROJECT_FILE)
+    (root / "hpcjob.toml").write_text(COURSE_PROJECT_FILE)
     monkeypatch.chdir(root)
     result = cli("submit", "train", "--epochs", "1", "--wait", "--json")
     assert result.exit_code == 0, result.stderr

@@ -32,8 +32,9 @@ from tests.integration.support import (
 )
 
 SYSTEM_PYTHON = "/usr/bin/python3"
+# The workloads' packages and hpcjob's own dependencies (pyproject.toml): hpcjob runs from here.
 USER_PACKAGES = ["torch==2.13.0", "h5py", "numpy", "matplotlib", "typer>=0.29,<0.30", "rich",
-                 "jinja2", "paramiko", "platformdirs"]  # fmt: skip
+                 "jinja2", "paramiko", "platformdirs", "pyyaml", "tomli-w"]  # fmt: skip
 
 
 @pytest.fixture(scope="session")

@@ -70,6 +70,7 @@ class UserSession:
     source: Path
     home: Path
     workdir: Path
+    profile_env: dict[str, str] = field(default_factory=dict)  # more HPCJOB_* for every call
 
     def env(self, extra: dict[str, str] | None = None) -> dict[str, str]:
         return {
@@ -81,6 +82,7 @@ class UserSession:
             "HPCJOB_PYTHON": self.python,
             "HPCJOB_REMOTE_ROOT": str(self.home / "runs"),
             "PYTHONPATH": str(self.source),
+            **self.profile_env,
             **(extra or {}),
         }
 
@@ -286,11 +288,18 @@ class Hpcjob:
 
 
 def ssh_hpcjob(
-    cluster: dict[str, str], ssh_login: SSHLogin, user_python: str, home: Path
+    cluster: dict[str, str],
+    ssh_login: SSHLogin,
+    user_python: str,
+    home: Path,
+    *,
+    cwd: Path | None = None,
+    remote_root: str | None = None,
 ) -> Hpcjob:
-    profile = ssh_profile(
-        cluster, python=user_python, remote_root=f"~/hpcjob/runs-laptop-{os.getpid()}"
-    )
+    """hpcjob on 'a laptop' (as root, HPCJOB_HOME `home`), run in `cwd` (default: `home`),
+    its runs in `remote_root` on the cluster (default: one folder per test process)."""
+    remote_root = remote_root or f"~/hpcjob/runs-laptop-{os.getpid()}"
+    profile = ssh_profile(cluster, python=user_python, remote_root=remote_root)
     write_config(home, profile)
     env = {
         "HOME": str(ssh_login.home),
@@ -300,7 +309,7 @@ def ssh_hpcjob(
         "PYTHONPATH": str(REPO),
     }
     python = str(REPO / ".venv" / "bin" / "python")
-    return Hpcjob(home, lambda *a: [python, "-m", "hpcjob", *a], env, home)
+    return Hpcjob(home, lambda *a: [python, "-m", "hpcjob", *a], env, cwd or home)
 
 
 # ------------------------------------------------------------------------------ processes

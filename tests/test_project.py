@@ -296,7 +296,7 @@ def test_right_after_init_the_course_trainer_runs_for_the_epochs_asked(
 def test_a_data_dir_option_sets_the_config_key_the_project_maps_it_to(
     cli: Invoke, project: Path, tmp_path: Path
 ) -> None:
-    (project / "hpcjob.toml").write_text(PROJECT_FILE + 'data_dir = "data.data_path"\n')
+    (project / "hpcjob.toml").write_text(COURSE_PROJECT_FILE + 'data_dir = "data.data_path"\n')
     data = tmp_path / "pcam"
     data.mkdir()
     run = submit(cli, "train", "--epochs", "1", "--data-dir", str(data), "--wait")
@@ -350,3 +350,14 @@ def test_fetch_copies_what_the_globs_name_and_not_the_code(
     assert "code/experiments/results/mlp_baseline/best_model.pt" in got
     assert "config/train_config.yaml" in got
     assert not any(name.startswith(("code/src/", "code/experiments/train.py")) for name in got)
+
+
+def test_a_bad_value_in_a_batch_script_is_refused_naming_the_script(
+    cli: Invoke, project: Path
+) -> None:
+    (project / "bad.sh").write_text("#!/bin/bash\n#SBATCH --time=1h\n#SBATCH -c 2\necho hi\n")
+    result = cli("submit", "bad.sh")
+    assert result.exit_code == 2
+    assert "'1h' is not a Slurm time" in result.stderr
+    assert "came from the #SBATCH lines of bad.sh" in result.stderr
+    assert cli("submit", "bad.sh", "--time", "5", "--dry-run").exit_code == 0

@@ -48,6 +48,9 @@ class Plan:
     project: Project | None = None
     workload: ProjectWorkload | None = None  # a workload of the project file
     notes: tuple[str, ...] = field(default=())
+    # The options a batch script's #SBATCH lines gave, and the script: named when refused.
+    from_script: tuple[str, ...] = ()
+    script: str | None = None
 
 
 def find_project(start: Path | None = None) -> Project | None:
@@ -72,6 +75,7 @@ def plan_program(request: SpecRequest, target: Target) -> Plan:
     root = _root(project, target.project_dir)
     name = target.name
     notes: list[str] = []
+    from_script: tuple[str, ...] = ()
     if name is None:
         if not target.extra:
             raise _unknown(None, project)
@@ -86,9 +90,15 @@ def plan_program(request: SpecRequest, target: Target) -> Plan:
         workload, has_code = rel, True
     elif name.endswith(".sh") or Path(name).is_file():
         rel = _inside(root, name)
+        before = request
         request, program, script_notes = _script(request, root, rel, target.extra)
         notes += script_notes
         workload, has_code = rel, True
+        from_script = tuple(
+            key
+            for key, value in dataclasses.asdict(request).items()
+            if value != getattr(before, key)
+        )
     else:
         raise _unknown(name, project)
     _refuse_config_options(request, target, workload)
@@ -109,7 +119,8 @@ def plan_program(request: SpecRequest, target: Target) -> Plan:
     )
     request = dataclasses.replace(request, workload=workload, program=program, args={})
     files = ProgramFiles(snapshot=dict(snapshot.files) if snapshot else None)
-    return Plan(request, files, project, None, tuple(notes))
+    script = program.command[1] if program.kind == "script" else None
+    return Plan(request, files, project, None, tuple(notes), from_script, script)
 
 
 def _project_plan(
@@ -421,12 +432,24 @@ def prepare_submit(
 
     request, sweep = sweep_request(plan.request, target.sweeps, target.max_parallel, parse)
     ctx.notes.extend(plan.notes)
-    prepared = prepare(
-        ctx,
-        request,
-        check_data=check_data,
-        check_cluster=check_cluster,
-        sweep=sweep,
-        program_files=plan.files,
-    )
+    try:
+        prepared = prepare(
+            ctx,
+            request,
+            check_data=check_data,
+            check_cluster=check_cluster,
+            sweep=sweep,
+            program_files=plan.files,
+        )
+    except HpcjobError as exc:
+        if not plan.from_script:
+            raise
+        # Say which values came from the script, so the user knows which lines to fix.
+        given = ", ".join("--" + key.replace("_", "-") for key in plan.from_script)
+        raise HpcjobError(
+            f"{exc.message}\n({given} came from the #SBATCH lines of {plan.script}; an option "
+            "on the command line wins over them.)",
+            hint=exc.hint,
+            exit_code=exc.exit_code,
+        ) from exc
     return prepared, plan

@@ -90,27 +90,17 @@ def plan_program(request: SpecRequest, target: Target) -> Plan:
         workload, has_code = rel, True
     elif name.endswith(".sh") or Path(name).is_file():
         rel = _inside(root, name)
-        before = request
-        request, program, script_notes = _script(request, root, rel, target.extra)
+        request, program, script_notes, from_script = _script(request, root, rel, target.extra)
         notes += script_notes
         workload, has_code = rel, True
-        from_script = tuple(
-            key
-            for key, value in dataclasses.asdict(request).items()
-            if value != getattr(before, key)
-        )
     else:
         raise _unknown(name, project)
     _refuse_config_options(request, target, workload)
     snapshot = _snapshot(root, project, notes) if has_code else None
     if snapshot is None and name is None:
         notes.append(f"{root} is not a project (no hpcjob.toml, not in git): no code travels.")
-    if snapshot is not None and name is not None and program.command[1] not in snapshot.files:
-        raise HpcjobError(
-            f"{name} is not part of the code snapshot of {root} (ignored by git or excluded?).",
-            hint="Commit or un-ignore it, or leave it out of exclude in hpcjob.toml.",
-            exit_code=EXIT_USAGE,
-        )
+    if snapshot is not None and name is not None:
+        _check_in_snapshot(name, program.command[1], root, snapshot.files)
     program = dataclasses.replace(
         program,
         project=project.name if project else None,
@@ -225,10 +215,21 @@ def config_sweep(
     )
 
 
+def _check_in_snapshot(name: str, rel: str, root: Path, files: Mapping[str, object]) -> None:
+    """The file to run must travel with the run."""
+    if rel not in files:
+        raise HpcjobError(
+            f"{name} is not part of the code snapshot of {root} (ignored by git or excluded?).",
+            hint="Commit or un-ignore it, or leave it out of exclude in hpcjob.toml.",
+            exit_code=EXIT_USAGE,
+        )
+
+
 def _script(
     request: SpecRequest, root: Path, rel: str, extra: Sequence[str]
-) -> tuple[SpecRequest, Program, list[str]]:
-    """The user's batch script: its #SBATCH options fill what the command line did not give."""
+) -> tuple[SpecRequest, Program, list[str], tuple[str, ...]]:
+    """The user's batch script: its #SBATCH options fill what the command line did not give
+    (also returned: the notes on what was dropped, and which options the script gave)."""
     from hpcjob.project.batchscript import read_batch_script
 
     path = root / rel
@@ -246,7 +247,8 @@ def _script(
         source=rel,
         sbatch_extra=tuple(script.extra),
     )
-    return request, program, [f"{rel}: {note}" for note in script.ignored]
+    notes = [f"{rel}: {note}" for note in (*script.ignored, *script.notes)]
+    return request, program, notes, tuple(filled)
 
 
 def _refuse_config_options(request: SpecRequest, target: Target, workload: str) -> None:

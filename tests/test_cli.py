@@ -195,6 +195,25 @@ def test_unknown_refs_and_empty_ledger(cli: Invoke) -> None:
         assert "Error:" in result.stderr and "Traceback" not in result.stderr
 
 
+def test_an_ambiguous_run_id_prefix_names_the_runs_it_matches(cli: Invoke) -> None:
+    from hpcjob.ledger.store import Ledger
+    from tests.helpers import new_run
+
+    ledger = Ledger(Path(os.environ["HPCJOB_HOME"]) / "ledger.db")
+    for i, workload in enumerate(("train", "eda", "gpu-check", "train")):
+        run = ledger.create_run(new_run(run_id=f"r0{i}cafe", workload=workload))
+        ledger.set_submitted(run.run_id, str(900 + i), "o")
+    ledger.close()
+    for args in (["show", "r0"], ["logs", "r0"], ["cancel", "r0"]):
+        result = cli(*args)
+        assert result.exit_code == 1, args
+        assert "'r0' is ambiguous" in result.stderr and "Traceback" not in result.stderr
+        assert "No run or job" not in result.stderr
+        for i in range(4):
+            assert f"r0{i}cafe" in result.stderr and f"job {900 + i}" in result.stderr
+        assert "gpu-check" in result.stderr and "PENDING" in result.stderr
+
+
 def test_damaged_ledger_is_a_sentence(cli: Invoke) -> None:
     home = Path(os.environ["HPCJOB_HOME"])
     home.mkdir(parents=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sqlite3
 import threading
 from pathlib import Path
@@ -68,6 +69,43 @@ def test_resolve_by_run_id_job_id_prefix_and_last() -> None:
     assert ledger.resolve(first.run_id).job_id == "7"
     with pytest.raises(HpcjobError, match="No run or job"):
         ledger.resolve("12345")
+
+
+def test_an_ambiguous_run_id_prefix_lists_the_runs_it_matches() -> None:
+    ledger = Ledger(":memory:")
+    for i, workload in enumerate(("train", "eda", "gpu-check", "train")):
+        run = ledger.create_run(new_run(run_id=f"r0{i}aaaa", workload=workload))
+        ledger.set_submitted(run.run_id, str(700 + i), "o")
+    ledger.create_run(new_run(run_id="r1bbbbb", workload="eda"))
+    with pytest.raises(HpcjobError) as refused:
+        ledger.resolve("r0")
+    err = refused.value
+    assert "'r0' is ambiguous" in err.message and "4 runs" in err.message
+    assert "No run or job" not in err.message
+    lines = err.message.splitlines()[1:]
+    assert len(lines) == 4
+    # Newest first, each with its job id, workload, state and when it was created.
+    assert [line.split()[0] for line in lines] == ["r03aaaa", "r02aaaa", "r01aaaa", "r00aaaa"]
+    assert lines[1].split()[:5] == ["r02aaaa", "job", "702", "gpu-check", "PENDING"]
+    assert all(re.search(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", line) for line in lines)
+    assert err.hint is not None and "more of the run id" in err.hint
+    # A prefix that matches one run still finds it, however short.
+    assert ledger.resolve("r1").run_id == "r1bbbbb"
+    assert ledger.resolve("r02").run_id == "r02aaaa"
+
+
+def test_an_ambiguous_prefix_shows_at_most_ten_runs_and_counts_the_rest() -> None:
+    ledger = Ledger(":memory:")
+    for i in range(13):
+        ledger.create_run(new_run(run_id=f"r5{i:02d}aaa"))
+    with pytest.raises(HpcjobError) as refused:
+        ledger.resolve("r5")
+    lines = refused.value.message.splitlines()
+    assert "13 runs" in lines[0]
+    assert sum(line.lstrip().startswith("r5") for line in lines) == 10
+    assert lines[-1].strip() == "… 3 more"
+    # A run that has no job id yet says so.
+    assert "no job yet" in lines[1]
 
 
 def test_empty_ledger_has_a_friendly_last() -> None:

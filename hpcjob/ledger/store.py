@@ -366,17 +366,49 @@ class Ledger:
                 "ORDER BY (cluster = ?) DESC, created_at DESC, rowid DESC LIMIT 1",
                 (ref, cluster or ""),
             ).fetchone()
-        if row is None and len(ref) >= 3 and ref.startswith("r"):
+        if row is None and len(ref) >= 2 and ref.startswith("r"):
+            # Newest first; one more than is shown, to tell "ambiguous" and count the rest.
             rows = self.db.execute(
-                "SELECT * FROM runs WHERE run_id LIKE ? LIMIT 2", (ref + "%",)
+                "SELECT * FROM runs WHERE run_id LIKE ? ESCAPE '\\' "
+                "ORDER BY created_at DESC, rowid DESC LIMIT ?",
+                (_like_prefix(ref), _AMBIGUOUS_SHOWN + 1),
             ).fetchall()
-            row = rows[0] if len(rows) == 1 else None
+            if len(rows) > 1:
+                raise self._ambiguous(ref, [_run(r) for r in rows])
+            row = rows[0] if rows else None
         if row is None:
             raise HpcjobError(
                 f"No run or job {ref!r} in the ledger.",
                 hint="`hpcjob runs` lists them; use a job id, a run id or `last`.",
             )
         return _run(row)
+
+    def _ambiguous(self, ref: str, shown: list[Run]) -> HpcjobError:
+        """The error for a prefix of several run ids: the newest few of them, and how many more."""
+        total = self.db.execute(
+            "SELECT COUNT(*) FROM runs WHERE run_id LIKE ? ESCAPE '\\'", (_like_prefix(ref),)
+        ).fetchone()[0]
+        rows = [
+            (
+                run.run_id,
+                f"job {run.job_id}" if run.job_id else "no job yet",
+                run.workload,
+                run.state.value,
+                f"created {run.created_at}",
+            )
+            for run in shown[:_AMBIGUOUS_SHOWN]
+        ]
+        widths = [max(len(row[i]) for row in rows) for i in range(4)]
+        lines = [
+            "  " + "  ".join([*(row[i].ljust(widths[i]) for i in range(4)), row[4]]) for row in rows
+        ]
+        if total > _AMBIGUOUS_SHOWN:
+            lines.append(f"  … {total - _AMBIGUOUS_SHOWN} more")
+        return HpcjobError(
+            f"{ref!r} is ambiguous: it starts the run ids of {total} runs (newest first):\n"
+            + "\n".join(lines),
+            hint="Give more of the run id, or the job id (`hpcjob runs` lists them).",
+        )
 
     def unfinished(self, profile: str) -> list[Run]:
         """Runs of a profile whose state may still change."""
@@ -504,6 +536,16 @@ def _history(
         "INSERT INTO state_history (run_id, state, at, source, detail) VALUES (?, ?, ?, ?, ?)",
         (run_id, state.value, at, source, detail),
     )
+
+
+# An ambiguous run-id prefix lists at most this many of the runs it matches.
+_AMBIGUOUS_SHOWN = 10
+
+
+def _like_prefix(ref: str) -> str:
+    """A LIKE pattern for the run ids that start with `ref` (its `%`, `_` and `\\` literal)."""
+    escaped = ref.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return escaped + "%"
 
 
 def _run(row: sqlite3.Row) -> Run:

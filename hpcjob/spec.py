@@ -300,11 +300,15 @@ class SpecRequest:
 DATA_PLACEHOLDER = "/path/to/pcam"
 
 
-def build_spec(request: SpecRequest) -> JobSpec:
-    """Validate a request into a JobSpec, reporting every problem at once (exit 2)."""
+def build_spec(request: SpecRequest, partitions: Sequence[Partition] | None = None) -> JobSpec:
+    """Validate a request into a JobSpec, reporting every problem at once (exit 2): its values
+    and, given the cluster's partitions (from sinfo), whether it fits the partition."""
     problems: list[str] = []
     workload = _workload_def(request)
     resources = _build_resources(request, workload, problems)
+    fit: list[str] = []
+    if partitions is not None and _plain_word(request.partition):
+        fit = partition_problems(resources, partitions)
     if request.program is None:
         args = _build_args(request.args, workload, problems)
     else:  # config keys, checked against the config file (project/configfile.py)
@@ -319,10 +323,13 @@ def build_spec(request: SpecRequest) -> JobSpec:
         )
     if request.data_dir is not None and ("\n" in request.data_dir or "\0" in request.data_dir):
         problems.append("--data-dir must not contain a newline or NUL byte")
-    if problems:
+    if problems or fit:
+        hint = "Fix the values above; `hpcjob submit --help` lists every option"
+        if fit:
+            hint += ", `hpcjob partitions` each partition's limits and GPUs"
         raise HpcjobError(
-            "The job request has problems:\n" + "\n".join(f"  - {p}" for p in problems),
-            hint="Fix the values above; `hpcjob submit --help` lists every option.",
+            "The job request has problems:\n" + "\n".join(f"  - {p}" for p in problems + fit),
+            hint=hint + ".",
             exit_code=EXIT_USAGE,
         )
     if request.program is not None:
@@ -342,6 +349,12 @@ def build_spec(request: SpecRequest) -> JobSpec:
         data_dir=data_dir if workload.needs_data else None,
         stage_data=request.stage_data and workload.needs_data,
     )
+
+
+def _plain_word(partition: str | None) -> bool:
+    """None (the cluster's default), or a name the request check lets through: a name refused
+    there is not looked up among the partitions as well."""
+    return partition is None or bool(_WORD_RE.match(partition))
 
 
 def _workload_def(request: SpecRequest) -> WorkloadDef:
@@ -531,23 +544,22 @@ def workload_argv(spec: JobSpec) -> list[str]:
     return argv
 
 
-def check_against_partitions(spec: JobSpec, partitions: Sequence[Partition]) -> None:
-    """The request against the live cluster's partitions (from sinfo): name, time, GPUs."""
-    res = spec.resources
+def partition_problems(res: Resources, partitions: Sequence[Partition]) -> list[str]:
+    """What keeps the request from the live cluster's partitions (from sinfo): an unknown name
+    (with the closest one), a time above the limit, GPUs the partition's nodes do not have."""
     by_name = {p.name: p for p in partitions}
     if res.partition is None:
         default = next((p for p in partitions if p.is_default), None)
         if default is None:
-            return  # Slurm decides; nothing to check against
+            return []  # Slurm decides; nothing to check against
         part = default
     elif res.partition not in by_name:
         close = difflib.get_close_matches(res.partition, list(by_name), n=1, cutoff=0.5)
-        raise HpcjobError(
-            f"The cluster has no partition {res.partition!r}."
-            + (f" Did you mean {close[0]!r}?" if close else ""),
-            hint=f"Partitions you can use: {', '.join(sorted(by_name))} (`hpcjob partitions`).",
-            exit_code=EXIT_USAGE,
-        )
+        return [
+            f"--partition: the cluster has no partition {res.partition!r}."
+            + (f" Did you mean {close[0]!r}?" if close else "")
+            + f" Partitions you can use: {', '.join(sorted(by_name))}"
+        ]
     else:
         part = by_name[res.partition]
     problems = []
@@ -568,10 +580,4 @@ def check_against_partitions(spec: JobSpec, partitions: Sequence[Partition]) -> 
         problems.append(
             f"--cpus {res.cpus_per_task} is more than a {part.name} node has ({part.cpus_per_node})"
         )
-    if problems:
-        raise HpcjobError(
-            f"The request does not fit partition {part.name}:\n"
-            + "\n".join(f"  - {p}" for p in problems),
-            hint="`hpcjob partitions` shows each partition's limits and GPUs.",
-            exit_code=EXIT_USAGE,
-        )
+    return problems

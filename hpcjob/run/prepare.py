@@ -16,7 +16,7 @@ from hpcjob.render import RenderContext, render_script, script_hash, template_di
 from hpcjob.resources import workload_files
 from hpcjob.run.context import Context, cached_partitions, run_root
 from hpcjob.run.rundir import Files
-from hpcjob.spec import JobSpec, Program, SpecRequest, build_spec, check_against_partitions
+from hpcjob.spec import JobSpec, Program, SpecRequest, build_spec
 from hpcjob.sweep import Sweep
 
 PCAM_SPLIT_FILE = "camelyonpatch_level_2_split_{split}_{xy}.h5"
@@ -81,7 +81,7 @@ def prepare(
 ) -> Prepared:
     """Fill the request from the profile, validate it (against the live cluster's partitions
     unless `check_cluster` is off, as for `render`), render the script."""
-    spec = build_spec(_filled(ctx, request))
+    spec = _validated(ctx, request, check_cluster)
     program = spec.program
     if program is not None and spec.data_dir and "data_dir" in program.options:
         # The project maps the data folder to a config key: --data-dir (or the profile's) sets it.
@@ -98,10 +98,6 @@ def prepare(
         values = config_values(spec.program, base, spec.args)
     if check_data and spec.data_dir and ctx.scheduler.jobs_run_here:
         check_local_data(spec)
-    if check_cluster:
-        partitions = cached_partitions(ctx)
-        if partitions is not None:
-            check_against_partitions(spec, partitions)
     # `render` (check_cluster off) shows `~` rather than connect to a remote login node.
     root = run_root(ctx, connect=check_cluster)
     new = NewRun(
@@ -187,6 +183,23 @@ def config_files(
         )
         for index in range(len(combos))
     }
+
+
+def _validated(ctx: Context, request: SpecRequest, check_cluster: bool) -> JobSpec:
+    """The request checked in one pass: its own values and, unless `check_cluster` is off (as
+    for `render`), the live partitions (one sinfo, cached), so that every problem is reported at
+    once. A cluster that cannot be asked still lets the request's own problems be told first."""
+    partitions = None
+    unreachable: HpcjobError | None = None
+    if check_cluster:
+        try:
+            partitions = cached_partitions(ctx)
+        except HpcjobError as exc:
+            unreachable = exc
+    spec = build_spec(_filled(ctx, request), partitions)
+    if unreachable is not None:
+        raise unreachable
+    return spec
 
 
 def _filled(ctx: Context, request: SpecRequest) -> SpecRequest:

@@ -1,0 +1,96 @@
+"""What `prepare` refuses before anything is recorded or submitted, all of it in one error: the
+request, the live partitions (replayed from a recorded sinfo), the data files and the venv's
+python where the job will read them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hpcjob.config import Profile, Settings
+from hpcjob.errors import HpcjobError
+from hpcjob.run.context import Context
+from hpcjob.run.prepare import prepare
+from hpcjob.scheduler.slurm import SlurmScheduler
+from hpcjob.slurm import parse_sinfo
+from hpcjob.spec import SpecRequest, build_spec
+from tests.helpers import ReplayShell, recorded
+
+PCAM_FILES = [
+    f"camelyonpatch_level_2_split_{split}_{xy}.h5" for split in ("train", "valid") for xy in "xy"
+]
+
+
+def cluster_context(tmp_path: Path, **profile: Any) -> tuple[Context, ReplayShell]:
+    """A Slurm profile on a login node reached over a shell that replays the recorded sinfo of
+    the test cluster (rome, gpu_a100, gpu_h100, staging) and holds `shell.files`."""
+    shell = ReplayShell({"sinfo": [recorded("sinfo_idle")]})
+    values = {"scheduler": "slurm", "host": "login.example", "remote_root": "~/runs", **profile}
+    ctx = Context(Settings(tmp_path / "home"), Profile("cluster", values))
+    ctx._scheduler = SlurmScheduler(shell, "slurm:login.example")
+    return ctx, shell
+
+
+def refused(ctx: Context, **request: Any) -> HpcjobError:
+    with pytest.raises(HpcjobError) as caught:
+        prepare(ctx, SpecRequest(**request))
+    assert caught.value.exit_code == 2
+    return caught.value
+
+
+# -- item 10: every problem at once ------------------------------------------------------------
+
+
+def test_a_bad_time_and_an_unknown_partition_are_reported_together(tmp_path: Path) -> None:
+    ctx, _ = cluster_context(tmp_path)
+    err = refused(ctx, workload="gpu-check", partition="gpu_a10", time="1h")
+    assert "--time: '1h' is not a Slurm time" in err.message
+    assert "no partition 'gpu_a10'. Did you mean 'gpu_a100'?" in err.message
+    assert "gpu_h100, rome, staging" in err.message  # the partitions one can use
+    assert err.hint is not None and "hpcjob partitions" in err.hint
+
+
+def test_request_and_partition_fit_problems_come_in_one_list(tmp_path: Path) -> None:
+    ctx, _ = cluster_context(tmp_path)
+    err = refused(
+        ctx,
+        workload="train",
+        partition="staging",
+        time="2-00:00:00",
+        gpus=1,
+        cpus_per_task=4,
+        data_dir="/data",
+        args={"epochs": 0},
+    )
+    problems = [line for line in err.message.splitlines() if line.startswith("  - ")]
+    assert len(problems) == 4, err.message
+    assert "--epochs must be at least 1, got 0" in err.message
+    assert "--time 2-00:00:00 is above staging's limit of 1-00:00:00" in err.message
+    assert "staging has no GPUs but 1 were asked for" in err.message
+    assert "--cpus 4 is more than a staging node has (2)" in err.message
+
+
+def test_build_spec_checks_the_partitions_it_is_given() -> None:
+    partitions = parse_sinfo(recorded("sinfo_idle").stdout)
+    with pytest.raises(HpcjobError) as caught:
+        build_spec(SpecRequest(workload="gpu-check", partition="gpu_a10", time="1h"), partitions)
+    assert "--time: '1h'" in caught.value.message and "'gpu_a100'?" in caught.value.message
+    # The default partition (rome) is the one checked when none is named.
+    with pytest.raises(HpcjobError, match="rome has no GPUs"):
+        build_spec(SpecRequest(workload="gpu-check", gpus=1), partitions)
+    spec = build_spec(SpecRequest(workload="gpu-check", partition="gpu_a100"), partitions)
+    assert spec.resources.gpus == 1
+
+
+def test_a_cluster_that_does_not_answer_still_lets_the_request_problems_be_told(
+    tmp_path: Path,
+) -> None:
+    ctx, shell = cluster_context(tmp_path)
+    shell.answers["sinfo"] = [recorded("sinfo_ctld_down")]
+    err = refused(ctx, workload="gpu-check", time="1h")
+    assert "--time: '1h' is not a Slurm time" in err.message
+    with pytest.raises(HpcjobError) as down:
+        prepare(ctx, SpecRequest(workload="gpu-check"))
+    assert "--time" not in down.value.message and down.value.exit_code != 2

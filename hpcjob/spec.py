@@ -9,7 +9,7 @@ from __future__ import annotations
 import difflib
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -134,6 +134,8 @@ class WorkloadDef:
     needs_data: bool
     args: tuple[ArgDef, ...] = ()
     description: str = ""
+    # The job runs in the profile's venv (its template activates it); setup-env makes it.
+    runs_in_venv: bool = True
 
 
 _TRAIN_ARGS = (
@@ -189,6 +191,7 @@ WORKLOADS: dict[str, WorkloadDef] = {
             "01:00:00",
             needs_data=False,
             description="create the profile's venv with the modules loaded and install packages",
+            runs_in_venv=False,
         ),
     )
 }
@@ -300,15 +303,22 @@ class SpecRequest:
 DATA_PLACEHOLDER = "/path/to/pcam"
 
 
-def build_spec(request: SpecRequest, partitions: Sequence[Partition] | None = None) -> JobSpec:
-    """Validate a request into a JobSpec, reporting every problem at once (exit 2): its values
-    and, given the cluster's partitions (from sinfo), whether it fits the partition."""
+# What a check beyond the request's values (prepare's look at the data and the venv where the
+# job runs) finds wrong: the problem, and how to fix it.
+Finding = tuple[str, str]
+
+
+def build_spec(
+    request: SpecRequest,
+    partitions: Sequence[Partition] | None = None,
+    check: Callable[[JobSpec], Sequence[Finding]] | None = None,
+) -> JobSpec:
+    """Validate a request into a JobSpec, reporting every problem at once (exit 2): its values;
+    given the cluster's partitions (from sinfo), whether it fits the partition; given `check`,
+    what that finds wrong with the spec."""
     problems: list[str] = []
     workload = _workload_def(request)
     resources = _build_resources(request, workload, problems)
-    fit: list[str] = []
-    if partitions is not None and _plain_word(request.partition):
-        fit = partition_problems(resources, partitions)
     if request.program is None:
         args = _build_args(request.args, workload, problems)
     else:  # config keys, checked against the config file (project/configfile.py)
@@ -321,17 +331,26 @@ def build_spec(request: SpecRequest, partitions: Sequence[Partition] | None = No
         problems.append(
             f"{workload.name} needs {what}: give --data-dir DIR (or set data_dir in your profile)"
         )
-    if request.data_dir is not None and ("\n" in request.data_dir or "\0" in request.data_dir):
+    if data_dir is not None and ("\n" in data_dir or "\0" in data_dir):
         problems.append("--data-dir must not contain a newline or NUL byte")
-    if problems or fit:
-        hint = "Fix the values above; `hpcjob submit --help` lists every option"
-        if fit:
-            hint += ", `hpcjob partitions` each partition's limits and GPUs"
-        raise HpcjobError(
-            "The job request has problems:\n" + "\n".join(f"  - {p}" for p in problems + fit),
-            hint=hint + ".",
-            exit_code=EXIT_USAGE,
-        )
+        data_dir = None  # not looked for by `check` either
+    spec = _assemble(request, workload, resources, args, data_dir)
+    fit: list[str] = []
+    if partitions is not None and _plain_word(request.partition):
+        fit = partition_problems(resources, partitions)
+    found = list(check(spec)) if check is not None else []
+    if problems or fit or found:
+        raise _request_error(problems, fit, found)
+    return spec
+
+
+def _assemble(
+    request: SpecRequest,
+    workload: WorkloadDef,
+    resources: Resources,
+    args: dict[str, Any],
+    data_dir: str | None,
+) -> JobSpec:
     if request.program is not None:
         # A program's data folder is optional: given, the job has it as $HPCJOB_DATA_DIR.
         return JobSpec(
@@ -348,6 +367,25 @@ def build_spec(request: SpecRequest, partitions: Sequence[Partition] | None = No
         args=args,
         data_dir=data_dir if workload.needs_data else None,
         stage_data=request.stage_data and workload.needs_data,
+    )
+
+
+def _request_error(problems: list[str], fit: list[str], found: list[Finding]) -> HpcjobError:
+    """One error for everything wrong with a request, each fix in the hint."""
+    lines = [*problems, *fit, *(problem for problem, _ in found)]
+    hints = []
+    if problems or fit:
+        hint = "Fix the values above"
+        if problems:
+            hint += "; `hpcjob submit --help` lists every option"
+        if fit:
+            hint += "; `hpcjob partitions` shows each partition's limits and GPUs"
+        hints.append(hint + ".")
+    hints += dict.fromkeys(fix for _, fix in found)
+    return HpcjobError(
+        "The job request has problems:\n" + "\n".join(f"  - {line}" for line in lines),
+        hint=" ".join(hints),
+        exit_code=EXIT_USAGE,
     )
 
 

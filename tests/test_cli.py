@@ -162,18 +162,46 @@ def test_time_limit_gives_timeout(cli: Invoke) -> None:
     assert "DUE TO TIME LIMIT" in cli("logs", "last").stdout
 
 
-def test_render_and_dry_run_submit_nothing(cli: Invoke) -> None:
+def test_render_and_dry_run_submit_nothing(cli: Invoke, pcam_dir: Path) -> None:
     rendered = cli("render", "train", "--partition", "gpu_a100", "--epochs", "3")
     assert rendered.exit_code == 0
     assert "#SBATCH --partition=gpu_a100" in rendered.stdout
     assert "--epochs 3" in rendered.stdout
-    dry = cli("submit", "train", "--dry-run", "--data-dir", "/nowhere", "--json")
+    dry = cli("submit", "train", "--dry-run", "--data-dir", str(pcam_dir), "--json")
     assert dry.exit_code == 0
     assert dry.json()["dry_run"] is True and "#!/bin/bash" in dry.json()["script"]
     told = cli("submit", "gpu-check", "--dry-run").stderr
     assert "cost: none — the embedded scheduler runs jobs on this machine" in told
     assert "not billed:" not in told
     assert cli("runs", "--json").json() == []
+
+
+def test_a_missing_data_folder_is_refused_by_dry_run_and_submit_alike(cli: Invoke) -> None:
+    """The data is looked for where the job will read it (this machine, for the embedded
+    scheduler) before anything is recorded; a dry run says what a submit would."""
+    for workload in ("train", "eda"):
+        for dry in (["--dry-run"], []):
+            result = cli("submit", workload, "--data-dir", "/nonexistent", *dry)
+            assert result.exit_code == 2, (workload, dry, result.stderr)
+            assert "the data directory /nonexistent does not exist" in result.stderr
+            assert "Valid" not in result.stderr and "Traceback" not in result.stderr
+    assert cli("runs", "--json").json() == []  # nothing in the ledger
+
+
+def test_a_venv_without_its_python_is_refused_before_submit(
+    cli: Invoke, isolated_home: Path, tmp_path: Path
+) -> None:
+    venv = tmp_path / "venv"
+    isolated_home.mkdir(parents=True, exist_ok=True)
+    (isolated_home / "config.toml").write_text(
+        f'[profiles.mine]\nscheduler = "local"\nvenv = "{venv}"\n'
+    )
+    for dry in (["--dry-run"], []):
+        result = cli("submit", "gpu-check", "-P", "mine", *dry)
+        assert result.exit_code == 2, result.stderr
+        assert f"the venv {venv} has no bin/python on this machine" in result.stderr
+        assert "hpcjob setup-env -P mine" in result.stderr
+    assert cli("runs", "--json", "--all-profiles").json() == []
 
 
 def test_validation_errors_exit_2_without_traceback(cli: Invoke) -> None:

@@ -149,7 +149,7 @@ def _submit_or_render(
             context,
             request,
             target,
-            check_data=not (rendering or dry_run),
+            check_files=not rendering,
             check_cluster=not rendering,
         )
         if rendering:

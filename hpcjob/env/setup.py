@@ -75,7 +75,8 @@ def venv_warning(ctx: Context, requirements: str | None = None) -> str | None:
     other modules or another Python than the profile names now, or — given the `requirements`
     text a project's workload needs — does not hold those requirements; None when it matches.
 
-    A marker from before markers recorded their requirements cannot tell, and says nothing."""
+    A marker from before markers recorded their requirements cannot tell, and says nothing. A
+    venv without its python is no warning: `prepare` refuses it (run/prepare.py)."""
     venv = ctx.profile.get("venv")
     if not venv or ctx.scheduler.jobs_run_here:
         return None
@@ -386,8 +387,11 @@ def prepare_gpu_check(ctx: Context, partition: str | None) -> Prepared:
             exit_code=EXIT_USAGE,
         )
     part = gpu_partition(ctx, partition)
+    # Validated before the install, so the venv it runs in need not exist yet (check_files off).
     return prepare(
-        ctx, SpecRequest(workload="gpu-check", partition=part, gpus=1, require_data=False)
+        ctx,
+        SpecRequest(workload="gpu-check", partition=part, gpus=1, require_data=False),
+        check_files=False,
     )
 
 

@@ -7,7 +7,6 @@ import dataclasses
 import hashlib
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from hpcjob.errors import EXIT_USAGE, HpcjobError
@@ -16,7 +15,8 @@ from hpcjob.render import RenderContext, render_script, script_hash, template_di
 from hpcjob.resources import workload_files
 from hpcjob.run.context import Context, cached_partitions, run_root
 from hpcjob.run.rundir import Files
-from hpcjob.spec import JobSpec, Program, SpecRequest, build_spec
+from hpcjob.shell import Shell
+from hpcjob.spec import WORKLOADS, Finding, JobSpec, Program, SpecRequest, build_spec
 from hpcjob.sweep import Sweep
 
 PCAM_SPLIT_FILE = "camelyonpatch_level_2_split_{split}_{xy}.h5"
@@ -72,7 +72,7 @@ def prepare(
     ctx: Context,
     request: SpecRequest,
     *,
-    check_data: bool = True,
+    check_files: bool = True,
     check_cluster: bool = True,
     sweep: Sweep | None = None,
     workload: dict[str, bytes] | None = None,
@@ -80,8 +80,9 @@ def prepare(
     program_files: ProgramFiles | None = None,
 ) -> Prepared:
     """Fill the request from the profile, validate it (against the live cluster's partitions
-    unless `check_cluster` is off, as for `render`), render the script."""
-    spec = _validated(ctx, request, check_cluster)
+    unless `check_cluster` is off, as for `render`; the data and the venv where the job will run
+    unless `check_files` is off), render the script."""
+    spec = _validated(ctx, request, check_cluster=check_cluster, check_files=check_files)
     program = spec.program
     if program is not None and spec.data_dir and "data_dir" in program.options:
         # The project maps the data folder to a config key: --data-dir (or the profile's) sets it.
@@ -96,8 +97,6 @@ def prepare(
         base = (program_files or ProgramFiles()).config_base
         files = config_files(spec.program.config, base, spec.args, sweep)
         values = config_values(spec.program, base, spec.args)
-    if check_data and spec.data_dir and ctx.scheduler.jobs_run_here:
-        check_local_data(spec)
     # `render` (check_cluster off) shows `~` rather than connect to a remote login node.
     root = run_root(ctx, connect=check_cluster)
     new = NewRun(
@@ -185,10 +184,13 @@ def config_files(
     }
 
 
-def _validated(ctx: Context, request: SpecRequest, check_cluster: bool) -> JobSpec:
-    """The request checked in one pass: its own values and, unless `check_cluster` is off (as
-    for `render`), the live partitions (one sinfo, cached), so that every problem is reported at
-    once. A cluster that cannot be asked still lets the request's own problems be told first."""
+def _validated(
+    ctx: Context, request: SpecRequest, *, check_cluster: bool, check_files: bool
+) -> JobSpec:
+    """The request checked in one pass, so that every problem is reported at once: its own
+    values; unless `check_cluster` is off (as for `render`), the live partitions (one sinfo,
+    cached); unless `check_files` is off, the data and the venv where the job will run. A
+    cluster that cannot be asked still lets the request's own problems be told first."""
     partitions = None
     unreachable: HpcjobError | None = None
     if check_cluster:
@@ -196,7 +198,13 @@ def _validated(ctx: Context, request: SpecRequest, check_cluster: bool) -> JobSp
             partitions = cached_partitions(ctx)
         except HpcjobError as exc:
             unreachable = exc
-    spec = build_spec(_filled(ctx, request), partitions)
+    check = None
+    if check_files and unreachable is None:
+
+        def check(spec: JobSpec) -> list[Finding]:
+            return job_file_findings(ctx, spec)
+
+    spec = build_spec(_filled(ctx, request), partitions, check)
     if unreachable is not None:
         raise unreachable
     return spec
@@ -244,32 +252,64 @@ def _render(ctx: Context, spec: JobSpec, new: NewRun, run_dir: str, sweep: Sweep
     return render_script(spec, render_ctx, dirs)
 
 
-def check_local_data(spec: JobSpec) -> None:
-    """The PCAM files (a program's data folder) must exist when the job runs on this machine."""
-    assert spec.data_dir is not None
-    folder = Path(spec.data_dir)
+def job_file_findings(ctx: Context, spec: JobSpec) -> list[Finding]:
+    """What the job would not find where it runs: its data (PCAM's files, or a program's data
+    folder) and the venv's python. Looked for through the scheduler's shell — this machine for
+    the embedded scheduler or Slurm on the login node one is on, else the login node over the
+    profile's one SSH connection — with a look or two, never one per file."""
+    shell = ctx.scheduler.shell
+    where = f"on {ctx.profile.get('host')}" if ctx.profile.get("host") else "on this machine"
+    found: list[Finding] = []
+    if spec.data_dir:
+        found += _data_findings(shell, spec, spec.data_dir, where)
+    venv = ctx.profile.get("venv")
+    runs_in_venv = spec.program is not None or WORKLOADS[spec.workload].runs_in_venv
+    if venv and runs_in_venv:
+        python = f"{shell.expand_home(str(venv)).rstrip('/')}/bin/python"
+        problem = _absent(shell, python, where, f"the venv {venv} has no bin/python {where}")
+        if problem:
+            # Without its python the job cannot start: refused. A marker that is missing or out
+            # of date stays a warning at submit (env/setup.py's venv_warning): the job may run.
+            fix = (
+                f"Make the venv: hpcjob setup-env -P {ctx.profile.name} (or set the profile's "
+                "venv to one that exists)."
+            )
+            found.append((problem, fix))
+    return found
+
+
+def _data_findings(shell: Shell, spec: JobSpec, folder: str, where: str) -> list[Finding]:
+    fix = "Point --data-dir (or the profile's data_dir) at "
+    gone = f"the data directory {folder} does not exist {where}"
+    path = shell.expand_home(folder)  # `~/…`: the home folder there
     if spec.program is not None:
-        if folder.is_dir():
-            return
-        raise HpcjobError(
-            f"Cannot run {spec.workload}: the data directory {folder} does not exist.",
-            hint="Point --data-dir (or the profile's data_dir) at an existing folder.",
-            exit_code=EXIT_USAGE,
+        problem = _absent(shell, path, where, gone)
+        return [(problem, fix + "an existing folder.")] if problem else []
+    fix += "the folder with the PCAM HDF5 files"
+    if where == "on this machine":
+        fix += (
+            ", or make a small synthetic set: python workloads/synth.py data/pcam-synth (the "
+            "README's `make demo` does this)"
         )
     needed = [PCAM_SPLIT_FILE.format(split=s, xy=xy) for s in ("train", "valid") for xy in "xy"]
-    if not folder.is_dir():
-        problem = f"the data directory {folder} does not exist"
-    else:
-        missing = [name for name in needed if not (folder / name).is_file()]
-        if not missing:
-            return
-        problem = f"{folder} lacks {', '.join(missing)}"
-    raise HpcjobError(
-        f"Cannot run {spec.workload}: {problem}.",
-        hint="Point --data-dir at the PCAM HDF5 files, or make a small synthetic set: "
-        "python workloads/synth.py data/pcam-synth (the README's `make demo` does this).",
-        exit_code=EXIT_USAGE,
-    )
+    try:
+        present = {name for name, _ in shell.list_files(path, max_depth=0)}
+    except OSError as exc:  # over SFTP: a folder one may not read
+        return [(f"the data directory {folder} {where} cannot be read ({exc})", fix + ".")]
+    missing = [name for name in needed if name not in present]
+    if not missing:
+        return []
+    # An empty listing is also what a folder that does not exist gives: one more look tells.
+    problem = _absent(shell, path, where, gone) if not present else None
+    return [(problem or f"{folder} {where} lacks {', '.join(missing)}", fix + ".")]
+
+
+def _absent(shell: Shell, path: str, where: str, problem: str) -> str | None:
+    """`problem` when nothing is at `path`; None when something is."""
+    try:
+        return None if shell.exists(path) else problem
+    except OSError as exc:  # over SFTP: a folder on the way one may not read
+        return f"{path} {where} cannot be looked at ({exc})"
 
 
 def workload_hash(files: dict[str, bytes]) -> str:

@@ -404,7 +404,7 @@ def prepare_submit(
     request: SpecRequest,
     target: Target,
     *,
-    check_data: bool = True,
+    check_files: bool = True,
     check_cluster: bool = True,
 ) -> tuple[Prepared, Plan | None]:
     """`submit`/`render`: a built-in workload as always, or the user's program — validated and
@@ -422,7 +422,7 @@ def prepare_submit(
             )
         request, sweep = sweep_request(request, target.sweeps, target.max_parallel)
         prepared = prepare(
-            ctx, request, check_data=check_data, check_cluster=check_cluster, sweep=sweep
+            ctx, request, check_files=check_files, check_cluster=check_cluster, sweep=sweep
         )
         return prepared, None
     plan = plan_program(request, target)
@@ -438,7 +438,7 @@ def prepare_submit(
         prepared = prepare(
             ctx,
             request,
-            check_data=check_data,
+            check_files=check_files,
             check_cluster=check_cluster,
             sweep=sweep,
             program_files=plan.files,

@@ -100,7 +100,8 @@ def test_setup_env_as_job_runs_through_slurm(remote_venv: tuple[Path, Path]) -> 
 
 
 def test_jobs_run_in_the_venv_setup_env_made(remote_venv: tuple[Path, Path]) -> None:
-    """Before setup-env, submit warns; afterwards a job runs the venv's own Python, silently."""
+    """Before setup-env, submit is refused (the venv has no python) with the fix; afterwards a
+    job runs the venv's own Python, silently; a venv whose marker is gone is only a warning."""
     venv, requirements = remote_venv
     templates = Path(invoke("config", "show", "--json").json()["home"]) / "templates"
     templates.mkdir()
@@ -109,13 +110,18 @@ def test_jobs_run_in_the_venv_setup_env_made(remote_venv: tuple[Path, Path]) -> 
         "{{ python }} -c \"import sys; print('python:', sys.prefix)\"\n{% endblock %}"
     )
     early = invoke("submit", "gpu-check", "--partition", "rome", "--json")
-    assert "was not set up by hpcjob setup-env" in early.stderr
-    invoke("cancel", early.json()["job_id"])
+    assert early.exit_code == 2, early.stderr
+    assert "has no bin/python" in early.stderr and "hpcjob setup-env -P cluster" in early.stderr
+    assert invoke("runs", "--json").json() == []
     setup_env(requirements)
     done = invoke("submit", "gpu-check", "--partition", "rome", "--wait", "--json")
     assert done.exit_code == 0, done.stderr + invoke("logs", "last").stdout
     assert "setup-env" not in done.stderr
     assert f"python: {venv}" in invoke("logs", done.json()["job_id"]).stdout
+    (venv / ".hpcjob-env.json").unlink()  # as an install killed halfway leaves it
+    warned = invoke("submit", "gpu-check", "--partition", "rome", "--wait", "--json")
+    assert warned.exit_code == 0, warned.stderr
+    assert "was not set up by hpcjob setup-env" in warned.stderr
 
 
 # -- streaming, interruption, kills ---------------------------------------------------------------

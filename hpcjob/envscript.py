@@ -264,15 +264,19 @@ if torch is not None:
 result["venv_bytes"], result["venv_files"] = venv_size(venv)
 if result["ok"] and action != "verify":
     tmp = marker + ".tmp"
-    with open(tmp, "w") as handle:
-        json.dump({"fingerprint": fingerprint, "environment": environment,
-                   "requirements_sha256": requirements_sha256,
-                   "python_version": result["python_version"],
-                   "installer": installer, "written_at": time.strftime("%Y-%m-%dT%H:%M:%SZ",
-                   time.gmtime())}, handle)
-    os.replace(tmp, marker)
+    try:
+        with open(tmp, "w") as handle:
+            json.dump({"fingerprint": fingerprint, "environment": environment,
+                       "requirements_sha256": requirements_sha256,
+                       "python_version": result["python_version"],
+                       "installer": installer, "written_at": time.strftime(
+                           "%Y-%m-%dT%H:%M:%SZ", time.gmtime())}, handle)
+        os.replace(tmp, marker)
+    except OSError as exc:  # the script checked before, but a venv may change meanwhile
+        result.update(ok=False, stage="venv", error="venv_not_writable", where="marker",
+                      detail=str(exc))
 print(prefix + json.dumps(result), flush=True)
-sys.exit(0 if result["ok"] else 7)
+sys.exit(0 if result["ok"] else 11 if result.get("stage") == "venv" else 7)
 """
 )
 
@@ -336,6 +340,30 @@ disk_facts() {{  # how full the places an install writes to are (see hpcjob/envs
     "$python_cmd" - "$venv_dir" "$venv_dir" "${{TMPDIR:-/tmp}}" "$cache_dir" 2>/dev/null \\
         <<'HPCJOB_DISK' || true
 {disk}HPCJOB_DISK
+}}
+
+not_writable() {{  # where this user may not write what setup-env must change, as a fixed word
+    local probe
+    if [ "$action" = create ]; then
+        probe=$(dirname -- "$venv_dir")
+        while [ ! -e "$probe" ] && [ "$probe" != / ] && [ "$probe" != . ]; do
+            probe=$(dirname -- "$probe")
+        done
+        [ -w "$probe" ] || echo folder
+        return 0
+    fi
+    if [ "$action" != update ] && [ ! -w "$(dirname -- "$venv_dir")" ]; then
+        echo folder  # a repair or rebuild removes the venv and makes it anew
+    elif [ ! -w "$venv_dir" ]; then
+        echo venv
+    else
+        for probe in "$venv_dir/bin" "$venv_dir"/lib/python*/site-packages; do
+            if [ -d "$probe" ] && [ ! -w "$probe" ]; then
+                echo contents
+                break
+            fi
+        done
+    fi
 }}
 
 load_modules() {{
@@ -415,6 +443,10 @@ start=$SECONDS
 used=$installer
 cache_dir="${{PIP_CACHE_DIR:-${{XDG_CACHE_HOME:-$HOME/.cache}}/pip}}"
 if [ "$action" != verify ]; then
+    # Said before anything changes, and in words: a venv another user made, or one on a
+    # read-only filesystem, would otherwise fail halfway or only when the marker is written.
+    blocked=$(not_writable)
+    [ -z "$blocked" ] || fail venv venv_not_writable 11 ", \\"where\\": \\"$blocked\\""
     # Removed before anything changes: a half-finished install must never look healthy.
     rm -f -- "$marker"
     if [ "$action" = repair ] || [ "$action" = rebuild ]; then

@@ -712,3 +712,57 @@ def test_python_that_does_not_run_is_named(tmp_path: Path) -> None:
     err = result_error(result, request, output)
     assert f"The profile's python ('{tmp_path}/no-python') does not run" in err.message
     assert err.hint is not None and "Python/3.13.1-GCCcore-14.2.0" in err.hint
+
+
+# -- a venv this user cannot write (issue 16) ----------------------------------------------------
+
+
+def test_cli_a_venv_whose_marker_cannot_be_written_is_a_clear_error(
+    isolated_home: Path, tmp_path: Path
+) -> None:
+    """The failing write is real, at the real place: the script's verify step writes the marker
+    through `<venv>/.hpcjob-env.json.tmp`, here a folder, so open() fails as it does in a venv
+    another user owns (tests run as root, where permissions do not bite; the permission case
+    itself runs as the test cluster's user in tests/integration/test_setup_env.py)."""
+    venv = tmp_path / "venv"
+    _config(isolated_home, f'scheduler = "local"\nvenv = "{venv}"\npython = "{SYSTEM_PYTHON}"\n')
+    requirements = tmp_path / "req.txt"
+    requirements.write_text("")
+    assert invoke("setup-env", "-P", "mine", "--requirements", str(requirements)).exit_code == 0
+    requirements.write_text("# nothing to install, but another fingerprint: an update\n")
+    (venv / ".hpcjob-env.json.tmp").mkdir()
+    result = invoke("setup-env", "-P", "mine", "--requirements", str(requirements))
+    assert result.exit_code == 1
+    assert "Traceback" not in result.stderr and "15 minutes" not in result.stderr
+    assert f"The venv at {venv} cannot be written by this user" in result.stderr
+    assert ".hpcjob-env.json.tmp" in result.stderr  # what failed, in the OS's words
+    assert "`venv` in the profile" in result.stderr and "permissions" in result.stderr
+    runs = invoke("runs", "-P", "mine", "--json").json()
+    assert runs[0]["state"] == "FAILED"
+
+
+@pytest.mark.parametrize(
+    ("where", "said"),
+    [
+        ("venv", "The venv at /shared/venv is not writable by this user"),
+        ("contents", "Parts (bin/ or site-packages) of the venv at /shared/venv are not writable"),
+        ("folder", "The folder the venv /shared/venv goes in is not writable by this user"),
+    ],
+)
+def test_a_venv_not_writable_names_what_and_the_fix(where: str, said: str) -> None:
+    result = EnvResult(ok=False, stage="venv", error="venv_not_writable", extra={"where": where})
+    request = dataclasses.replace(BASE, venv="/shared/venv")
+    err = result_error(result, request, "rm: cannot remove '/shared/venv/x': Permission denied\n")
+    assert said in err.message
+    assert "nothing was changed" in err.message
+    assert err.hint is not None and "`venv` in the profile" in err.hint
+    assert "15 minutes" not in err.hint and "--as-job" not in err.hint
+
+
+def test_a_script_that_ended_without_a_result_gets_no_unrelated_hint() -> None:
+    ended = EnvResult(ok=False, stage="script", error="ended with exit status 1")
+    err = result_error(ended, BASE, "Traceback (most recent call last):\nOSError: boom\n")
+    assert err.hint is not None and "15 minutes" not in err.hint
+    killed = EnvResult(ok=False, stage="script", error="was killed (signal 9)")
+    err = result_error(killed, BASE, "")
+    assert err.hint is not None and "15 minutes" in err.hint

@@ -73,6 +73,8 @@ def result_error(result: EnvResult, request: EnvRequest, output: str) -> HpcjobE
         return _disk_error(full, result, request, output)
     if result.stage == "modules":
         return _module_error(result, request, output)
+    if result.error == "venv_not_writable":
+        return _not_writable(result, request)
     if result.error == "python_mismatch":
         return HpcjobError(
             f"{where} was made with Python {result.venv_python}, but the profile's python "
@@ -108,14 +110,46 @@ def result_error(result: EnvResult, request: EnvRequest, output: str) -> HpcjobE
             "otherwise the package is broken for this Python: try --force.",
         )
     if result.stage == "script":
+        again = "The venv stays marked unfinished and the next run repairs it."
+        hint = (
+            "Login-node commands are killed after 15 minutes on Snellius: run long installs "
+            "with --as-job. " + again
+            if "killed" in (result.error or "")
+            else "The log's end above says what went wrong; fix that and run hpcjob setup-env "
+            "again. " + again
+        )
         return HpcjobError(
             f"The setup script {result.error}, before it finished. The log ends:\n" + tail(output),
-            hint="Login-node commands are killed after 15 minutes on Snellius: run long installs "
-            "with --as-job. The venv stays marked unfinished and the next run repairs it.",
+            hint=hint,
         )
     return HpcjobError(
         f"setup-env failed ({result.stage}: {result.error}). The output ends:\n" + tail(output),
         hint="Check the profile's python, modules and venv path (hpcjob config show).",
+    )
+
+
+def _not_writable(result: EnvResult, request: EnvRequest) -> HpcjobError:
+    """A venv (or the folder it goes in) this user may not write: made by another user, or on a
+    read-only filesystem. The script says so before it changes anything (or, should the venv
+    change meanwhile, when the marker cannot be written)."""
+    venv = request.venv
+    what = {
+        "folder": f"The folder the venv {venv} goes in is not writable by this user",
+        "contents": f"Parts (bin/ or site-packages) of the venv at {venv} are not writable by "
+        "this user",
+        "marker": f"The venv at {venv} cannot be written by this user: its marker could not be "
+        f"written ({result.extra.get('detail') or 'no reason given'})",
+    }.get(str(result.extra.get("where")), f"The venv at {venv} is not writable by this user")
+    done = (
+        "the install finished, but the venv stays marked unfinished"
+        if result.extra.get("where") == "marker"
+        else "nothing was changed"
+    )
+    return HpcjobError(
+        f"{what} (another user's venv, or a read-only filesystem?); {done}.",
+        hint="Set `venv` in the profile to a path of your own (e.g. venv = "
+        '"~/hpcjob/venv"), or have the permissions fixed so that you can write it (its '
+        "owner: chmod -R u+w, or chown to you); then run hpcjob setup-env again.",
     )
 
 

@@ -29,6 +29,8 @@ from tests.integration.support import (
 
 pytestmark = pytest.mark.ssh
 
+SYSTEM_PYTHON = "/usr/bin/python3"
+
 
 def laptop_home() -> Path:
     """The HPCJOB_HOME remote_venv set up (this process's, as a laptop's)."""
@@ -122,6 +124,40 @@ def test_jobs_run_in_the_venv_setup_env_made(remote_venv: tuple[Path, Path]) -> 
     warned = invoke("submit", "gpu-check", "--partition", "rome", "--wait", "--json")
     assert warned.exit_code == 0, warned.stderr
     assert "was not set up by hpcjob setup-env" in warned.stderr
+
+
+def test_a_venv_another_user_owns_is_a_clear_error_and_stays_as_it_was(
+    cluster: dict[str, str], remote_venv: tuple[Path, Path]
+) -> None:
+    """A venv another user made (root, here), readable by all: setup-env runs as the test user
+    over the test sshd, where permissions bite as on a cluster. Updating it (its marker is for
+    other requirements), repairing it (no marker) and making a venv inside it are each refused
+    before anything changes, in words: the venv, not writable by this user, the fix."""
+    venv, requirements = remote_venv
+    requirements.write_text("")  # nothing to install: only the marker would have been written
+    owner = cluster["HPCJOB_TEST_USER"]
+    subprocess.run(["runuser", "-u", owner, "--", "mkdir", "-p", str(venv.parent)], check=True)
+    subprocess.run([SYSTEM_PYTHON, "-m", "venv", str(venv)], check=True)  # root's
+    marker = venv / ".hpcjob-env.json"
+    marker.write_text(json.dumps({"fingerprint": "of other requirements"}))
+    subprocess.run(["chmod", "-R", "a+rX,go-w", str(venv)], check=True)
+
+    def refused(said: str) -> None:
+        before = sorted(str(p) for p in venv.rglob("*"))
+        result = invoke("setup-env", "--requirements", str(requirements))
+        assert result.exit_code == 1, result.stderr
+        assert said in result.stderr and venv.name in result.stderr
+        assert "Traceback" not in result.stderr and "15 minutes" not in result.stderr
+        assert "`venv` in the profile" in result.stderr and "nothing was changed" in result.stderr
+        assert sorted(str(p) for p in venv.rglob("*")) == before
+
+    refused("is not writable by this user")  # an update
+    marker.unlink()
+    refused("is not writable by this user")  # a repair
+    write_config(laptop_home(), setup_env_profile(cluster, f"{venv}/inner/venv"))
+    refused("goes in is not writable by this user")  # a new venv in a folder not ours
+    states = [r["state"] for r in invoke("runs", "--json").json()]
+    assert states == ["FAILED"] * 3
 
 
 # -- streaming, interruption, kills ---------------------------------------------------------------

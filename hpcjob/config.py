@@ -270,6 +270,7 @@ def resolve_profile(
     for key, value in (flags or {}).items():
         if value is not None:
             values[key], sources[key] = value, f"flag --{key.replace('_', '-')}"
+    _scheduler_of_host(name, values, sources)
     values.setdefault("scheduler", "local")
     sources.setdefault("scheduler", "built-in default")
     if values["scheduler"] == "local":
@@ -285,6 +286,38 @@ def resolve_profile(
     for key, value in values.items():
         _check_value(key, value, sources[key])
     return Profile(name=name, values=values, sources=sources)
+
+
+def _scheduler_of_host(name: str, values: dict[str, Any], sources: dict[str, str]) -> None:
+    """A `host` means Slurm on that login node over SSH: it implies `scheduler = "slurm"`, and
+    a profile that also says `local` contradicts itself (its jobs would quietly run here)."""
+    if not values.get("host"):
+        return
+    if "scheduler" not in values:
+        values["scheduler"], sources["scheduler"] = "slurm", f"implied by host ({sources['host']})"
+        return
+    if values["scheduler"] == "local":
+        raise HpcjobError(
+            f"Profile {name} contradicts itself: host = {values['host']!r} (from "
+            f"{sources['host']}) runs Slurm on that login node over SSH, but scheduler = "
+            f'"local" (from {sources["scheduler"]}) runs jobs on this machine.',
+            hint=_contradiction_hint(name, sources),
+            exit_code=EXIT_USAGE,
+        )
+
+
+def _contradiction_hint(name: str, sources: dict[str, str]) -> str:
+    keep_here = f"remove `host` from {sources['host']} to run jobs on this machine"
+    if sources["scheduler"].startswith("built-in"):
+        return (
+            f"The built-in profile {name} runs jobs on this machine: {keep_here}, or give the "
+            'login node a profile of its own ([profiles.NAME] with host = "…"; a host implies '
+            'scheduler = "slurm").'
+        )
+    return (
+        f"Remove `scheduler` from {sources['scheduler']} to run jobs on the login node (a host "
+        f'implies scheduler = "slurm"), or {keep_here}.'
+    )
 
 
 def profile_rates(settings: Settings, current: Profile, name: str) -> dict[str, Rate]:

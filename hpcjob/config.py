@@ -351,10 +351,11 @@ STARTER_CONFIG = """\
 # hpcjob configuration. Precedence: command-line flag > environment (HPCJOB_<KEY>) > this file
 # > the built-in profile of the same name. `hpcjob config show` prints each value and its source.
 
-# The profile used when neither --profile nor HPCJOB_PROFILE is given.
+# The profile used when neither --profile nor HPCJOB_PROFILE is given; `hpcjob config init` wrote
+# the one chosen when it ran ("slurm" where sbatch is on PATH, else "local").
 # Built-in: "local" (the embedded scheduler on this machine), "slurm" (the Slurm on this machine),
 # "snellius" (SURF's Snellius over SSH).
-default_profile = "local"
+default_profile = "{default_profile}"
 
 [profiles.local]
 scheduler = "local"        # run jobs on this machine with hpcjob's embedded scheduler
@@ -381,7 +382,26 @@ max_local_jobs = 2         # jobs running at once; the rest wait PENDING
 """
 
 
-def write_starter_config(settings: Settings, force: bool = False) -> Path:
+def starter_profile(
+    settings: Settings, flag: str | None, environ: dict[str, str]
+) -> tuple[str, str]:
+    """The `default_profile` a starter config names, and why: the profile chosen now (flag >
+    HPCJOB_PROFILE > the file it replaces > sbatch on PATH), so that writing it changes nothing.
+    A profile the starter file does not define gives way to the built-in default."""
+    try:
+        current = read_config_file(settings.config_path)
+    except HpcjobError:
+        current = {}  # a broken file, about to be replaced
+    name, why = select_profile_name(flag, environ, current)
+    if name not in BUILTIN_PROFILES:
+        without = {key: value for key, value in environ.items() if key != "HPCJOB_PROFILE"}
+        name, why = select_profile_name(None, without, {})
+    return name, why
+
+
+def write_starter_config(
+    settings: Settings, force: bool = False, default_profile: str = "local"
+) -> Path:
     """Write the commented starter config (private to the user); never overwrite silently."""
     path = settings.config_path
     if path.exists() and not force:
@@ -393,6 +413,6 @@ def write_starter_config(settings: Settings, force: bool = False) -> Path:
     tmp = path.with_suffix(".toml.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(STARTER_CONFIG)
+        handle.write(STARTER_CONFIG.replace("{default_profile}", default_profile))
     os.replace(tmp, path)
     return path

@@ -3,6 +3,7 @@ keeps the profile chosen now, `connect NAME`, errors that name the profile, a dr
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -36,3 +37,104 @@ def test_config_show_says_the_host_implies_slurm(cli: Invoke, home: Path) -> Non
     assert refused.exit_code == 2
     assert "Profile lab contradicts itself" in refused.stderr
     assert "Traceback" not in refused.stderr
+
+
+# ------------------------------------------------------------------ config init keeps the choice
+def fake_sbatch(folder: Path) -> str:
+    """A folder with an `sbatch` in it, as on a login node (never run: only found on PATH)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    sbatch = folder / "sbatch"
+    sbatch.write_text("#!/bin/sh\nexit 1\n")
+    sbatch.chmod(0o755)
+    return str(folder)
+
+
+def test_config_init_on_a_login_node_keeps_the_detected_slurm(
+    cli: Invoke, home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("HPCJOB_PROFILE")
+    monkeypatch.setenv("PATH", fake_sbatch(tmp_path / "bin"))
+    assert cli("config", "show", "--json").json()["profile"] == "slurm"  # detected before
+    created = cli("config", "init")
+    assert created.exit_code == 0, created.stderr
+    text = (home / "config.toml").read_text()
+    assert 'default_profile = "slurm"' in text
+    assert 'default_profile = "slurm"' in created.stderr and "sbatch is on PATH" in created.stderr
+    assert cli("config", "show", "--json").json()["profile"] == "slurm"  # and after
+
+
+def test_config_init_without_sbatch_writes_local(
+    cli: Invoke, home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("HPCJOB_PROFILE")
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    assert cli("config", "init").exit_code == 0
+    assert 'default_profile = "local"' in (home / "config.toml").read_text()
+    assert cli("config", "show", "--json").json()["profile"] == "local"
+
+
+# ------------------------------------------------------------- errors that name their profile
+def cache_partitions(home: Path, profile: str) -> None:
+    """A fresh sinfo cache of the profile (as `hpcjob partitions` leaves it): no sinfo runs."""
+    cache = home / "cache"
+    cache.mkdir(parents=True, exist_ok=True)
+    part = {
+        "name": "gpu_a100",
+        "is_default": False,
+        "avail": "up",
+        "max_time_s": 5 * 86400,
+        "nodes": 4,
+        "nodes_allocated": 0,
+        "nodes_idle": 4,
+        "nodes_other": 0,
+        "cpus_per_node": 72,
+        "mem_mb": 491520,
+        "gpus_per_node": {"a100": 4},
+    }
+    rome = {**part, "name": "rome", "is_default": True, "gpus_per_node": {}}
+    (cache / f"partitions-{profile}.json").write_text(json.dumps([part, rome]))
+
+
+def test_an_unknown_partition_names_the_profile(cli: Invoke, home: Path) -> None:
+    write_config(home, '[profiles.lab]\nscheduler = "slurm"\n')
+    cache_partitions(home, "lab")
+    refused = cli("submit", "gpu-check", "-P", "lab", "-p", "gpu_a10", "--dry-run")
+    assert refused.exit_code == 2
+    assert "no partition 'gpu_a10'" in refused.stderr and "gpu_a100" in refused.stderr
+    assert "Profile lab: the cluster has no partition" in refused.stderr
+    assert "`hpcjob partitions --profile lab`" in refused.stderr
+
+
+def test_a_missing_data_dir_names_the_profile_that_set_it(cli: Invoke, home: Path) -> None:
+    write_config(home, '[profiles.local]\ndata_dir = "/nowhere/pcam"\n')
+    refused = cli("submit", "train")
+    assert refused.exit_code == 2
+    assert "/nowhere/pcam" in refused.stderr
+    assert "data_dir of profile local" in refused.stderr
+
+
+def test_a_remote_root_that_cannot_be_written_names_the_profile(
+    cli: Invoke, home: Path, tmp_path: Path
+) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder\n")
+    write_config(home, f'[profiles.local]\nremote_root = "{blocker}/runs"\n')
+    refused = cli("submit", "gpu-check")
+    assert refused.exit_code == 1
+    assert "Could not stage" in refused.stderr
+    assert "remote_root of profile local" in refused.stderr
+
+
+def test_setup_env_hints_name_the_profile() -> None:
+    from hpcjob.env.report import result_error
+    from hpcjob.envscript import EnvRequest, EnvResult
+
+    request = EnvRequest(venv="~/hpcjob/venv", python="python3")
+    mismatch = EnvResult(
+        ok=False, stage="venv", error="python_mismatch", venv_python="3.11", python_version="3.13"
+    )
+    error = result_error(mismatch, request, "", profile="lab")
+    assert "profile lab's python" in error.message
+    assert "hpcjob setup-env --force --profile lab" in (error.hint or "")
+    missing = EnvResult(ok=False, stage="python", error="python_not_found")
+    assert "Profile lab's python" in result_error(missing, request, "", profile="lab").message

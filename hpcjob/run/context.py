@@ -4,6 +4,7 @@ plus what depends on the profile alone: where run directories live and the clust
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -13,11 +14,13 @@ from typing import TYPE_CHECKING, Any
 
 from hpcjob.clock import SYSTEM_CLOCK, Clock
 from hpcjob.config import Profile, Settings, load_settings, resolve_profile
+from hpcjob.errors import HpcjobError
 from hpcjob.ledger.store import Ledger
 from hpcjob.scheduler.base import Scheduler
 from hpcjob.scheduler.factory import scheduler_for
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
     from pathlib import Path
 
     from hpcjob.slurm import Partition
@@ -56,6 +59,26 @@ class Context:
 def open_context(profile_flag: str | None = None, flags: dict[str, Any] | None = None) -> Context:
     settings = load_settings()
     return Context(settings, resolve_profile(settings, profile_flag=profile_flag, flags=flags))
+
+
+def profile_error(ctx: Context, exc: HpcjobError) -> HpcjobError:
+    """An error about what the profile's cluster has or says, said of that profile (`Profile
+    lab: the cluster has no partition …`): the same request may suit another profile."""
+    name, message, hint = ctx.profile.name, exc.message, exc.hint
+    if message.startswith("The "):
+        message = "t" + message[1:]  # "Profile lab: the cluster has …"
+    if hint is not None:
+        hint = hint.replace("`hpcjob partitions`", f"`hpcjob partitions --profile {name}`")
+    return HpcjobError(f"Profile {name}: {message}", hint=hint, exit_code=exc.exit_code)
+
+
+@contextlib.contextmanager
+def of_profile(ctx: Context) -> Iterator[None]:
+    """`profile_error` for the errors raised inside."""
+    try:
+        yield
+    except HpcjobError as exc:
+        raise profile_error(ctx, exc) from exc
 
 
 def profile_of(ref: str) -> str:

@@ -14,7 +14,7 @@ from hpcjob.errors import EXIT_USAGE, HpcjobError
 from hpcjob.ledger.records import NewRun
 from hpcjob.render import RenderContext, render_script, script_hash, template_dirs
 from hpcjob.resources import workload_files
-from hpcjob.run.context import Context, cached_partitions, run_root
+from hpcjob.run.context import Context, cached_partitions, of_profile, run_root
 from hpcjob.run.rundir import Files
 from hpcjob.spec import JobSpec, Program, SpecRequest, build_spec, check_against_partitions
 from hpcjob.sweep import Sweep
@@ -97,11 +97,13 @@ def prepare(
         files = config_files(spec.program.config, base, spec.args, sweep)
         values = config_values(spec.program, base, spec.args)
     if check_data and spec.data_dir and ctx.scheduler.jobs_run_here:
-        check_local_data(spec)
+        given = None if request.data_dir else f"data_dir of profile {ctx.profile.name}"
+        check_local_data(spec, given)
     if check_cluster:
         partitions = cached_partitions(ctx)
         if partitions is not None:
-            check_against_partitions(spec, partitions)
+            with of_profile(ctx):
+                check_against_partitions(spec, partitions)
     # `render` (check_cluster off) shows `~` rather than connect to a remote login node.
     root = run_root(ctx, connect=check_cluster)
     new = NewRun(
@@ -231,26 +233,28 @@ def _render(ctx: Context, spec: JobSpec, new: NewRun, run_dir: str, sweep: Sweep
     return render_script(spec, render_ctx, dirs)
 
 
-def check_local_data(spec: JobSpec) -> None:
-    """The PCAM files (a program's data folder) must exist when the job runs on this machine."""
+def check_local_data(spec: JobSpec, given: str | None = None) -> None:
+    """The PCAM files (a program's data folder) must exist when the job runs on this machine.
+    `given`: where the folder came from when not from --data-dir (the profile's data_dir)."""
     assert spec.data_dir is not None
     folder = Path(spec.data_dir)
+    named = f"{folder} ({given})" if given else str(folder)
     if spec.program is not None:
         if folder.is_dir():
             return
         raise HpcjobError(
-            f"Cannot run {spec.workload}: the data directory {folder} does not exist.",
+            f"Cannot run {spec.workload}: the data directory {named} does not exist.",
             hint="Point --data-dir (or the profile's data_dir) at an existing folder.",
             exit_code=EXIT_USAGE,
         )
     needed = [PCAM_SPLIT_FILE.format(split=s, xy=xy) for s in ("train", "valid") for xy in "xy"]
     if not folder.is_dir():
-        problem = f"the data directory {folder} does not exist"
+        problem = f"the data directory {named} does not exist"
     else:
         missing = [name for name in needed if not (folder / name).is_file()]
         if not missing:
             return
-        problem = f"{folder} lacks {', '.join(missing)}"
+        problem = f"{named} lacks {', '.join(missing)}"
     raise HpcjobError(
         f"Cannot run {spec.workload}: {problem}.",
         hint="Point --data-dir at the PCAM HDF5 files, or make a small synthetic set: "

@@ -138,3 +138,19 @@ def test_setup_env_hints_name_the_profile() -> None:
     assert "hpcjob setup-env --force --profile lab" in (error.hint or "")
     missing = EnvResult(ok=False, stage="python", error="python_not_found")
     assert "Profile lab's python" in result_error(missing, request, "", profile="lab").message
+
+
+# -------------------------------------------------------------------- connect NAME, as hinted
+def test_connect_takes_the_profile_as_its_argument(cli: Invoke, home: Path) -> None:
+    # A host that is no host name fails before any network: it shows which profile was used.
+    write_config(home, '[profiles.lab]\nhost = "not a host"\n')
+    for args in (["connect", "lab"], ["connect", "lab", "-P", "lab"], ["-P", "lab", "connect"]):
+        result = cli(*args)
+        assert result.exit_code == 1, (args, result.stderr)
+        assert "Profile lab's host 'not a host' is not a host name" in result.stderr, args
+    local = cli("connect", "local")
+    assert local.exit_code == 2 and "Profile 'local' has no host" in local.stderr
+    for args in (["connect", "lab", "-P", "snellius"], ["-P", "snellius", "connect", "lab"]):
+        both = cli(*args)
+        assert both.exit_code == 2, args
+        assert "lab" in both.stderr and "snellius" in both.stderr and "two" in both.stderr.lower()

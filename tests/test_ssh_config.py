@@ -395,3 +395,12 @@ def test_an_unreachable_host_names_the_profile() -> None:
     refused = auth_failed_error(hop(), ["/k/id (ED25519 SHA256:x)"], profile_name="lab")
     assert "as scur1 (profile lab):" in refused.message
     assert "`user` of profile lab" in (refused.hint or "")
+
+
+def test_every_host_key_hint_names_a_connect_command_that_works() -> None:
+    changed = changed_host_error(
+        hop(), "ED25519 SHA256:new", "ED25519 SHA256:old", [("/k", 1)], profile_name="lab"
+    )
+    assert "`hpcjob connect lab`" in (changed.hint or "")
+    unknown = unknown_host_error(hop(), "ssh-ed25519", "SHA256:abc", profile_name="lab")
+    assert "`hpcjob connect lab`" in (unknown.hint or "")

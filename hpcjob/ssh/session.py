@@ -353,7 +353,7 @@ class SSHShell:
                         auth_strategy=self._login.strategy(hop, index),
                     )
                 except paramiko.BadHostKeyException as exc:
-                    raise changed_key_error(hop, exc) from None
+                    raise changed_key_error(hop, exc, self.profile_name) from None
                 client_transport = client.get_transport()
                 if client_transport is not None:
                     client_transport.set_keepalive(30)

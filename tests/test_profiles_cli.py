@@ -4,6 +4,7 @@ keeps the profile chosen now, `connect NAME`, errors that name the profile, a dr
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -154,3 +155,40 @@ def test_connect_takes_the_profile_as_its_argument(cli: Invoke, home: Path) -> N
         both = cli(*args)
         assert both.exit_code == 2, args
         assert "lab" in both.stderr and "snellius" in both.stderr and "two" in both.stderr.lower()
+
+
+# ------------------------------------------------------------ a dry run without a connection
+# Port 1 on loopback refuses at once: no name lookup, no network (the shell retries the refusal a
+# few times with its backoff before it gives up, as for any command).
+UNREACHABLE = '[profiles.lab]\nhost = "127.0.0.1"\nport = 1\nuser = "me"\n'
+
+
+def test_a_dry_run_without_a_connection_checks_what_it_can_and_says_what_it_could_not(
+    cli: Invoke, home: Path
+) -> None:
+    write_config(home, UNREACHABLE)
+    dry = cli("submit", "gpu-check", "-P", "lab", "-p", "gpu_a100", "--dry-run", "--json")
+    assert dry.exit_code == 0, dry.stderr
+    shown = dry.json()
+    assert shown["run_dir"].startswith("~/hpcjob/runs/r")  # the remote home is not known
+    partitions, home_dir = shown["not_checked"]
+    assert partitions.startswith("the live partitions (no connection to 127.0.0.1): ")
+    assert "no partitions cached for profile lab" in partitions
+    assert home_dir.startswith("the remote home")
+
+
+def test_a_dry_run_without_a_connection_uses_the_cached_partitions(cli: Invoke, home: Path) -> None:
+    write_config(home, UNREACHABLE)
+    cache_partitions(home, "lab")
+    os.utime(home / "cache" / "partitions-lab.json", (0, 0))  # however old: said to be
+    refused = cli("submit", "gpu-check", "-P", "lab", "-p", "gpu_a10", "--dry-run")
+    assert refused.exit_code == 2
+    assert "Profile lab: the cluster has no partition 'gpu_a10'" in refused.stderr
+    assert "Checked against the partitions cached at 1970-01-01T00:00:00Z" in refused.stderr
+    told = cli("submit", "gpu-check", "-P", "lab", "-p", "gpu_a100", "--dry-run")
+    assert told.exit_code == 0, told.stderr
+    assert "Valid as far as it could be checked" in told.stderr
+    assert "run directory would be ~/hpcjob/runs/r" in told.stderr
+    assert "not checked: the live partitions (no connection to 127.0.0.1)" in told.stderr
+    assert "cached at 1970-01-01T00:00:00Z instead" in told.stderr
+    assert "Traceback" not in told.stderr

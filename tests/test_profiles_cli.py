@@ -177,6 +177,13 @@ def test_a_dry_run_without_a_connection_checks_what_it_can_and_says_what_it_coul
     assert home_dir.startswith("the remote home")
 
 
+def test_a_dry_run_with_a_broken_host_is_refused_not_offline(cli: Invoke, home: Path) -> None:
+    write_config(home, '[profiles.lab]\nhost = "not a host"\n')
+    refused = cli("submit", "gpu-check", "-P", "lab", "--dry-run")
+    assert refused.exit_code == 1
+    assert "Profile lab's host 'not a host' is not a host name" in refused.stderr
+
+
 def test_a_dry_run_without_a_connection_uses_the_cached_partitions(cli: Invoke, home: Path) -> None:
     write_config(home, UNREACHABLE)
     cache_partitions(home, "lab")

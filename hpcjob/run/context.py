@@ -116,8 +116,9 @@ def connect_or_offline(ctx: Context) -> None:
     profile without a host has nothing to connect to."""
     if not ctx.profile.get("host"):
         return
+    shell = ctx.scheduler.shell  # a profile that names no usable host is an error, not offline
     try:
-        ctx.scheduler.shell.expand_home("~")  # connects; remembers the home for run_root
+        shell.expand_home("~")  # connects; remembers the home for run_root
     except HpcjobError as exc:
         ctx.offline = exc.message.splitlines()[0].rstrip(".")
 

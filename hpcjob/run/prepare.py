@@ -97,7 +97,8 @@ def prepare(
         files = config_files(spec.program.config, base, spec.args, sweep)
         values = config_values(spec.program, base, spec.args)
     if check_data and spec.data_dir and ctx.scheduler.jobs_run_here:
-        given = None if request.data_dir else f"data_dir of profile {ctx.profile.name}"
+        source = ctx.profile.sources.get("data_dir")
+        given = None if request.data_dir else f"data_dir of profile {ctx.profile.name}, {source}"
         check_local_data(spec, given)
     if check_cluster:
         partitions = cached_partitions(ctx)

@@ -106,6 +106,22 @@ def test_an_unknown_partition_names_the_profile(cli: Invoke, home: Path) -> None
     assert "`hpcjob partitions --profile lab`" in refused.stderr
 
 
+def test_a_failing_sinfo_names_the_profile(
+    cli: Invoke, home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write_config(home, '[profiles.lab]\nscheduler = "slurm"\n')
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    sinfo = bin_dir / "sinfo"
+    sinfo.write_text("#!/bin/sh\necho 'Unable to contact slurm controller' >&2\nexit 1\n")
+    sinfo.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:/usr/bin:/bin")
+    refused = cli("submit", "gpu-check", "-P", "lab", "--dry-run")
+    assert refused.exit_code == 1
+    assert "Profile lab: Asking Slurm for its partitions (sinfo) failed" in refused.stderr
+    assert "Unable to contact slurm controller" in refused.stderr
+
+
 def test_a_missing_data_dir_names_the_profile_that_set_it(cli: Invoke, home: Path) -> None:
     write_config(home, '[profiles.local]\ndata_dir = "/nowhere/pcam"\n')
     refused = cli("submit", "train")

@@ -9,6 +9,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import re
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -70,7 +71,9 @@ def profile_error(ctx: Context, exc: HpcjobError) -> HpcjobError:
     """An error about what the profile's cluster has or says, said of that profile (`Profile
     lab: the cluster has no partition …`): the same request may suit another profile."""
     name, message, hint = ctx.profile.name, exc.message, exc.hint
-    if message.startswith("The "):
+    # The SSH connection's errors name the profile already.
+    named = re.search(rf"\bprofile {re.escape(name)}\b", message, re.IGNORECASE) is not None
+    if not named and message.startswith("The "):
         message = "t" + message[1:]  # "Profile lab: the cluster has …"
     if hint is not None:
         hint = hint.replace("`hpcjob partitions`", f"`hpcjob partitions --profile {name}`")
@@ -80,7 +83,8 @@ def profile_error(ctx: Context, exc: HpcjobError) -> HpcjobError:
             f"\n(Checked against the partitions cached at {cached_at}: there is no connection "
             f"to {ctx.profile.get('host')}.)"
         )
-    return HpcjobError(f"Profile {name}: {message}", hint=hint, exit_code=exc.exit_code)
+    prefix = "" if named else f"Profile {name}: "
+    return HpcjobError(prefix + message, hint=hint, exit_code=exc.exit_code)
 
 
 @contextlib.contextmanager

@@ -101,9 +101,9 @@ def prepare(
         given = None if request.data_dir else f"data_dir of profile {ctx.profile.name}, {source}"
         check_local_data(spec, given)
     if check_cluster:
-        partitions = cached_partitions(ctx)
-        if partitions is not None:
-            with of_profile(ctx):
+        with of_profile(ctx):
+            partitions = cached_partitions(ctx)
+            if partitions is not None:
                 check_against_partitions(spec, partitions)
     # `render` (check_cluster off) shows `~` rather than connect to a remote login node.
     root = run_root(ctx, connect=check_cluster)

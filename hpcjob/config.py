@@ -270,6 +270,7 @@ def resolve_profile(
     for key, value in (flags or {}).items():
         if value is not None:
             values[key], sources[key] = value, f"flag --{key.replace('_', '-')}"
+    _scheduler_of_host(name, values, sources)
     values.setdefault("scheduler", "local")
     sources.setdefault("scheduler", "built-in default")
     if values["scheduler"] == "local":
@@ -285,6 +286,38 @@ def resolve_profile(
     for key, value in values.items():
         _check_value(key, value, sources[key])
     return Profile(name=name, values=values, sources=sources)
+
+
+def _scheduler_of_host(name: str, values: dict[str, Any], sources: dict[str, str]) -> None:
+    """A `host` means Slurm on that login node over SSH: it implies `scheduler = "slurm"`, and
+    a profile that also says `local` contradicts itself (its jobs would quietly run here)."""
+    if not values.get("host"):
+        return
+    if "scheduler" not in values:
+        values["scheduler"], sources["scheduler"] = "slurm", f"implied by host ({sources['host']})"
+        return
+    if values["scheduler"] == "local":
+        raise HpcjobError(
+            f"Profile {name} contradicts itself: host = {values['host']!r} (from "
+            f"{sources['host']}) runs Slurm on that login node over SSH, but scheduler = "
+            f'"local" (from {sources["scheduler"]}) runs jobs on this machine.',
+            hint=_contradiction_hint(name, sources),
+            exit_code=EXIT_USAGE,
+        )
+
+
+def _contradiction_hint(name: str, sources: dict[str, str]) -> str:
+    keep_here = f"remove `host` from {sources['host']} to run jobs on this machine"
+    if sources["scheduler"].startswith("built-in"):
+        return (
+            f"The built-in profile {name} runs jobs on this machine: {keep_here}, or give the "
+            'login node a profile of its own ([profiles.NAME] with host = "…"; a host implies '
+            'scheduler = "slurm").'
+        )
+    return (
+        f"Remove `scheduler` from {sources['scheduler']} to run jobs on the login node (a host "
+        f'implies scheduler = "slurm"), or {keep_here}.'
+    )
 
 
 def profile_rates(settings: Settings, current: Profile, name: str) -> dict[str, Rate]:
@@ -318,10 +351,11 @@ STARTER_CONFIG = """\
 # hpcjob configuration. Precedence: command-line flag > environment (HPCJOB_<KEY>) > this file
 # > the built-in profile of the same name. `hpcjob config show` prints each value and its source.
 
-# The profile used when neither --profile nor HPCJOB_PROFILE is given.
+# The profile used when neither --profile nor HPCJOB_PROFILE is given; `hpcjob config init` wrote
+# the one chosen when it ran ("slurm" where sbatch is on PATH, else "local").
 # Built-in: "local" (the embedded scheduler on this machine), "slurm" (the Slurm on this machine),
 # "snellius" (SURF's Snellius over SSH).
-default_profile = "local"
+default_profile = "{default_profile}"
 
 [profiles.local]
 scheduler = "local"        # run jobs on this machine with hpcjob's embedded scheduler
@@ -348,7 +382,26 @@ max_local_jobs = 2         # jobs running at once; the rest wait PENDING
 """
 
 
-def write_starter_config(settings: Settings, force: bool = False) -> Path:
+def starter_profile(
+    settings: Settings, flag: str | None, environ: dict[str, str]
+) -> tuple[str, str]:
+    """The `default_profile` a starter config names, and why: the profile chosen now (flag >
+    HPCJOB_PROFILE > the file it replaces > sbatch on PATH), so that writing it changes nothing.
+    A profile the starter file does not define gives way to the built-in default."""
+    try:
+        current = read_config_file(settings.config_path)
+    except HpcjobError:
+        current = {}  # a broken file, about to be replaced
+    name, why = select_profile_name(flag, environ, current)
+    if name not in BUILTIN_PROFILES:
+        without = {key: value for key, value in environ.items() if key != "HPCJOB_PROFILE"}
+        name, why = select_profile_name(None, without, {})
+    return name, why
+
+
+def write_starter_config(
+    settings: Settings, force: bool = False, default_profile: str = "local"
+) -> Path:
     """Write the commented starter config (private to the user); never overwrite silently."""
     path = settings.config_path
     if path.exists() and not force:
@@ -360,6 +413,6 @@ def write_starter_config(settings: Settings, force: bool = False) -> Path:
     tmp = path.with_suffix(".toml.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(STARTER_CONFIG)
+        handle.write(STARTER_CONFIG.replace("{default_profile}", default_profile))
     os.replace(tmp, path)
     return path

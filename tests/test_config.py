@@ -108,3 +108,52 @@ def test_starter_config_is_private_valid_and_never_overwritten(tmp_path: Path) -
     path.write_text("# mine\n")
     write_starter_config(settings, force=True)
     assert "default_profile" in path.read_text()
+
+
+# ------------------------------------------------------------- a host means Slurm over SSH
+def test_a_host_implies_slurm_and_says_so(tmp_path: Path) -> None:
+    settings = settings_with(tmp_path, '[profiles.lab]\nhost = "login.lab.example"\n')
+    profile = resolve_profile(settings, profile_flag="lab", environ={})
+    assert profile.scheduler == "slurm"
+    assert profile.sources["scheduler"].startswith("implied by host")
+    assert "[profiles.lab]" in profile.sources["scheduler"]  # where the host came from
+    # The defaults of a cluster, not of this machine's embedded scheduler.
+    assert profile.get("remote_root") == "~/hpcjob/runs"
+    assert profile.get("python") == "python3"
+    from_env = resolve_profile(
+        settings_with(tmp_path, "[profiles.lab]\n"),
+        profile_flag="lab",
+        environ={"HPCJOB_HOST": "login.lab.example"},
+    )
+    assert from_env.scheduler == "slurm"
+    assert from_env.sources["scheduler"] == "implied by host (env HPCJOB_HOST)"
+
+
+def test_a_host_with_the_local_scheduler_is_refused(tmp_path: Path) -> None:
+    settings = settings_with(
+        tmp_path, '[profiles.lab]\nhost = "login.lab.example"\nscheduler = "local"\n'
+    )
+    with pytest.raises(HpcjobError) as info:
+        resolve_profile(settings, profile_flag="lab", environ={})
+    message = info.value.message
+    assert "profile lab" in message.lower()
+    assert "host" in message and "scheduler" in message and "local" in message
+    assert 'scheduler = "slurm"' in (info.value.hint or "")
+    assert info.value.exit_code == 2
+    # The built-in `local` profile given a host is the same contradiction, never quietly local.
+    with pytest.raises(HpcjobError, match="profile local"):
+        resolve_profile(
+            settings_with(tmp_path, None), profile_flag="local", environ={"HPCJOB_HOST": "x.org"}
+        )
+
+
+def test_a_profile_with_a_host_runs_its_scheduler_over_ssh(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from hpcjob.scheduler.factory import scheduler_for
+
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.ssh/config of the developer's
+    settings = settings_with(tmp_path, '[profiles.lab]\nhost = "login.lab.example"\n')
+    scheduler = scheduler_for(resolve_profile(settings, profile_flag="lab", environ={}), settings)
+    assert scheduler.name == "slurm" and not scheduler.jobs_run_here
+    assert scheduler.cluster == "slurm:login.lab.example"  # nothing connects until first use

@@ -383,3 +383,24 @@ def test_unreachable_host_is_retried_with_backoff_then_explained(tmp_path: Path)
         shell.run(["sbatch", "job.sh"])
     assert slept == [0.25, 1.0, 2.0]
     assert shell.auth_attempts == 0 and shell.commands_run == 0
+
+
+def test_an_unreachable_host_names_the_profile() -> None:
+    target = resolve_target({"host": "127.0.0.1", "port": 1}, "", local_user="me")
+    shell = SSHShell(target, sleep=lambda _s: None, interactive=False, profile_name="lab")
+    with pytest.raises(HpcjobError) as info:
+        shell.run(["sinfo"])
+    assert "(`sinfo`, profile lab)" in info.value.message
+    assert "host and port of profile lab" in (info.value.hint or "")
+    refused = auth_failed_error(hop(), ["/k/id (ED25519 SHA256:x)"], profile_name="lab")
+    assert "as scur1 (profile lab):" in refused.message
+    assert "`user` of profile lab" in (refused.hint or "")
+
+
+def test_every_host_key_hint_names_a_connect_command_that_works() -> None:
+    changed = changed_host_error(
+        hop(), "ED25519 SHA256:new", "ED25519 SHA256:old", [("/k", 1)], profile_name="lab"
+    )
+    assert "`hpcjob connect lab`" in (changed.hint or "")
+    unknown = unknown_host_error(hop(), "ssh-ed25519", "SHA256:abc", profile_name="lab")
+    assert "`hpcjob connect lab`" in (unknown.hint or "")

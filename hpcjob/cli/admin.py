@@ -61,11 +61,19 @@ def config_show(profile: ProfileOpt = None, json_out: JsonOpt = False) -> None:
 def config_init(
     force: Annotated[bool, typer.Option("--force", help="Replace an existing file.")] = False,
 ) -> None:
-    """Write a commented starter config to $HPCJOB_HOME/config.toml."""
-    from hpcjob.config import load_settings, write_starter_config
+    """Write a commented starter config to $HPCJOB_HOME/config.toml; its default_profile is the
+    profile chosen now (`slurm` where sbatch is on PATH)."""
+    import os
 
-    path = write_starter_config(load_settings(), force=force)
-    info(f"Wrote {path}. Edit it, then check with `hpcjob config show`.")
+    from hpcjob.config import load_settings, starter_profile, write_starter_config
+
+    settings = load_settings()
+    name, why = starter_profile(settings, chosen_profile(None), dict(os.environ))
+    path = write_starter_config(settings, force=force, default_profile=name)
+    info(
+        f'Wrote {path} with default_profile = "{name}" (the profile chosen now: {why}). '
+        "Edit it, then check with `hpcjob config show`."
+    )
     print_text(f"{path}\n")
 
 

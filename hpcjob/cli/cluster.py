@@ -48,17 +48,34 @@ def partitions(profile: ProfileOpt = None, json_out: JsonOpt = False) -> None:
 
 
 @command(app)
-def connect(profile: ProfileOpt = None) -> None:
+def connect(
+    name: Annotated[
+        str | None,
+        typer.Argument(
+            metavar="PROFILE",
+            help="The profile to connect (the same as --profile).",
+            show_default=False,
+        ),
+    ] = None,
+    profile: ProfileOpt = None,
+) -> None:
     """Log in to the profile's cluster once: check the host key (asking before trusting a new
     one), the login and the remote home."""
     from hpcjob.config import load_settings, resolve_profile
     from hpcjob.ssh.connect import ConnectOptions, connect_and_trust
 
-    resolved = resolve_profile(load_settings(), profile_flag=chosen_profile(profile))
+    flag = chosen_profile(profile)
+    if name is not None and flag is not None and name != flag:
+        raise HpcjobError(
+            f"Two profiles were given: {name} (the argument) and {flag} (--profile).",
+            hint=f"Give one: `hpcjob connect {name}` or `hpcjob connect {flag}`.",
+            exit_code=2,
+        )
+    resolved = resolve_profile(load_settings(), profile_flag=name or flag)
     if not resolved.get("host"):
         raise HpcjobError(
             f"Profile {resolved.name!r} has no host: it runs on this machine.",
-            hint="Give a profile with `host`, e.g. --profile snellius.",
+            hint="Give a profile with `host`, e.g. `hpcjob connect snellius`.",
             exit_code=2,
         )
     report = connect_and_trust(

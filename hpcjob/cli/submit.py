@@ -93,7 +93,12 @@ def _submit_or_render(
         ),
     ] = None,
     dry_run: Annotated[
-        bool, typer.Option("--dry-run", help="Validate and render; submit nothing.")
+        bool,
+        typer.Option(
+            "--dry-run",
+            help="Validate and render; submit nothing. Without a connection to the login node: "
+            "what can be checked offline, and what could not.",
+        ),
     ] = False,
     project: Annotated[
         str | None,
@@ -145,6 +150,10 @@ def _submit_or_render(
         require_data=not rendering,
     )
     with session(profile) as context:
+        if dry_run:
+            from hpcjob.run.context import connect_or_offline
+
+            connect_or_offline(context)  # without a connection: what can be checked offline
         prepared, plan = prepare_submit(
             context,
             request,
@@ -209,17 +218,24 @@ def _project_dir(project: str | None) -> Path | None:
 
 
 def _show_dry_run(context: Any, sink: Sink, prepared: Any) -> None:
+    from rich.markup import escape
+
     from hpcjob.cost import estimate_line
+    from hpcjob.run.context import offline_notes
     from hpcjob.run.origin import sbu_estimate
 
     estimate = sbu_estimate(context, prepared)
+    not_checked = offline_notes(context)
 
     def show() -> None:
         print_text(prepared.script)
+        valid = "Valid as far as it could be checked." if not_checked else "Valid."
         info(
-            f"[green]Valid.[/] Dry run: nothing was submitted (profile {context.profile.name}, "
+            f"[green]{valid}[/] Dry run: nothing was submitted (profile {context.profile.name}, "
             f"run directory would be {prepared.new_run.run_dir})."
         )
+        for note in not_checked:
+            info(f"[yellow]not checked:[/] {escape(note)}")
         info(estimate_line(estimate))
 
     summary = {
@@ -230,6 +246,7 @@ def _show_dry_run(context: Any, sink: Sink, prepared: Any) -> None:
         "run_dir": prepared.new_run.run_dir,
         "script": prepared.script,
         "sbu_estimate": estimate.to_dict(),
+        "not_checked": not_checked,
     }
     sink.result(summary, show)
 

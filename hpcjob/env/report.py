@@ -43,7 +43,7 @@ _LOOKALIKES = {
 }
 
 
-def check_module_names(modules: tuple[str, ...] | list[str]) -> None:
+def check_module_names(modules: tuple[str, ...] | list[str], profile: str | None = None) -> None:
     """Refuse module names with Unicode look-alikes (pasted from a PDF) before anything runs."""
     for module in modules:
         bad = [ch for ch in module if ord(ch) > 127]
@@ -57,7 +57,7 @@ def check_module_names(modules: tuple[str, ...] | list[str]) -> None:
             f"The module name {module!r} contains {ch!r} (U+{ord(ch):04X} {name}), "
             "which `module load` will not find.",
             hint=(
-                f'Use the ASCII spelling "{ascii_spelling}" in the profile\'s modules.'
+                f'Use the ASCII spelling "{ascii_spelling}" in the modules of {_named(profile)}.'
                 if fixable
                 else "Retype the name by hand; it was probably pasted from a PDF."
             ),
@@ -65,39 +65,57 @@ def check_module_names(modules: tuple[str, ...] | list[str]) -> None:
         )
 
 
-def result_error(result: EnvResult, request: EnvRequest, output: str) -> HpcjobError:
-    """The user's words for a failed result."""
+def _named(profile: str | None, start: bool = False) -> str:
+    """The profile in words (`start`: to begin a sentence)."""
+    named = f"profile {profile}" if profile else "the profile"
+    return named[0].upper() + named[1:] if start else named
+
+
+def _again(profile: str | None, flags: str = "") -> str:
+    """The command that runs setup-env again for the same profile."""
+    return (
+        "hpcjob setup-env"
+        + (f" {flags}" if flags else "")
+        + (f" --profile {profile}" if profile else "")
+    )
+
+
+def result_error(
+    result: EnvResult, request: EnvRequest, output: str, *, profile: str | None = None
+) -> HpcjobError:
+    """The user's words for a failed result; `profile` is the profile the venv belongs to."""
     where = f"the venv at {request.venv}"
+    named = _named(profile)
     full = disk_full(output, result.extra.get("disk") or ())
     if full is not None and result.stage in ("venv", "install", "verify", "script"):
-        return _disk_error(full, result, request, output)
+        return _disk_error(full, result, request, output, profile)
     if result.stage == "modules":
-        return _module_error(result, request, output)
+        return _module_error(result, request, output, profile)
     if result.error == "venv_not_writable":
-        return _not_writable(result, request)
+        return _not_writable(result, request, profile)
     if result.error == "python_mismatch":
         return HpcjobError(
-            f"{where} was made with Python {result.venv_python}, but the profile's python "
+            f"{where} was made with Python {result.venv_python}, but {named}'s python "
             f"({request.python}{_with_modules(request)}) is Python {result.python_version}; "
             "a venv works only with the Python that made it.",
-            hint="Rebuild it for this Python: hpcjob setup-env --force (or set the profile's "
-            "venv to a new path to keep the old one).",
+            hint=f"Rebuild it for this Python: {_again(profile, '--force')} (or set venv of "
+            f"{named} to a new path to keep the old one).",
         )
     if result.error == "python_not_found":
         return HpcjobError(
-            f"The profile's python ({request.python!r}) does not run on the cluster"
-            f"{_with_modules(request)}. The output ends:\n" + tail(output, 8),
-            hint="Set `python` in the profile to a command that exists there (python3), or load "
+            f"{_named(profile, start=True)}'s python ({request.python!r}) does not run on the "
+            f"cluster{_with_modules(request)}. The output ends:\n" + tail(output, 8),
+            hint=f"Set `python` of {named} to a command that exists there (python3), or load "
             'the module that provides it (Snellius: modules = ["2025", '
             '"Python/3.13.1-GCCcore-14.2.0"]).',
         )
     if result.stage == "install":
         failing = failing_requirement(output)
-        named = f" ({failing} could not be installed)" if failing else ""
+        which = f" ({failing} could not be installed)" if failing else ""
         return HpcjobError(
-            f"Installing the requirements into {where} failed{named}. The log ends:\n"
+            f"Installing the requirements into {where} failed{which}. The log ends:\n"
             + tail(output),
-            hint="Fix or pin that requirement in the file, then run hpcjob setup-env again; "
+            hint=f"Fix or pin that requirement in the file, then run {_again(profile)} again; "
             "the venv is marked unfinished until an install passes.",
         )
     if result.stage == "verify":
@@ -107,16 +125,16 @@ def result_error(result: EnvResult, request: EnvRequest, output: str) -> HpcjobE
             f"The install finished but {len(broken)} requirement(s) do not import in {where}:\n"
             + lines,
             hint="A distribution whose import name differs is checked as name-with-underscores; "
-            "otherwise the package is broken for this Python: try --force.",
+            f"otherwise the package is broken for this Python: try {_again(profile, '--force')}.",
         )
     if result.stage == "script":
         again = "The venv stays marked unfinished and the next run repairs it."
         hint = (
             "Login-node commands are killed after 15 minutes on Snellius: run long installs "
-            "with --as-job. " + again
+            f"with {_again(profile, '--as-job')}. " + again
             if "killed" in (result.error or "")
-            else "The log's end above says what went wrong; fix that and run hpcjob setup-env "
-            "again. " + again
+            else "The log's end above says what went wrong; fix that and run "
+            f"{_again(profile)}. " + again
         )
         return HpcjobError(
             f"The setup script {result.error}, before it finished. The log ends:\n" + tail(output),
@@ -124,15 +142,16 @@ def result_error(result: EnvResult, request: EnvRequest, output: str) -> HpcjobE
         )
     return HpcjobError(
         f"setup-env failed ({result.stage}: {result.error}). The output ends:\n" + tail(output),
-        hint="Check the profile's python, modules and venv path (hpcjob config show).",
+        hint=f"Check the python, modules and venv path of {named} (hpcjob config show"
+        + (f" --profile {profile})." if profile else ")."),
     )
 
 
-def _not_writable(result: EnvResult, request: EnvRequest) -> HpcjobError:
+def _not_writable(result: EnvResult, request: EnvRequest, profile: str | None) -> HpcjobError:
     """A venv (or the folder it goes in) this user may not write: made by another user, or on a
     read-only filesystem. The script says so before it changes anything (or, should the venv
     change meanwhile, when the marker cannot be written)."""
-    venv = request.venv
+    venv = request.venv + (f" (profile {profile})" if profile else "")
     what = {
         "folder": f"The folder the venv {venv} goes in is not writable by this user",
         "contents": f"Parts (bin/ or site-packages) of the venv at {venv} are not writable by "
@@ -149,7 +168,7 @@ def _not_writable(result: EnvResult, request: EnvRequest) -> HpcjobError:
         f"{what} (another user's venv, or a read-only filesystem?); {done}.",
         hint="Set `venv` in the profile to a path of your own (e.g. venv = "
         '"~/hpcjob/venv"), or have the permissions fixed so that you can write it (its '
-        "owner: chmod -R u+w, or chown to you); then run hpcjob setup-env again.",
+        f"owner: chmod -R u+w, or chown to you); then run {_again(profile)} again.",
     )
 
 
@@ -157,16 +176,20 @@ def _with_modules(request: EnvRequest) -> str:
     return f", after module load {' '.join(request.modules)}" if request.modules else ""
 
 
-def _module_error(result: EnvResult, request: EnvRequest, output: str) -> HpcjobError:
+def _module_error(
+    result: EnvResult, request: EnvRequest, output: str, profile: str | None
+) -> HpcjobError:
     problem = module_problem(result, output, request.modules)
     assert problem is not None
+    named = _named(profile)
     if problem.module is None:
         return HpcjobError(
-            f"The profile loads modules ({', '.join(request.modules)}), but the cluster has no "
-            "`module` command (neither in the login shell nor in $MODULESHOME/init).",
-            hint="If this cluster has no environment modules, remove `modules` from the "
-            "profile and point `python` at a Python there; otherwise check that `module avail` "
-            "works in a login shell on it.",
+            f"{_named(profile, start=True)} loads modules ({', '.join(request.modules)}), but "
+            "the cluster has no `module` command (neither in the login shell nor in "
+            "$MODULESHOME/init).",
+            hint=f"If this cluster has no environment modules, remove `modules` from {named} "
+            "and point `python` at a Python there; otherwise check that `module avail` works in "
+            "a login shell on it.",
         )
     module = problem.module
     family = module.split("/", 1)[0]
@@ -179,7 +202,9 @@ def _module_error(result: EnvResult, request: EnvRequest, output: str) -> Hpcjob
     if not any(re.fullmatch(r"\d{4}", m) for m in earlier) and not re.fullmatch(r"\d{4}", module):
         hint += '; on Snellius load the software year before it, e.g. modules = ["2025", …]'
     return HpcjobError(
-        f"The module {module} does not exist on the cluster: `module load {module}` failed{said}.",
+        f"The module {module} does not exist on the cluster"
+        + (f" of {named}" if profile else "")
+        + f": `module load {module}` failed{said}.",
         hint=hint + ".",
     )
 
@@ -188,7 +213,9 @@ def _gib(n: int | None) -> str:
     return "?" if n is None else f"{n / 1024**3:.2f} GiB"
 
 
-def _disk_error(full: Any, result: EnvResult, request: EnvRequest, output: str) -> HpcjobError:
+def _disk_error(
+    full: Any, result: EnvResult, request: EnvRequest, output: str, profile: str | None
+) -> HpcjobError:
     kind = "Disk quota exceeded" if full.quota else "No space left on device"
     place = full.mount or "the filesystem"
     role = {"venv": "the venv's", "tmp": "$TMPDIR's", "cache": "the installer cache's"}.get(
@@ -212,9 +239,9 @@ def _disk_error(full: Any, result: EnvResult, request: EnvRequest, output: str) 
         f"{': ' + full.path if full.path else ''}); {what}.{size} The log ends:\n"
         + tail(output, 6),
         hint="See your usage with `myquota` (Snellius). Put the venv where there is room: set "
-        "`venv` in the profile to a path on /projects or on scratch (e.g. "
+        f"`venv` of {_named(profile)} to a path on /projects or on scratch (e.g. "
         '"/scratch-shared/$USER/venv"), or use --installer uv, which writes fewer files; then '
-        "run hpcjob setup-env again (the unfinished venv is repaired).",
+        f"run {_again(profile)} again (the unfinished venv is repaired).",
     )
 
 

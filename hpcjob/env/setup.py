@@ -127,7 +127,7 @@ def request_for(
             f"{ctx.settings.config_path}, or HPCJOB_VENV.",
             exit_code=EXIT_USAGE,
         )
-    check_module_names(profile.modules)
+    check_module_names(profile.modules, profile.name)
     if installer not in INSTALLERS:
         raise HpcjobError(f"--installer must be pip or uv, not {installer!r}.", exit_code=2)
     return EnvRequest(
@@ -162,7 +162,7 @@ def setup_env(
     else:
         run, result, output = setup_on_login_node(ctx, request, display=display)
     if not (result.ok and run.state.value == "COMPLETED"):
-        raise result_error(result, request, output)
+        raise result_error(result, request, output, profile=ctx.profile.name)
     if gpu_job is None:
         return Outcome(run, result, output)
     if display is not None:
@@ -307,7 +307,8 @@ class _LoginRun:
             f"setup-env was interrupted after {seconds:.0f} s; run {self.run.run_id} is "
             f"recorded CANCELLED and the venv is marked unfinished. Its log so far: "
             f"{self.log_path}",
-            hint="Run hpcjob setup-env again to finish it (the unfinished venv is repaired).",
+            hint=f"Run hpcjob setup-env --profile {self.run.profile} again to finish it (the "
+            "unfinished venv is repaired).",
             exit_code=EXIT_INTERRUPTED,
         )
 
@@ -320,7 +321,8 @@ class _LoginRun:
             f"setup-env on the login node did not finish: {reason}. Run {self.run.run_id} is "
             f"recorded FAILED; its log so far: {self.log_path}",
             hint="For long installs use --as-job (login-node commands are killed after 15 "
-            "minutes on Snellius); run hpcjob setup-env again to repair the venv.",
+            f"minutes on Snellius); run hpcjob setup-env --profile {self.run.profile} again to "
+            "repair the venv.",
         )
 
 
@@ -369,8 +371,10 @@ def gpu_partition(ctx: Context, requested: str | None) -> str | None:
             return name
     if not with_gpus:
         raise HpcjobError(
-            "--check-gpu found no partition with GPUs on this cluster (sinfo shows none).",
-            hint="Name one with --gpu-partition (see `hpcjob partitions`).",
+            f"--check-gpu found no partition with GPUs on the cluster of profile "
+            f"{ctx.profile.name} (sinfo shows none).",
+            hint=f"Name one with --gpu-partition (see `hpcjob partitions --profile "
+            f"{ctx.profile.name}`).",
             exit_code=EXIT_USAGE,
         )
     up = [p for p in with_gpus if p.available] or with_gpus
@@ -381,8 +385,8 @@ def prepare_gpu_check(ctx: Context, partition: str | None) -> Prepared:
     """The gpu-check job, validated against the cluster before anything is installed."""
     if ctx.scheduler.jobs_run_here:
         raise HpcjobError(
-            "--check-gpu submits a job to a GPU partition, and this profile runs jobs on this "
-            "machine (the embedded scheduler has no GPUs to give).",
+            f"--check-gpu submits a job to a GPU partition, and profile {ctx.profile.name} runs "
+            "jobs on this machine (the embedded scheduler has no GPUs to give).",
             hint="Use a Slurm profile (--profile snellius), or `hpcjob submit gpu-check` here.",
             exit_code=EXIT_USAGE,
         )

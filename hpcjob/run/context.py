@@ -1,23 +1,29 @@
 """One invocation: settings, profile, clock, and — opened lazily — the ledger and the scheduler;
 plus what depends on the profile alone: where run directories live and the cluster's partitions
-(one sinfo, cached a few minutes per profile)."""
+(one sinfo, cached a few minutes per profile); and a dry run that goes on without its login node
+(`connect_or_offline`), saying what it could not check."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
+import re
 import time
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 from hpcjob.clock import SYSTEM_CLOCK, Clock
 from hpcjob.config import Profile, Settings, load_settings, resolve_profile
+from hpcjob.errors import HpcjobError
 from hpcjob.ledger.store import Ledger
 from hpcjob.scheduler.base import Scheduler
 from hpcjob.scheduler.factory import scheduler_for
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
     from pathlib import Path
 
     from hpcjob.slurm import Partition
@@ -31,6 +37,9 @@ class Context:
     profile: Profile
     clock: Clock = SYSTEM_CLOCK
     notes: list[str] = field(default_factory=list)  # said once on stderr at the end
+    # Why the profile's login node could not be reached, when a dry run goes on without it:
+    # partitions then come from the cache (however old) or are not checked, `~` stays as it is.
+    offline: str | None = None
     _ledger: Ledger | None = field(default=None, repr=False)
     _scheduler: Scheduler | None = field(default=None, repr=False)
 
@@ -58,6 +67,35 @@ def open_context(profile_flag: str | None = None, flags: dict[str, Any] | None =
     return Context(settings, resolve_profile(settings, profile_flag=profile_flag, flags=flags))
 
 
+def profile_error(ctx: Context, exc: HpcjobError) -> HpcjobError:
+    """An error about what the profile's cluster has or says, said of that profile (`Profile
+    lab: the cluster has no partition …`): the same request may suit another profile."""
+    name, message, hint = ctx.profile.name, exc.message, exc.hint
+    # The SSH connection's errors name the profile already.
+    named = re.search(rf"\bprofile {re.escape(name)}\b", message, re.IGNORECASE) is not None
+    if not named and message.startswith("The "):
+        message = "t" + message[1:]  # "Profile lab: the cluster has …"
+    if hint is not None:
+        hint = hint.replace("`hpcjob partitions`", f"`hpcjob partitions --profile {name}`")
+    cached_at = _cached_at(ctx) if ctx.offline is not None else None
+    if cached_at is not None:  # a partition may have come since: say what was checked
+        message += (
+            f"\n(Checked against the partitions cached at {cached_at}: there is no connection "
+            f"to {ctx.profile.get('host')}.)"
+        )
+    prefix = "" if named else f"Profile {name}: "
+    return HpcjobError(prefix + message, hint=hint, exit_code=exc.exit_code)
+
+
+@contextlib.contextmanager
+def of_profile(ctx: Context) -> Iterator[None]:
+    """`profile_error` for the errors raised inside."""
+    try:
+        yield
+    except HpcjobError as exc:
+        raise profile_error(ctx, exc) from exc
+
+
 def profile_of(ref: str) -> str:
     """The profile a run was submitted with (its cluster is where its files are)."""
     ledger = Ledger(load_settings().ledger_path)
@@ -73,7 +111,49 @@ def run_root(ctx: Context, connect: bool = True) -> str:
     root = str(ctx.profile.get("remote_root") or ctx.settings.runs_dir)
     if not ctx.profile.get("host"):
         return os.path.abspath(os.path.expanduser(root))
-    return ctx.scheduler.shell.expand_home(root) if connect else root
+    return ctx.scheduler.shell.expand_home(root) if connect and ctx.offline is None else root
+
+
+def connect_or_offline(ctx: Context) -> None:
+    """For a dry run: reach the profile's login node, or — when that fails — note why in
+    `ctx.offline` and go on without it (`offline_notes` says what was then not checked). A
+    profile without a host has nothing to connect to."""
+    if not ctx.profile.get("host"):
+        return
+    shell = ctx.scheduler.shell  # a profile that names no usable host is an error, not offline
+    try:
+        shell.expand_home("~")  # connects; remembers the home for run_root
+    except HpcjobError as exc:
+        ctx.offline = exc.message.splitlines()[0].rstrip(".")
+
+
+def offline_notes(ctx: Context) -> list[str]:
+    """What a dry run without its login node could not check, in words; [] when connected."""
+    if ctx.offline is None:
+        return []
+    host = ctx.profile.get("host")
+    why = f"the live partitions (no connection to {host}): {ctx.offline}"
+    cached_at = _cached_at(ctx)
+    if cached_at is None:
+        partitions = (
+            f"{why}; no partitions cached for profile {ctx.profile.name}, so the partition, "
+            "time limit, GPUs and CPUs of the request were not checked"
+        )
+    else:
+        partitions = f"{why}; checked against the partitions cached at {cached_at} instead"
+    files = f"the data folder and the venv's python on {host} (looked for there before a submit)"
+    home = f"the remote home: `~` in the run directory and the script stands for it on {host}"
+    notes = [partitions, files]
+    return [*notes, home] if "~" in run_root(ctx, connect=False) else notes
+
+
+def _cached_at(ctx: Context) -> str | None:
+    """When the profile's partitions were cached (ISO-8601 UTC), if a readable cache is there."""
+    cache = _partitions_cache(ctx)
+    if _read_cache(cache) is None:
+        return None
+    cached = datetime.fromtimestamp(cache.stat().st_mtime, timezone.utc)
+    return cached.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 _PARTITIONS_TTL_S = 300
@@ -85,15 +165,14 @@ def _partitions_cache(ctx: Context) -> Path:
 
 def cached_partitions(ctx: Context, refresh: bool = False) -> list[Partition] | None:
     """The scheduler's partitions from one sinfo, kept for a few minutes per profile; None where
-    any partition name runs (the embedded scheduler)."""
-    from hpcjob.slurm import Partition  # the parsers load only where partitions are asked for
-
+    any partition name runs (the embedded scheduler), or offline with nothing cached."""
     cache = _partitions_cache(ctx)
+    if ctx.offline is not None:
+        return _read_cache(cache)  # however old: better than nothing (`offline_notes` says so)
     if not refresh and cache.exists() and time.time() - cache.stat().st_mtime < _PARTITIONS_TTL_S:
-        try:
-            return [Partition(**item) for item in json.loads(cache.read_text())]
-        except (ValueError, TypeError):
-            pass  # a damaged cache is just asked for again
+        found = _read_cache(cache)
+        if found is not None:
+            return found  # a damaged cache is just asked for again
     partitions = ctx.scheduler.partitions()
     if partitions is None:
         return None
@@ -105,6 +184,15 @@ def cached_partitions(ctx: Context, refresh: bool = False) -> list[Partition] | 
     except OSError:  # a full or read-only HPCJOB_HOME: the cache is only a saving
         tmp.unlink(missing_ok=True)
     return partitions
+
+
+def _read_cache(cache: Path) -> list[Partition] | None:
+    from hpcjob.slurm import Partition  # the parsers load only where partitions are asked for
+
+    try:
+        return [Partition(**item) for item in json.loads(cache.read_text())]
+    except (OSError, ValueError, TypeError):
+        return None
 
 
 def default_partition(ctx: Context) -> str | None:

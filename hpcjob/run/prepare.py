@@ -13,7 +13,7 @@ from hpcjob.errors import EXIT_USAGE, HpcjobError
 from hpcjob.ledger.records import NewRun
 from hpcjob.render import RenderContext, render_script, script_hash, template_dirs
 from hpcjob.resources import workload_files
-from hpcjob.run.context import Context, cached_partitions, run_root
+from hpcjob.run.context import Context, cached_partitions, of_profile, profile_error, run_root
 from hpcjob.run.rundir import Files
 from hpcjob.shell import Shell
 from hpcjob.spec import WORKLOADS, Finding, JobSpec, Program, SpecRequest, build_spec
@@ -197,14 +197,24 @@ def _validated(
         try:
             partitions = cached_partitions(ctx)
         except HpcjobError as exc:
-            unreachable = exc
+            unreachable = profile_error(ctx, exc)
     check = None
-    if check_files and unreachable is None:
+    # A dry run without its login node cannot look there (offline_notes says so).
+    if check_files and unreachable is None and ctx.offline is None:
+        source = None
+        if not request.data_dir and ctx.profile.get("data_dir"):
+            where = ctx.profile.sources.get("data_dir")
+            source = f"data_dir of profile {ctx.profile.name}" + (f", {where}" if where else "")
 
         def check(spec: JobSpec) -> list[Finding]:
-            return job_file_findings(ctx, spec)
+            return job_file_findings(ctx, spec, source)
 
-    spec = build_spec(_filled(ctx, request), partitions, check)
+    filled = _filled(ctx, request)
+    if partitions is None:
+        spec = build_spec(filled, partitions, check)
+    else:
+        with of_profile(ctx):  # the cluster's answer: the same request may suit another profile
+            spec = build_spec(filled, partitions, check)
     if unreachable is not None:
         raise unreachable
     return spec
@@ -252,16 +262,18 @@ def _render(ctx: Context, spec: JobSpec, new: NewRun, run_dir: str, sweep: Sweep
     return render_script(spec, render_ctx, dirs)
 
 
-def job_file_findings(ctx: Context, spec: JobSpec) -> list[Finding]:
+def job_file_findings(ctx: Context, spec: JobSpec, source: str | None = None) -> list[Finding]:
     """What the job would not find where it runs: its data (PCAM's files, or a program's data
     folder) and the venv's python. Looked for through the scheduler's shell — this machine for
     the embedded scheduler or Slurm on the login node one is on, else the login node over the
-    profile's one SSH connection — with a look or two, never one per file."""
+    profile's one SSH connection — with a look or two, never one per file. `source`: where the
+    data folder came from when not from --data-dir (the profile's data_dir)."""
     shell = ctx.scheduler.shell
     where = f"on {ctx.profile.get('host')}" if ctx.profile.get("host") else "on this machine"
     found: list[Finding] = []
     if spec.data_dir:
-        found += _data_findings(shell, spec, spec.data_dir, where)
+        named = f"{spec.data_dir} ({source})" if source else spec.data_dir
+        found += _data_findings(shell, spec, spec.data_dir, named, where)
     venv = ctx.profile.get("venv")
     runs_in_venv = spec.program is not None or WORKLOADS[spec.workload].runs_in_venv
     if venv and runs_in_venv:
@@ -278,9 +290,11 @@ def job_file_findings(ctx: Context, spec: JobSpec) -> list[Finding]:
     return found
 
 
-def _data_findings(shell: Shell, spec: JobSpec, folder: str, where: str) -> list[Finding]:
+def _data_findings(
+    shell: Shell, spec: JobSpec, folder: str, named: str, where: str
+) -> list[Finding]:
     fix = "Point --data-dir (or the profile's data_dir) at "
-    gone = f"the data directory {folder} does not exist {where}"
+    gone = f"the data directory {named} does not exist {where}"
     path = shell.expand_home(folder)  # `~/…`: the home folder there
     if spec.program is not None:
         problem = _absent(shell, path, where, gone)
@@ -295,13 +309,13 @@ def _data_findings(shell: Shell, spec: JobSpec, folder: str, where: str) -> list
     try:
         present = {name for name, _ in shell.list_files(path, max_depth=0)}
     except OSError as exc:  # over SFTP: a folder one may not read
-        return [(f"the data directory {folder} {where} cannot be read ({exc})", fix + ".")]
+        return [(f"the data directory {named} {where} cannot be read ({exc})", fix + ".")]
     missing = [name for name in needed if name not in present]
     if not missing:
         return []
     # An empty listing is also what a folder that does not exist gives: one more look tells.
     problem = _absent(shell, path, where, gone) if not present else None
-    return [(problem or f"{folder} {where} lacks {', '.join(missing)}", fix + ".")]
+    return [(problem or f"{named} {where} lacks {', '.join(missing)}", fix + ".")]
 
 
 def _absent(shell: Shell, path: str, where: str, problem: str) -> str | None:

@@ -98,5 +98,5 @@ def staging(ctx: Context, run: Run) -> Iterator[None]:
         raise HpcjobError(
             f"Could not stage {run.run_dir}: {exc}",
             hint="Check that the folder is writable and has room (on Snellius: `myquota`), or "
-            "set the profile's remote_root to a folder that has.",
+            f"set remote_root of profile {ctx.profile.name} to a folder that has.",
         ) from exc

@@ -20,7 +20,7 @@ from hpcjob.jobstate import JobState
 from hpcjob.ledger.records import Run
 from hpcjob.render import SNAPSHOT_MARKER, snapshot_dir
 from hpcjob.resources import workload_files
-from hpcjob.run.context import Context
+from hpcjob.run.context import Context, profile_error
 from hpcjob.run.lock import SubmitterLock
 from hpcjob.run.origin import record_origin, run_files
 from hpcjob.run.prepare import Prepared
@@ -95,7 +95,7 @@ def hand_over(ctx: Context, run: Run) -> Run:
         if found is None:
             if not ambiguous:
                 ctx.ledger.mark_unsubmitted(run.run_id, exc.message)
-                raise
+                raise profile_error(ctx, exc) from exc  # Slurm said no: to this profile's job
             ctx.ledger.note_submitting(run.run_id, f"{AMBIGUOUS}: {exc.message}")
             raise HpcjobError(
                 f"{exc.message}\nIt is not known whether the scheduler queued run {run.run_id}; "

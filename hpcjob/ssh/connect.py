@@ -42,7 +42,13 @@ def ssh_shell_for(
     opts = options or ConnectOptions()
     text, name = read_ssh_config(opts.ssh_config_path)
     defaults = {k for k, source in (opts.sources or {}).items() if source.startswith("built-in")}
-    target = resolve_target(profile_values, text, defaults=defaults, config_name=name)
+    target = resolve_target(
+        profile_values,
+        text,
+        defaults=defaults,
+        config_name=name,
+        profile_name=opts.profile_name,
+    )
     return SSHShell(
         target,
         prompt=opts.prompt,

@@ -78,6 +78,11 @@ def _scan_hint(hop: Hop, jumps: Sequence[Hop]) -> str:
     )
 
 
+def connect_command(profile_name: str | None) -> str:
+    """The `hpcjob connect` that trusts this profile's host keys, for a hint."""
+    return f"hpcjob connect {profile_name or '<profile>'}"
+
+
 def unknown_host_error(
     hop: Hop,
     key_name: str,
@@ -92,14 +97,19 @@ def unknown_host_error(
         f"{key_type_label(key_name)} key fingerprint is {fingerprint}.",
         hint=(
             "Compare the fingerprint with the one the cluster publishes (Snellius: SURF's user "
-            f"documentation), then accept it: `hpcjob connect {profile_name or '<profile>'}` "
+            f"documentation), then accept it: `{connect_command(profile_name)}` "
             f"shows it and asks; or {_scan_hint(hop, jumps)}."
         ),
     )
 
 
 def changed_host_error(
-    hop: Hop, offered: str, expected: str, stale_lines: Sequence[tuple[str, int]]
+    hop: Hop,
+    offered: str,
+    expected: str,
+    stale_lines: Sequence[tuple[str, int]],
+    *,
+    profile_name: str | None = None,
 ) -> HpcjobError:
     """The loud refusal of a host key that differs from the one in known_hosts."""
     where = ", ".join(f"{file} line {n}" for file, n in stale_lines) or "your known_hosts"
@@ -115,7 +125,7 @@ def changed_host_error(
         hint=(
             "Check the fingerprint the cluster publishes or ask its admins. Only if the change is "
             f"genuine, remove the old entry ({where}): {removes}; then accept the new key with "
-            "`hpcjob connect <profile>`."
+            f"`{connect_command(profile_name)}`."
         ),
     )
 
@@ -156,7 +166,9 @@ def load_host_keys(client: paramiko.SSHClient, hop: Hop) -> None:
             ) from exc
 
 
-def changed_key_error(hop: Hop, exc: paramiko.BadHostKeyException) -> HpcjobError:
+def changed_key_error(
+    hop: Hop, exc: paramiko.BadHostKeyException, profile_name: str | None = None
+) -> HpcjobError:
     """`changed_host_error` for paramiko's refusal, naming the known_hosts lines that hold the
     old key."""
     stale: list[tuple[str, int]] = []
@@ -166,7 +178,13 @@ def changed_key_error(hop: Hop, exc: paramiko.BadHostKeyException) -> HpcjobErro
         except OSError:
             continue
         stale += [(path, n) for n in known_hosts_lines(text, hop.host_key_name)]
-    return changed_host_error(hop, describe_key(exc.key), describe_key(exc.expected_key), stale)
+    return changed_host_error(
+        hop,
+        describe_key(exc.key),
+        describe_key(exc.expected_key),
+        stale,
+        profile_name=profile_name,
+    )
 
 
 class HostKeyPolicy(paramiko.RejectPolicy):
@@ -204,7 +222,8 @@ class HostKeyPolicy(paramiko.RejectPolicy):
         if not self._confirm(trust_question(hop, key.get_name(), fingerprint)):
             raise HpcjobError(
                 f"The host key of {hop.host_key_name} was not accepted; nothing was written.",
-                hint="Run `hpcjob connect <profile>` again once you have checked the fingerprint.",
+                hint=f"Run `{connect_command(self._profile_name)}` again once you have checked "
+                "the fingerprint.",
             )
         target = hop.known_hosts_file
         append_known_host(target, known_hosts_line(hostname, key.get_name(), key.get_base64()))

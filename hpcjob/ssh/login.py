@@ -23,25 +23,33 @@ Prompt = Callable[[str], str]
 
 
 def auth_failed_error(
-    hop: Hop, tried: Sequence[str], notes: Sequence[str] = (), detail: str | None = None
+    hop: Hop,
+    tried: Sequence[str],
+    notes: Sequence[str] = (),
+    detail: str | None = None,
+    *,
+    profile_name: str | None = None,
 ) -> HpcjobError:
     """One clear error for a failed login: user, host, what was tried; never retried."""
+    profile = f"profile {profile_name}" if profile_name else "the profile"
     if tried:
         what = f"the server accepted none of: {'; '.join(tried)}"
     else:
         what = (
-            "no key was there to offer (no identity_file in the profile, no IdentityFile in "
+            f"no key was there to offer (no identity_file in {profile}, no IdentityFile in "
             "~/.ssh/config, no ssh-agent key, no ~/.ssh/id_* file) and no terminal to ask for a "
             "password"
         )
     extra = f" ({'; '.join(notes)})" if notes else ""
     return HpcjobError(
-        f"Could not log in to {hop.hostname} port {hop.port} as {hop.user}: {what}{extra}."
+        f"Could not log in to {hop.hostname} port {hop.port} as {hop.user}"
+        + (f" ({profile})" if profile_name else "")
+        + f": {what}{extra}."
         + (f" {detail}" if detail else "")
         + "\nhpcjob does not try again by itself: Snellius blocks your address for 24 hours "
         "after a few failed logins.",
         hint=(
-            f"Check the user name (profile key `user`, or User in ~/.ssh/config) and that the "
+            f"Check the user name (`user` of {profile}, or User in ~/.ssh/config) and that the "
             "public key (.pub) is registered for this account (Snellius: SURF's portal); "
             f"`ssh -v -p {hop.port} {hop.user}@{hop.hostname}` shows what OpenSSH offers."
         ),
@@ -57,13 +65,21 @@ class Login:
     None: asking is allowed when stdin is a terminal.
     """
 
-    def __init__(self, prompt: Prompt, interactive: bool | None = None) -> None:
+    def __init__(
+        self, prompt: Prompt, interactive: bool | None = None, profile_name: str | None = None
+    ) -> None:
         self.prompt = prompt
         self.interactive = interactive
+        self.profile_name = profile_name  # named in the refusal
         self.attempts = 0
         self._keys: dict[str, paramiko.PKey] = {}  # decrypted keys: a passphrase is asked once
         self._good: dict[int, tuple[str, paramiko.PKey]] = {}  # the key that logged in, per hop
         self._agent: paramiko.Agent | None = None
+
+    def _refusal(
+        self, hop: Hop, tried: Sequence[str], notes: Sequence[str] = (), detail: str | None = None
+    ) -> HpcjobError:
+        return auth_failed_error(hop, tried, notes, detail, profile_name=self.profile_name)
 
     def strategy(self, hop: Hop, index: int) -> AuthStrategy:
         """What `SSHClient.connect(auth_strategy=…)` takes to log in to hop number `index`."""
@@ -104,10 +120,10 @@ class Login:
         except HpcjobError:
             raise
         except Exception as exc:  # the server hung up during login: never retried either
-            raise auth_failed_error(
+            raise self._refusal(
                 hop, tried, notes, f"The connection closed during login ({describe_fault(exc)})."
             ) from exc
-        raise auth_failed_error(hop, tried, notes)
+        raise self._refusal(hop, tried, notes)
 
     def _candidate_keys(self, hop: Hop, notes: list[str]) -> Iterator[tuple[str, paramiko.PKey]]:
         """Keys in the order offered: identity files that need no passphrase (or whose public key
@@ -200,7 +216,7 @@ class Login:
                     hop.user, lambda _t, _i, prompts: [password for _ in prompts]
                 )
         except paramiko.AuthenticationException:
-            raise auth_failed_error(hop, tried) from None
+            raise self._refusal(hop, tried) from None
         if remaining:
             self._second_factor(transport, hop, remaining, tried)
 
@@ -209,7 +225,7 @@ class Login:
     ) -> None:
         """A key was accepted and the server asks for more (MFA): one interactive answer."""
         if not self._can_ask() or "keyboard-interactive" not in remaining:
-            raise auth_failed_error(
+            raise self._refusal(
                 hop, tried, detail=f"The server also wants {', '.join(remaining)}, which needs "
                 "a terminal: run the command in one."
             )  # fmt: skip
@@ -220,9 +236,9 @@ class Login:
                 hop.user, lambda _t, _i, prompts: [self.prompt(text) for text, _echo in prompts]
             )
         except paramiko.AuthenticationException:
-            raise auth_failed_error(hop, tried) from None
+            raise self._refusal(hop, tried) from None
         if rest:
-            raise auth_failed_error(hop, tried, detail=f"The server still wants {rest}.")
+            raise self._refusal(hop, tried, detail=f"The server still wants {rest}.")
 
 
 class _Strategy(AuthStrategy):

@@ -105,7 +105,7 @@ class SSHShell:
         self._conn: _Connection | None = None
         self._sftp_done = 0
         self._home: str | None = None
-        self._login = Login(prompt or getpass.getpass, interactive)
+        self._login = Login(prompt or getpass.getpass, interactive, profile_name=profile_name)
         # A refused login or host key is final for this shell: asking again risks Snellius's ban.
         self._refused: HpcjobError | None = None
 
@@ -308,9 +308,19 @@ class SSHShell:
             conn.sftp, conn.sftp_base = sftp, sftp.request_number
         return conn.sftp
 
+    @property
+    def _host_label(self) -> str:
+        """The login node in messages: its name, and the profile that names it."""
+        host = self.target.login.hostname
+        return f"{host} (profile {self.profile_name})" if self.profile_name else host
+
+    @property
+    def _profile_words(self) -> str:
+        return f"profile {self.profile_name}" if self.profile_name else "the profile"
+
     def _sftp_refused(self, why: str) -> HpcjobError:
         return HpcjobError(
-            f"{self.target.login.hostname} refused an SFTP session ({why}); "
+            f"{self._host_label} refused an SFTP session ({why}); "
             "hpcjob reads and writes run files over SFTP.",
             hint="Ask the cluster's admins to enable the sftp subsystem of its sshd "
             "(`Subsystem sftp internal-sftp` in sshd_config), or work on the login node itself.",
@@ -343,7 +353,7 @@ class SSHShell:
                         auth_strategy=self._login.strategy(hop, index),
                     )
                 except paramiko.BadHostKeyException as exc:
-                    raise changed_key_error(hop, exc) from None
+                    raise changed_key_error(hop, exc, self.profile_name) from None
                 client_transport = client.get_transport()
                 if client_transport is not None:
                     client_transport.set_keepalive(30)
@@ -375,9 +385,11 @@ class SSHShell:
         try:
             sock = socket.create_connection((hop.hostname, hop.port), timeout=timeout)
         except socket.gaierror as exc:
+            of = f" (profile {self.profile_name})" if self.profile_name else ""
             raise HpcjobError(
-                f"Cannot find the host {hop.hostname}: {exc.strerror or exc}.",
-                hint="Check `host` in the profile (or HostName in ~/.ssh/config) and your network.",
+                f"Cannot find the host {hop.hostname}{of}: {exc.strerror or exc}.",
+                hint=f"Check `host` of {self._profile_words} (or HostName in ~/.ssh/config) and "
+                "your network.",
             ) from exc
         # paramiko leaves Nagle on: each small request then waits for the delayed ACK (~40 ms).
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1 if self.tcp_nodelay else 0)
@@ -429,17 +441,20 @@ class SSHShell:
                 self._drop()
                 if attempt.sent and not retry:
                     raise HpcjobError(
-                        f"The connection to {self.target.login.hostname} was lost while "
+                        f"The connection to {self._host_label} was lost while "
                         f"{what} ran ({describe_fault(exc)}); it may or may not have run, and "
                         "hpcjob did not run it again.",
                         hint="Check what happened (`hpcjob status`) before trying again.",
                     ) from exc
                 if number + 1 >= tries:
+                    of = f", profile {self.profile_name}" if self.profile_name else ""
                     raise HpcjobError(
-                        f"Lost the connection to {self.target.login.hostname} ({what}): "
+                        f"Lost the connection to {self.target.login.hostname} ({what}{of}): "
                         f"{describe_fault(exc)}; gave up after {tries} tries.",
-                        hint="Check your network (Snellius accepts only whitelisted addresses; "
-                        "from elsewhere use its VPN or a jump host, ProxyJump in ~/.ssh/config).",
+                        hint=f"Check the host and port of {self._profile_words} (or "
+                        "~/.ssh/config) and your network (Snellius accepts only whitelisted "
+                        "addresses; from elsewhere use its VPN or a jump host, ProxyJump in "
+                        "~/.ssh/config).",
                     ) from exc
                 self.sleep(self.backoff_s[min(number, len(self.backoff_s) - 1)])
         raise AssertionError("unreachable")

@@ -96,6 +96,7 @@ def resolve_target(
     local_user: str | None = None,
     defaults: Collection[str] = (),
     config_name: str = SSH_CONFIG,
+    profile_name: str | None = None,
 ) -> SSHTarget:
     """The hops to the profile's `host`, by the precedence in the package docstring.
 
@@ -104,8 +105,9 @@ def resolve_target(
     """
     host = str(profile.get("host") or "").strip()
     if not host or host.startswith("-") or any(c.isspace() for c in host):
+        whose = f"Profile {profile_name}'s" if profile_name else "The profile's"
         raise HpcjobError(
-            f"The profile's host {host!r} is not a host name.",
+            f"{whose} host {host!r} is not a host name.",
             hint="Set `host` to a name like snellius.surf.nl or a Host alias of ~/.ssh/config.",
         )
     config = _parse_config(ssh_config_text, config_name)

@@ -570,3 +570,24 @@ def test_cli_full_cycle_over_ssh(
     assert invoke("cancel", second["job_id"], "--json").exit_code == 0
     waited = invoke("wait", second["job_id"], "--json")
     assert waited.exit_code == 3 and waited.json()["state"] == "CANCELLED"
+
+
+def test_a_dry_run_that_can_connect_checks_the_live_partitions(
+    cluster: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Offline a dry run checks what it can (tests/test_profiles_cli.py); connected, it checks
+    everything: the live partitions, the run directory under the remote home."""
+    from tests.helpers import invoke
+
+    home = tmp_path / "home"
+    write_config(home, ssh_profile(cluster))
+    monkeypatch.setenv("HPCJOB_HOME", str(home))
+    monkeypatch.setenv("HPCJOB_PROFILE", "cluster")
+    refused = invoke("submit", "gpu-check", "-p", "nosuch", "--dry-run")
+    assert refused.exit_code == 2, refused.stderr
+    assert "Profile cluster: the cluster has no partition 'nosuch'" in refused.stderr
+    assert "Checked against the partitions cached" not in refused.stderr
+    dry = invoke("submit", "gpu-check", "--dry-run", "--json")
+    assert dry.exit_code == 0, dry.stderr
+    assert dry.json()["not_checked"] == []
+    assert dry.json()["run_dir"].startswith(f"/home/{cluster['HPCJOB_TEST_USER']}/hpcjob/runs/")

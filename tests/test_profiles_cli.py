@@ -102,7 +102,8 @@ def test_an_unknown_partition_names_the_profile(cli: Invoke, home: Path) -> None
     refused = cli("submit", "gpu-check", "-P", "lab", "-p", "gpu_a10", "--dry-run")
     assert refused.exit_code == 2
     assert "no partition 'gpu_a10'" in refused.stderr and "gpu_a100" in refused.stderr
-    assert "Profile lab: the cluster has no partition" in refused.stderr
+    assert "Profile lab: the job request has problems" in refused.stderr
+    assert "the cluster has no partition 'gpu_a10'" in refused.stderr
     assert "`hpcjob partitions --profile lab`" in refused.stderr
 
 
@@ -187,9 +188,10 @@ def test_a_dry_run_without_a_connection_checks_what_it_can_and_says_what_it_coul
     assert dry.exit_code == 0, dry.stderr
     shown = dry.json()
     assert shown["run_dir"].startswith("~/hpcjob/runs/r")  # the remote home is not known
-    partitions, home_dir = shown["not_checked"]
+    partitions, files, home_dir = shown["not_checked"]
     assert partitions.startswith("the live partitions (no connection to 127.0.0.1): ")
     assert "no partitions cached for profile lab" in partitions
+    assert files.startswith("the data folder and the venv's python on 127.0.0.1")
     assert home_dir.startswith("the remote home")
 
 
@@ -206,7 +208,7 @@ def test_a_dry_run_without_a_connection_uses_the_cached_partitions(cli: Invoke, 
     os.utime(home / "cache" / "partitions-lab.json", (0, 0))  # however old: said to be
     refused = cli("submit", "gpu-check", "-P", "lab", "-p", "gpu_a10", "--dry-run")
     assert refused.exit_code == 2
-    assert "Profile lab: the cluster has no partition 'gpu_a10'" in refused.stderr
+    assert "Profile lab: the job request has problems" in refused.stderr
     assert "Checked against the partitions cached at 1970-01-01T00:00:00Z" in refused.stderr
     told = cli("submit", "gpu-check", "-P", "lab", "-p", "gpu_a100", "--dry-run")
     assert told.exit_code == 0, told.stderr

@@ -151,7 +151,7 @@ def _not_writable(result: EnvResult, request: EnvRequest, profile: str | None) -
     """A venv (or the folder it goes in) this user may not write: made by another user, or on a
     read-only filesystem. The script says so before it changes anything (or, should the venv
     change meanwhile, when the marker cannot be written)."""
-    venv = request.venv + (f" (profile {profile})" if profile else "")
+    venv = request.venv
     what = {
         "folder": f"The folder the venv {venv} goes in is not writable by this user",
         "contents": f"Parts (bin/ or site-packages) of the venv at {venv} are not writable by "

@@ -147,6 +147,11 @@ _TRAIN_ARGS = (
     # None: the job script picks one less than the allocated cores (at most 8).
     ArgDef("num_workers", int, None, "data loader worker processes", minimum=0, maximum=1024),
     ArgDef("weighted_sampling", bool, True, "balance classes by weighted sampling"),
+    # Besides last.pt and best.pt (lowest val_loss): a default MLP's checkpoint is 163.5 MiB.
+    # None: train.py's default, 0 (and a rerun of a run whose train.py predates it still runs).
+    ArgDef(
+        "keep_checkpoints", int, None, "newest epoch checkpoints kept", minimum=0, maximum=10**5
+    ),
 )
 
 WORKLOADS: dict[str, WorkloadDef] = {

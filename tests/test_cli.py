@@ -50,7 +50,7 @@ def test_gpu_check_wait_records_a_completed_run(cli: Invoke) -> None:
 def test_train_run_end_to_end(cli: Invoke, pcam_dir: Path) -> None:
     run = submit_json(
         cli, "train", "--epochs", "2", "--data-dir", str(pcam_dir), "--hidden-units", "64",
-        "--batch-size", "64", "--wait",
+        "--batch-size", "64", "--keep-checkpoints", "1", "--wait",
     )  # fmt: skip
     assert run["state"] == "COMPLETED", cli("logs", run["job_id"]).stdout
     assert run["last_metric"].startswith("epoch 2 val_loss=")
@@ -58,8 +58,12 @@ def test_train_run_end_to_end(cli: Invoke, pcam_dir: Path) -> None:
     metrics = {(m["step"], m["key"]): m["value"] for m in shown["metrics"]}
     assert {(1, "train_loss"), (2, "train_loss"), (2, "val_loss"), (2, "val_auc")} <= set(metrics)
     assert "loss.png" in {a["name"] for a in shown["artifacts"]}
+    kept = shown["facts"]["checkpoints"]  # what train.py kept, and by which policy
+    assert kept["kept"] == ["best.pt", "epoch-002.pt", "last.pt"] and kept["removed"] == 1
+    assert "--keep-checkpoints 1" in kept["policy"]
     table = cli("show", "last", "--no-script")
     assert "train_loss" in table.stdout and "COMPLETED" in table.stdout
+    assert "epoch-002.pt" in table.stdout and "--keep-checkpoints 1" in table.stdout
     status = cli("status", "--json").json()
     assert [r["run_id"] for r in status] == [run["run_id"]]
     assert status[0]["elapsed_s"] is not None and status[0]["node"]

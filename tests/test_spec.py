@@ -138,3 +138,13 @@ def test_arrays_and_dependencies() -> None:
     with pytest.raises(HpcjobError) as info:
         build_spec(SpecRequest(workload="gpu-check", array="0-9;rm", after="$(x)"))
     assert "--array" in info.value.message and "--after" in info.value.message
+
+
+def test_keep_checkpoints_is_left_to_train_unless_given() -> None:
+    spec = build_spec(SpecRequest(workload="train", data_dir="/d"))
+    assert spec.args["keep_checkpoints"] is None  # train.py keeps last.pt and best.pt only
+    assert "--keep-checkpoints" not in workload_argv(spec)
+    given = build_spec(SpecRequest(workload="train", data_dir="/d", args={"keep_checkpoints": 2}))
+    assert workload_argv(given)[-2:] == ["--keep-checkpoints", "2"]
+    with pytest.raises(HpcjobError, match="--keep-checkpoints must be at least 0, got -1"):
+        build_spec(SpecRequest(workload="train", data_dir="/d", args={"keep_checkpoints": -1}))

@@ -3,8 +3,9 @@
     python workloads/train.py --data-dir DIR --epochs 3 --output-dir . --resume auto
 
 Prints `First batch OK: …` and one `Epoch N: Train_Loss = …` line per epoch, and emits the same
-numbers through the report channel (metrics.jsonl + `HPCJOB_METRIC` lines). Writes loss.png and
-a checkpoint every epoch under <output-dir>/checkpoints/.
+numbers through the report channel (metrics.jsonl + `HPCJOB_METRIC` lines). Writes loss.png and,
+under <output-dir>/checkpoints/, last.pt after every epoch, best.pt (lowest val_loss) and the
+--keep-checkpoints newest epoch-NNN.pt (default 0); the `checkpoints` fact says what is kept.
 
 Exit status: 0 done; 1 bad input (data, options, checkpoint); 2 usage; 65 non-finite loss;
 75 stopped by SIGUSR1/SIGTERM after saving a checkpoint (rerun with `--resume auto`).
@@ -13,6 +14,7 @@ Exit status: 0 done; 1 bad input (data, options, checkpoint); 2 usage; 65 non-fi
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import platform
 import random
@@ -123,11 +125,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--output-dir", type=Path, default=Path("."))
     p.add_argument("--resume", default="none", help="none, auto (last checkpoint) or a path")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument(
+        "--keep-checkpoints",
+        type=int,
+        default=0,
+        help="epoch checkpoints kept besides last.pt and best.pt (the newest; 0: none)",
+    )
     # Tests only: raise SIGUSR1 at self after this many batches, for a deterministic interrupt.
     p.add_argument("--stop-after-batches", type=int, default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.epochs < 1 or args.batch_size < 1 or args.lr <= 0 or not 0 <= args.dropout < 1:
         p.error("need epochs ≥ 1, batch size ≥ 1, lr > 0 and 0 ≤ dropout < 1")
+    if args.keep_checkpoints < 0:
+        p.error("--keep-checkpoints must be at least 0")
     return args
 
 
@@ -239,7 +249,7 @@ class Trainer:
         self.optimiser = torch.optim.Adam(self.model.parameters(), lr=args.lr)
         self.loss_fn = nn.CrossEntropyLoss()
         self.progress = Progress()
-        self.checkpoints = Checkpoints(args.output_dir / "checkpoints")
+        self.checkpoints = Checkpoints(args.output_dir / "checkpoints", args.keep_checkpoints)
         self.settings = run_settings(args)
         self.stop = StopRequest()
         self.batches_run = 0  # in this process, for --stop-after-batches
@@ -262,8 +272,8 @@ class Trainer:
         set_rng_state(state["rng"])  # last: building the model above drew from the RNG
         return path
 
-    def save(self, tag: str | None = None) -> Path:
-        state = {
+    def state(self) -> dict[str, Any]:
+        return {
             "model": self.model.state_dict(),
             "optimiser": self.optimiser.state_dict(),
             "progress": asdict(self.progress),
@@ -271,7 +281,21 @@ class Trainer:
             "settings": self.settings,
             "torch": str(torch.__version__),
         }
-        return self.checkpoints.save(state, tag)
+
+    def save_epoch(self, epoch: int) -> None:
+        """The checkpoints after a finished epoch (best.pt by val_loss), reported as a fact."""
+        history = self.progress.history
+        losses = [h["val_loss"] for h in history]
+        best = Checkpoints.is_best(losses[-1], losses[:-1])
+        self.checkpoints.save_epoch(self.state(), epoch, best)
+        self.report.facts(checkpoints=self.checkpoint_summary())
+
+    def checkpoint_summary(self) -> dict[str, Any]:
+        finite = [h for h in self.progress.history if math.isfinite(h["val_loss"])]
+        best = min(finite, key=lambda h: h["val_loss"]) if finite else None
+        return self.checkpoints.summary(
+            len(self.progress.history), int(best["epoch"]) if best else None
+        )
 
     def train_epoch(self, epoch: int) -> bool:
         """Train the rest of `epoch`; False when a stop signal arrived (checkpoint saved)."""
@@ -410,12 +434,12 @@ def finish_epoch(
     )
     p.history.append({"epoch": epoch, **numbers})
     p.epoch, p.batch, p.loss_sum, p.seen = epoch + 1, 0, 0.0, 0
-    trainer.save(tag=f"epoch-{epoch:03d}")
+    trainer.save_epoch(epoch)
     plot_losses(p.history, trainer.args.output_dir / "loss.png")
 
 
 def interrupted(trainer: Trainer) -> int:
-    path = trainer.save()
+    path = trainer.checkpoints.save(trainer.state())
     p = trainer.progress
     print(
         f"Received {trainer.stop.signal_name}: saved {path} (epoch {p.epoch}, "
@@ -465,7 +489,12 @@ def train_epochs(
         finish_epoch(trainer, epoch, seconds, trainer.progress.seen - before, gpu)
         if trainer.stop.signal_name is not None:
             return interrupted(trainer)
-    print(f"Done: {args.epochs} epochs; checkpoints in {trainer.checkpoints.directory}", flush=True)
+    kept = trainer.checkpoint_summary()
+    print(
+        f"Done: {args.epochs} epochs; checkpoints in {trainer.checkpoints.directory}: "
+        f"{', '.join(kept['kept'])} (best: epoch {kept['best_epoch']}); kept: {kept['policy']}",
+        flush=True,
+    )
     return 0
 
 

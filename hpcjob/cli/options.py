@@ -44,6 +44,10 @@ class WorkloadArgs:
         bool | None,
         typer.Option("--weighted-sampling/--no-weighted-sampling", help="[train] Balance classes."),
     ] = None
+    keep_checkpoints: Annotated[
+        int | None,
+        typer.Option(help="[train] Newest epoch checkpoints kept besides last.pt, best.pt (0)."),
+    ] = None
     block_size: Annotated[int | None, typer.Option(help="[eda] Images per read (1024).")] = None
 
     def to_dict(self) -> dict[str, Any]:

@@ -147,6 +147,8 @@ _TRAIN_ARGS = (
     # None: the job script picks one less than the allocated cores (at most 8).
     ArgDef("num_workers", int, None, "data loader worker processes", minimum=0, maximum=1024),
     ArgDef("weighted_sampling", bool, True, "balance classes by weighted sampling"),
+    # Without it, train stops when the job has GPUs that torch cannot use (billed as GPU hours).
+    ArgDef("allow_cpu", bool, False, "train on the CPU when the GPUs asked for cannot be used"),
     # Besides last.pt and best.pt (lowest val_loss): a default MLP's checkpoint is 163.5 MiB.
     # None: train.py's default, 0 (and a rerun of a run whose train.py predates it still runs).
     ArgDef(
@@ -522,17 +524,20 @@ def array_task_ids(array: str) -> list[int]:
 
 
 def workload_argv(spec: JobSpec) -> list[str]:
-    """The workload program's own arguments for this spec (unquoted; render quotes them)."""
+    """The workload program's own arguments for this spec (unquoted; render quotes them). A
+    boolean goes as `--name` or `--no-name` when it differs from the default (the program's)."""
+    workload = WORKLOADS.get(spec.workload) if spec.program is None else None
+    defaults = {a.name: a.default for a in workload.args} if workload else {}
     argv: list[str] = []
     for name, value in spec.args.items():
-        flag = "--" + name.replace("_", "-")
+        flag = name.replace("_", "-")
         if value is None:
             continue
         if isinstance(value, bool):
-            if not value:
-                argv.append("--no-" + name.replace("_", "-"))
+            if value != defaults.get(name, True):
+                argv.append(f"--{flag}" if value else f"--no-{flag}")
         else:
-            argv += [flag, str(value)]
+            argv += ["--" + flag, str(value)]
     return argv
 
 

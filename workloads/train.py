@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import check_gpu
 import numpy as np
 import pcam
 import provenance
@@ -126,6 +127,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--resume", default="none", help="none, auto (last checkpoint) or a path")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument(
+        "--expect-gpus",
+        type=int,
+        default=None,
+        help="GPUs the job asked for (the job script passes it; default: from Slurm's variables)",
+    )
+    p.add_argument(
+        "--allow-cpu",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="train on the CPU when the GPUs asked for cannot be used (default: stop, exit 1)",
+    )
+    p.add_argument(
         "--keep-checkpoints",
         type=int,
         default=0,
@@ -157,6 +170,41 @@ def pick_device(choice: str) -> torch.device:
     if choice == "auto":
         choice = "cuda" if torch.cuda.is_available() else "cpu"
     return torch.device(choice)
+
+
+def check_gpus(args: argparse.Namespace, device: torch.device, report: Report) -> None:
+    """GPUs asked for (and billed) but not used: stop with the reason, before any data is read —
+    or, with --allow-cpu, say so loudly and go on on the CPU. Either way a fact records it."""
+    wanted = args.expect_gpus
+    if wanted is None:
+        wanted = check_gpu.requested_gpus(os.environ)
+    if not wanted or device.type == "cuda":
+        return
+    plural = "GPU" if wanted == 1 else "GPUs"
+    if args.device == "cpu":
+        reason, message = "--device cpu was given", f"this job asked for {wanted} {plural} but "
+        message += "--device cpu was given"
+    else:
+        reason = "; ".join(check_gpu.missing_reasons(torch, os.environ))
+        message = check_gpu.explain_missing(torch, wanted, 0, os.environ)
+    report.facts(
+        device=str(device),
+        gpus_requested=wanted,
+        gpu_unused_reason=reason,
+        allow_cpu=args.allow_cpu,
+    )
+    if not args.allow_cpu:
+        raise UserError(
+            f"{message}. Stopping rather than train on the CPU while the job holds, and is billed "
+            f"for, {wanted} {plural}: fix the job's environment (a gpu-check job shows what torch "
+            "sees), or give --allow-cpu to train on the CPU anyway"
+        )
+    print(
+        f"WARNING: this job asked for {wanted} {plural} but trains on the CPU (--allow-cpu): "
+        f"{reason}. The job is billed for the idle {plural} all the same.",
+        file=sys.stderr,
+        flush=True,
+    )
 
 
 def data_config(args: argparse.Namespace) -> dict[str, Any]:
@@ -233,9 +281,8 @@ def check_first_batch(x: torch.Tensor, y: torch.Tensor) -> None:
 class Trainer:
     """One training run: model, optimiser, loaders, progress, and what it writes."""
 
-    def __init__(self, args: argparse.Namespace, report: Report) -> None:
-        self.args, self.report = args, report
-        self.device = pick_device(args.device)
+    def __init__(self, args: argparse.Namespace, report: Report, device: torch.device) -> None:
+        self.args, self.report, self.device = args, report, device
         self.train_loader, self.val_loader = pcam.get_dataloaders(data_config(args))
         sampler, train_set, val_set = (
             self.train_loader.batch_sampler,
@@ -457,9 +504,12 @@ def interrupted(trainer: Trainer) -> int:
 
 def train(args: argparse.Namespace) -> int:
     report = Report(args.output_dir)
-    seed_everything(args.seed)
-    trainer = Trainer(args, report)
+    device = pick_device(args.device)
+    # Before the GPU check: a job stopped for want of its GPUs still says what torch it had.
     provenance.write(args.output_dir, args.data_dir, args.seed)
+    check_gpus(args, device, report)
+    seed_everything(args.seed)
+    trainer = Trainer(args, report, device)
     gpu = GpuSampler.for_device(trainer.device)  # None on CPU: nothing is recorded
     try:
         return train_epochs(trainer, args, report, gpu)

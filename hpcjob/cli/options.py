@@ -44,6 +44,13 @@ class WorkloadArgs:
         bool | None,
         typer.Option("--weighted-sampling/--no-weighted-sampling", help="[train] Balance classes."),
     ] = None
+    allow_cpu: Annotated[
+        bool | None,
+        typer.Option(
+            "--allow-cpu/--no-allow-cpu",
+            help="[train] Train on the CPU when the GPUs asked for are unusable (default: stop).",
+        ),
+    ] = None
     keep_checkpoints: Annotated[
         int | None,
         typer.Option(help="[train] Newest epoch checkpoints kept besides last.pt, best.pt (0)."),

@@ -38,7 +38,10 @@ class WorkloadArgs:
     lr: Annotated[float | None, typer.Option(help="[train] Learning rate (1e-3).")] = None
     hidden_units: Annotated[str | None, typer.Option(help="[train] e.g. 512,256.")] = None
     dropout: Annotated[float | None, typer.Option(help="[train] Dropout rate (0.2).")] = None
-    seed: Annotated[int | None, typer.Option(help="[train] Random seed (0).")] = None
+    seed: Annotated[
+        int | None,
+        typer.Option(help="[train] Random seed (0; not given, each --array task: its task id)."),
+    ] = None
     num_workers: Annotated[int | None, typer.Option(help="[train] Loader workers (0).")] = None
     weighted_sampling: Annotated[
         bool | None,

@@ -7,8 +7,12 @@ numbers through the report channel (metrics.jsonl + `HPCJOB_METRIC` lines). Writ
 under <output-dir>/checkpoints/, last.pt after every epoch, best.pt (lowest val_loss) and the
 --keep-checkpoints newest epoch-NNN.pt (default 0); the `checkpoints` fact says what is kept.
 
-Exit status: 0 done; 1 bad input (data, options, checkpoint); 2 usage; 65 non-finite loss;
-75 stopped by SIGUSR1/SIGTERM after saving a checkpoint (rerun with `--resume auto`).
+A job that asked for GPUs (--expect-gpus, passed by the job script; else Slurm's variables) that
+torch cannot use stops before reading any data, with the reason, unless --allow-cpu is given.
+
+Exit status: 0 done; 1 bad input (data, options, checkpoint) or GPUs asked for that torch cannot
+use; 2 usage; 65 non-finite loss; 75 stopped by SIGUSR1/SIGTERM after saving a checkpoint (rerun
+with `--resume auto`).
 """
 
 from __future__ import annotations
@@ -182,8 +186,8 @@ def check_gpus(args: argparse.Namespace, device: torch.device, report: Report) -
         return
     plural = "GPU" if wanted == 1 else "GPUs"
     if args.device == "cpu":
-        reason, message = "--device cpu was given", f"this job asked for {wanted} {plural} but "
-        message += "--device cpu was given"
+        reason = "--device cpu was given"
+        message = f"this job asked for {wanted} {plural} but {reason}"
     else:
         reason = "; ".join(check_gpu.missing_reasons(torch, os.environ))
         message = check_gpu.explain_missing(torch, wanted, 0, os.environ)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import difflib
 import math
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -144,11 +144,19 @@ _TRAIN_ARGS = (
     ArgDef("lr", float, 1e-3, "learning rate", minimum=0, exclusive_minimum=True),
     ArgDef("hidden_units", str, "512,256", "MLP hidden layer sizes, comma-separated"),
     ArgDef("dropout", float, 0.2, "dropout rate", minimum=0, maximum=1, exclusive_maximum=True),
-    # numpy's seed must fit in 32 bits: a larger one would fail only when the job starts.
+    # numpy's seed must fit in 32 bits: a larger one would fail only when the job starts. Not
+    # given, each task of an array has its own (array_task_seeds).
     ArgDef("seed", int, 0, "random seed", minimum=0, maximum=2**32 - 1),
     # None: the job script picks one less than the allocated cores (at most 8).
     ArgDef("num_workers", int, None, "data loader worker processes", minimum=0, maximum=1024),
     ArgDef("weighted_sampling", bool, True, "balance classes by weighted sampling"),
+    # Without it, train stops when the job has GPUs that torch cannot use (billed as GPU hours).
+    ArgDef("allow_cpu", bool, False, "train on the CPU when the GPUs asked for cannot be used"),
+    # Besides last.pt and best.pt (lowest val_loss): a default MLP's checkpoint is 163.5 MiB.
+    # None: train.py's default, 0 (and a rerun of a run whose train.py predates it still runs).
+    ArgDef(
+        "keep_checkpoints", int, None, "newest epoch checkpoints kept", minimum=0, maximum=10**5
+    ),
 )
 
 WORKLOADS: dict[str, WorkloadDef] = {
@@ -321,6 +329,8 @@ def build_spec(
     resources = _build_resources(request, workload, problems)
     if request.program is None:
         args = _build_args(request.args, workload, problems)
+        if request.array and "seed" in args and request.args.get("seed") is None:
+            args["seed"] = None  # not given: each array task its own (array_task_seeds)
     else:  # config keys, checked against the config file (project/configfile.py)
         args = {k: v for k, v in request.args.items() if v is not None}
     data_dir = request.data_dir
@@ -567,18 +577,40 @@ def array_task_ids(array: str) -> list[int]:
     return sorted({int(task.split("_", 1)[1]) for task in expand_array_ids(f"0_[{array}]")})
 
 
+def array_task_seeds(spec: Mapping[str, Any], tasks: Sequence[int]) -> dict[int, int]:
+    """The seed each array task runs with where its spec leaves it open (seed None: --seed was
+    not given): a plain array's task the default + its task id, so its tasks are not one training
+    run N times; a sweep's task the default, since its tasks differ by what is swept (a sweep
+    over seed has its values). {} when the workload has no seed or it was given. The job script
+    does the same (train.sbatch.j2); this puts each task's seed in its spec in the ledger."""
+    workload = WORKLOADS.get(spec.get("workload", "")) if not spec.get("program") else None
+    default = (
+        next((a.default for a in workload.args if a.name == "seed"), None) if workload else None
+    )
+    if default is None or (spec.get("args") or {}).get("seed", default) is not None:
+        return {}
+    sweep = spec.get("sweep")
+    if sweep:
+        swept = {p["name"] for p in sweep.get("params") or ()}
+        return {} if "seed" in swept else dict.fromkeys(tasks, default)
+    return {task: default + task for task in tasks}
+
+
 def workload_argv(spec: JobSpec) -> list[str]:
-    """The workload program's own arguments for this spec (unquoted; render quotes them)."""
+    """The workload program's own arguments for this spec (unquoted; render quotes them). A
+    boolean goes as `--name` or `--no-name` when it differs from the default (the program's)."""
+    workload = WORKLOADS.get(spec.workload) if spec.program is None else None
+    defaults = {a.name: a.default for a in workload.args} if workload else {}
     argv: list[str] = []
     for name, value in spec.args.items():
-        flag = "--" + name.replace("_", "-")
+        flag = name.replace("_", "-")
         if value is None:
             continue
         if isinstance(value, bool):
-            if not value:
-                argv.append("--no-" + name.replace("_", "-"))
+            if value != defaults.get(name, True):
+                argv.append(f"--{flag}" if value else f"--no-{flag}")
         else:
-            argv += [flag, str(value)]
+            argv += ["--" + flag, str(value)]
     return argv
 
 

@@ -25,6 +25,7 @@ from hpcjob.spec import (
     JobSpec,
     Resources,
     SpecRequest,
+    array_task_seeds,
     check_arg,
     workload_argv,
 )
@@ -215,16 +216,19 @@ def _parse_value(arg: ArgDef, word: str) -> tuple[Any, str | None]:
 
 
 def task_specs(parent_spec: Mapping[str, Any], tasks: Sequence[int]) -> dict[int, dict[str, Any]]:
-    """Each task's own spec: the parent's with the task's arguments and its place in the sweep."""
+    """Each task's own spec: the parent's with the task's arguments (a sweep's) and its seed
+    where the parent leaves it to the task (array_task_seeds), and its place in the sweep."""
     info = parent_spec.get("sweep")
-    if not info:
-        return {}
-    combos = Sweep.from_dict(info).combinations()
+    seeds = array_task_seeds(parent_spec, tasks)
     base = {k: v for k, v in parent_spec.items() if k != "sweep"}
+    args = base.get("args") or {}
+    if not info:
+        return {task: {**base, "args": {**args, "seed": seed}} for task, seed in seeds.items()}
+    combos = Sweep.from_dict(info).combinations()
     return {
         task: {
             **base,
-            "args": {**(base.get("args") or {}), **combos[task]},
+            "args": {**args, **({"seed": seeds[task]} if task in seeds else {}), **combos[task]},
             "sweep_task": {"sweep_id": info["sweep_id"], "index": task, "params": combos[task]},
         }
         for task in tasks

@@ -50,7 +50,7 @@ def test_gpu_check_wait_records_a_completed_run(cli: Invoke) -> None:
 def test_train_run_end_to_end(cli: Invoke, pcam_dir: Path) -> None:
     run = submit_json(
         cli, "train", "--epochs", "2", "--data-dir", str(pcam_dir), "--hidden-units", "64",
-        "--batch-size", "64", "--wait",
+        "--batch-size", "64", "--keep-checkpoints", "1", "--wait",
     )  # fmt: skip
     assert run["state"] == "COMPLETED", cli("logs", run["job_id"]).stdout
     assert run["last_metric"].startswith("epoch 2 val_loss=")
@@ -58,11 +58,49 @@ def test_train_run_end_to_end(cli: Invoke, pcam_dir: Path) -> None:
     metrics = {(m["step"], m["key"]): m["value"] for m in shown["metrics"]}
     assert {(1, "train_loss"), (2, "train_loss"), (2, "val_loss"), (2, "val_auc")} <= set(metrics)
     assert "loss.png" in {a["name"] for a in shown["artifacts"]}
+    kept = shown["facts"]["checkpoints"]  # what train.py kept, and by which policy
+    assert kept["kept"] == ["best.pt", "epoch-002.pt", "last.pt"] and kept["removed"] == 1
+    assert "--keep-checkpoints 1" in kept["policy"]
     table = cli("show", "last", "--no-script")
     assert "train_loss" in table.stdout and "COMPLETED" in table.stdout
+    assert "epoch-002.pt" in table.stdout and "--keep-checkpoints 1" in table.stdout
     status = cli("status", "--json").json()
     assert [r["run_id"] for r in status] == [run["run_id"]]
     assert status[0]["elapsed_s"] is not None and status[0]["node"]
+
+
+def test_train_given_a_gpu_torch_cannot_use_fails_fast_unless_allow_cpu(
+    cli: Invoke, pcam_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The embedded scheduler gives a `--gpus 1` job a GPU in its Slurm variables; torch sees
+    none (CUDA_VISIBLE_DEVICES="" hides any this machine has): train must not quietly train on
+    the CPU what a GPU partition bills as GPU hours."""
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    common = (
+        "train", "--epochs", "1", "--data-dir", str(pcam_dir), "--hidden-units", "16",
+        "--batch-size", "64", "--gpus", "1", "--wait",
+    )  # fmt: skip
+    stopped = submit_json(cli, *common)
+    assert stopped["state"] == "FAILED" and stopped["exit_code"] == 1
+    log = cli("logs", stopped["run_id"]).stdout
+    assert "this job asked for 1 GPU but none is visible" in log and "--allow-cpu" in log
+    assert "First batch OK" not in log
+    shown = cli("show", stopped["run_id"], "--json").json()
+    assert shown["facts"]["device"] == "cpu" and shown["facts"]["gpus_requested"] == 1
+    assert "CUDA_VISIBLE_DEVICES=''" in shown["facts"]["gpu_unused_reason"]
+    hint = shown["efficiency"]["hint"]
+    assert hint.startswith("1 GPU asked for, but torch could not use it") and "--allow-cpu" in hint
+
+    on_cpu = submit_json(cli, *common, "--allow-cpu")
+    assert on_cpu["state"] == "COMPLETED"
+    log = cli("logs", on_cpu["run_id"]).stdout
+    assert "WARNING: this job asked for 1 GPU but trains on the CPU (--allow-cpu)" in log
+    shown = cli("show", on_cpu["run_id"], "--json").json()
+    assert shown["facts"]["allow_cpu"] is True and shown["facts"]["device"] == "cpu"
+    assert shown["efficiency"]["hint"].startswith("the 1 GPU asked for went unused")
+    text = cli("show", on_cpu["run_id"], "--no-script").stdout
+    assert "GPU       unused: trained on the CPU" in text
+    assert "--allow-cpu" in shown["script"] and "--expect-gpus 1" in shown["script"]
 
 
 def test_status_and_runs_tables_and_filters(cli: Invoke, tmp_path: Path) -> None:

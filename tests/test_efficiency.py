@@ -141,3 +141,38 @@ def test_embedded_scheduler_runs_are_not_nagged_about_what_nobody_asked() -> Non
     )
     assert asked is not None
     assert assess(asked).hint == "asked for 16 cores, used 1.0 — ask for --cpus 1"
+
+
+def test_gpus_asked_for_but_unused_come_first_with_the_reason() -> None:
+    reason = "torch 2.13.0+cpu is a CPU-only build: install a CUDA build of torch"
+    facts = {"local_elapsed_s": 600.0, "local_cpu_s": 590.0, "local_alloc_cpus": 16,
+             "device": "cpu", "gpus_requested": 1, "gpu_unused_reason": reason,
+             "allow_cpu": True}  # fmt: skip
+    found = usage_from_facts(facts, state="COMPLETED", workload="train", resources={"gpus": 1})
+    assert found is not None
+    eff = assess(found)
+    assert eff.gpu_unused == f"trained on the CPU ({reason})"
+    assert eff.hint is not None and eff.hint.startswith(
+        f"the 1 GPU asked for went unused: trained on the CPU ({reason})"
+    )
+    lines = show_lines(eff.to_dict())
+    assert f"  GPU       unused: trained on the CPU ({reason})" in lines
+    assert "  GPU       not sampled" not in lines
+
+    stopped = usage_from_facts(
+        {**facts, "local_elapsed_s": 3.0, "allow_cpu": False},
+        state="FAILED",
+        workload="train",
+        resources={"gpus": 1},
+    )
+    assert stopped is not None
+    hint = assess(stopped).hint
+    assert hint is not None and hint.startswith("1 GPU asked for, but torch could not use it")
+    assert reason in hint and "--allow-cpu" in hint
+    # A CPU job on the CPU, and a GPU job on its GPU, are not flagged.
+    cpu_job = usage_from_facts(facts, state="COMPLETED", workload="train", resources={})
+    assert cpu_job is not None and assess(cpu_job).gpu_unused is None
+    on_gpu = usage_from_facts(
+        {**facts, "device": "cuda:0"}, state="COMPLETED", workload="train", resources={"gpus": 1}
+    )
+    assert on_gpu is not None and assess(on_gpu).gpu_unused is None

@@ -208,8 +208,9 @@ def test_train_resumed_across_time_limits_equals_an_uninterrupted_run(
     assert submitted.exit_code == 0, submitted.stderr
     run = submitted.json()
     # A checkpoint on disk means train.py's USR1 handler is in place (it is set before the first
-    # batch), and seven of the eight epochs are still to come when the warning arrives.
-    first = Path(run["run_dir"]) / "checkpoints" / "epoch-001.pt"
+    # batch), and seven of the eight epochs are still to come when the warning arrives. best.pt
+    # is written after epoch 1 (the default keeps no epoch-NNN.pt).
+    first = Path(run["run_dir"]) / "checkpoints" / "best.pt"
     wait_until(first.exists, "the first checkpoint", guard_s=600)
     warn_job(isolated_home, run["job_id"])
     result = cli("wait", run["run_id"], "--json")
@@ -229,6 +230,8 @@ def test_train_resumed_across_time_limits_equals_an_uninterrupted_run(
     assert len(expected) == 8 * 4
     got = {(m["step"], m["key"]): m["value"] for m in shown["metrics"]}
     assert {key: got.get(key) for key in expected} == expected
+    kept = sorted(p.name for p in (Path(run["run_dir"]) / "checkpoints").iterdir())
+    assert kept == ["best.pt", "last.pt"] == shown["facts"]["checkpoints"]["kept"]
 
 
 def test_a_run_left_behind_is_requeued_by_the_next_refresh(

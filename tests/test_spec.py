@@ -138,3 +138,27 @@ def test_arrays_and_dependencies() -> None:
     with pytest.raises(HpcjobError) as info:
         build_spec(SpecRequest(workload="gpu-check", array="0-9;rm", after="$(x)"))
     assert "--array" in info.value.message and "--after" in info.value.message
+
+
+def test_keep_checkpoints_is_left_to_train_unless_given() -> None:
+    spec = build_spec(SpecRequest(workload="train", data_dir="/d"))
+    assert spec.args["keep_checkpoints"] is None  # train.py keeps last.pt and best.pt only
+    assert "--keep-checkpoints" not in workload_argv(spec)
+    given = build_spec(SpecRequest(workload="train", data_dir="/d", args={"keep_checkpoints": 2}))
+    assert workload_argv(given)[-2:] == ["--keep-checkpoints", "2"]
+    with pytest.raises(HpcjobError, match="--keep-checkpoints must be at least 0, got -1"):
+        build_spec(SpecRequest(workload="train", data_dir="/d", args={"keep_checkpoints": -1}))
+
+
+def test_booleans_go_to_the_program_only_when_they_differ_from_its_default() -> None:
+    plain = workload_argv(build_spec(SpecRequest(workload="train", data_dir="/d")))
+    assert not [a for a in plain if "sampling" in a or "allow-cpu" in a]
+    spec = build_spec(
+        SpecRequest(
+            workload="train", data_dir="/d", args={"allow_cpu": True, "weighted_sampling": False}
+        )
+    )
+    argv = workload_argv(spec)
+    assert "--allow-cpu" in argv and "--no-weighted-sampling" in argv
+    with pytest.raises(HpcjobError, match="--allow-cpu does not apply to the eda workload"):
+        build_spec(SpecRequest(workload="eda", data_dir="/d", args={"allow_cpu": True}))

@@ -114,6 +114,11 @@ def explain_missing(torch: Any, wanted: int, seen: int, env: Mapping[str, str]) 
     head = f"this job asked for {wanted} {plural} but " + (
         "none is visible" if seen == 0 else f"only {seen} visible"
     )
+    return head + ": " + "; ".join(missing_reasons(torch, env))
+
+
+def missing_reasons(torch: Any, env: Mapping[str, str]) -> list[str]:
+    """The likely reasons torch sees fewer GPUs than were asked for (train.py says them too)."""
     reasons = []
     if torch.version.cuda is None:
         reasons.append(
@@ -134,7 +139,7 @@ def explain_missing(torch: Any, wanted: int, seen: int, env: Mapping[str, str]) 
             "(nvidia-smi) and the CUDA version torch was built for "
             f"({torch.version.cuda})"
         )
-    return head + ": " + "; ".join(reasons)
+    return reasons
 
 
 def base_facts(env: Mapping[str, str]) -> dict[str, Any]:

@@ -7,6 +7,10 @@ all-white counts with example indices, an intensity histogram per class, a grid 
 class and a grid of the outliers (PNG), and every number in eda.json. The file is streamed in
 blocks of --block-size images, so memory stays bounded on the 17 GB course copy.
 
+Splits that are not there are skipped, named in the log and in eda.json's `missing_splits`;
+train is required (exit 1 without it, before anything is read), valid and test are optional —
+the course's copy has no test split.
+
 "out of range" counts finite pixels outside [0, 255]; "black"/"white" are images whose pixels
 are all 0 / all 255 after sanitising (NaN/Inf → 0, clip to [0, 255]), as `filter_data` drops.
 """
@@ -233,19 +237,49 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def missing_files(data_dir: Path, split: str) -> list[str]:
+    """The names of a split's x/y files that are not in `data_dir` (empty: the split is there)."""
+    return [path.name for path in pcam.split_paths(data_dir, split) if not path.is_file()]
+
+
+def check_splits(data_dir: Path, splits: list[str]) -> dict[str, list[str]]:
+    """The splits asked for that are missing, with their missing files; ValueError when what is
+    there is not enough: train, when asked for, is required (it is what the training job reads),
+    valid and test are optional (the course's copy has no test split)."""
+    missing = {s: names for s in splits if (names := missing_files(data_dir, s))}
+    found = [s for s in splits if s not in missing]
+    if "train" in missing:
+        raise ValueError(
+            f"split 'train' not found ({', '.join(missing['train'])} missing in {data_dir}): "
+            "eda needs the train split (valid and test are optional); found: "
+            + (", ".join(found) or "none")
+        )
+    if not found:
+        raise ValueError(f"none of the splits asked for ({', '.join(splits)}) is in {data_dir}")
+    return missing
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if hasattr(sys.stdout, "reconfigure"):
         sys.stdout.reconfigure(line_buffering=True)  # batch jobs buffer stdout otherwise
+    splits = [s.strip() for s in args.splits.split(",") if s.strip()]
+    try:
+        missing = check_splits(args.data_dir, splits)
+    except ValueError as exc:
+        print(f"Error: {exc}", file=sys.stderr, flush=True)
+        return 1
     args.output_dir.mkdir(parents=True, exist_ok=True)
     report = Report(args.output_dir)
     provenance.write(args.output_dir, args.data_dir)
     result: dict[str, Any] = {"data_dir": str(args.data_dir), "splits": {}}
-    for split in [s.strip() for s in args.splits.split(",") if s.strip()]:
+    for split, names in missing.items():
+        print(f"Note: split {split!r} not found ({', '.join(names)} missing): skipped", flush=True)
+    if missing:
+        result["missing_splits"] = missing
+        report.facts(eda_missing_splits=list(missing))
+    for split in [s for s in splits if s not in missing]:
         x_path, y_path = pcam.split_paths(args.data_dir, split)
-        if not (x_path.is_file() and y_path.is_file()):
-            print(f"Error: split {split!r} not found: {x_path} / {y_path}", file=sys.stderr)
-            return 1
         started = time.perf_counter()
         scan = scan_split(x_path, y_path, max(1, args.block_size))
         summary = scan.summary()

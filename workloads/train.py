@@ -3,16 +3,22 @@
     python workloads/train.py --data-dir DIR --epochs 3 --output-dir . --resume auto
 
 Prints `First batch OK: …` and one `Epoch N: Train_Loss = …` line per epoch, and emits the same
-numbers through the report channel (metrics.jsonl + `HPCJOB_METRIC` lines). Writes loss.png and
-a checkpoint every epoch under <output-dir>/checkpoints/.
+numbers through the report channel (metrics.jsonl + `HPCJOB_METRIC` lines). Writes loss.png and,
+under <output-dir>/checkpoints/, last.pt after every epoch, best.pt (lowest val_loss) and the
+--keep-checkpoints newest epoch-NNN.pt (default 0); the `checkpoints` fact says what is kept.
 
-Exit status: 0 done; 1 bad input (data, options, checkpoint); 2 usage; 65 non-finite loss;
-75 stopped by SIGUSR1/SIGTERM after saving a checkpoint (rerun with `--resume auto`).
+A job that asked for GPUs (--expect-gpus, passed by the job script; else Slurm's variables) that
+torch cannot use stops before reading any data, with the reason, unless --allow-cpu is given.
+
+Exit status: 0 done; 1 bad input (data, options, checkpoint) or GPUs asked for that torch cannot
+use; 2 usage; 65 non-finite loss; 75 stopped by SIGUSR1/SIGTERM after saving a checkpoint (rerun
+with `--resume auto`).
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import platform
 import random
@@ -23,6 +29,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import check_gpu
 import numpy as np
 import pcam
 import provenance
@@ -123,11 +130,31 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--output-dir", type=Path, default=Path("."))
     p.add_argument("--resume", default="none", help="none, auto (last checkpoint) or a path")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument(
+        "--expect-gpus",
+        type=int,
+        default=None,
+        help="GPUs the job asked for (the job script passes it; default: from Slurm's variables)",
+    )
+    p.add_argument(
+        "--allow-cpu",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="train on the CPU when the GPUs asked for cannot be used (default: stop, exit 1)",
+    )
+    p.add_argument(
+        "--keep-checkpoints",
+        type=int,
+        default=0,
+        help="epoch checkpoints kept besides last.pt and best.pt (the newest; 0: none)",
+    )
     # Tests only: raise SIGUSR1 at self after this many batches, for a deterministic interrupt.
     p.add_argument("--stop-after-batches", type=int, default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.epochs < 1 or args.batch_size < 1 or args.lr <= 0 or not 0 <= args.dropout < 1:
         p.error("need epochs ≥ 1, batch size ≥ 1, lr > 0 and 0 ≤ dropout < 1")
+    if args.keep_checkpoints < 0:
+        p.error("--keep-checkpoints must be at least 0")
     return args
 
 
@@ -147,6 +174,41 @@ def pick_device(choice: str) -> torch.device:
     if choice == "auto":
         choice = "cuda" if torch.cuda.is_available() else "cpu"
     return torch.device(choice)
+
+
+def check_gpus(args: argparse.Namespace, device: torch.device, report: Report) -> None:
+    """GPUs asked for (and billed) but not used: stop with the reason, before any data is read —
+    or, with --allow-cpu, say so loudly and go on on the CPU. Either way a fact records it."""
+    wanted = args.expect_gpus
+    if wanted is None:
+        wanted = check_gpu.requested_gpus(os.environ)
+    if not wanted or device.type == "cuda":
+        return
+    plural = "GPU" if wanted == 1 else "GPUs"
+    if args.device == "cpu":
+        reason = "--device cpu was given"
+        message = f"this job asked for {wanted} {plural} but {reason}"
+    else:
+        reason = "; ".join(check_gpu.missing_reasons(torch, os.environ))
+        message = check_gpu.explain_missing(torch, wanted, 0, os.environ)
+    report.facts(
+        device=str(device),
+        gpus_requested=wanted,
+        gpu_unused_reason=reason,
+        allow_cpu=args.allow_cpu,
+    )
+    if not args.allow_cpu:
+        raise UserError(
+            f"{message}. Stopping rather than train on the CPU while the job holds, and is billed "
+            f"for, {wanted} {plural}: fix the job's environment (a gpu-check job shows what torch "
+            "sees), or give --allow-cpu to train on the CPU anyway"
+        )
+    print(
+        f"WARNING: this job asked for {wanted} {plural} but trains on the CPU (--allow-cpu): "
+        f"{reason}. The job is billed for the idle {plural} all the same.",
+        file=sys.stderr,
+        flush=True,
+    )
 
 
 def data_config(args: argparse.Namespace) -> dict[str, Any]:
@@ -223,9 +285,8 @@ def check_first_batch(x: torch.Tensor, y: torch.Tensor) -> None:
 class Trainer:
     """One training run: model, optimiser, loaders, progress, and what it writes."""
 
-    def __init__(self, args: argparse.Namespace, report: Report) -> None:
-        self.args, self.report = args, report
-        self.device = pick_device(args.device)
+    def __init__(self, args: argparse.Namespace, report: Report, device: torch.device) -> None:
+        self.args, self.report, self.device = args, report, device
         self.train_loader, self.val_loader = pcam.get_dataloaders(data_config(args))
         sampler, train_set, val_set = (
             self.train_loader.batch_sampler,
@@ -239,7 +300,7 @@ class Trainer:
         self.optimiser = torch.optim.Adam(self.model.parameters(), lr=args.lr)
         self.loss_fn = nn.CrossEntropyLoss()
         self.progress = Progress()
-        self.checkpoints = Checkpoints(args.output_dir / "checkpoints")
+        self.checkpoints = Checkpoints(args.output_dir / "checkpoints", args.keep_checkpoints)
         self.settings = run_settings(args)
         self.stop = StopRequest()
         self.batches_run = 0  # in this process, for --stop-after-batches
@@ -262,8 +323,8 @@ class Trainer:
         set_rng_state(state["rng"])  # last: building the model above drew from the RNG
         return path
 
-    def save(self, tag: str | None = None) -> Path:
-        state = {
+    def state(self) -> dict[str, Any]:
+        return {
             "model": self.model.state_dict(),
             "optimiser": self.optimiser.state_dict(),
             "progress": asdict(self.progress),
@@ -271,7 +332,21 @@ class Trainer:
             "settings": self.settings,
             "torch": str(torch.__version__),
         }
-        return self.checkpoints.save(state, tag)
+
+    def save_epoch(self, epoch: int) -> None:
+        """The checkpoints after a finished epoch (best.pt by val_loss), reported as a fact."""
+        history = self.progress.history
+        losses = [h["val_loss"] for h in history]
+        best = Checkpoints.is_best(losses[-1], losses[:-1])
+        self.checkpoints.save_epoch(self.state(), epoch, best)
+        self.report.facts(checkpoints=self.checkpoint_summary())
+
+    def checkpoint_summary(self) -> dict[str, Any]:
+        finite = [h for h in self.progress.history if math.isfinite(h["val_loss"])]
+        best = min(finite, key=lambda h: h["val_loss"]) if finite else None
+        return self.checkpoints.summary(
+            len(self.progress.history), int(best["epoch"]) if best else None
+        )
 
     def train_epoch(self, epoch: int) -> bool:
         """Train the rest of `epoch`; False when a stop signal arrived (checkpoint saved)."""
@@ -410,12 +485,12 @@ def finish_epoch(
     )
     p.history.append({"epoch": epoch, **numbers})
     p.epoch, p.batch, p.loss_sum, p.seen = epoch + 1, 0, 0.0, 0
-    trainer.save(tag=f"epoch-{epoch:03d}")
+    trainer.save_epoch(epoch)
     plot_losses(p.history, trainer.args.output_dir / "loss.png")
 
 
 def interrupted(trainer: Trainer) -> int:
-    path = trainer.save()
+    path = trainer.checkpoints.save(trainer.state())
     p = trainer.progress
     print(
         f"Received {trainer.stop.signal_name}: saved {path} (epoch {p.epoch}, "
@@ -433,9 +508,12 @@ def interrupted(trainer: Trainer) -> int:
 
 def train(args: argparse.Namespace) -> int:
     report = Report(args.output_dir)
-    seed_everything(args.seed)
-    trainer = Trainer(args, report)
+    device = pick_device(args.device)
+    # Before the GPU check: a job stopped for want of its GPUs still says what torch it had.
     provenance.write(args.output_dir, args.data_dir, args.seed)
+    check_gpus(args, device, report)
+    seed_everything(args.seed)
+    trainer = Trainer(args, report, device)
     gpu = GpuSampler.for_device(trainer.device)  # None on CPU: nothing is recorded
     try:
         return train_epochs(trainer, args, report, gpu)
@@ -465,7 +543,12 @@ def train_epochs(
         finish_epoch(trainer, epoch, seconds, trainer.progress.seen - before, gpu)
         if trainer.stop.signal_name is not None:
             return interrupted(trainer)
-    print(f"Done: {args.epochs} epochs; checkpoints in {trainer.checkpoints.directory}", flush=True)
+    kept = trainer.checkpoint_summary()
+    print(
+        f"Done: {args.epochs} epochs; checkpoints in {trainer.checkpoints.directory}: "
+        f"{', '.join(kept['kept'])} (best: epoch {kept['best_epoch']}); kept: {kept['policy']}",
+        flush=True,
+    )
     return 0
 
 

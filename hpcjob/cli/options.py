@@ -38,11 +38,25 @@ class WorkloadArgs:
     lr: Annotated[float | None, typer.Option(help="[train] Learning rate (1e-3).")] = None
     hidden_units: Annotated[str | None, typer.Option(help="[train] e.g. 512,256.")] = None
     dropout: Annotated[float | None, typer.Option(help="[train] Dropout rate (0.2).")] = None
-    seed: Annotated[int | None, typer.Option(help="[train] Random seed (0).")] = None
+    seed: Annotated[
+        int | None,
+        typer.Option(help="[train] Random seed (0; not given, each --array task: its task id)."),
+    ] = None
     num_workers: Annotated[int | None, typer.Option(help="[train] Loader workers (0).")] = None
     weighted_sampling: Annotated[
         bool | None,
         typer.Option("--weighted-sampling/--no-weighted-sampling", help="[train] Balance classes."),
+    ] = None
+    allow_cpu: Annotated[
+        bool | None,
+        typer.Option(
+            "--allow-cpu/--no-allow-cpu",
+            help="[train] Train on the CPU when the GPUs asked for are unusable (default: stop).",
+        ),
+    ] = None
+    keep_checkpoints: Annotated[
+        int | None,
+        typer.Option(help="[train] Newest epoch checkpoints kept besides last.pt, best.pt (0)."),
     ] = None
     block_size: Annotated[int | None, typer.Option(help="[eda] Images per read (1024).")] = None
 

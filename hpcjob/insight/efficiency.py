@@ -41,6 +41,11 @@ class Usage:
     num_workers: int | None = None  # train's data loader workers, when known
     source: str = "sacct"
     cores_asked: bool = True  # False: the embedded scheduler gave the job all of this machine
+    # What the job trained on (train's `device` fact) and, when GPUs were asked for but torch
+    # could not use them, why; stopped: train refused to go on without them (no --allow-cpu).
+    device: str | None = None
+    gpu_unused_reason: str | None = None
+    stopped_for_gpu: bool = False
 
 
 @dataclass(frozen=True)
@@ -60,6 +65,7 @@ class Efficiency:
     gpus: int
     gpu_util_pct: float | None
     hint: str | None
+    gpu_unused: str | None = None  # the GPUs asked for were not used: what happened instead
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -107,6 +113,9 @@ def usage_from_facts(
         num_workers=workers if isinstance(workers, int) else None,
         source=source,
         cores_asked=source == "sacct" or bool(resources.get("cpus_per_task")),
+        device=facts.get("device") if isinstance(facts.get("device"), str) else None,
+        gpu_unused_reason=facts.get("gpu_unused_reason"),
+        stopped_for_gpu=bool(facts.get("gpu_unused_reason")) and not facts.get("allow_cpu"),
     )
 
 
@@ -137,17 +146,46 @@ def assess(usage: Usage) -> Efficiency:
         gpus=usage.gpus,
         gpu_util_pct=None if usage.gpu_util_pct is None else round(usage.gpu_util_pct, 1),
         hint=None,
+        gpu_unused=gpu_unused(usage),
     )
     return Efficiency(**{**asdict(eff), "hint": hint(usage, eff)})
 
 
 def hint(usage: Usage, eff: Efficiency) -> str | None:
     """One plain-language hint for the worst problem, or None when nothing is badly off."""
-    for check in (_out_of_memory, _timeout, _gpu_idle, _cpu_idle, _memory_unused, _time_unused):
+    checks = (_gpu_unused_hint, _out_of_memory, _timeout, _gpu_idle, _cpu_idle, _memory_unused)
+    for check in (*checks, _time_unused):
         text = check(usage, eff)
         if text:
             return text
     return None
+
+
+def gpu_unused(usage: Usage) -> str | None:
+    """What ran instead of the GPUs the job asked for (train's facts), or None: it used them,
+    asked for none, or nothing says."""
+    if not usage.gpus or usage.device != "cpu":
+        return None
+    why = f" ({usage.gpu_unused_reason})" if usage.gpu_unused_reason else ""
+    return f"train stopped{why}" if usage.stopped_for_gpu else f"trained on the CPU{why}"
+
+
+def _gpu_unused_hint(usage: Usage, eff: Efficiency) -> str | None:
+    # First of all: a GPU partition bills GPU hours (128 SBU/h on Snellius's A100s) whatever ran.
+    if eff.gpu_unused is None:
+        return None
+    gpus = f"{usage.gpus} GPU{'' if usage.gpus == 1 else 's'}"
+    fix = "fix the job's environment (`hpcjob setup-env --check-gpu` shows what torch sees)"
+    if usage.stopped_for_gpu:
+        return (
+            f"{gpus} asked for, but torch could not use {'it' if usage.gpus == 1 else 'them'}: "
+            f"{usage.gpu_unused_reason} — train stopped rather than bill GPU hours for CPU "
+            f"training; {fix}, or give --allow-cpu to train on the CPU anyway"
+        )
+    return (
+        f"the {gpus} asked for went unused: {eff.gpu_unused} — {fix}, or submit to a CPU "
+        "partition without --gpus"
+    )
 
 
 def _out_of_memory(usage: Usage, eff: Efficiency) -> str | None:
@@ -277,7 +315,9 @@ def show_lines(section: dict[str, Any]) -> list[str]:
     if elapsed is not None:
         of = f" of {_duration(limit)} ({section['time_used']:.0%})" if limit else ""
         lines.append(f"  time      {_duration(elapsed)}{of}")
-    if section.get("gpus"):
+    if section.get("gpu_unused"):
+        lines.append(f"  GPU       unused: {section['gpu_unused']}")
+    elif section.get("gpus"):
         util = section.get("gpu_util_pct")
         lines.append(
             f"  GPU       {util:.0f}% busy" if util is not None else "  GPU       not sampled"

@@ -34,8 +34,9 @@ from tests.integration.support import (
 pytestmark = pytest.mark.slurm
 
 # A few seconds an epoch here; how long does not matter (the test waits for events).
+# --keep-checkpoints 2: epoch-NNN.pt files show the test which epochs have ended.
 TRAIN = ["--epochs", "2", "--batch-size", "16", "--hidden-units", "128", "--seed", "11",
-         "--num-workers", "0", "--no-weighted-sampling"]  # fmt: skip
+         "--num-workers", "0", "--no-weighted-sampling", "--keep-checkpoints", "2"]  # fmt: skip
 KEYS = ("train_loss", "val_loss", "val_acc", "val_auc")
 
 

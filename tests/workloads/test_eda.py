@@ -8,6 +8,7 @@ from pathlib import Path
 import eda
 import numpy as np
 import pytest
+import synth
 
 
 @pytest.fixture(scope="module")
@@ -77,3 +78,48 @@ def test_official_data_is_clean(official_dir: Path, tmp_path: Path) -> None:
 def test_missing_split_is_an_error(official_dir: Path, tmp_path: Path) -> None:
     argv = ["--data-dir", str(tmp_path), "--output-dir", str(tmp_path / "out")]
     assert eda.main(argv) == 1
+
+
+@pytest.fixture(scope="module")
+def no_test_split(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The course layout: train and valid, no test split (made with synth, test files deleted)."""
+    out = tmp_path_factory.mktemp("course-no-test")
+    synth.generate(out, "course", {"train": 256, "valid": 64, "test": 32}, seed=2)
+    for xy in "xy":
+        (out / synth.file_name("test", xy)).unlink()
+    return out
+
+
+def test_a_missing_test_split_is_reported_and_the_others_analysed(
+    no_test_split: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["--data-dir", str(no_test_split), "--output-dir", str(tmp_path)]
+    assert eda.main(argv) == 0  # the default splits: train, valid, test
+    out = capsys.readouterr()
+    result = json.loads((tmp_path / "eda.json").read_text())
+    assert sorted(result["splits"]) == ["train", "valid"]
+    assert result["splits"]["train"]["images"] == 256
+    missing = result["missing_splits"]
+    assert list(missing) == ["test"]
+    assert missing["test"] == [synth.file_name("test", "x"), synth.file_name("test", "y")]
+    assert "split 'test' not found" in out.out and "skipped" in out.out
+    assert "Error" not in out.err
+    facts = [
+        json.loads(ln)["facts"] for ln in (tmp_path / "metrics.jsonl").read_text().splitlines()
+    ]
+    assert {"eda_missing_splits": ["test"]} in facts
+
+
+def test_a_missing_train_split_is_an_error_before_any_analysis(
+    no_test_split: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    name = synth.file_name("valid", "x")
+    (data / name).symlink_to(no_test_split / name)
+    (data / synth.file_name("valid", "y")).symlink_to(no_test_split / synth.file_name("valid", "y"))
+    argv = ["--data-dir", str(data), "--output-dir", str(tmp_path / "out")]
+    assert eda.main(argv) == 1
+    err = capsys.readouterr().err
+    assert "split 'train' not found" in err and "eda needs the train split" in err
+    assert not (tmp_path / "out" / "eda_valid_histogram.png").exists()  # nothing analysed

@@ -7,8 +7,10 @@ import re
 import signal
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
+import torch
 from jobrun import TRAIN_ARGS, Run, run_workload, workload_argv
 
 pytestmark = pytest.mark.slow
@@ -41,11 +43,40 @@ def test_two_epochs_learn_and_report_through_both_channels(straight_run: Run) ->
     assert re.fullmatch(r"[0-9a-f]{16}", facts["data_fingerprint"])
 
 
-def test_writes_the_loss_plot_and_a_checkpoint_per_epoch(straight_run: Run) -> None:
+def checkpoint_facts(run: Run) -> dict[str, Any]:
+    """The latest `checkpoints` fact the run reported."""
+    found = [
+        r["facts"]["checkpoints"] for r in run.records() if "checkpoints" in r.get("facts", {})
+    ]
+    assert found, run.stdout
+    return dict(found[-1])
+
+
+def test_writes_the_loss_plot_and_keeps_only_last_and_best_checkpoints(straight_run: Run) -> None:
     out = straight_run.output_dir
     assert (out / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     names = sorted(p.name for p in (out / "checkpoints").iterdir())
-    assert names == ["epoch-001.pt", "epoch-002.pt", "last.pt"]
+    assert names == ["best.pt", "last.pt"]
+    losses = [m["val_loss"] for m in straight_run.metrics()]
+    best_epoch = losses.index(min(losses)) + 1
+    fact = checkpoint_facts(straight_run)
+    assert fact["kept"] == ["best.pt", "last.pt"] and fact["removed"] == 2
+    assert fact["best_epoch"] == best_epoch and "--keep-checkpoints 0" in fact["policy"]
+    best = torch.load(out / "checkpoints" / "best.pt", weights_only=True)
+    assert best["progress"]["history"][-1]["epoch"] == best_epoch
+
+
+def test_keep_checkpoints_keeps_the_newest_epochs(official_dir: Path, tmp_path: Path) -> None:
+    args = list(map(str, TRAIN_ARGS))
+    args[args.index("--epochs") + 1] = "3"
+    run = run_workload(
+        "train.py", tmp_path, "--data-dir", official_dir, *args, "--keep-checkpoints", "1"
+    )
+    assert run.returncode == 0, run.stderr
+    names = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    assert names == ["best.pt", "epoch-003.pt", "last.pt"]
+    fact = checkpoint_facts(run)
+    assert fact["kept"] == names and fact["removed"] == 2
 
 
 def test_course_flavour_trains_with_finite_losses(course_dir: Path, tmp_path: Path) -> None:
@@ -90,6 +121,8 @@ def test_interrupt_then_resume_gives_the_straight_run_numbers(
     assert second.returncode == 0, second.stderr
     assert "Resumed from" in second.stdout
     assert second.epoch_lines() == straight_run.epoch_lines()[1:]
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["best.pt", "last.pt"]
+    assert checkpoint_facts(second) == checkpoint_facts(straight_run)
     final, reference = second.metrics()[-1], straight_run.metrics()[-1]
     for key in ("train_loss", "val_loss", "val_acc", "val_auc"):
         assert final[key] == reference[key], key

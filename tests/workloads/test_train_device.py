@@ -1,0 +1,69 @@
+"""train.py when the job asked for GPUs that torch cannot use: it stops at once with the reason,
+or with --allow-cpu trains on the CPU under a loud warning. Run with CUDA_VISIBLE_DEVICES="" (as
+Slurm sets it for a job given no GPU), so torch sees none on any machine, GPU or not."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+from jobrun import TRAIN_ARGS, Run, run_workload
+
+pytestmark = pytest.mark.slow
+
+
+def no_gpu_env(**slurm: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
+    return {**env, "CUDA_VISIBLE_DEVICES": "", **slurm}
+
+
+def facts(run: Run) -> dict[str, Any]:
+    found: dict[str, Any] = {}
+    for record in run.records():
+        found.update(record.get("facts", {}))
+    return found
+
+
+def test_gpus_asked_for_but_unusable_stop_training_at_once(
+    official_dir: Path, tmp_path: Path
+) -> None:
+    run = run_workload(
+        "train.py", tmp_path, "--data-dir", official_dir, *TRAIN_ARGS, "--expect-gpus", "1",
+        env=no_gpu_env(),
+    )  # fmt: skip
+    assert run.returncode == 1, run.stderr
+    assert "this job asked for 1 GPU but none is visible" in run.stderr
+    assert "CUDA_VISIBLE_DEVICES='' hides every GPU" in run.stderr
+    assert "--allow-cpu" in run.stderr and "Traceback" not in run.stderr
+    assert "First batch OK" not in run.stdout and not run.metrics()  # stopped before training
+    assert not (tmp_path / "checkpoints").exists()
+    found = facts(run)
+    assert found["device"] == "cpu" and found["gpus_requested"] == 1
+    assert "CUDA_VISIBLE_DEVICES='' hides every GPU" in found["gpu_unused_reason"]
+
+
+def test_the_gpus_asked_for_are_read_from_slurm_without_expect_gpus(
+    official_dir: Path, tmp_path: Path
+) -> None:
+    run = run_workload(
+        "train.py", tmp_path, "--data-dir", official_dir, *TRAIN_ARGS,
+        env=no_gpu_env(SLURM_GPUS="1"),
+    )  # fmt: skip
+    assert run.returncode == 1 and "this job asked for 1 GPU" in run.stderr
+
+
+def test_allow_cpu_trains_on_the_cpu_with_a_loud_warning(
+    official_dir: Path, tmp_path: Path
+) -> None:
+    run = run_workload(
+        "train.py", tmp_path, "--data-dir", official_dir, *TRAIN_ARGS, "--expect-gpus", "2",
+        "--allow-cpu", env=no_gpu_env(),
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert "WARNING: this job asked for 2 GPUs but trains on the CPU (--allow-cpu)" in run.stderr
+    assert len(run.epoch_lines()) == 2
+    found = facts(run)
+    assert found["device"] == "cpu" and found["gpus_requested"] == 2
+    assert found["allow_cpu"] is True and "hides every GPU" in found["gpu_unused_reason"]

@@ -100,7 +100,7 @@ def test_train_given_a_gpu_torch_cannot_use_fails_fast_unless_allow_cpu(
     assert shown["efficiency"]["hint"].startswith("the 1 GPU asked for went unused")
     text = cli("show", on_cpu["run_id"], "--no-script").stdout
     assert "GPU       unused: trained on the CPU" in text
-    assert "--allow-cpu" in shown["script"] and "--expect-gpus 1" in shown["script"]
+    assert "--allow-cpu" in shown["script"] and "HPCJOB_EXPECT_GPUS=1" in shown["script"]
 
 
 def test_status_and_runs_tables_and_filters(cli: Invoke, tmp_path: Path) -> None:

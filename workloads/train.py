@@ -7,8 +7,9 @@ numbers through the report channel (metrics.jsonl + `HPCJOB_METRIC` lines). Writ
 under <output-dir>/checkpoints/, last.pt after every epoch, best.pt (lowest val_loss) and the
 --keep-checkpoints newest epoch-NNN.pt (default 0); the `checkpoints` fact says what is kept.
 
-A job that asked for GPUs (--expect-gpus, passed by the job script; else Slurm's variables) that
-torch cannot use stops before reading any data, with the reason, unless --allow-cpu is given.
+A job that asked for GPUs (--expect-gpus, or $HPCJOB_EXPECT_GPUS from the job script; else
+Slurm's variables) that torch cannot use stops before reading any data, with the reason, unless
+--allow-cpu is given.
 
 Exit status: 0 done; 1 bad input (data, options, checkpoint) or GPUs asked for that torch cannot
 use; 2 usage; 65 non-finite loss; 75 stopped by SIGUSR1/SIGTERM after saving a checkpoint (rerun
@@ -134,7 +135,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--expect-gpus",
         type=int,
         default=None,
-        help="GPUs the job asked for (the job script passes it; default: from Slurm's variables)",
+        help="GPUs the job asked for (default: $HPCJOB_EXPECT_GPUS, which the job script sets, "
+        "else Slurm's variables)",
     )
     p.add_argument(
         "--allow-cpu",
@@ -180,6 +182,8 @@ def check_gpus(args: argparse.Namespace, device: torch.device, report: Report) -
     """GPUs asked for (and billed) but not used: stop with the reason, before any data is read —
     or, with --allow-cpu, say so loudly and go on on the CPU. Either way a fact records it."""
     wanted = args.expect_gpus
+    if wanted is None and os.environ.get("HPCJOB_EXPECT_GPUS", "").isdigit():
+        wanted = int(os.environ["HPCJOB_EXPECT_GPUS"])
     if wanted is None:
         wanted = check_gpu.requested_gpus(os.environ)
     if not wanted or device.type == "cuda":

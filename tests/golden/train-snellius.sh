@@ -57,14 +57,16 @@ echo "== workload train =="
 # Data loader workers: one less than the allocated cores, at most 8.
 hpcjob_workers=$(( ${SLURM_CPUS_PER_TASK:-1} - 1 ))
 if [ "$hpcjob_workers" -gt 8 ]; then hpcjob_workers=8; fi
-# --expect-gpus: train.py stops (exit 1) rather than train on the CPU when torch cannot use the
-# GPUs this job holds, unless --allow-cpu was given.
+# train.py stops (exit 1) rather than train on the CPU when torch cannot use the GPUs this job
+# holds, unless --allow-cpu was given. An environment variable, not an option: a rerun of an
+# older snapshot of train.py must not fail on an option it does not know.
+export HPCJOB_EXPECT_GPUS=1
 # Python runs in the background so the batch shell can pass Slurm's USR1/TERM on to it;
 # --resume auto continues from the last checkpoint after a requeue (a fresh run starts anew).
 # A warning that comes before train.py has its handler is ignored (by default USR1 would kill
 # it); the TERM at the time limit still stops it with a checkpoint.
 trap '' USR1
-python3 /home/u/hpcjob/runs/r000001/workload/train.py --data-dir "$HPCJOB_DATA_DIR" --output-dir "$HPCJOB_RUN_DIR" --resume auto --epochs 3 --batch-size 256 --lr 0.0001 --hidden-units 512,256 --dropout 0.2 --seed 0 --no-weighted-sampling --num-workers "$hpcjob_workers" --expect-gpus 1 &
+python3 /home/u/hpcjob/runs/r000001/workload/train.py --data-dir "$HPCJOB_DATA_DIR" --output-dir "$HPCJOB_RUN_DIR" --resume auto --epochs 3 --batch-size 256 --lr 0.0001 --hidden-units 512,256 --dropout 0.2 --seed 0 --no-weighted-sampling --num-workers "$hpcjob_workers" &
 hpcjob_pid=$!
 trap 'kill -USR1 "$hpcjob_pid" 2>/dev/null || true' USR1 TERM
 hpcjob_rc=0

@@ -54,6 +54,16 @@ def test_the_gpus_asked_for_are_read_from_slurm_without_expect_gpus(
     assert run.returncode == 1 and "this job asked for 1 GPU" in run.stderr
 
 
+def test_the_job_script_says_the_gpus_in_the_environment(official_dir: Path, tmp_path: Path) -> None:
+    """The template exports HPCJOB_EXPECT_GPUS rather than pass an option, so a rerun of an older
+    snapshot of train.py (which knows no --expect-gpus) still starts."""
+    run = run_workload(
+        "train.py", tmp_path, "--data-dir", official_dir, *TRAIN_ARGS,
+        env=no_gpu_env(HPCJOB_EXPECT_GPUS="2"),
+    )  # fmt: skip
+    assert run.returncode == 1 and "this job asked for 2 GPUs" in run.stderr
+
+
 def test_allow_cpu_trains_on_the_cpu_with_a_loud_warning(
     official_dir: Path, tmp_path: Path
 ) -> None:

@@ -126,6 +126,8 @@ def test_timeout_is_requeued_and_the_limit_is_kept(
     assert run["state"] == "TIMEOUT"
     attempts = cli("show", run["run_id"], "--json").json()["attempts"]
     assert [(a["attempt"], a["state"]) for a in attempts] == [(1, "TIMEOUT"), (2, "TIMEOUT")]
+    # Each was ended by the TERM at its limit: the batch shell's 143, never a made-up 0.
+    assert [a["exit_code"] for a in attempts] == [143, 143]
     # Later refreshes leave it alone: the limit is spent.
     assert cli("status", "--json").json()[0]["job_id"] == run["job_id"]
     assert len(cli("show", run["run_id"], "--json").json()["attempts"]) == 2

@@ -213,7 +213,7 @@ def _print_attempts(attempts: list[dict[str, Any]], max_requeues: int) -> None:
             str(a["attempt"]),
             escape(str(a["job_id"] or "")),
             state_text(a["state"]),
-            "" if a["exit_code"] is None else str(a["exit_code"]),
+            "-" if a["exit_code"] is None else str(a["exit_code"]),
             escape(a["started_at"] or ""),
             escape(a["ended_at"] or ""),
         )
@@ -266,10 +266,10 @@ def _arguments(args: dict[str, Any]) -> str:
 
 
 def _exit(detail: dict[str, Any]) -> str:
+    """`3`, `0 (signal 9)`; `-` when there is none: it never started, is still running, or a
+    signal ended it (`- (signal 15)`)."""
     code, sig = detail.get("exit_code"), detail.get("signal")
-    if code is None:
-        return ""
-    return f"{code}" + (f" (signal {sig})" if sig else "")
+    return ("-" if code is None else f"{code}") + (f" (signal {sig})" if sig else "")
 
 
 def _resources(res: dict[str, Any]) -> str:

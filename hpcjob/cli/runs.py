@@ -20,12 +20,16 @@ def status(
     profile: ProfileOpt = None,
     limit: Annotated[int, typer.Option(help="Finished runs to show besides the active ones.")] = 10,
     check: Annotated[
-        bool, typer.Option("--check", help="Exit 3 if a listed run ended other than COMPLETED.")
+        bool,
+        typer.Option(
+            "--check",
+            help="Exit 3 if a listed run ended other than COMPLETED (as `wait` judges it).",
+        ),
     ] = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Refresh the profile's unfinished runs (one scheduler query) and show recent runs."""
-    from hpcjob.insight.rows import recent_runs, rows
+    from hpcjob.insight.rows import ended_badly, recent_runs, rows
 
     with session(profile) as context:
         found = recent_runs(context, limit)
@@ -35,7 +39,7 @@ def status(
             title=f"Runs of profile {name}",
             empty=f"No runs in profile {name} yet. Try: hpcjob submit gpu-check --wait",
         )
-        if check and any(r.state.is_final and r.state.value != "COMPLETED" for r in found):
+        if check and ended_badly(found):
             raise typer.Exit(EXIT_JOB_FAILED)
 
 

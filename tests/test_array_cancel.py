@@ -141,14 +141,11 @@ def test_after_squeue_forgot_the_array_sacct_alone_ends_every_unstarted_task() -
     assert cancelled_before_start(ids, [], sacct, sacct_answered=True) == ids[1:]
 
 
-def test_array_with_one_task_cancelled_while_pending_completes_and_wait_exits_0(
-    isolated_home: Path,
-) -> None:
+def one_cancelled_while_pending(home: Path) -> Any:
     """Issue 16's case on the recorded outputs: task 2 of 1209 cancelled while pending (the
-    poll as Slurm answered it), the other three then COMPLETED. The array is COMPLETED with the
-    cancelled task in its reason; `wait` exits 0 and `status --check` agrees."""
+    poll as Slurm answered it), the other three then COMPLETED; the array's parent run."""
     array, ids, task = tasks(THR)
-    ledger = Ledger(isolated_home / "ledger.db")
+    ledger = Ledger(home / "ledger.db")
     parent = ledger.create_run(new_run(spec={"resources": {"array": "0-3%1"}}))
     parent = ledger.set_submitted(parent.run_id, array, "/runs/x/slurm-%A_%a.out")
     runs = {r.job_id: r for r in ledger.create_array_tasks(parent, [0, 1, 2, 3])}
@@ -158,7 +155,16 @@ def test_array_with_one_task_cancelled_while_pending_completes_and_wait_exits_0(
         if job_id != task:
             done = JobInfo(job_id, JobState.COMPLETED, exit_code=0, started_at=START, ended_at=END)
             ledger.record_info(runs[job_id], done, "slurm")
+    return parent
 
+
+def test_array_with_one_task_cancelled_while_pending_completes_and_wait_exits_0(
+    isolated_home: Path,
+) -> None:
+    """The array is COMPLETED with the cancelled task in its reason; `wait` exits 0 and
+    `status --check` agrees."""
+    parent = one_cancelled_while_pending(isolated_home)
+    _, _, task = tasks(THR)
     waited = invoke("wait", parent.run_id, "--json")
     assert waited.exit_code == 0, waited.stdout + waited.stderr
     row = waited.json()
@@ -181,3 +187,12 @@ def test_a_task_that_never_started_has_no_exit_code() -> None:
         assert [(infos[t].exit_code, infos[t].signal) for t in unstarted] == [(None, None)] * len(
             unstarted
         )
+
+
+def test_an_arrays_cost_on_the_embedded_scheduler_is_not_billed(isolated_home: Path) -> None:
+    parent = one_cancelled_while_pending(isolated_home)
+    invoke("status")
+    text = invoke("show", parent.run_id, "--no-script").stdout
+    cost = text[text.index("Cost:") :]
+    assert "not billed: the embedded scheduler runs jobs on this machine" in cost, cost
+    assert "without a rate" not in cost

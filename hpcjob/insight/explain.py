@@ -75,23 +75,30 @@ def actual_cost(ctx: Context, run: Run, facts: dict[str, Any]) -> cost.Cost | No
     return cost.cost(rates, req, seconds)
 
 
+def _array_cost(ctx: Context, run: Run, estimate: dict[str, Any] | None) -> cost.Cost | None:
+    """The sum of what the array's tasks that ran cost; None while none has run."""
+    tasks = ctx.ledger.tasks(run.run_id)
+    spent = [actual_cost(ctx, t, ctx.ledger.facts(t.run_id)) for t in tasks]
+    known = [c for c in spent if c is not None]
+    partition = estimate.get("partition") if estimate else None
+    hours = sum(c.hours for c in known)
+    if not known:
+        return None
+    if all(c.note == cost.NOT_BILLED for c in known):
+        return cost.Cost(partition, None, hours, note=cost.NOT_BILLED)
+    total, missing = cost.total(known)
+    return cost.Cost(
+        partition,
+        total if missing < len(known) else None,
+        hours,
+        note=f"sum of {len(known)} tasks that ran"
+        + (f"; {missing} without a rate" if missing else ""),
+    )
+
+
 def cost_section(ctx: Context, run: Run, facts: dict[str, Any]) -> dict[str, Any] | None:
     estimate = facts.get("sbu_estimate")
-    actual: cost.Cost | None
-    if run.is_array:
-        tasks = ctx.ledger.tasks(run.run_id)
-        spent = [actual_cost(ctx, t, ctx.ledger.facts(t.run_id)) for t in tasks]
-        known = [c for c in spent if c is not None]
-        total, missing = cost.total(known)
-        actual = cost.Cost(
-            estimate.get("partition") if estimate else None,
-            total if known and missing < len(known) else None,
-            sum(c.hours for c in known),
-            note=f"sum of {len(known)} tasks that ran"
-            + (f"; {missing} without a rate" if missing else ""),
-        )
-    else:
-        actual = actual_cost(ctx, run, facts)
+    actual = _array_cost(ctx, run, estimate) if run.is_array else actual_cost(ctx, run, facts)
     if estimate is None and actual is None:
         return None
     return {

@@ -39,7 +39,12 @@ class WorkloadArgs:
     hidden_units: Annotated[str | None, typer.Option(help="[train] e.g. 512,256.")] = None
     dropout: Annotated[float | None, typer.Option(help="[train] Dropout rate (0.2).")] = None
     seed: Annotated[int | None, typer.Option(help="[train] Random seed (0).")] = None
-    num_workers: Annotated[int | None, typer.Option(help="[train] Loader workers (0).")] = None
+    num_workers: Annotated[
+        int | None,
+        typer.Option(
+            help="[train] Loader workers (default: one less than the allocated cores, at most 8)."
+        ),
+    ] = None
     weighted_sampling: Annotated[
         bool | None,
         typer.Option("--weighted-sampling/--no-weighted-sampling", help="[train] Balance classes."),

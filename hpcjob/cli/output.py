@@ -99,7 +99,10 @@ def print_table(
     columns: Sequence[tuple[str, str]] = RUN_COLUMNS,
     title: str | None = None,
     empty: str = "Nothing to show.",
+    fit: str | None = None,
 ) -> None:
+    """Rows as a table on stdout. `fit`: the one column whose values wrap so the table fits the
+    terminal; every other column then keeps its values whole (none is cut with `…`)."""
     from rich.markup import escape
     from rich.table import Table
 
@@ -107,8 +110,11 @@ def print_table(
         info(empty)
         return
     table = Table(title=title, title_justify="left", header_style="bold")
-    for _, header in columns:
-        table.add_column(header)
+    for key, header in columns:
+        if fit is None:
+            table.add_column(header)
+        else:  # too narrow a terminal folds a value onto more lines rather than cutting it
+            table.add_column(header, overflow="fold", no_wrap=key != fit)
     for row in rows:
         cells = []
         for key, _ in columns:

@@ -93,6 +93,7 @@ class Cost:
     per: str | None = None
     sbu_per_hour: float | None = None
     note: str | None = None  # why no number, or what was billed beyond the request
+    attempts: int = 1  # the jobs it adds up (an --auto-requeue run's attempts)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -250,7 +251,9 @@ def actual_line(actual: Cost) -> str:
         return f"{sbu_text(actual.sbu)} SBU ({actual.note})"
     return (
         f"{sbu_text(actual.sbu)} SBU ({actual.hours * 60:.1f} min × "
-        f"{_units(actual.units, actual.per or 'unit')} × {actual.sbu_per_hour:g} SBU/h)"
+        f"{_units(actual.units, actual.per or 'unit')} × {actual.sbu_per_hour:g} SBU/h"
+        + (f"; {actual.attempts} attempts" if actual.attempts > 1 else "")
+        + ")"
     )
 
 

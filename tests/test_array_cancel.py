@@ -4,6 +4,7 @@ cluster (tests/cluster/record_array_cancel.py → tests/fixtures/slurm/*array_ca
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -175,6 +176,8 @@ def test_array_with_one_task_cancelled_while_pending_completes_and_wait_exits_0(
     shown = {r["job_id"]: r for r in checked.json()}
     assert shown[task]["state"] == "CANCELLED" and shown[task]["exit_code"] is None
     assert invoke("wait", task).exit_code == 3  # that one task itself did not complete
+    header = invoke("show", task, "--no-script").stdout.split("\n\n")[0]
+    assert re.search(r"^ *exit code +- *$", header, re.M), header  # none, not a made-up 0
 
 
 def test_a_task_that_never_started_has_no_exit_code() -> None:

@@ -51,8 +51,10 @@ SNELLIUS_SBU_RATES: dict[str, dict[str, Any]] = {
 }
 
 _UNITS = ("core", "gpu")
-# Shown after `cost: ` (submit, dry run) and as the actual cost in `show` and `runs --since`.
-NOT_BILLED = "none — the embedded scheduler runs jobs on this machine"
+# Why a run of the embedded scheduler costs nothing; NOT_BILLED is the note such a cost carries,
+# shown after `cost: ` (submit, dry run) and as `runs --since`'s note.
+NOT_BILLED_WHY = "the embedded scheduler runs jobs on this machine"
+NOT_BILLED = f"none — {NOT_BILLED_WHY}"
 
 
 @dataclass(frozen=True)
@@ -91,6 +93,7 @@ class Cost:
     per: str | None = None
     sbu_per_hour: float | None = None
     note: str | None = None  # why no number, or what was billed beyond the request
+    attempts: int = 1  # the jobs it adds up (an --auto-requeue run's attempts)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -243,22 +246,43 @@ def estimate_line(estimate: Cost) -> str:
 
 def actual_line(actual: Cost) -> str:
     if actual.sbu is None:
-        return str(actual.note)
+        return _no_number(actual.note)
     if actual.units is None or actual.sbu_per_hour is None:  # a sum (an array's tasks)
         return f"{sbu_text(actual.sbu)} SBU ({actual.note})"
     return (
         f"{sbu_text(actual.sbu)} SBU ({actual.hours * 60:.1f} min × "
-        f"{_units(actual.units, actual.per or 'unit')} × {actual.sbu_per_hour:g} SBU/h)"
+        f"{_units(actual.units, actual.per or 'unit')} × {actual.sbu_per_hour:g} SBU/h"
+        + (f"; {actual.attempts} attempts" if actual.attempts > 1 else "")
+        + ")"
     )
 
 
+def _no_number(note: str | None) -> str:
+    """Why a cost has no number, as `show` says it."""
+    if note == NOT_BILLED:
+        return f"not billed: {NOT_BILLED_WHY}"
+    return f"unknown: {note}" if note else "unknown"
+
+
 def show_lines(section: dict[str, Any]) -> list[str]:
-    """`hpcjob show`'s cost lines from run_detail's `cost` section."""
+    """`hpcjob show`'s cost lines from run_detail's `cost` section: the estimate at submit and
+    the actual cost; one line when neither has a number for the same reason."""
+    estimate = Cost(**section["estimate"]) if section.get("estimate") else None
+    actual = Cost(**section["actual"]) if section.get("actual") else None
+    numbers = [c.sbu for c in (estimate, actual) if c is not None]
+    notes = {c.note for c in (estimate, actual) if c is not None}
+    if not any(n is not None for n in numbers) and len(notes) == 1:
+        note = notes.pop()
+        if actual is not None or note == NOT_BILLED:
+            return [f"  {_no_number(note)}"]
     lines = []
-    if section.get("estimate"):
-        lines.append(f"  estimate  {estimate_line(Cost(**section['estimate']))}")
-    if section.get("actual"):
-        lines.append(f"  actual    {actual_line(Cost(**section['actual']))}")
+    if estimate is not None:
+        shown = estimate_line(estimate) if estimate.sbu is not None else _no_number(estimate.note)
+        lines.append(f"  estimate  {shown}")
+    if actual is not None:
+        lines.append(f"  actual    {actual_line(actual)}")
+    elif estimate is not None:
+        lines.append("  actual    nothing: the job has not run")
     return lines
 
 

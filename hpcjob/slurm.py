@@ -680,7 +680,10 @@ def _sacct_row(rec: dict[str, str], steps: list[dict[str, str]]) -> SacctRow:
     batch = next((s for s in steps if s["JobID"].endswith(".batch")), None)
     if not total_cpu and batch is not None:
         total_cpu = _float_duration(batch.get("TotalCPU", "")) or total_cpu
-    exit_code, signal = parse_exit_code(get("ExitCode", ""))
+    state = JobState.parse(rec["State"])
+    start = _time_or_none(get("Start", ""))
+    never_started = "Start" in rec and start is None  # sacct's `None`/`Unknown`
+    exit_code, signal = _exit_status(get("ExitCode", ""), state, never_started, batch)
     gpus, gpu_types = parse_tres_gpus(get("AllocTRES", ""))
     elapsed = get("ElapsedRaw", "").strip()
     cpu_time = get("CPUTimeRAW", "").strip()
@@ -691,7 +694,7 @@ def _sacct_row(rec: dict[str, str], steps: list[dict[str, str]]) -> SacctRow:
         raw_job_id=get("JobIDRaw", rec["JobID"]),
         name=name,
         partition=partition,
-        state=JobState.parse(rec["State"]),
+        state=state,
         state_text=rec["State"].strip(),
         exit_code=exit_code,
         signal=signal,
@@ -708,12 +711,30 @@ def _sacct_row(rec: dict[str, str], steps: list[dict[str, str]]) -> SacctRow:
         nodes=_none_if(get("NodeList", ""), "None assigned", "(null)"),
         comment=_none_if(get("Comment", "")),
         submit=_time_or_none(get("Submit", "")),
-        start=_time_or_none(get("Start", "")),
+        start=start,
         end=_time_or_none(get("End", "")),
         time_limit_s=_duration_s(get("Timelimit", "")),
         reason=_none_if(get("Reason", ""), "None"),
         is_interim=name == "allocation" and partition is None,
     )
+
+
+def _exit_status(
+    text: str, state: JobState, never_started: bool, batch: dict[str, str] | None
+) -> tuple[int | None, int | None]:
+    """The job's exit code and signal. sacct prints `0:0` where it knows none: on a job that
+    never started (a cancelled pending one, an array's pending rest) — it has none — and on a job
+    its time limit or scancel ended, whose batch step holds the truth (`0:15`: killed by TERM,
+    so no exit code; `75:0`: the script's own exit)."""
+    code, signal = parse_exit_code(text)
+    if never_started:
+        return None, None
+    if (code, signal) != (0, None) or not state.is_final or state == JobState.COMPLETED:
+        return code, signal
+    if batch is None:
+        return None, None
+    code, signal = parse_exit_code(batch.get("ExitCode", ""))
+    return (None, signal) if signal else (code, None)
 
 
 def _float_duration(text: str) -> float | None:

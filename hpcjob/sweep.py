@@ -237,7 +237,12 @@ def task_specs(parent_spec: Mapping[str, Any], tasks: Sequence[int]) -> dict[int
 
 
 def lower_is_better(metric: str) -> bool:
-    return not any(word in metric for word in ("auc", "acc", "f1", "precision", "recall"))
+    """Losses, errors and times are best low; throughputs (`images_per_s`, `tflops`), scores
+    (accuracy, AUC, F1, precision, recall, IoU, Dice) and GPU utilisation are best high."""
+    higher = ("per_s", "/s", "throughput", "flops", "auc", "acc", "f1", "precision", "recall",
+              "iou", "dice", "util")  # fmt: skip
+    name = metric.lower()
+    return not any(word in name for word in higher)
 
 
 def best_value(values: Sequence[float | None], metric: str) -> float | None:

@@ -4,19 +4,22 @@ cluster (tests/cluster/record_array_cancel.py → tests/fixtures/slurm/*array_ca
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from hpcjob.jobstate import CANCELLED_PENDING_REASON, JobState
+from hpcjob.jobstate import CANCELLED_PENDING_REASON, JobInfo, JobState
+from hpcjob.ledger.store import Ledger
 from hpcjob.scheduler.slurm import SlurmScheduler
 from hpcjob.slurm import cancelled_before_start, parse_sacct, parse_squeue
-from tests.helpers import ReplayShell, recorded
+from tests.helpers import ReplayShell, invoke, new_run, recorded
 
 FIXTURES = Path(__file__).parent / "fixtures" / "slurm"
 DEP = "array_cancel_dependency"  # --array=0-5 behind a held job; task 4, then all cancelled
 THR = "array_cancel_throttled"  # --array=0-3%1 with task 0 running; task 2, then all cancelled
+START, END = "2026-11-28T04:34:08Z", "2026-11-28T04:35:08Z"
 
 
 def fixture(name: str) -> dict[str, Any]:
@@ -137,3 +140,62 @@ def test_after_squeue_forgot_the_array_sacct_alone_ends_every_unstarted_task() -
     _, ids, _ = tasks(THR)
     sacct = parse_sacct(fixture(f"sacct_{THR}_all")["stdout"])
     assert cancelled_before_start(ids, [], sacct, sacct_answered=True) == ids[1:]
+
+
+def one_cancelled_while_pending(home: Path) -> Any:
+    """Issue 16's case on the recorded outputs: task 2 of 1209 cancelled while pending (the
+    poll as Slurm answered it), the other three then COMPLETED; the array's parent run."""
+    array, ids, task = tasks(THR)
+    ledger = Ledger(home / "ledger.db")
+    parent = ledger.create_run(new_run(spec={"resources": {"array": "0-3%1"}}))
+    parent = ledger.set_submitted(parent.run_id, array, "/runs/x/slurm-%A_%a.out")
+    runs = {r.job_id: r for r in ledger.create_array_tasks(parent, [0, 1, 2, 3])}
+    for job_id, info in poll(f"{THR}_task").items():
+        runs[job_id] = ledger.record_info(runs[job_id], info, "slurm")
+    for job_id in ids:
+        if job_id != task:
+            done = JobInfo(job_id, JobState.COMPLETED, exit_code=0, started_at=START, ended_at=END)
+            ledger.record_info(runs[job_id], done, "slurm")
+    return parent
+
+
+def test_array_with_one_task_cancelled_while_pending_completes_and_wait_exits_0(
+    isolated_home: Path,
+) -> None:
+    """The array is COMPLETED with the cancelled task in its reason; `wait` exits 0 and
+    `status --check` agrees."""
+    parent = one_cancelled_while_pending(isolated_home)
+    _, _, task = tasks(THR)
+    waited = invoke("wait", parent.run_id, "--json")
+    assert waited.exit_code == 0, waited.stdout + waited.stderr
+    row = waited.json()
+    assert row["state"] == "COMPLETED"
+    assert row["reason"] == "3 of 4 tasks COMPLETED; 1 cancelled before it started"
+    checked = invoke("status", "--check", "--json")
+    assert checked.exit_code == 0, checked.stdout
+    shown = {r["job_id"]: r for r in checked.json()}
+    assert shown[task]["state"] == "CANCELLED" and shown[task]["exit_code"] is None
+    assert invoke("wait", task).exit_code == 3  # that one task itself did not complete
+    header = invoke("show", task, "--no-script").stdout.split("\n\n")[0]
+    assert re.search(r"^ *exit code +- *$", header, re.M), header  # none, not a made-up 0
+
+
+def test_a_task_that_never_started_has_no_exit_code() -> None:
+    """sacct prints `0:0` for the array's pending record: not an exit code of a task that never
+    ran (nor of the array's tasks cancelled with it)."""
+    for scenario in (DEP, THR):
+        _, ids, _ = tasks(scenario)
+        infos = poll(f"{scenario}_all")
+        unstarted = ids if scenario == DEP else ids[1:]
+        assert [(infos[t].exit_code, infos[t].signal) for t in unstarted] == [(None, None)] * len(
+            unstarted
+        )
+
+
+def test_an_arrays_cost_on_the_embedded_scheduler_is_not_billed(isolated_home: Path) -> None:
+    parent = one_cancelled_while_pending(isolated_home)
+    invoke("status")
+    text = invoke("show", parent.run_id, "--no-script").stdout
+    cost = text[text.index("Cost:") :]
+    assert "not billed: the embedded scheduler runs jobs on this machine" in cost, cost
+    assert "without a rate" not in cost

@@ -405,3 +405,20 @@ def test_logs_tail_and_wait_on_a_finished_run(cli: Invoke) -> None:
     assert tail.exit_code == 0 and len(tail.stdout.splitlines()) == 1
     waited = cli("wait", run["run_id"], "--json")
     assert waited.exit_code == 0 and waited.json()["state"] == "COMPLETED"
+
+
+@pytest.mark.parametrize("command", ["submit", "rerun"])
+def test_num_workers_help_says_the_default_the_job_script_uses(command: str) -> None:
+    """templates/train.sbatch.j2 gives the loader one worker less than the allocated cores, at
+    most 8, when --num-workers is not given: the help says so (it said 0)."""
+    from typer.testing import CliRunner
+
+    from hpcjob.cli import app
+
+    helped = " ".join(CliRunner().invoke(app, [command, "--help"]).stdout.split())
+    option = helped[helped.index("--num-workers") :][:120]
+    assert "Loader workers (default: one less than the allocated cores, at most 8)" in option
+    template = (Path(__file__).parent.parent / "templates" / "train.sbatch.j2").read_text()
+    assert (
+        "${SLURM_CPUS_PER_TASK:-1} - 1" in template and "-gt 8 ]; then hpcjob_workers=8" in template
+    )

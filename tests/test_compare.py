@@ -70,3 +70,15 @@ def test_metric_summary_of_nothing() -> None:
     assert metric_summary([]) == {}
     summary = metric_summary([{"step": 1, "key": "val_loss", "value": None}])
     assert summary == {"val_loss": {"final": None, "best": None, "epochs": 1}}
+
+
+def test_best_is_the_highest_throughput_and_score_and_the_lowest_loss_or_time() -> None:
+    series = [200.0, 300.0, 250.0]
+    higher = ("images_per_s", "samples_per_s", "tokens_per_sec", "throughput", "tflops",
+              "val_accuracy", "val_acc", "val_auc", "f1", "precision", "recall",
+              "gpu_util_mean_pct")  # fmt: skip
+    lower = ("val_loss", "train_loss", "epoch_time_s", "error_rate", "mse")
+    for key in (*higher, *lower):
+        metrics = [{"step": i + 1, "key": key, "value": v} for i, v in enumerate(series)]
+        expected = 300.0 if key in higher else 200.0
+        assert metric_summary(metrics)[key]["best"] == expected, key

@@ -150,3 +150,41 @@ def test_period_bounds() -> None:
     with pytest.raises(HpcjobError) as err:
         period_bound("last week", "--since")
     assert err.value.exit_code == 2 and "2026-11-01" in str(err.value.hint)
+
+
+def show(estimate: Cost | None, actual: Cost | None) -> list[str]:
+    from hpcjob.cost import show_lines
+
+    return show_lines(
+        {
+            "estimate": estimate.to_dict() if estimate else None,
+            "actual": actual.to_dict() if actual else None,
+        }
+    )
+
+
+def test_show_cost_reads_well_in_every_case() -> None:
+    """`show`'s Cost section: never `estimate  cost: none — …` (a doubled word), never the
+    same reason twice."""
+    from hpcjob.cost import NOT_BILLED
+
+    free = Cost("rome", None, 0.5, note=NOT_BILLED)
+    assert show(free, Cost(None, None, 0.01, note=NOT_BILLED)) == [
+        "  not billed: the embedded scheduler runs jobs on this machine"
+    ]
+    no_rate = cost(SNELLIUS, Request("gpu_course", gpus=1), HOUR)
+    assert show(no_rate, cost(SNELLIUS, Request("gpu_course", gpus=1), 60)) == [
+        "  unknown: no SBU rate for partition gpu_course (set sbu_rates in the profile)"
+    ]
+    estimate = cost(SNELLIUS, Request("gpu_a100", gpus=1), HOUR)
+    assert show(estimate, None) == [
+        "  estimate  ≈ 128 SBU (max, at the time limit: 1 h × 1 gpu × 128 SBU/h)",
+        "  actual    nothing: the job has not run",
+    ]
+    assert show(estimate, cost(SNELLIUS, Request("gpu_a100", gpus=1), 6 * 60)) == [
+        "  estimate  ≈ 128 SBU (max, at the time limit: 1 h × 1 gpu × 128 SBU/h)",
+        "  actual    12.8 SBU (6.0 min × 1 gpu × 128 SBU/h)",
+    ]
+    for lines in (show(free, None), show(no_rate, None)):
+        text = "\n".join(lines)
+        assert "cost:" not in text and "none — " not in text, text

@@ -176,3 +176,30 @@ def test_gpus_asked_for_but_unused_come_first_with_the_reason() -> None:
         {**facts, "device": "cuda:0"}, state="COMPLETED", workload="train", resources={"gpus": 1}
     )
     assert on_gpu is not None and assess(on_gpu).gpu_unused is None
+
+
+def test_more_cpu_than_asked_for_is_said_and_cores_suggested() -> None:
+    eff = assess(usage(workload="eda", cores=1, cpu_s=1.56 * 3600, gpus=0, num_workers=None))
+    assert eff.cpu_efficiency == pytest.approx(1.56)
+    lines = "\n".join(show_lines(eff.to_dict()))
+    assert "CPU       156% (1.56 cores busy — more than the 1 asked for)" in lines
+    assert "of 1 core busy" not in lines
+    assert eff.hint == "used 1.6 cores, more than the 1 it asked for — ask for --cpus 2"
+
+
+def test_too_little_memory_data_is_said_instead_of_advice() -> None:
+    """sacct samples memory every 30 s: a 5 s job's peak (or a peak of nothing) is no ground
+    for --mem advice."""
+    short = usage(workload="eda", elapsed_s=5.0, cpu_s=4.0, cores=1, gpus=0,
+                  max_rss_bytes=0, time_limit_s=600)  # fmt: skip
+    for case in (short, usage(workload="eda", cores=1, cpu_s=3000.0, gpus=0, max_rss_bytes=0)):
+        eff = assess(case)
+        assert "--mem" not in str(eff.hint), eff.hint
+        lines = "\n".join(show_lines(eff.to_dict()))
+        assert "memory    peak 0.0 GB of 64 GB requested (0%) — too little data to advise" in lines
+    assert "(5 s measured; sacct samples memory every 30 s)" in "\n".join(
+        show_lines(assess(short).to_dict())
+    )
+    # Measured over a long run, a small peak is advice worth giving.
+    small = usage(workload="eda", cores=1, cpu_s=3000.0, gpus=0, max_rss_bytes=200 * 1024**2)
+    assert assess(small).hint == "peak memory 0.2 of 64 GB requested — ask for --mem 1G"

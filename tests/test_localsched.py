@@ -107,8 +107,20 @@ def test_time_limit_gives_timeout_and_kills_stubborn_jobs(
         info = wait_for(sched, job, {JobState.TIMEOUT})
         assert "DUE TO TIME LIMIT" in (tmp_path / "run" / f"slurm-{job}.out").read_text()
         assert info.state.is_final and info.ended_at
+        assert (info.exit_code, info.signal) == (None, signal.SIGKILL)  # no exit code, not 0
         pgid = sched._read(job)["pgid"]
         wait_until(lambda: process_gone(pgid), "the job's processes to be killed")
+    finally:
+        stop_group(sched._read(job).get("pgid"))
+
+
+def test_a_timeout_keeps_the_scripts_own_exit_code(sched: LocalScheduler, tmp_path: Path) -> None:
+    # Like train.py: stopped by the TERM at the limit, it exits 75 (a checkpoint was saved).
+    body = "trap 'exit 75' TERM; sleep 200 & wait"
+    job = submit(sched, tmp_path / "run", body, time_limit="0:01")
+    try:
+        info = wait_for(sched, job, {JobState.TIMEOUT})
+        assert (info.exit_code, info.signal) == (75, 0)
     finally:
         stop_group(sched._read(job).get("pgid"))
 
@@ -140,10 +152,12 @@ def test_cancel_running_and_pending(tmp_path: Path) -> None:
         second = submit(sched, tmp_path / "b", "echo never")
         assert sched.poll([second])[second].state == JobState.PENDING  # one slot, taken
         sched.cancel([second])
-        assert sched.poll([second])[second].state == JobState.CANCELLED
+        never = sched.poll([second])[second]
+        assert never.state == JobState.CANCELLED and never.exit_code is None  # it never ran
         sched.cancel([first])
         info = wait_for(sched, first, {JobState.CANCELLED})
         assert info.ended_at
+        assert (info.exit_code, info.signal) == (None, signal.SIGTERM)  # killed, not "exit 0"
         # The slot is free now; the cancelled job's runner must give up rather than run it.
         runner = sched._read(second)["supervisor"]["pid"]
         wait_until(lambda: process_gone(runner), "the cancelled job's runner to end")

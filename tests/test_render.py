@@ -12,7 +12,7 @@ import pytest
 from hpcjob.errors import HpcjobError
 from hpcjob.render import RenderContext, render_script, sbatch_line, shell_path, template_dirs
 from hpcjob.spec import JobSpec, SpecRequest, build_spec
-from tests.helpers import ci_required, rewrite_requested
+from tests.helpers import ci_required, rewrite_requested, wait_until
 
 GOLDEN = Path(__file__).parent / "golden"
 
@@ -182,3 +182,32 @@ def test_a_programs_command_is_quoted_word_by_word_with_placeholders_as_variable
     assert shown == ["train.py", "--config=/r/c.yaml", "/d/x y", "$(touch /tmp/no)", "'"]
     assert command_line(["python3", "-c", "print(1)"], "python") == "python -c 'print(1)'"
     assert command_line(["nvidia-smi", ""], "python") == "nvidia-smi ''"
+
+
+def test_a_script_ended_by_term_writes_143_not_0_into_its_exit_status(tmp_path: Path) -> None:
+    """The time limit and scancel end a job with TERM (to all its processes, as here). Killed by
+    it, bash would run the EXIT trap with the last status, often 0: a job that was stopped
+    would read as done where the exit-status file is all there is (accounting off)."""
+    import os
+    import signal
+
+    run_dir = tmp_path / "r000001"
+    run_dir.mkdir()
+    program = tmp_path / "program"
+    program.write_text('#!/bin/bash\ntouch "$HPCJOB_RUN_DIR/started"\nsleep 60\n')
+    program.chmod(0o755)
+    spec = build_spec(SpecRequest(workload="gpu-check"))
+    script = render(spec, str(run_dir), python=str(program))
+    (run_dir / "job.sh").write_text(script)
+    job = subprocess.Popen(
+        ["bash", str(run_dir / "job.sh")], cwd=tmp_path, start_new_session=True,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        wait_until((run_dir / "started").exists, "the job's program to start")
+        os.killpg(job.pid, signal.SIGTERM)
+        assert job.wait(timeout=30) == 143
+    finally:
+        if job.poll() is None:
+            os.killpg(job.pid, signal.SIGKILL)
+    assert (run_dir / "exit-status").read_text().split()[0] == "143"

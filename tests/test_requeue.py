@@ -126,6 +126,8 @@ def test_timeout_is_requeued_and_the_limit_is_kept(
     assert run["state"] == "TIMEOUT"
     attempts = cli("show", run["run_id"], "--json").json()["attempts"]
     assert [(a["attempt"], a["state"]) for a in attempts] == [(1, "TIMEOUT"), (2, "TIMEOUT")]
+    # Each was ended by the TERM at its limit: the batch shell's 143, never a made-up 0.
+    assert [a["exit_code"] for a in attempts] == [143, 143]
     # Later refreshes leave it alone: the limit is spent.
     assert cli("status", "--json").json()[0]["job_id"] == run["job_id"]
     assert len(cli("show", run["run_id"], "--json").json()["attempts"]) == 2
@@ -169,7 +171,9 @@ def test_two_refreshing_processes_requeue_once(isolated_home: Path) -> None:
     run = ledger.create_run(NewRun("local", "c", "local", "train", {}, "", "", "/x"))
     run = ledger.set_submitted(run.run_id, "7", "/x/slurm-7.out")
     run = ledger.record_info(run, JobInfo("7", JobState.TIMEOUT), "test")
-    ledger.set_facts(run.run_id, {"sacct_elapsed_s": 60, "sbu_estimate": 1.0})
+    ledger.set_facts(
+        run.run_id, {"sacct_elapsed_s": 60, "local_elapsed_s": 61, "sbu_estimate": 1.0}
+    )
     assert ledger.claim_requeue(run, 1, run.token + "-a2", "why")
     assert not ledger.claim_requeue(run, 1, run.token + "-a2", "why")
     assert [(a.job_id, a.token, a.state) for a in ledger.attempts(run.run_id)] == [
@@ -178,7 +182,7 @@ def test_two_refreshing_processes_requeue_once(isolated_home: Path) -> None:
     claimed = ledger.get_run(run.run_id)
     assert claimed.state == JobState.SUBMITTING and claimed.job_id is None
     assert claimed.token == run.token + "-a2" and claimed.reason == "why"
-    assert ledger.facts(run.run_id) == {"sbu_estimate": 1.0}  # the old job's sacct facts go
+    assert ledger.facts(run.run_id) == {"sbu_estimate": 1.0}  # the old job's accounting goes
     history = [(h.state, h.source) for h in ledger.history(run.run_id)]
     assert history[-1] == (JobState.SUBMITTING, "auto-requeue")
     assert history.count((JobState.SUBMITTING, "auto-requeue")) == 1  # the refused claim: none
@@ -259,3 +263,80 @@ def test_a_run_left_behind_is_requeued_by_the_next_refresh(
     assert waited.exit_code == 0 and waited.json()["state"] == "COMPLETED"
     attempts = cli("show", run["run_id"], "--json").json()["attempts"]
     assert [a["state"] for a in attempts] == ["TIMEOUT", "COMPLETED"]
+
+
+# -- a requeued run in the ledger: its logs and its cost ---------------------------------------
+
+RATES = """
+[profiles.local]
+scheduler = "local"
+[profiles.local.sbu_rates]
+gpu_a100 = { sbu_per_hour = 128, per = "gpu", cores_per_gpu = 18 }
+"""
+
+
+def requeued_run(home: Path, run_dir: Path) -> Any:
+    """A run whose first job (7) hit its time limit after an hour and whose second (8) then
+    COMPLETED in half an hour, each job's output where its job wrote it (as --auto-requeue
+    leaves them)."""
+    from hpcjob.jobstate import JobInfo, JobState
+    from tests.helpers import new_run
+
+    ledger = Ledger(home / "ledger.db")
+    run_dir.mkdir(parents=True)
+    spec = {"workload": "train", "resources": {"partition": "gpu_a100", "gpus": 1}}
+    run = ledger.create_run(new_run(run_dir=str(run_dir), spec=spec))
+    ledger.set_max_requeues(run.run_id, 2)
+    run = ledger.set_submitted(run.run_id, "7", f"{run_dir}/slurm-7.out")
+    (run_dir / "slurm-7.out").write_text("attempt one: epoch 1\nepoch 2\n")
+    ended = JobInfo("7", JobState.TIMEOUT, exit_code=143, started_at="2026-11-01T10:00:00Z",
+                    ended_at="2026-11-01T11:00:00Z")  # fmt: skip
+    run = ledger.record_info(run, ended, "test")
+    ledger.set_facts(run.run_id, {"local_elapsed_s": 3600})
+    assert ledger.claim_requeue(run, 1, run.token + "-a2", "auto-requeue 1 of 2")
+    run = ledger.complete_submission(run.run_id, "8", f"{run_dir}/slurm-8.out")
+    (run_dir / "slurm-8.out").write_text("attempt two: epoch 3\ndone\n")
+    done = JobInfo("8", JobState.COMPLETED, exit_code=0, started_at="2026-11-01T11:05:00Z",
+                   ended_at="2026-11-01T11:35:00Z")  # fmt: skip
+    run = ledger.record_info(run, done, "test")
+    ledger.set_facts(run.run_id, {"local_elapsed_s": 1800})
+    return run
+
+
+def test_logs_of_a_requeued_run_show_every_attempt_latest_last(
+    cli: Invoke, isolated_home: Path, tmp_path: Path
+) -> None:
+    run = requeued_run(isolated_home, tmp_path / "run")
+    shown = cli("logs", run.run_id)
+    assert shown.exit_code == 0, shown.stderr
+    assert shown.stdout == (
+        "==> attempt 1 of 2: job 7, TIMEOUT <==\n"
+        "attempt one: epoch 1\nepoch 2\n"
+        "\n==> attempt 2 of 2: job 8, COMPLETED <==\n"
+        "attempt two: epoch 3\ndone\n"
+    )
+    first = cli("logs", run.run_id, "--attempt", "1")
+    assert first.exit_code == 0 and first.stdout == "attempt one: epoch 1\nepoch 2\n"
+    assert cli("logs", run.run_id, "--attempt", "2").stdout == "attempt two: epoch 3\ndone\n"
+    tail = cli("logs", run.run_id, "--tail", "1").stdout
+    assert tail.splitlines() == [
+        "==> attempt 1 of 2: job 7, TIMEOUT <==", "epoch 2", "",
+        "==> attempt 2 of 2: job 8, COMPLETED <==", "done",
+    ]  # fmt: skip
+    bad = cli("logs", run.run_id, "--attempt", "3")
+    assert bad.exit_code == 2 and "has 2 attempts" in bad.stderr
+
+
+def test_the_actual_cost_of_a_requeued_run_adds_up_its_attempts(
+    cli: Invoke, isolated_home: Path, tmp_path: Path
+) -> None:
+    isolated_home.mkdir(parents=True, exist_ok=True)
+    (isolated_home / "config.toml").write_text(RATES)
+    run = requeued_run(isolated_home, tmp_path / "run")
+    actual = cli("show", run.run_id, "--json").json()["cost"]["actual"]
+    assert actual["hours"] == pytest.approx(1.5)  # 1 h timed out + 0.5 h completed
+    assert actual["sbu"] == pytest.approx(192.0)  # 1.5 h × 1 GPU × 128 SBU/h
+    text = cli("show", run.run_id, "--no-script").stdout
+    assert "actual    192 SBU (90.0 min × 1 gpu × 128 SBU/h; 2 attempts)" in text
+    spent = cli("runs", "--since", "2026-11-01", "--json").json()
+    assert spent["total_sbu"] == pytest.approx(192.0)

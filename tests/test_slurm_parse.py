@@ -345,6 +345,22 @@ def test_sacct_final_states() -> None:
     assert all(row.state.is_final for row in rows)
 
 
+def test_sacct_exit_codes_are_the_jobs_own_or_none() -> None:
+    """sacct prints `0:0` on a job that never started and on one ended by its limit or scancel
+    (recorded: its batch step says `0:15`): not an exit status 0. A job that never ran has
+    none; one the time limit or scancel ended has its batch step's (here: killed by TERM)."""
+    ids = jobs("sacct_final")
+    job = by_id(slurm.parse_sacct(load("sacct_final")["stdout"]))
+    for never in ("pending_begin", "pending_dependency"):
+        assert (job[ids[never]].exit_code, job[ids[never]].signal) == (None, None), never
+    for ended in ("timeout", "cancelled"):
+        assert (job[ids[ended]].exit_code, job[ids[ended]].signal) == (None, 15), ended
+    # What sacct says itself stays: COMPLETED 0:0, FAILED 3:0, FAILED 0:9 (killed by KILL).
+    assert (job[ids["completed"]].exit_code, job[ids["completed"]].signal) == (0, None)
+    assert (job[ids["failed_exit3"]].exit_code, job[ids["failed_exit3"]].signal) == (3, None)
+    assert (job[ids["failed_signal"]].exit_code, job[ids["failed_signal"]].signal) == (0, 9)
+
+
 def test_sacct_live_jobs() -> None:
     ids = jobs("sacct_live")
     job = by_id(slurm.parse_sacct(load("sacct_live")["stdout"]))

@@ -223,7 +223,7 @@ def test_sweep_status_resubmit_compare_plot_and_fetch(
             f"ARGS --lr {row['params']['lr']} --hidden-units {row['params']['hidden_units']}" in log
         )
     table = cli("sweep", "status", f"{job}_1")
-    assert table.exit_code == 0 and "★ best" in table.stdout and "FAILED" in table.stdout
+    assert table.exit_code == 0 and "0.04 ★" in table.stdout and "FAILED" in table.stdout
 
     flag.touch()
     again = cli("sweep", "resubmit", "last", "--json")
@@ -353,3 +353,26 @@ def test_an_interrupted_copy_leaves_no_file_that_looks_whole(tmp_path: Path) -> 
     assert wanted("loss.png", False) and wanted("eda.json", False)
     assert not wanted("checkpoints/last.pt", False) and wanted("checkpoints/last.pt", True)
     assert not wanted("workload/train.py", True) and not wanted("exit-status.3", True)
+
+
+def test_sweep_status_shows_every_parameter_whole_at_80_columns(
+    cli: Invoke, isolated_home: Path, pcam_dir: Path, tmp_path: Path
+) -> None:
+    from typer.testing import CliRunner
+
+    from hpcjob.cli import app
+
+    sweep_template(isolated_home, tmp_path / "unused")
+    submitted = cli("submit", "train", "--data-dir", str(pcam_dir), "--sweep", "lr=0.001,0.0001",
+                    "--sweep", "hidden=512,256;256,128", "--sweep", "dropout=0.1,0.25",
+                    "--max-parallel", "4", "--wait", "--json")  # fmt: skip
+    assert submitted.exit_code == 0, submitted.stderr
+    rows = cli("sweep", "status", "last", "--json").json()
+    table = CliRunner().invoke(app, ["sweep", "status", "last"], env={"COLUMNS": "80"})
+    assert table.exit_code == 0
+    lines = table.stdout.splitlines()
+    assert max(len(line) for line in lines) <= 80 and "…" not in table.stdout, table.stdout
+    for row in rows:
+        for name, value in row["params"].items():
+            assert f"{name}={value}" in table.stdout, (name, value, table.stdout)
+    assert "★" in table.stdout and "best val_loss" in table.stdout

@@ -12,7 +12,7 @@ import pytest
 
 from hpcjob.config import Profile, Settings
 from hpcjob.errors import HpcjobError
-from hpcjob.jobstate import JobState
+from hpcjob.jobstate import JobInfo, JobState
 from hpcjob.ledger.records import NewRun, Run
 from hpcjob.run.context import Context
 from hpcjob.run.rundir import exit_status_path
@@ -138,3 +138,35 @@ def test_follow_streams_by_offset_and_asks_the_scheduler_at_its_own_pace(tmp_pat
     # The state is asked every 2 × the start interval (4 s), never on each 0.5 s read.
     assert shell.polled_at == [4.0, 8.0, 12.0, 16.0]
     assert set(clock.slept) == {0.5}
+
+
+def test_follow_goes_on_to_the_next_attempt_of_a_requeued_run(tmp_path: Path) -> None:
+    """Job 99 hits its limit and (another hpcjob process's refresh) resubmits it as job 100,
+    which writes a file of its own: follow prints all of 99's output, a header, then 100's —
+    not 100's file from 99's offset."""
+    clock = FakeClock()
+    shell = TimedShell(clock, squeue=["squeue_live"] * 3 + ["squeue_final"], sacct=["sacct_final"])
+    ctx, run = started_run(tmp_path, shell, clock, "99")
+    first, second = run.output_path, "/runs/r1/slurm-100.out"
+    assert first is not None
+    shell.files[first] = b"attempt one\n"
+
+    def requeued() -> None:
+        shell.files[first] += b"checkpoint saved\n"  # its last words, after follow's last read
+        ended = ctx.ledger.record_info(
+            ctx.ledger.get_run("r1"), JobInfo("99", JobState.TIMEOUT), "test"
+        )
+        assert ctx.ledger.claim_requeue(ended, 1, ended.token + "-a2", "auto-requeue 1 of 1")
+        ctx.ledger.complete_submission("r1", "100", second)
+        shell.files[second] = b"attempt two\n"
+
+    clock.at(1.2, requeued)
+    clock.at(9, lambda: shell.files.__setitem__(second, shell.files[second] + b"done\n"))
+    shown: list[str] = []
+    ended = follow(ctx, run, 0, shown.append)
+    assert ended.job_id == "100" and ended.state == JobState.COMPLETED
+    assert "".join(shown) == (
+        "attempt one\ncheckpoint saved\n"
+        "\n==> attempt 2 of 2: job 100, RUNNING <==\n"
+        "attempt two\ndone\n"
+    )

@@ -42,7 +42,12 @@ class WorkloadArgs:
         int | None,
         typer.Option(help="[train] Random seed (0; not given, each --array task: its task id)."),
     ] = None
-    num_workers: Annotated[int | None, typer.Option(help="[train] Loader workers (0).")] = None
+    num_workers: Annotated[
+        int | None,
+        typer.Option(
+            help="[train] Loader workers (default: one less than the allocated cores, at most 8)."
+        ),
+    ] = None
     weighted_sampling: Annotated[
         bool | None,
         typer.Option("--weighted-sampling/--no-weighted-sampling", help="[train] Balance classes."),

@@ -99,7 +99,10 @@ def print_table(
     columns: Sequence[tuple[str, str]] = RUN_COLUMNS,
     title: str | None = None,
     empty: str = "Nothing to show.",
+    fit: str | None = None,
 ) -> None:
+    """Rows as a table on stdout. `fit`: the one column whose values wrap so the table fits the
+    terminal; every other column then keeps its values whole (none is cut with `…`)."""
     from rich.markup import escape
     from rich.table import Table
 
@@ -107,8 +110,11 @@ def print_table(
         info(empty)
         return
     table = Table(title=title, title_justify="left", header_style="bold")
-    for _, header in columns:
-        table.add_column(header)
+    for key, header in columns:
+        if fit is None:
+            table.add_column(header)
+        else:  # too narrow a terminal folds a value onto more lines rather than cutting it
+            table.add_column(header, overflow="fold", no_wrap=key != fit)
     for row in rows:
         cells = []
         for key, _ in columns:
@@ -213,7 +219,7 @@ def _print_attempts(attempts: list[dict[str, Any]], max_requeues: int) -> None:
             str(a["attempt"]),
             escape(str(a["job_id"] or "")),
             state_text(a["state"]),
-            "" if a["exit_code"] is None else str(a["exit_code"]),
+            "-" if a["exit_code"] is None else str(a["exit_code"]),
             escape(a["started_at"] or ""),
             escape(a["ended_at"] or ""),
         )
@@ -266,10 +272,10 @@ def _arguments(args: dict[str, Any]) -> str:
 
 
 def _exit(detail: dict[str, Any]) -> str:
+    """`3`, `0 (signal 9)`; `-` when there is none: it never started, is still running, or a
+    signal ended it (`- (signal 15)`)."""
     code, sig = detail.get("exit_code"), detail.get("signal")
-    if code is None:
-        return ""
-    return f"{code}" + (f" (signal {sig})" if sig else "")
+    return ("-" if code is None else f"{code}") + (f" (signal {sig})" if sig else "")
 
 
 def _resources(res: dict[str, Any]) -> str:

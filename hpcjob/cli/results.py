@@ -115,8 +115,13 @@ def sweep_status(
     with run_session(ref, profile, refresh=True) as context:
         sweep_id, arrays = sweep_of(context.ledger, ref)
         found = task_rows(context.ledger, arrays, metric)
+        # One parameter a line, whole: the parameters column wraps, never cuts (80 columns).
         shown = [
-            {**r, "best": _num_or_dash(r["best"]), "mark": "★ best" if r["is_best"] else ""}
+            {
+                **r,
+                "parameters": "\n".join(f"{k}={v}" for k, v in r["params"].items()),
+                "best": _num_or_dash(r["best"]) + (" ★" if r["is_best"] else ""),
+            }
             for r in found
         ]
         columns = (
@@ -126,11 +131,11 @@ def sweep_status(
             ("job_id", "job id"),
             ("state", "state"),
             ("attempts", "tries"),
-            ("best", f"best {metric}"),
-            ("mark", ""),
+            ("best", "best"),
         )
+        title = f"Sweep {sweep_id}: best {metric} per task, ★ the best task"
         Sink(json_out).result(
-            found, lambda: print_table(shown, columns=columns, title=f"Sweep {sweep_id}")
+            found, lambda: print_table(shown, columns=columns, title=title, fit="parameters")
         )
 
 

@@ -20,12 +20,16 @@ def status(
     profile: ProfileOpt = None,
     limit: Annotated[int, typer.Option(help="Finished runs to show besides the active ones.")] = 10,
     check: Annotated[
-        bool, typer.Option("--check", help="Exit 3 if a listed run ended other than COMPLETED.")
+        bool,
+        typer.Option(
+            "--check",
+            help="Exit 3 if a listed run ended other than COMPLETED (as `wait` judges it).",
+        ),
     ] = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Refresh the profile's unfinished runs (one scheduler query) and show recent runs."""
-    from hpcjob.insight.rows import recent_runs, rows
+    from hpcjob.insight.rows import ended_badly, recent_runs, rows
 
     with session(profile) as context:
         found = recent_runs(context, limit)
@@ -35,7 +39,7 @@ def status(
             title=f"Runs of profile {name}",
             empty=f"No runs in profile {name} yet. Try: hpcjob submit gpu-check --wait",
         )
-        if check and any(r.state.is_final and r.state.value != "COMPLETED" for r in found):
+        if check and ended_badly(found):
             raise typer.Exit(EXIT_JOB_FAILED)
 
 
@@ -146,33 +150,71 @@ def show(
 def logs(
     ref: RefArg,
     follow: Annotated[bool, typer.Option("--follow", "-f", help="Stream while it runs.")] = False,
-    tail: Annotated[int | None, typer.Option(help="Only the last N lines.")] = None,
+    tail: Annotated[
+        int | None, typer.Option(help="Only the last N lines (of each attempt).")
+    ] = None,
+    attempt: Annotated[
+        int | None,
+        typer.Option(
+            help="Only this attempt's output (an --auto-requeue run has one per job; by "
+            "default every attempt is shown, latest last)."
+        ),
+    ] = None,
     profile: ProfileOpt = None,
 ) -> None:
-    """Print a job's output; with --follow, keep printing until the job ends."""
+    """Print a job's output (each attempt's, for a requeued run); with --follow, keep printing
+    until the job ends."""
     from hpcjob.run.harvest import harvest
+    from hpcjob.run.watch import attempt_logs, resolve
     from hpcjob.run.watch import follow as follow_output
-    from hpcjob.run.watch import read_log, resolve
 
     with session(profile) as context:
         run = resolve(context, ref)
         if run.is_array:
             raise _array_has_no_log(context, run)
-        data = read_log(context, run)
-        text = data.decode("utf-8", errors="replace")
-        if tail is not None:
-            text = "".join(text.splitlines(keepends=True)[-tail:]) if tail > 0 else ""
-        print_text(text)
+        found = attempt_logs(context, run)
+        shown = found if attempt is None else [_one_attempt(run, found, attempt)]
+        if len(found) > 1 and len(shown) == 1:
+            info(shown[0].label)
+        print_text(_logs_text(shown, tail))
+        latest = found[-1]
+        if shown[-1] is not latest:
+            return  # an earlier attempt: it has ended
         if follow:
             try:
-                run = follow_output(context, run, len(data), print_text)
+                run = follow_output(context, run, len(latest.data), print_text)
             except KeyboardInterrupt:
                 return
             info(f"Job {run.job_id} ended: {run.state.value}.")
         elif run.state.is_final:
             harvest(context, run)
-        elif not data:
+        elif not latest.data:
             info(f"Job {run.job_id} is {run.state.value} and has written nothing yet.")
+
+
+def _logs_text(shown: list[Any], tail: int | None) -> str:
+    """The attempts' output (the last `tail` lines of each), under a header each when several."""
+    parts = []
+    for index, log in enumerate(shown):
+        text = log.data.decode("utf-8", errors="replace")
+        if tail is not None:
+            text = "".join(text.splitlines(keepends=True)[-tail:]) if tail > 0 else ""
+        if len(shown) > 1:
+            text = ("\n" if index else "") + log.header + "\n" + text
+            text += "" if text.endswith("\n") else "\n"
+        parts.append(text)
+    return "".join(parts)
+
+
+def _one_attempt(run: Any, found: list[Any], attempt: int) -> Any:
+    if not 1 <= attempt <= len(found):
+        raise HpcjobError(
+            f"Run {run.run_id} has {len(found)} attempt{'' if len(found) == 1 else 's'}; there is "
+            f"no attempt {attempt}.",
+            hint=f"Give --attempt 1 to {len(found)}, or leave it out for all of them.",
+            exit_code=EXIT_USAGE,
+        )
+    return found[attempt - 1]
 
 
 def _array_has_no_log(context: Any, run: Any) -> HpcjobError:

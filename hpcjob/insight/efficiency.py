@@ -18,6 +18,9 @@ _CPU_LOW = 0.25
 _MEM_LOW = 0.25
 _TIME_LOW = 0.25
 _GPU_LOW = 30.0  # percent
+_CPU_OVER = 1.1  # busier than the cores asked for (without ConstrainCores a job can be)
+_SAMPLE_S = 30  # sacct samples a job's memory this often (JobAcctGatherFrequency's default)
+_MIN_PEAK_BYTES = 1024**2  # a peak below 1 MiB: nothing was measured
 _MIN_CORES = 4  # a 1–3 core job wastes little
 _MIN_MEM_MB = 4096
 _MIN_TIME_S = 1800
@@ -66,6 +69,7 @@ class Efficiency:
     gpu_util_pct: float | None
     hint: str | None
     gpu_unused: str | None = None  # the GPUs asked for were not used: what happened instead
+    mem_note: str | None = None  # why the peak is no ground for advice (too little data)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -147,14 +151,23 @@ def assess(usage: Usage) -> Efficiency:
         gpu_util_pct=None if usage.gpu_util_pct is None else round(usage.gpu_util_pct, 1),
         hint=None,
         gpu_unused=gpu_unused(usage),
+        mem_note=_too_little_memory_data(usage),
     )
     return Efficiency(**{**asdict(eff), "hint": hint(usage, eff)})
 
 
 def hint(usage: Usage, eff: Efficiency) -> str | None:
     """One plain-language hint for the worst problem, or None when nothing is badly off."""
-    checks = (_gpu_unused_hint, _out_of_memory, _timeout, _gpu_idle, _cpu_idle, _memory_unused)
-    for check in (*checks, _time_unused):
+    for check in (
+        _gpu_unused_hint,
+        _out_of_memory,
+        _timeout,
+        _gpu_idle,
+        _cpu_over,
+        _cpu_idle,
+        _memory_unused,
+        _time_unused,
+    ):
         text = check(usage, eff)
         if text:
             return text
@@ -226,6 +239,17 @@ def _gpu_idle(usage: Usage, eff: Efficiency) -> str | None:
     )
 
 
+def _cpu_over(usage: Usage, eff: Efficiency) -> str | None:
+    """Busier than the cores it asked for: on a node it shares, it takes others' cores."""
+    cores, used = usage.cores, eff.cores_used
+    if not cores or used is None or (eff.cpu_efficiency or 0) <= _CPU_OVER:
+        return None
+    if not usage.cores_asked or (usage.elapsed_s or 0) < _SAMPLE_S:
+        return None  # nothing asked to ask more of; seconds of elapsed time round too coarsely
+    more = math.ceil(used)
+    return f"used {used:.1f} cores, more than the {cores} it asked for — ask for --cpus {more}"
+
+
 def _cpu_idle(usage: Usage, eff: Efficiency) -> str | None:
     cores, used = usage.cores, eff.cores_used
     if not cores or cores < _MIN_CORES or used is None or (eff.cpu_efficiency or 0) >= _CPU_LOW:
@@ -240,9 +264,22 @@ def _cpu_idle(usage: Usage, eff: Efficiency) -> str | None:
     return f"asked for {cores} cores, used {used:.1f} — ask for --cpus {max(1, math.ceil(used))}"
 
 
+def _too_little_memory_data(usage: Usage) -> str | None:
+    """Why the measured peak is no ground for --mem advice; None when it is."""
+    if usage.max_rss_bytes is None:
+        return None
+    if usage.source == "sacct" and usage.elapsed_s is not None and usage.elapsed_s < _SAMPLE_S:
+        return f"{_duration(usage.elapsed_s)} measured; sacct samples memory every {_SAMPLE_S} s"
+    if usage.max_rss_bytes < _MIN_PEAK_BYTES:
+        return "nothing was measured"
+    return None
+
+
 def _memory_unused(usage: Usage, eff: Efficiency) -> str | None:
     if eff.mem_peak_bytes is None or not usage.req_mem_mb or usage.req_mem_mb < _MIN_MEM_MB:
         return None
+    if eff.mem_note:
+        return None  # too little data: `show` says so on the memory line
     if (eff.mem_efficiency or 0) >= _MEM_LOW:
         return None
     return (
@@ -303,14 +340,20 @@ def show_lines(section: dict[str, Any]) -> list[str]:
     """`hpcjob show`'s efficiency lines from run_detail's `efficiency` section."""
     lines = []
     cores, used, cpu = section.get("cores"), section.get("cores_used"), section["cpu_efficiency"]
-    if cpu is not None:
+    if cpu is not None and cpu > 1:
+        lines.append(
+            f"  CPU       {cpu:.0%} ({used:.2f} cores busy — more than the {cores} asked for)"
+        )
+    elif cpu is not None:
         lines.append(
             f"  CPU       {cpu:.0%} ({used:.2f} of {cores} core{'' if cores == 1 else 's'} busy)"
         )
     peak, req = section.get("mem_peak_bytes"), section.get("mem_requested_bytes")
     if peak is not None:
         of = f" of {_gb(req)} GB requested ({section['mem_efficiency']:.0%})" if req else ""
-        lines.append(f"  memory    peak {_gb(peak)} GB{of}")
+        note = section.get("mem_note")
+        why = f" — too little data to advise ({note})" if note else ""
+        lines.append(f"  memory    peak {_gb(peak)} GB{of}{why}")
     elapsed, limit = section.get("elapsed_s"), section.get("time_limit_s")
     if elapsed is not None:
         of = f" of {_duration(limit)} ({section['time_used']:.0%})" if limit else ""

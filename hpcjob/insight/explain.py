@@ -8,10 +8,11 @@ import dataclasses
 from typing import Any
 
 from hpcjob import cost, provenance
+from hpcjob.clock import parse_utc
 from hpcjob.config import profile_rates
 from hpcjob.insight import curves, efficiency
 from hpcjob.insight.rows import attempt_rows, elapsed_s, rows, run_row
-from hpcjob.ledger.records import Run
+from hpcjob.ledger.records import Attempt, Run
 from hpcjob.run.context import Context
 
 
@@ -55,13 +56,28 @@ def _submit_facts(ctx: Context, run: Run, facts: dict[str, Any]) -> dict[str, An
 
 
 def actual_cost(ctx: Context, run: Run, facts: dict[str, Any]) -> cost.Cost | None:
-    """What a run cost: what it was allocated, for as long as it ran (so far, while running);
-    None when it never started."""
+    """What a run cost: what it was allocated, for as long as it ran (so far, while running),
+    over all the jobs of an `--auto-requeue` run; None when it never started."""
     seconds = facts.get("sacct_elapsed_s", facts.get("local_elapsed_s"))
     if seconds is None:
         seconds = elapsed_s(run)
-    if seconds is None:
+    # Each job a requeued run went through ran (and was billed) for its own time; the same
+    # script asked for the same resources each time.
+    earlier = [_attempt_seconds(a) for a in ctx.ledger.attempts(run.run_id)]
+    if seconds is None and not earlier:
         return None
+    spent = _cost_of(ctx, run, facts, (seconds or 0) + sum(earlier))
+    return dataclasses.replace(spent, attempts=len(earlier) + 1) if earlier else spent
+
+
+def _attempt_seconds(attempt: Attempt) -> float:
+    if not attempt.started_at or not attempt.ended_at:
+        return 0.0  # it never started
+    return max(0.0, (parse_utc(attempt.ended_at) - parse_utc(attempt.started_at)).total_seconds())
+
+
+def _cost_of(ctx: Context, run: Run, facts: dict[str, Any], seconds: float) -> cost.Cost:
+    """The run's allocation (Slurm's, else its request) billed for `seconds`."""
     res = run.spec.get("resources") or {}
     estimate = _submit_facts(ctx, run, facts).get("sbu_estimate") or {}
     req = cost.request_from_spec(res, estimate.get("partition") or res.get("partition"))
@@ -75,23 +91,30 @@ def actual_cost(ctx: Context, run: Run, facts: dict[str, Any]) -> cost.Cost | No
     return cost.cost(rates, req, seconds)
 
 
+def _array_cost(ctx: Context, run: Run, estimate: dict[str, Any] | None) -> cost.Cost | None:
+    """The sum of what the array's tasks that ran cost; None while none has run."""
+    tasks = ctx.ledger.tasks(run.run_id)
+    spent = [actual_cost(ctx, t, ctx.ledger.facts(t.run_id)) for t in tasks]
+    known = [c for c in spent if c is not None]
+    partition = estimate.get("partition") if estimate else None
+    hours = sum(c.hours for c in known)
+    if not known:
+        return None
+    if all(c.note == cost.NOT_BILLED for c in known):
+        return cost.Cost(partition, None, hours, note=cost.NOT_BILLED)
+    total, missing = cost.total(known)
+    return cost.Cost(
+        partition,
+        total if missing < len(known) else None,
+        hours,
+        note=f"sum of {len(known)} tasks that ran"
+        + (f"; {missing} without a rate" if missing else ""),
+    )
+
+
 def cost_section(ctx: Context, run: Run, facts: dict[str, Any]) -> dict[str, Any] | None:
     estimate = facts.get("sbu_estimate")
-    actual: cost.Cost | None
-    if run.is_array:
-        tasks = ctx.ledger.tasks(run.run_id)
-        spent = [actual_cost(ctx, t, ctx.ledger.facts(t.run_id)) for t in tasks]
-        known = [c for c in spent if c is not None]
-        total, missing = cost.total(known)
-        actual = cost.Cost(
-            estimate.get("partition") if estimate else None,
-            total if known and missing < len(known) else None,
-            sum(c.hours for c in known),
-            note=f"sum of {len(known)} tasks that ran"
-            + (f"; {missing} without a rate" if missing else ""),
-        )
-    else:
-        actual = actual_cost(ctx, run, facts)
+    actual = _array_cost(ctx, run, estimate) if run.is_array else actual_cost(ctx, run, facts)
     if estimate is None and actual is None:
         return None
     return {

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from hpcjob.clock import parse_utc
 from hpcjob.joblog import Metric, headline
+from hpcjob.jobstate import JobState
 from hpcjob.ledger.records import Run
 from hpcjob.ledger.store import Ledger
 from hpcjob.run.context import Context
@@ -95,6 +96,19 @@ def recent_runs(ctx: Context, limit: int) -> list[Run]:
         if r.state.is_final
     ][:limit]
     return sort_runs(active + recent)
+
+
+def ended_badly(runs: list[Run]) -> list[Run]:
+    """The runs `status --check` exits 3 for: ended other than COMPLETED, judged as `wait` judges
+    them. An array task cancelled before it started is left to its array, whose state says
+    whether the array failed (a pending task cancelled is the user's decision)."""
+    return [
+        r
+        for r in runs
+        if r.state.is_final
+        and r.state != JobState.COMPLETED
+        and not (r.parent_run_id and r.cancelled_before_start)
+    ]
 
 
 def rows(ctx: Context, runs: list[Run]) -> list[dict[str, Any]]:

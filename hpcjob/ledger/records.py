@@ -61,6 +61,12 @@ class Run(NewRun):
         """The parent run of a job array (its state is its tasks')."""
         return self.parent_run_id is None and bool(self.spec.get("resources", {}).get("array"))
 
+    @property
+    def cancelled_before_start(self) -> bool:
+        """Cancelled while still waiting in the queue: the user's decision, not a failure (an
+        array's state and `status --check` leave it out; it never ran, so it has no exit code)."""
+        return self.state == JobState.CANCELLED and not self.started_at
+
 
 @dataclass(frozen=True)
 class StateChange:

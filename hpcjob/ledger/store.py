@@ -195,9 +195,11 @@ class Ledger:
                     run.reason,
                 ),
             ),
-            # The accounting facts were the old job's; the new job's come with its own record.
+            # The accounting facts (sacct's, the embedded scheduler's) were the old job's; the
+            # new job's come with its own record. The old job's time is in its attempt row.
             (
-                "DELETE FROM facts WHERE run_id = ? AND key LIKE 'sacct\\_%' ESCAPE '\\'",
+                "DELETE FROM facts WHERE run_id = ? AND (key LIKE 'sacct\\_%' ESCAPE '\\' "
+                "OR key LIKE 'local\\_%' ESCAPE '\\')",
                 (run.run_id,),
             ),
         )

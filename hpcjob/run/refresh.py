@@ -18,7 +18,7 @@ import dataclasses
 from collections import Counter
 from collections.abc import Sequence
 
-from hpcjob.jobstate import CANCELLED_PENDING_REASON, JobInfo, JobState
+from hpcjob.jobstate import JobInfo, JobState
 from hpcjob.ledger.records import Run
 from hpcjob.run.context import Context
 from hpcjob.run.harvest import harvest
@@ -110,11 +110,14 @@ def _record(ctx: Context, run: Run, info: JobInfo | None, harvest_running: bool)
 def _settle(ctx: Context, run: Run, info: JobInfo | None) -> JobInfo | None:
     """Fill what the scheduler could not say from the job's exit-status file.
 
-    A job the scheduler no longer reports, or reports ended without an exit code (sacct's record
-    lags a few seconds behind squeue, or accounting is off), takes its exit code from the file;
-    without the file such a job is still COMPLETING.
+    A job the scheduler no longer reports, or reports ended without an exit code or a signal
+    (sacct's record lags a few seconds behind squeue, or accounting is off), takes its exit code
+    from the file; without the file such a job is still COMPLETING. A job killed by a signal
+    has no exit code, and one that never started has no file.
     """
-    if info is not None and not (info.state.is_final and info.exit_code is None):
+    if info is not None and not (
+        info.state.is_final and info.exit_code is None and not info.signal
+    ):
         return info
     from_file = exit_status_info(ctx, run)
     if info is None or from_file is None:
@@ -168,27 +171,30 @@ def _settle_arrays(ctx: Context, parents: list[Run]) -> list[Run]:
 
 
 def array_info(parent: Run, tasks: Sequence[Run]) -> JobInfo | None:
-    """An array's state from its tasks': running while any runs, COMPLETED when all did."""
+    """An array's state from its tasks': running while any runs; once all ended, COMPLETED when
+    every task that started COMPLETED (and one did). A task cancelled before it started is the
+    user's decision, not a failure: it is only counted in the reason. Otherwise the state most
+    tasks that ran ended in other than COMPLETED (FAILED, TIMEOUT, CANCELLED while running…);
+    CANCELLED when no task started at all."""
     if not tasks or not parent.job_id:
         return None
-    states = [t.state for t in tasks]
     starts = [t.started_at for t in tasks if t.started_at]
-    if all(s.is_final for s in states):
-        bad = [s for s in states if s != JobState.COMPLETED]
+    if all(t.state.is_final for t in tasks):
+        ran = [t.state for t in tasks if not t.cancelled_before_start]
+        bad = [s for s in ran if s != JobState.COMPLETED]
         state = Counter(bad).most_common(1)[0][0] if bad else JobState.COMPLETED
         ends = [t.ended_at for t in tasks if t.ended_at]
-        done = sum(s == JobState.COMPLETED for s in states)
         return JobInfo(
             parent.job_id,
-            state,
+            state if ran else JobState.CANCELLED,
             started_at=min(starts) if starts else None,
             ended_at=max(ends) if ends else None,
-            reason=None if not bad else f"{done} of {len(tasks)} tasks COMPLETED",
+            reason=_array_reason(len(tasks), ran),
         )
     # A task cancelled before it started does not make the array running.
     active = any(
         t.state in (JobState.RUNNING, JobState.COMPLETING)
-        or (t.state.is_final and t.reason != CANCELLED_PENDING_REASON)
+        or (t.state.is_final and not t.cancelled_before_start)
         for t in tasks
     )
     return JobInfo(
@@ -196,3 +202,20 @@ def array_info(parent: Run, tasks: Sequence[Run]) -> JobInfo | None:
         JobState.RUNNING if active else JobState.PENDING,
         started_at=min(starts) if starts else None,
     )
+
+
+def _array_reason(count: int, ran: Sequence[JobState]) -> str | None:
+    """`3 of 4 tasks COMPLETED; 1 FAILED; 1 cancelled before it started`; None when all
+    COMPLETED."""
+    unstarted = count - len(ran)
+    if not ran:
+        return f"all {count} tasks cancelled before they started"
+    done = sum(s == JobState.COMPLETED for s in ran)
+    if done == count:
+        return None
+    parts = [f"{done} of {count} tasks COMPLETED"]
+    failed = Counter(s for s in ran if s != JobState.COMPLETED)
+    parts += [f"{n} {state.value}" for state, n in failed.most_common()]
+    if unstarted:
+        parts.append(f"{unstarted} cancelled before {'it' if unstarted == 1 else 'they'} started")
+    return "; ".join(parts)

@@ -4,7 +4,9 @@ fake clock; they ask the scheduler only at its own polling pace."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from hpcjob.errors import HpcjobError
 from hpcjob.ledger.records import Run
@@ -12,7 +14,7 @@ from hpcjob.run.context import Context
 from hpcjob.run.harvest import harvest
 from hpcjob.run.refresh import refresh
 from hpcjob.run.requeue import due as requeue_due
-from hpcjob.run.rundir import exit_status_path
+from hpcjob.run.rundir import exit_status_path, output_path
 
 _FILE_TICK_S = 0.25
 _FOLLOW_TICK_S = 0.5
@@ -104,7 +106,8 @@ def _sleep_until_due(ctx: Context, run: Run, interval: float) -> None:
 def follow(ctx: Context, run: Run, offset: int, emit: Callable[[str], None]) -> Run:
     """Hand the job's new output to `emit` as it comes, until the job has ended and everything
     it wrote is out; then harvest it. New bytes are read by offset twice a second; the scheduler
-    is asked about the state only at its own pace (every 0.4 s embedded, every 4 s on Slurm)."""
+    is asked about the state only at its own pace (every 0.4 s embedded, every 4 s on Slurm).
+    A run `--auto-requeue` resubmits goes on with the new job's own output, under a header."""
     clock = ctx.clock
     state_every = 2 * ctx.scheduler.poll_start_s
     asked = clock.monotonic()
@@ -120,7 +123,54 @@ def follow(ctx: Context, run: Run, offset: int, emit: Callable[[str], None]) -> 
         if not run.state.is_final and clock.monotonic() - asked >= state_every:
             asked = clock.monotonic()
             refresh(ctx, watched=frozenset({run.run_id}))
-            run = ctx.ledger.get_run(run.run_id)
+            fresh = ctx.ledger.get_run(run.run_id)
+            if fresh.job_id and fresh.job_id != run.job_id:  # requeued: a new job, a new file
+                rest = read_log(ctx, run, offset)
+                if rest:
+                    emit(rest.decode("utf-8", errors="replace"))
+                emit(f"\n{_attempt_header(ctx, fresh)}\n")
+                offset = 0
+            run = fresh
+
+
+def _attempt_header(ctx: Context, run: Run) -> str:
+    """The header of a run's current attempt (its latest job)."""
+    count = len(ctx.ledger.attempts(run.run_id)) + 1
+    return AttemptLog(count, count, run.job_id, run.state.value, b"").header
+
+
+@dataclass(frozen=True)
+class AttemptLog:
+    """What one attempt of a run (one scheduler job) wrote; `of` attempts in all."""
+
+    attempt: int
+    of: int
+    job_id: str | None
+    state: str
+    data: bytes
+
+    @property
+    def label(self) -> str:
+        return f"attempt {self.attempt} of {self.of}: job {self.job_id}, {self.state}"
+
+    @property
+    def header(self) -> str:
+        """The line above its output where several attempts are shown, as `tail` heads files."""
+        return f"==> {self.label} <=="
+
+
+def attempt_logs(ctx: Context, run: Run) -> list[AttemptLog]:
+    """Each attempt's output, oldest first: an `--auto-requeue` run's ended jobs (each wrote its
+    own `slurm-<job id>.out` in the run directory), then the current job."""
+    past = ctx.ledger.attempts(run.run_id)
+    shell = ctx.scheduler.shell
+    logs = []
+    for ended in past:
+        path = output_path(run, ended.job_id) if ended.job_id else None
+        data = shell.read_bytes(path) if path and shell.exists(path) else b""
+        logs.append(AttemptLog(ended.attempt, len(past) + 1, ended.job_id, ended.state, data))
+    current = AttemptLog(len(past) + 1, len(past) + 1, run.job_id, run.state.value, b"")
+    return [*logs, dataclasses.replace(current, data=read_log(ctx, run))]
 
 
 def read_log(ctx: Context, run: Run, offset: int = 0) -> bytes:

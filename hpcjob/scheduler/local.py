@@ -323,8 +323,9 @@ class LocalScheduler:
         _signal_group(proc.pid, signal.SIGKILL)  # like Slurm: nothing of the job outlives it
         _remove_tree(tmpdir)
         returncode = proc.returncode
-        if ending:
-            self._finish(job_id, ending, 0, 15 if ending == "CANCELLED" else 0, None)
+        if ending:  # the script's own exit status, or the signal that ended it (as sacct's)
+            code, sig = (None, -returncode) if returncode < 0 else (returncode, 0)
+            self._finish(job_id, ending, code, sig, None)
         elif returncode == 0:
             self._finish(job_id, "COMPLETED", 0, 0, None)
         elif returncode < 0:
@@ -363,7 +364,7 @@ class LocalScheduler:
             rec["usage"] = usage
 
     def _finish(
-        self, job_id: str, state: str, exit_code: int, sig: int, reason: str | None
+        self, job_id: str, state: str, exit_code: int | None, sig: int, reason: str | None
     ) -> None:
         with self._locked(job_id) as rec:
             rec.update(state=state, exit_code=exit_code, signal=sig, ended_at=utc_now())

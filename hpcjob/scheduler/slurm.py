@@ -83,6 +83,8 @@ class SlurmScheduler:
                 known,
                 job_id=job_id,
                 state=JobState.CANCELLED,
+                exit_code=None,  # it never ran (sacct's `0:0` on the array's record is no code)
+                signal=None,
                 started_at=None,
                 ended_at=known.ended_at or utc_now(),
                 reason=CANCELLED_PENDING_REASON,

@@ -54,7 +54,9 @@ def test_the_gpus_asked_for_are_read_from_slurm_without_expect_gpus(
     assert run.returncode == 1 and "this job asked for 1 GPU" in run.stderr
 
 
-def test_the_job_script_says_the_gpus_in_the_environment(official_dir: Path, tmp_path: Path) -> None:
+def test_the_job_script_says_the_gpus_in_the_environment(
+    official_dir: Path, tmp_path: Path
+) -> None:
     """The template exports HPCJOB_EXPECT_GPUS rather than pass an option, so a rerun of an older
     snapshot of train.py (which knows no --expect-gpus) still starts."""
     run = run_workload(

@@ -105,9 +105,11 @@ def test_job_side_fingerprint_is_cheap_and_sees_the_ends(tmp_path: Path) -> None
         handle.seek(int(1.5 * 1024 * 1024))
         handle.write(b"changed")
     assert JOB_SIDE.file_fingerprint(big)["head_tail_sha256"] == first["head_tail_sha256"]
-    with open(big, "r+b") as handle:
+    with open(big, "r+b") as handle:  # the last byte, flipped: always a change
         handle.seek(-1, os.SEEK_END)
-        handle.write(b"!")
+        last = handle.read(1)[0]
+        handle.seek(-1, os.SEEK_END)
+        handle.write(bytes([last ^ 0xFF]))
     assert JOB_SIDE.file_fingerprint(big)["head_tail_sha256"] != first["head_tail_sha256"]
 
 

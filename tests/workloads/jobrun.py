@@ -42,6 +42,20 @@ class Run:
     def epoch_lines(self) -> list[tuple[str, ...]]:
         return EPOCH_LINE.findall(self.stdout)
 
+    def facts(self) -> dict[str, Any]:
+        """Every `facts` object the job wrote, merged in order."""
+        found: dict[str, Any] = {}
+        for record in self.records():
+            found.update(record.get("facts", {}))
+        return found
+
+
+def no_gpu_env(**slurm: str) -> dict[str, str]:
+    """This environment as a job given no GPU sees it: no Slurm variables but `slurm`, every
+    GPU hidden."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
+    return {**env, "CUDA_VISIBLE_DEVICES": "", **slurm}
+
 
 def workload_argv(program: str, *args: object) -> list[str]:
     return [sys.executable, str(WORKLOADS / program), *map(str, args)]

@@ -9,26 +9,11 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Any
 
 import check_gpu
 import pytest
 import torch
-from jobrun import Run, run_workload
-
-
-def job_env(**slurm: str) -> dict[str, str]:
-    """This environment as a job given no GPU sees it: no Slurm variables but `slurm`, every
-    GPU hidden."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
-    return {**env, "CUDA_VISIBLE_DEVICES": "", **slurm}
-
-
-def facts(run: Run) -> dict[str, Any]:
-    found: dict[str, Any] = {}
-    for record in run.records():
-        found.update(record.get("facts", {}))
-    return found
+from jobrun import no_gpu_env, run_workload
 
 
 @pytest.mark.parametrize(
@@ -49,16 +34,16 @@ def test_requested_gpus_from_slurm_variables(env: dict[str, str], wanted: int) -
 
 
 def test_no_gpu_requested_is_fine_on_cpu(tmp_path: Path) -> None:
-    run = run_workload("check_gpu.py", tmp_path, env=job_env())
+    run = run_workload("check_gpu.py", tmp_path, env=no_gpu_env())
     assert run.returncode == 0, run.stderr
     assert "no GPU requested, CPU only" in run.stdout
-    seen = facts(run)
+    seen = run.facts()
     assert seen["gpu_count"] == 0 and seen["cuda_available"] is False
     assert seen["torch"] == str(torch.__version__) and seen["gpus_requested"] == 0
 
 
 def test_gpu_asked_for_by_slurm_but_invisible_fails(tmp_path: Path) -> None:
-    run = run_workload("check_gpu.py", tmp_path, env=job_env(SLURM_GPUS_ON_NODE="2"))
+    run = run_workload("check_gpu.py", tmp_path, env=no_gpu_env(SLURM_GPUS_ON_NODE="2"))
     assert run.returncode == 1
     assert "this job asked for 2 GPUs but none is visible" in run.stderr
     assert "CUDA_VISIBLE_DEVICES='' hides every GPU" in run.stderr
@@ -66,7 +51,7 @@ def test_gpu_asked_for_by_slurm_but_invisible_fails(tmp_path: Path) -> None:
 
 
 def test_expect_gpus_as_a_job_runs_it(tmp_path: Path) -> None:
-    run = run_workload("check_gpu.py", tmp_path, "--expect-gpus", "1", env=job_env())
+    run = run_workload("check_gpu.py", tmp_path, "--expect-gpus", "1", env=no_gpu_env())
     assert run.returncode == 1
     assert "this job asked for 1 GPU but none is visible" in run.stderr
     assert "Traceback" not in run.stderr
@@ -79,7 +64,7 @@ def test_this_machine_as_it_is(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
     run = run_workload("check_gpu.py", tmp_path, "--matmul-size", "256", env=env)
     assert run.returncode == 0, run.stderr
-    seen = facts(run)
+    seen = run.facts()
     if torch.cuda.is_available():
         count = torch.cuda.device_count()
         assert f"OK: {count} GPU(s) visible, 0 requested" in run.stdout

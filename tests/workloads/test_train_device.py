@@ -4,26 +4,12 @@ Slurm sets it for a job given no GPU), so torch sees none on any machine, GPU or
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
-from typing import Any
 
 import pytest
-from jobrun import TRAIN_ARGS, Run, run_workload
+from jobrun import TRAIN_ARGS, no_gpu_env, run_workload
 
 pytestmark = pytest.mark.slow
-
-
-def no_gpu_env(**slurm: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
-    return {**env, "CUDA_VISIBLE_DEVICES": "", **slurm}
-
-
-def facts(run: Run) -> dict[str, Any]:
-    found: dict[str, Any] = {}
-    for record in run.records():
-        found.update(record.get("facts", {}))
-    return found
 
 
 def test_gpus_asked_for_but_unusable_stop_training_at_once(
@@ -39,7 +25,7 @@ def test_gpus_asked_for_but_unusable_stop_training_at_once(
     assert "--allow-cpu" in run.stderr and "Traceback" not in run.stderr
     assert "First batch OK" not in run.stdout and not run.metrics()  # stopped before training
     assert not (tmp_path / "checkpoints").exists()
-    found = facts(run)
+    found = run.facts()
     assert found["device"] == "cpu" and found["gpus_requested"] == 1
     assert "CUDA_VISIBLE_DEVICES='' hides every GPU" in found["gpu_unused_reason"]
 
@@ -76,6 +62,6 @@ def test_allow_cpu_trains_on_the_cpu_with_a_loud_warning(
     assert run.returncode == 0, run.stderr
     assert "WARNING: this job asked for 2 GPUs but trains on the CPU (--allow-cpu)" in run.stderr
     assert len(run.epoch_lines()) == 2
-    found = facts(run)
+    found = run.facts()
     assert found["device"] == "cpu" and found["gpus_requested"] == 2
     assert found["allow_cpu"] is True and "hides every GPU" in found["gpu_unused_reason"]

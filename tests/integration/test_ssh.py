@@ -585,7 +585,8 @@ def test_a_dry_run_that_can_connect_checks_the_live_partitions(
     monkeypatch.setenv("HPCJOB_PROFILE", "cluster")
     refused = invoke("submit", "gpu-check", "-p", "nosuch", "--dry-run")
     assert refused.exit_code == 2, refused.stderr
-    assert "Profile cluster: the cluster has no partition 'nosuch'" in refused.stderr
+    assert "Profile cluster: the job request has problems" in refused.stderr
+    assert "the cluster has no partition 'nosuch'" in refused.stderr
     assert "Checked against the partitions cached" not in refused.stderr
     dry = invoke("submit", "gpu-check", "--dry-run", "--json")
     assert dry.exit_code == 0, dry.stderr

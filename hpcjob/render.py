@@ -114,8 +114,11 @@ class RenderContext:
 
 def _environment(template_dirs: Sequence[Path]) -> Any:
     import jinja2
+    from jinja2.sandbox import SandboxedEnvironment
 
-    env = jinja2.Environment(
+    # Sandboxed: a user's template is text, not code; Jinja's plain environment lets
+    # `{{ cycler.__init__.__globals__.os }}` reach Python itself at render time.
+    env = SandboxedEnvironment(
         loader=jinja2.FileSystemLoader([str(d) for d in template_dirs]),
         undefined=jinja2.StrictUndefined,
         autoescape=False,
@@ -138,6 +141,7 @@ def template_dirs(user_dirs: Sequence[Path | str | None]) -> list[Path]:
 def render_script(spec: JobSpec, ctx: RenderContext, dirs: Sequence[Path]) -> str:
     """The job script for a spec: the workload's template rendered with StrictUndefined."""
     import jinja2
+    from jinja2.exceptions import SecurityError
 
     program = spec.program
     template = PROGRAM_TEMPLATE if program is not None else WORKLOADS[spec.workload].template
@@ -173,6 +177,12 @@ def render_script(spec: JobSpec, ctx: RenderContext, dirs: Sequence[Path]) -> st
         )
     try:
         return str(env.get_template(template).render(**variables))
+    except SecurityError as exc:
+        raise HpcjobError(
+            f"Template {template} tried something templates may not do: {exc}",
+            hint="Templates are rendered in Jinja's sandbox: no `_`-attributes, no Python "
+            "internals; use the variables listed in docs/templates.md.",
+        ) from exc
     except jinja2.TemplateNotFound as exc:
         raise HpcjobError(
             f"Template {exc.name!r} not found in {', '.join(str(d) for d in dirs)}."

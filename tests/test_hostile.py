@@ -265,6 +265,14 @@ CLI_CASES: tuple[CliCase, ...] = (
                    "{% endblock %}"),
     CliCase("template-broken", "template variable", "a user template with `{% if %}`",
             ("render", "gpu-check"), 1, "is broken", config="TEMPLATE:{% if %}"),
+    CliCase("template-python-subclasses", "template variable",
+            "a user template with `{{ ''.__class__.__mro__[1].__subclasses__() }}`",
+            ("render", "gpu-check"), 1, "tried something templates may not do",
+            config="TEMPLATE:{{ ''.__class__.__mro__[1].__subclasses__() }}"),
+    CliCase("template-python-globals", "template variable",
+            "a user template with `{{ cycler.__init__.__globals__.os }}`",
+            ("render", "gpu-check"), 1, "tried something templates may not do",
+            config="TEMPLATE:{{ cycler.__init__.__globals__.os }}"),
 )  # fmt: skip
 
 OUTPUT_CASES: tuple[OutputCase, ...] = (

@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from hpcjob.joblog import clean_fact
+
 # A diff beyond this is cut (the ledger and run directory are no place for a dataset in git).
 DIFF_CAP = 1024 * 1024
 DIFF_PATH = "provenance/git.diff"
@@ -28,7 +30,8 @@ def job_facts(text: str) -> dict[str, Any]:
         data = json.loads(text)
     except (ValueError, RecursionError):
         return {}
-    return {JOB_FACT: data} if isinstance(data, dict) else {}
+    # The job (or whoever writes the run directory) wrote it: validated like any other fact.
+    return {JOB_FACT: clean_fact(data)} if isinstance(data, dict) else {}
 
 
 def section(facts: dict[str, Any]) -> dict[str, Any] | None:
@@ -36,41 +39,52 @@ def section(facts: dict[str, Any]) -> dict[str, Any] | None:
     submit, job = facts.get(SUBMIT_FACT), facts.get(JOB_FACT)
     if not submit and not job:
         return None
-    return {**(submit or {}), "job": job}
+    # Cleaned again: a ledger written before job_facts cleaned may hold NaN.
+    return {**_dict(submit), "job": clean_fact(job) if isinstance(job, dict) else None}
+
+
+def _dict(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
 
 
 def show_lines(prov: dict[str, Any]) -> list[str]:
     """`hpcjob show`'s provenance lines."""
     lines = []
     git = prov.get("git")
-    if git is not None:
+    if isinstance(git, dict):
         lines.append(f"  project   {_git_line(git)}")
     if prov.get("hpcjob_version"):
         lines.append(
             f"  hpcjob    {prov['hpcjob_version']}; script {str(prov.get('script_sha256'))[:12]}, "
             f"workload code {str(prov.get('workload_sha256'))[:12]}"
         )
-    job = prov.get("job")
+    job = _dict(prov.get("job"))
     if not job:
         lines.append(
             "  in job    not recorded (yet): the job writes provenance.json when it starts"
         )
         return lines
     lines.append(f"  node      {job.get('node')}")
-    for gpu in job.get("gpus") or []:
+    for gpu in _list(job.get("gpus")):
+        if not isinstance(gpu, dict):
+            continue  # the job wrote something else: nothing to show
         lines.append(
             f"  GPU       {gpu.get('name')} ({gpu.get('memory')}), driver {gpu.get('driver')}"
         )
-    cuda = job.get("cuda") or {}
+    cuda = _dict(job.get("cuda"))
     if cuda.get("driver_cuda") or cuda.get("torch_cuda"):
         lines.append(
             f"  CUDA      driver {cuda.get('driver_cuda') or '-'}, "
             f"torch built for {cuda.get('torch_cuda') or '-'}"
         )
     lines.append(f"  python    {job.get('python')}  torch {job.get('torch') or '-'}")
-    packages = job.get("pip_freeze") or []
+    packages = _list(job.get("pip_freeze"))
     lines.append(f"  packages  {len(packages)} (pip freeze in `hpcjob show --json`)")
-    files = job.get("data_files") or []
+    files = [item for item in _list(job.get("data_files")) if isinstance(item, dict)]
     for item in files[:_SHOWN_FILES]:
         lines.append(
             f"  data      {item.get('name')} {item.get('size')} B, "

@@ -342,6 +342,14 @@ OUTPUT_CASES: tuple[OutputCase, ...] = (
     OutputCase("jsonl-broken-midline", "`metrics.jsonl` cut mid-line",
                "printf '{\"step\": 1, \"loss\": 0.5}\\n{\"step\": 2, \"lo' > metrics.jsonl",
                "the whole lines are read, the torn one skipped", {(1, "loss"): 0.5}, (2,)),
+    OutputCase("provenance-hostile",
+               "`provenance.json` with NaN, Infinity, `\"gpus\": [1, \"x\", null]`, 50 deep",
+               "printf '{\"node\": NaN, \"seed\": Infinity, \"gpus\": [1, \"x\", null, "
+               "{\"name\": NaN}], \"cuda\": \"x\", \"pip_freeze\": 5, \"data_files\": "
+               "[1, {\"size\": -Infinity}], \"deep\": %s1%s}\n' "
+               "$(printf '[%.0s' $(seq 50)) $(printf ']%.0s' $(seq 50)) > provenance.json",
+               "stored like other facts (NaN → null, nesting cut at 16 levels); entries of the "
+               "wrong type are skipped by `show`"),
     OutputCase("jsonl-binary", "`metrics.jsonl` with NUL bytes and invalid UTF-8",
                "printf '\\0\\xff\\n{\"step\": 1, \"loss\": 0.5}\\n\\xfe\\n' > metrics.jsonl",
                "unreadable lines skipped", {(1, "loss"): 0.5}),
@@ -491,6 +499,11 @@ def test_output_case(case: OutputCase, cli: Any, isolated_home: Path, sandbox: P
     assert not [k for k in metrics if k[0] in case.absent_steps], metrics
     if case.id == "metric-facts-nan":
         assert shown["facts"]["x"] is None and len(shown["facts"]["big"]) == 10_000
+    if case.id == "provenance-hostile":
+        job = shown["provenance"]["job"]
+        assert job["node"] is None and job["seed"] is None and job["gpus"][:3] == [1, "x", None]
+        assert "(nested too deeply)" in json.dumps(job["deep"])
+        assert "GPU" in table.stdout and "node      None" in table.stdout
     if case.id == "metric-deep-nesting":
         assert "(nested too deeply)" in json.dumps(shown["facts"]["deep"])
     assert ledger_state(isolated_home) == ("ok", 1)

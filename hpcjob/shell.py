@@ -13,6 +13,7 @@ import io
 import os
 import selectors
 import signal
+import stat
 import subprocess
 import tarfile
 import time
@@ -83,7 +84,9 @@ class Shell(Protocol):
         that keeps on without writing is the caller's to stop)."""
         ...
 
-    def read_bytes(self, path: str, offset: int = 0, limit: int | None = None) -> bytes: ...
+    def read_bytes(self, path: str, offset: int = 0, limit: int | None = None) -> bytes:
+        """Bytes of a regular file (links followed); anything else is an HpcjobError."""
+        ...
 
     def write_bytes(self, path: str, data: bytes, mode: int = 0o644) -> None: ...
 
@@ -97,12 +100,15 @@ class Shell(Protocol):
 
     def exists(self, path: str) -> bool: ...
 
-    def size(self, path: str) -> int | None: ...
+    def size(self, path: str) -> int | None:
+        """The size of a regular file (links followed); None for nothing or anything else."""
+        ...
 
     def expand_home(self, path: str) -> str: ...
 
     def list_files(self, path: str, max_depth: int = 2) -> list[tuple[str, int]]:
-        """Files under a folder as (relative path, size), at most `max_depth` folders down."""
+        """Regular files under a folder as (relative path, size), at most `max_depth` folders
+        down; links only to regular files inside the folder (no FIFOs, devices, links out)."""
         ...
 
     def close(self) -> None:
@@ -210,7 +216,13 @@ class LocalShell:
         return CommandResult(tuple(argv), returncode, out.text, err.text)
 
     def read_bytes(self, path: str, offset: int = 0, limit: int | None = None) -> bytes:
-        with open(self.expand_home(path), "rb") as handle:
+        full = self.expand_home(path)
+        # O_NONBLOCK: opening a FIFO must not wait for a writer; only regular files are read
+        # (a link to /dev/zero would never end).
+        fd = os.open(full, os.O_RDONLY | os.O_NONBLOCK)
+        with os.fdopen(fd, "rb") as handle:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise not_a_file(full)
             handle.seek(offset)
             return handle.read() if limit is None else handle.read(limit)
 
@@ -249,30 +261,54 @@ class LocalShell:
 
     def size(self, path: str) -> int | None:
         try:
-            return Path(self.expand_home(path)).stat().st_size
+            info = Path(self.expand_home(path)).stat()
         except FileNotFoundError:
             return None
+        return info.st_size if stat.S_ISREG(info.st_mode) else None
 
     def expand_home(self, path: str) -> str:
         return os.path.expanduser(path)
 
     def list_files(self, path: str, max_depth: int = 2) -> list[tuple[str, int]]:
         root = Path(self.expand_home(path))
+        real_root = root.resolve()
         found: list[tuple[str, int]] = []
         for folder, dirs, files in os.walk(root):
             depth = len(Path(folder).relative_to(root).parts)
             if depth >= max_depth:
                 dirs.clear()
             for name in files:
+                file = Path(folder) / name
                 try:
-                    size = (Path(folder) / name).stat().st_size
-                except FileNotFoundError:
-                    continue  # removed while we looked
-                found.append((str((Path(folder) / name).relative_to(root)), size))
+                    info = file.stat()
+                    inside = file.resolve().is_relative_to(real_root)
+                except (FileNotFoundError, RuntimeError):
+                    continue  # removed while we looked, or a link loop
+                # Regular files only, and a link only to one inside the folder: never a FIFO,
+                # a device or the user's /etc/passwd.
+                if stat.S_ISREG(info.st_mode) and inside:
+                    found.append((str(file.relative_to(root)), info.st_size))
         return sorted(found)
 
     def close(self) -> None:
         """Nothing is held open between commands on this machine."""
+
+
+def not_a_file(path: str) -> HpcjobError:
+    """Reading something that is not a regular file (a FIFO, a device, a folder)."""
+    return HpcjobError(
+        f"{path} is not a regular file; hpcjob reads only regular files.",
+        hint="Something in the run directory is a FIFO, a device or a link to one.",
+    )
+
+
+def is_relative_name(name: str) -> bool:
+    """A plain relative path: no `..`, no leading `/`, no control characters."""
+    try:
+        check_relative_names({name: None})
+    except ValueError:
+        return False
+    return True
 
 
 def check_relative_names(files: Mapping[str, object]) -> list[str]:

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from hpcjob.cli.options import CurrentCodeOpt, JsonOpt, ProfileOpt, RefArg
-from hpcjob.cli.output import Sink, info, print_table, size_text
+from hpcjob.cli.output import Sink, info, print_table, size_text, warn
 from hpcjob.cli.root import app, command
 from hpcjob.cli.session import conclude, run_session, session
 from hpcjob.errors import HpcjobError
@@ -83,7 +83,13 @@ def fetch(
     with run_session(ref, profile) as context:
         run = resolve(context, ref)
         target = Path(dest) if dest else default_dest(run)
-        copied = fetch_files(context, run, target, checkpoints=checkpoints)
+        skipped: list[dict[str, str]] = []
+
+        def skip(name: str, why: str) -> None:
+            skipped.append({"name": name, "reason": why})
+            warn(f"Skipped {name!r}: {why}.")
+
+        copied = fetch_files(context, run, target, checkpoints=checkpoints, on_skip=skip)
 
         def human() -> None:
             print_table(
@@ -95,7 +101,9 @@ def fetch(
             info(f"Copied {len(copied)} files ({size_text(total)}) to {target}.")
 
         files = [{"name": c.name, "size": c.size, "source": c.source} for c in copied]
-        Sink(json_out).result({"run_id": run.run_id, "dest": str(target), "files": files}, human)
+        Sink(json_out).result(
+            {"run_id": run.run_id, "dest": str(target), "files": files, "skipped": skipped}, human
+        )
 
 
 sweep_app = typer.Typer(help="Sweeps: see and resubmit a sweep's tasks.", no_args_is_help=True)

@@ -16,7 +16,7 @@ from hpcjob.errors import HpcjobError
 from hpcjob.ledger.records import Run
 from hpcjob.run.context import Context
 from hpcjob.run.rundir import CODE_DIR, WORKLOAD_DIR, code_outputs, files_dir
-from hpcjob.shell import Shell
+from hpcjob.shell import Shell, is_relative_name
 
 _CHUNK = 8 * 1024 * 1024
 _CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt")
@@ -57,7 +57,7 @@ def plan(shell: Shell, run: Run, folder: str, checkpoints: bool) -> list[tuple[s
     extra = [run.output_path, f"{run.run_dir}/run.json"]
     names = {name for _, name in chosen}
     for path in extra:
-        if path and PurePosixPath(path).name not in names and shell.exists(path):
+        if path and PurePosixPath(path).name not in names and shell.size(path) is not None:
             chosen.append((path, PurePosixPath(path).name))
     return sorted(chosen, key=lambda item: item[1])
 
@@ -68,8 +68,10 @@ def fetch(
     dest: Path,
     checkpoints: bool = False,
     on_file: Callable[[Copied], None] | None = None,
+    on_skip: Callable[[str, str], None] | None = None,
 ) -> list[Copied]:
-    """Copy the run's artifacts into `dest`; what was copied, in order."""
+    """Copy the run's artifacts into `dest`; what was copied, in order. A name that would land
+    outside `dest` is skipped, and `on_skip(name, why)` told."""
     shell = ctx.scheduler.shell
     sources = plan(shell, run, files_dir(run), checkpoints)
     if not sources:
@@ -80,12 +82,22 @@ def fetch(
     copied = []
     for source, name in sources:
         target = dest / name
+        # The names come from the cluster: a compromised login node may answer `../../.bashrc`
+        # or `/home/me/.ssh/authorized_keys` (scp's CVE-2019-6111).
+        if not is_relative_name(name) or not _inside(target, dest):
+            if on_skip is not None:
+                on_skip(name, f"not a plain relative file name; it would be written outside {dest}")
+            continue
         size = copy_file(shell, source, target)
         item = Copied(name, source, size)
         copied.append(item)
         if on_file is not None:
             on_file(item)
     return copied
+
+
+def _inside(target: Path, dest: Path) -> bool:
+    return target.resolve().is_relative_to(dest.resolve())
 
 
 def copy_file(shell: Shell, source: str, target: Path) -> int:

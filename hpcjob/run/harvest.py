@@ -17,11 +17,13 @@ def harvest(ctx: Context, run: Run) -> JobOutput:
     """Read the run's output and metrics.jsonl into the ledger (idempotent)."""
     shell = ctx.scheduler.shell
     parsed = JobOutput()
-    if run.output_path and shell.exists(run.output_path):
+    # size(): None for anything but a regular file, so a FIFO named like the output or
+    # metrics.jsonl, or a link to a device, is never opened (it would hang or never end).
+    if run.output_path and shell.size(run.output_path) is not None:
         parse_output(read_text(ctx, run.output_path), parsed)
     folder = files_dir(run)
     metrics_path = f"{folder}/metrics.jsonl"
-    if shell.exists(metrics_path):
+    if shell.size(metrics_path) is not None:
         parse_metrics_jsonl(read_text(ctx, metrics_path), parsed)
     program = run.spec.get("program") or {}
     # A program's own CSV/JSONL files (the project file's `metrics`), read on every harvest.
@@ -44,7 +46,7 @@ def harvest(ctx: Context, run: Run) -> JobOutput:
 def _harvest_provenance(ctx: Context, run: Run, folder: str) -> None:
     """What the job wrote about itself (provenance.json) into the run's facts."""
     path = f"{folder}/{provenance.JOB_FILE}"
-    if ctx.scheduler.shell.exists(path):
+    if ctx.scheduler.shell.size(path) is not None:
         ctx.ledger.set_facts(run.run_id, provenance.job_facts(read_text(ctx, path)))
 
 

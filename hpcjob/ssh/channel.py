@@ -144,8 +144,10 @@ def sftp_makedirs(sftp: paramiko.SFTPClient, path: str) -> None:
 
 
 def sftp_walk(sftp: paramiko.SFTPClient, root: str, max_depth: int) -> list[tuple[str, int]]:
-    """LocalShell.list_files over SFTP: os.walk's rules (symlinked folders not followed)."""
+    """LocalShell.list_files over SFTP: os.walk's rules (symlinked folders not followed);
+    regular files only, a link only to one inside `root`."""
     found: list[tuple[str, int]] = []
+    real_root: str | None = None
     folders = [("", 0)]
     while folders:
         rel, depth = folders.pop()
@@ -158,12 +160,15 @@ def sftp_walk(sftp: paramiko.SFTPClient, root: str, max_depth: int) -> list[tupl
             mode = entry.st_mode or 0
             if stat.S_ISLNK(mode):
                 target = sftp_stat(sftp, posixpath.join(root, name))
-                if target is None or stat.S_ISDIR(target.st_mode or 0):
-                    continue
+                if target is None or not stat.S_ISREG(target.st_mode or 0):
+                    continue  # a folder, a FIFO, a device, or nothing
+                real_root = real_root or sftp.normalize(root)
+                if not sftp.normalize(posixpath.join(root, name)).startswith(real_root + "/"):
+                    continue  # a link out of the run directory
                 found.append((name, target.st_size or 0))
             elif stat.S_ISDIR(mode):
                 if depth < max_depth:
                     folders.append((name, depth + 1))
-            else:
+            elif stat.S_ISREG(mode):
                 found.append((name, entry.st_size or 0))
     return sorted(found)

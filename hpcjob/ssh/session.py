@@ -11,6 +11,7 @@ import os
 import posixpath
 import shlex
 import socket
+import stat
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -20,7 +21,14 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import paramiko
 
 from hpcjob.errors import HpcjobError
-from hpcjob.shell import UNPACK_SCRIPT, CommandResult, OutputCallback, command_error, tar_payload
+from hpcjob.shell import (
+    UNPACK_SCRIPT,
+    CommandResult,
+    OutputCallback,
+    command_error,
+    not_a_file,
+    tar_payload,
+)
 from hpcjob.ssh.channel import (
     CommandTimeout,
     Relay,
@@ -153,6 +161,10 @@ class SSHShell:
         full = self.expand_home(path)
 
         def read(sftp: paramiko.SFTPClient) -> bytes:
+            # Checked before opening: the server's open of a FIFO would wait for a writer, and a
+            # link to /dev/zero never ends.
+            if not stat.S_ISREG(sftp.stat(full).st_mode or 0):
+                raise not_a_file(full)
             with sftp.open(full, "rb") as handle:
                 size = handle.stat().st_size or 0
                 count = max(0, size - offset if limit is None else min(limit, size - offset))
@@ -211,7 +223,9 @@ class SSHShell:
 
         def size(sftp: paramiko.SFTPClient) -> int | None:
             attrs = sftp_stat(sftp, full)
-            return None if attrs is None else attrs.st_size or 0
+            if attrs is None or not stat.S_ISREG(attrs.st_mode or 0):
+                return None
+            return attrs.st_size or 0
 
         return self._file_op(f"looking at {full}", size)
 

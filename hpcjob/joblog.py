@@ -31,6 +31,9 @@ _MAX_STEP = 2**31 - 1
 _MAX_FACT_DEPTH = 16
 _MAX_FACT_TEXT = 10_000
 _MAX_FACTS = 5_000  # keys of a facts object, items of a list
+# Metric keys taken from one line (one step): a line with 100,000 keys is not a training log.
+MAX_KEYS_PER_LINE = 256
+CUT_FACT = "metrics_cut"
 
 
 @dataclass(frozen=True)
@@ -99,6 +102,14 @@ def clean_fact(value: Any, depth: int = 0) -> Any:
     return value
 
 
+def _note_cut(out: JobOutput, step: int, keys: int | None) -> None:
+    """Say in the run's facts that a line had more metric keys than are kept."""
+    many = f"{keys} keys" if keys is not None else "more keys"
+    out.facts[CUT_FACT] = (
+        f"step {step}: a line had {many}; only the first {MAX_KEYS_PER_LINE} were read"
+    )
+
+
 def parse_metric_object(obj: Any, out: JobOutput, line_no: int = 0) -> None:
     """One JSON object of the output contract into `out` (anything malformed is ignored)."""
     if not isinstance(obj, dict):
@@ -111,7 +122,12 @@ def parse_metric_object(obj: Any, out: JobOutput, line_no: int = 0) -> None:
     if step is None:
         return
     at = obj.get("time") if isinstance(obj.get("time"), str) else None
+    taken = 0
     for raw_key, raw_value in obj.items():
+        if taken >= MAX_KEYS_PER_LINE:
+            _note_cut(out, step, len(obj))
+            break
+        taken += 1
         key = normalise_key(str(raw_key))
         if not key or key in _RESERVED:
             continue
@@ -131,7 +147,11 @@ def parse_human_line(line: str, out: JobOutput) -> bool:
     if step is None:
         return False
     found = False
-    for name, text in _PAIR_RE.findall(match.group(2)):
+    for taken, pair in enumerate(_PAIR_RE.finditer(match.group(2))):
+        if taken >= MAX_KEYS_PER_LINE:
+            _note_cut(out, step, None)
+            break
+        name, text = pair.groups()
         key = normalise_key(name)
         if not key or key in _RESERVED:
             continue

@@ -172,17 +172,24 @@ def logs(
         run = resolve(context, ref)
         if run.is_array:
             raise _array_has_no_log(context, run)
-        found = attempt_logs(context, run)
+        found = attempt_logs(context, run, tail=tail)
         shown = found if attempt is None else [_one_attempt(run, found, attempt)]
         if len(found) > 1 and len(shown) == 1:
             info(shown[0].label)
+        for log in shown:
+            if log.cut and tail is not None and log.data.count(b"\n") < tail:
+                info(
+                    f"Only the last {len(log.data)} bytes of {log.label} were read (--tail reads "
+                    f"at most that much; {log.cut} bytes before it are not shown)."
+                )
         print_text(_logs_text(shown, tail))
         latest = found[-1]
         if shown[-1] is not latest:
             return  # an earlier attempt: it has ended
         if follow:
             try:
-                run = follow_output(context, run, len(latest.data), print_text)
+                end = latest.size if latest.size is not None else len(latest.data)
+                run = follow_output(context, run, end, print_text)
             except KeyboardInterrupt:
                 return
             info(f"Job {run.job_id} ended: {run.state.value}.")

@@ -45,7 +45,7 @@ from hpcjob.run.login import DRIVER_FACT, LOGIN_TIMEOUT_S, driver_identity, stop
 from hpcjob.run.prepare import Prepared, prepare
 from hpcjob.run.rundir import Files, staging
 from hpcjob.run.submit import submit
-from hpcjob.run.watch import read_log, wait
+from hpcjob.run.watch import read_log_end, wait
 from hpcjob.shell import CommandResult
 from hpcjob.spec import SpecRequest
 
@@ -350,7 +350,7 @@ def setup_as_job(ctx: Context, request: EnvRequest) -> tuple[Run, EnvResult, str
     script = render_setup_script(request)
     prepared = dataclasses.replace(prepared, files=_script_files(request, script))
     run = wait(ctx, submit(ctx, prepared))
-    output = read_log(ctx, run).decode("utf-8", errors="replace")
+    output = read_log_end(ctx, run)  # bounded: a runaway pip log must not fill memory
     try:
         result = parse_result(output)
     except HpcjobError:
@@ -403,7 +403,7 @@ def check_gpu(ctx: Context, prepared: Prepared) -> GpuCheck:
     """Submit the prepared gpu-check job (in the profile's venv, with its modules) and wait."""
     run = wait(ctx, submit(ctx, prepared))
     facts = ctx.ledger.facts(run.run_id)
-    output = read_log(ctx, run).decode("utf-8", errors="replace")
+    output = read_log_end(ctx, run)  # bounded: a runaway pip log must not fill memory
     errors = _ERROR_LINE.findall(output)
     reason = errors[-1].strip() if errors else None
     if reason is None and run.state.value != "COMPLETED":

@@ -54,12 +54,33 @@ def request_from_spec(
     )
 
 
+SNAPSHOT_FILE_MAX = 4 * 1024 * 1024
+SNAPSHOT_FILES_MAX = 200
+
+
 def workload_snapshot(ctx: Context, run: Run) -> dict[str, bytes]:
     """The workload code the run ran, from `<run_dir>/workload/` (through the profile's shell)."""
     shell = ctx.scheduler.shell
     folder = f"{run.run_dir}/workload"
     files = shell.list_files(folder, max_depth=1) if shell.exists(folder) else []
-    snapshot = {name: shell.read_bytes(f"{folder}/{name}") for name, _ in files if "/" not in name}
+    files = [(name, size) for name, size in files if "/" not in name]
+    # Bounded: hpcjob's workload code is a few files of kilobytes; anything much larger there was
+    # not written by hpcjob, and is neither read into memory nor sent back to the cluster.
+    big = [f"{name} ({size} B)" for name, size in files if size > SNAPSHOT_FILE_MAX]
+    if big or len(files) > SNAPSHOT_FILES_MAX:
+        raise HpcjobError(
+            f"Run {run.run_id}'s workload snapshot in {folder} is not what hpcjob wrote: "
+            + (
+                f"{', '.join(big[:3])} over {SNAPSHOT_FILE_MAX} bytes"
+                if big
+                else f"{len(files)} files, more than {SNAPSHOT_FILES_MAX}"
+            )
+            + "; nothing of it was read.",
+            hint="Rerun it with today's code instead: add --current-code.",
+        )
+    snapshot = {
+        name: shell.read_bytes(f"{folder}/{name}", 0, SNAPSHOT_FILE_MAX) for name, _ in files
+    }
     if not snapshot:
         raise HpcjobError(
             f"Run {run.run_id} has no workload snapshot in {folder}.",

@@ -15,11 +15,17 @@ from hpcjob.run.harvest import harvest
 from hpcjob.run.refresh import refresh
 from hpcjob.run.requeue import due as requeue_due
 from hpcjob.run.rundir import exit_status_path, output_path
+from hpcjob.shell import Shell
 
 _FILE_TICK_S = 0.25
 _FOLLOW_TICK_S = 0.5
 # `wait` retries failed polls (backing off as usual) for this long before it gives up.
 _POLL_FAILURES_S = 30
+# Reads of a job's output are bounded: `follow` takes it a chunk at a time, `logs --tail` seeks
+# back from the end, setup-env keeps the end of its log.
+_FOLLOW_CHUNK = 8 * 1024 * 1024
+_TAIL_BLOCK = 1024 * 1024
+TAIL_MAX = 16 * 1024 * 1024
 
 
 def resolve(ctx: Context, ref: str) -> Run:
@@ -112,21 +118,23 @@ def follow(ctx: Context, run: Run, offset: int, emit: Callable[[str], None]) -> 
     state_every = 2 * ctx.scheduler.poll_start_s
     asked = clock.monotonic()
     while True:
-        chunk = read_log(ctx, run, offset)
+        chunk = read_log(ctx, run, offset, _FOLLOW_CHUNK)
         if chunk:
             offset += len(chunk)
             emit(chunk.decode("utf-8", errors="replace"))
         if run.state.is_final and not chunk:
             harvest(ctx, run)
             return run
+        if len(chunk) == _FOLLOW_CHUNK:
+            continue  # more is waiting: no pause
         clock.sleep(_FOLLOW_TICK_S)
         if not run.state.is_final and clock.monotonic() - asked >= state_every:
             asked = clock.monotonic()
             refresh(ctx, watched=frozenset({run.run_id}))
             fresh = ctx.ledger.get_run(run.run_id)
             if fresh.job_id and fresh.job_id != run.job_id:  # requeued: a new job, a new file
-                rest = read_log(ctx, run, offset)
-                if rest:
+                while rest := read_log(ctx, run, offset, _FOLLOW_CHUNK):
+                    offset += len(rest)
                     emit(rest.decode("utf-8", errors="replace"))
                 emit(f"\n{_attempt_header(ctx, fresh)}\n")
                 offset = 0
@@ -148,6 +156,8 @@ class AttemptLog:
     job_id: str | None
     state: str
     data: bytes
+    size: int | None = None  # where the file ended (data may be its tail only)
+    cut: int = 0  # bytes before `data` that were not read
 
     @property
     def label(self) -> str:
@@ -159,28 +169,62 @@ class AttemptLog:
         return f"==> {self.label} <=="
 
 
-def attempt_logs(ctx: Context, run: Run) -> list[AttemptLog]:
+def attempt_logs(ctx: Context, run: Run, tail: int | None = None) -> list[AttemptLog]:
     """Each attempt's output, oldest first: an `--auto-requeue` run's ended jobs (each wrote its
-    own `slurm-<job id>.out` in the run directory), then the current job."""
+    own `slurm-<job id>.out` in the run directory), then the current job. With `tail`, only the
+    end of each file that holds its last `tail` lines is read (at most TAIL_MAX bytes)."""
     past = ctx.ledger.attempts(run.run_id)
     shell = ctx.scheduler.shell
     logs = []
-    for ended in past:
-        path = output_path(run, ended.job_id) if ended.job_id else None
-        data = shell.read_bytes(path) if path and shell.exists(path) else b""
-        logs.append(AttemptLog(ended.attempt, len(past) + 1, ended.job_id, ended.state, data))
     current = AttemptLog(len(past) + 1, len(past) + 1, run.job_id, run.state.value, b"")
-    return [*logs, dataclasses.replace(current, data=read_log(ctx, run))]
+    paths = [output_path(run, e.job_id) if e.job_id else None for e in past]
+    for log, path in zip(
+        [AttemptLog(e.attempt, len(past) + 1, e.job_id, e.state, b"") for e in past] + [current],
+        [*paths, run.output_path],
+        strict=True,
+    ):
+        if not path or shell.size(path) is None:
+            logs.append(log)
+        elif tail is None:
+            logs.append(dataclasses.replace(log, data=shell.read_bytes(path)))
+        else:
+            data, cut, size = read_tail(shell, path, tail)
+            logs.append(dataclasses.replace(log, data=data, size=size, cut=cut))
+    return logs
 
 
-def read_log(ctx: Context, run: Run, offset: int = 0) -> bytes:
-    """The job's output from `offset`; empty while the job has not written anything."""
+def read_tail(
+    shell: Shell, path: str, lines: int, max_bytes: int = TAIL_MAX
+) -> tuple[bytes, int, int]:
+    """The end of a file holding its last `lines` lines, read by seeking back from its end a
+    block at a time, never more than `max_bytes`: (data, bytes before it not read, file size)."""
+    size = shell.size(path) or 0
+    start, data = size, b""
+    while start > 0 and data.count(b"\n") <= lines and size - start < max_bytes:
+        step = min(_TAIL_BLOCK, start, max_bytes - (size - start))
+        start -= step
+        data = shell.read_bytes(path, start, step) + data
+    return data, start, size
+
+
+def read_log_end(ctx: Context, run: Run, max_bytes: int = TAIL_MAX) -> str:
+    """The job's output as text, only its last `max_bytes` (with a note saying what was cut)."""
+    if not run.output_path or ctx.scheduler.shell.size(run.output_path) is None:
+        return ""
+    data, cut, _ = read_tail(ctx.scheduler.shell, run.output_path, 2**62, max_bytes)
+    text = data.decode("utf-8", errors="replace")
+    return f"[hpcjob: the first {cut} bytes of the output are not shown]\n{text}" if cut else text
+
+
+def read_log(ctx: Context, run: Run, offset: int = 0, limit: int | None = None) -> bytes:
+    """The job's output from `offset` (at most `limit` bytes); empty while the job has not
+    written anything."""
     if not run.output_path:
         return b""
     shell = ctx.scheduler.shell
-    if not shell.exists(run.output_path):
+    if shell.size(run.output_path) is None:
         return b""
-    return shell.read_bytes(run.output_path, offset)
+    return shell.read_bytes(run.output_path, offset, limit)
 
 
 def cancel(ctx: Context, run: Run) -> Run:

@@ -77,6 +77,9 @@ class Relay:
             self.pending[which] += text
             at = self.pending[which].find(self.marker)
             if at < 0:
+                # What login scripts print before the marker is dropped anyway: keep only what
+                # may be the marker's start, so endless output before it cannot fill memory.
+                self.pending[which] = self.pending[which][-len(self.marker) :]
                 return
             self.seen[which] = True
             text, self.pending[which] = self.pending[which][at + len(self.marker) :], ""
@@ -84,22 +87,31 @@ class Relay:
             self.on_output(text)
 
 
+# A command's output kept in memory, per stream; the rest is read (so the command can finish)
+# and dropped, with a note on stderr. A compromised login node may answer with endless output.
+OUTPUT_MAX = 64 * 1024 * 1024
+
+
 def collect(
-    channel: paramiko.Channel, timeout: float | None, relay: Relay | None = None
+    channel: paramiko.Channel,
+    timeout: float | None,
+    relay: Relay | None = None,
+    max_bytes: int = OUTPUT_MAX,
 ) -> tuple[bytes, bytes, int]:
-    """stdout, stderr and exit status of a command, read together (neither pipe can fill up);
-    `relay` gets each piece as it arrives."""
+    """stdout, stderr and exit status of a command, read together (neither pipe can fill up),
+    each kept up to `max_bytes`; `relay` gets each piece as it arrives."""
     deadline = None if timeout is None else time.monotonic() + timeout
     out, err = bytearray(), bytearray()
+    dropped = [0, 0]
     while True:
         while channel.recv_ready():
             data = channel.recv(65536)
-            out += data
+            dropped[0] += _keep(out, data, max_bytes)
             if relay is not None:
                 relay.feed(0, data)
         while channel.recv_stderr_ready():
             data = channel.recv_stderr(65536)
-            err += data
+            dropped[1] += _keep(err, data, max_bytes)
             if relay is not None:
                 relay.feed(1, data)
         if channel.eof_received or channel.closed:
@@ -113,7 +125,17 @@ def collect(
     left = None if deadline is None else max(0.0, deadline - time.monotonic())
     if not channel.status_event.wait(left) and not channel.closed:
         raise CommandTimeout
+    for name, count in zip(("stdout", "stderr"), dropped, strict=True):
+        if count:
+            err += f"\n[hpcjob: {count} bytes of {name} past {max_bytes} were dropped]\n".encode()
     return bytes(out), bytes(err), channel.exit_status
+
+
+def _keep(buffer: bytearray, data: bytes, max_bytes: int) -> int:
+    """Append what fits under `max_bytes`; how many bytes did not."""
+    room = max(0, max_bytes - len(buffer))
+    buffer += data[:room]
+    return len(data) - min(room, len(data))
 
 
 # ------------------------------------------------------------------------------------------ SFTP

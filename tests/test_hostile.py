@@ -293,6 +293,11 @@ OUTPUT_CASES: tuple[OutputCase, ...] = (
                "printf 'Epoch 1: loss = 0.9\\rEpoch 1: loss = 0.5\\rEpoch 2: loss = 0.4\\n'",
                "each `\\r` segment is a line; the last value of a step wins",
                {(1, "loss"): 0.5, (2, "loss"): 0.4}),
+    OutputCase("out-long-epoch-line", "a 1 MB line `Epoch 1: word1 word2 …` (no `=`)",
+               "printf 'Epoch 1: '\nseq -f 'word%g' 150000 | tr '\\n' ' '\necho\n"
+               "echo 'Epoch 2: loss = 0.5'",
+               "parsed in one pass (a line is cut at 64 kB first); the next line's metrics are "
+               "stored", {(2, "loss"): 0.5}),
     OutputCase("out-huge-epoch", "`Epoch 99999999999999999999999: loss = 1`",
                "echo 'Epoch 99999999999999999999999: loss = 1'\necho 'Epoch 1: loss = 0.5'",
                "an absurd step is ignored", {(1, "loss"): 0.5}),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import shlex
 import subprocess
 from pathlib import Path
 
@@ -81,6 +82,42 @@ def test_sbatch_line_quotes_spaces_and_refuses_what_it_cannot_quote() -> None:
     for bad in ('a"b', "a\nb", "a\\b"):
         with pytest.raises(HpcjobError):
             sbatch_line("output", bad)
+
+
+def _as_slurm_reads(line: str) -> str:
+    """The value of a `#SBATCH --key=value` line as sbatch reads it (`_get_argument` in
+    src/sbatch/opt.c, Slurm 22.05): `"` and `'` quote, `\\` escapes, an unquoted `#` ends the
+    line, an unquoted blank ends the word."""
+    text = line.split("=", 1)[1]
+    out, quote, escaped = [], "", False
+    for ch in text:
+        if escaped:
+            escaped = False
+        elif ch == "\\":
+            escaped = True
+            continue
+        elif quote:
+            if ch == quote:
+                quote = ""
+                continue
+        elif ch in "\"'":
+            quote = ch
+            continue
+        elif ch == "#" or ch.isspace():
+            break
+        out.append(ch)
+    return "".join(out)
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["/scratch/p#1/runs/%j.out", "/scratch/it's/x.out", "/a b/#c d/'e'", "#", "'", "plain"],
+)
+def test_sbatch_line_values_reach_slurm_whole(value: str) -> None:
+    """An unquoted `#` is a comment to Slurm and `'` a quote: `/scratch/p#1` became `/scratch/p`."""
+    line = sbatch_line("output", value)
+    assert _as_slurm_reads(line) == value, line
+    assert shlex.split(line.split("=", 1)[1]) == [value]  # hpcjob's own reader agrees
 
 
 def test_shell_path_keeps_home() -> None:

@@ -89,7 +89,9 @@ def test_sbatch_line_quotes_spaces_and_refuses_what_it_cannot_quote() -> None:
 def _as_slurm_reads(line: str) -> str:
     """The value of a `#SBATCH --key=value` line as sbatch reads it (`_get_argument` in
     src/sbatch/opt.c, Slurm 22.05): `"` and `'` quote, `\\` escapes, an unquoted `#` ends the
-    line, an unquoted blank ends the word."""
+    line, an unquoted blank ends the word. Observed on the test cluster (Slurm 22.05.8, sbatch
+    then scontrol show job): `--comment=/tmp/p#1/x` gave `Comment=/tmp/p`, while
+    `--output="/tmp/sb11/p#1/it's/o.out"` and `--job-name="a'b#c"` came through whole."""
     text = line.split("=", 1)[1]
     out, quote, escaped = [], "", False
     for ch in text:

@@ -171,7 +171,7 @@ def _check_file_structure(data: dict[str, Any], path: Path) -> None:
     if not isinstance(profiles, dict) or not all(isinstance(v, dict) for v in profiles.values()):
         raise HpcjobError(f"{path}: `profiles` must be tables like [profiles.snellius].")
     for name, table in profiles.items():
-        if not _PROFILE_NAME_RE.match(name):
+        if not _PROFILE_NAME_RE.fullmatch(name):
             raise HpcjobError(
                 f"{path}: the profile name {name!r} is not valid.",
                 hint="Profile names are 1-64 letters, digits, '.', '_' or '-' (they name files "
@@ -240,7 +240,7 @@ def resolve_profile(
     env = dict(os.environ if environ is None else environ)
     file_data = read_config_file(settings.config_path)
     name, _why = select_profile_name(profile_flag, env, file_data)
-    if not _PROFILE_NAME_RE.match(name):
+    if not _PROFILE_NAME_RE.fullmatch(name):
         raise HpcjobError(
             f"{name!r} is not a valid profile name.",
             hint="Profile names are 1-64 letters, digits, '.', '_' or '-'.",

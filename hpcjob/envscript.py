@@ -391,7 +391,7 @@ load_modules() {{
         echo "module load $name"
         module load "$name" >"$said" 2>&1
         rc=$?
-        cat "$said"
+        cat -- "$said"
         if [ "$rc" -ne 0 ] || grep -q -e 'module(s) are unknown' \\
             -e 'Unable to locate a modulefile' "$said"; then
             rm -f -- "$said"

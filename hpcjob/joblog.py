@@ -18,11 +18,17 @@ from pathlib import PurePath
 from typing import Any
 
 METRIC_PREFIX = "HPCJOB_METRIC "
-_EPOCH_RE = re.compile(r"^\s*Epoch\s+(\d+)\s*(?:/\s*\d+)?\s*[:\-]\s*(.+)$", re.IGNORECASE)
-_PAIR_RE = re.compile(
-    r"([A-Za-z][A-Za-z0-9_ ]*?)\s*[=:]\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?|nan|inf)",
-    re.IGNORECASE,
-)
+# One `\s*` between the epoch and its colon: two in a row (around the optional `/ N`) would try
+# every split of a long run of blanks.
+_EPOCH_RE = re.compile(r"^\s*Epoch\s+(\d+)\s*(?:/\s*\d+\s*)?[:\-]\s*(.+)$", re.IGNORECASE)
+# A pair is `key = value` / `key: value`. The key is found by scanning back from a separator, never
+# by a lazy regex from each letter (that tried every start of a long `word word …` line: quadratic).
+_SEPARATOR_RE = re.compile(r"[=:]")
+_VALUE_RE = re.compile(r"\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?|nan|inf)", re.IGNORECASE)
+_LETTERS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
+_KEY_CHARS = _LETTERS | frozenset("0123456789_ ")
+# A human line longer than this is cut before parsing: no real metric line is that long.
+MAX_HUMAN_LINE = 64 * 1024
 _RESERVED = {"step", "epoch", "time", "facts"}
 _MAX_KEY = 64
 # Steps are stored as SQLite integers; a step beyond this is garbage, not an epoch.
@@ -140,18 +146,17 @@ def parse_metric_object(obj: Any, out: JobOutput, line_no: int = 0) -> None:
 
 def parse_human_line(line: str, out: JobOutput) -> bool:
     """`Epoch 3: Train_Loss = 0.6523, Val_Loss = 0.7066` into `out`; False if not such a line."""
-    match = _EPOCH_RE.match(line)
+    match = _EPOCH_RE.match(line[:MAX_HUMAN_LINE])
     if not match:
         return False
     step = _step(int(match.group(1)[:12]))
     if step is None:
         return False
     found = False
-    for taken, pair in enumerate(_PAIR_RE.finditer(match.group(2))):
+    for taken, (name, text) in enumerate(_pairs(match.group(2))):
         if taken >= MAX_KEYS_PER_LINE:
             _note_cut(out, step, None)
             break
-        name, text = pair.groups()
         key = normalise_key(name)
         if not key or key in _RESERVED:
             continue
@@ -159,6 +164,34 @@ def parse_human_line(line: str, out: JobOutput) -> bool:
         out.metrics[(step, key)] = Metric(step, key, number if math.isfinite(number) else None)
         found = True
     return found
+
+
+def _pairs(body: str) -> list[tuple[str, str]]:
+    """The `(key, value)` pairs of an epoch line's body, in one pass: for each `=`/`:` followed
+    by a number, the key is the run of letters, digits, `_` and spaces just before it (from its
+    first letter), never reaching back into the previous pair."""
+    pairs = []
+    done = 0  # the end of the last pair: nothing before it is looked at again
+    for separator in _SEPARATOR_RE.finditer(body):
+        at = separator.start()
+        if at < done:
+            continue
+        value = _VALUE_RE.match(body, at + 1)
+        if not value:
+            continue
+        end = at
+        while end > done and body[end - 1].isspace():
+            end -= 1
+        start = end
+        while start > done and body[start - 1] in _KEY_CHARS:
+            start -= 1
+        while start < end and body[start] not in _LETTERS:
+            start += 1
+        if start == end:
+            continue
+        pairs.append((body[start:end], value.group(1)))
+        done = value.end()
+    return pairs
 
 
 def parse_output(text: str, out: JobOutput | None = None) -> JobOutput:

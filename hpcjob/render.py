@@ -47,8 +47,10 @@ def shell_path(value: object) -> str:
 def sbatch_line(key: str, value: object) -> str:
     """`#SBATCH --key=value`. Slurm reads these lines itself, not through a shell.
 
-    Slurm groups words with double quotes only, so a value with spaces is double-quoted and any
-    character that quoting cannot make safe is refused.
+    Slurm's parser (`_get_argument` in sbatch/opt.c) takes `"` and `'` as quotes, `\\` as an
+    escape and an unquoted `#` as the start of a comment: `--output=/p#1/x` would become
+    `--output=/p`. So a value with spaces, `'` or `#` is double-quoted (inside double quotes
+    both are plain characters), and the characters quoting cannot make safe are refused.
     """
     text = str(value)
     if any(ch in text for ch in '"\\\n\r\0'):
@@ -56,7 +58,7 @@ def sbatch_line(key: str, value: object) -> str:
             f"The value {text!r} for --{key} cannot go into a job script header.",
             hint="Avoid double quotes, backslashes and newlines in names and paths.",
         )
-    if any(ch.isspace() for ch in text):
+    if any(ch.isspace() or ch in "'#" for ch in text):
         text = f'"{text}"'
     return f"#SBATCH --{key}={text}" if text else f"#SBATCH --{key}"
 

@@ -65,7 +65,7 @@ def format_time(seconds: int) -> str:
 
 def parse_memory_mb(text: str) -> int:
     """Megabytes in a Slurm memory size: `16G`, `500M`, `16GB`, `1T`, a bare number is MB."""
-    match = _MEM_RE.match(text)
+    match = _MEM_RE.fullmatch(text)
     if not match:
         raise ValueError(f"{text!r} is not a memory size (e.g. 16G, 500M)")
     number, unit = float(match.group(1)), match.group(2).upper()
@@ -402,7 +402,7 @@ def _request_error(problems: list[str], fit: list[str], found: list[Finding]) ->
 def _plain_word(partition: str | None) -> bool:
     """None (the cluster's default), or a name the request check lets through: a name refused
     there is not looked up among the partitions as well."""
-    return partition is None or bool(_WORD_RE.match(partition))
+    return partition is None or bool(_WORD_RE.fullmatch(partition))
 
 
 def _workload_def(request: SpecRequest) -> WorkloadDef:
@@ -457,17 +457,17 @@ def _build_resources(request: SpecRequest, workload: WorkloadDef, problems: list
         ("--job-name", request.job_name, _NAME_RE, "1-64 letters, digits, '.', '_' or '-'"),
         ("--constraint", request.constraint, _CONSTRAINT_RE, "feature names with & | [ ] *"),
     ):
-        if value is not None and not pattern.match(value):
+        if value is not None and not pattern.fullmatch(value):
             problems.append(f"{flag} {value!r} is not valid: use {rule}")
-    if request.array is not None and not _ARRAY_RE.match(request.array):
+    if request.array is not None and not _ARRAY_RE.fullmatch(request.array):
         problems.append(
             f"--array {request.array!r} is not a Slurm array: use e.g. 0-9, 1,3,5, 0-20:2, 0-49%5"
         )
-    if request.array is not None and _ARRAY_RE.match(request.array):
+    if request.array is not None and _ARRAY_RE.fullmatch(request.array):
         problem = _array_problem(request.array)
         if problem:
             problems.append(problem)
-    if request.after is not None and not _JOB_ID_RE.match(request.after):
+    if request.after is not None and not _JOB_ID_RE.fullmatch(request.after):
         problems.append(
             f"--after {request.after!r} is not a job id (e.g. 18163908), a run id or `last`"
         )

@@ -3,11 +3,18 @@ files, garbage."""
 
 from __future__ import annotations
 
+import contextlib
+import signal
+from collections.abc import Iterator
+
 import pytest
 
 from hpcjob.joblog import (
+    MAX_HUMAN_LINE,
     JobOutput,
+    _pairs,
     headline,
+    normalise_key,
     parse_metrics_csv,
     parse_metrics_file,
     parse_metrics_jsonl,
@@ -160,3 +167,51 @@ def test_parse_metrics_file_by_extension(name: str, text: str) -> None:
 
 def test_parse_metrics_file_trusts_the_extension() -> None:
     assert parse_metrics_file("metrics.csv", '{"step": 1, "loss": 0.5}\n').metrics == {}
+
+
+@contextlib.contextmanager
+def _fails_on_a_hang(seconds: int = 60) -> Iterator[None]:
+    """Fail (never on speed: only on a hang) if the block runs longer than `seconds`."""
+
+    def hung(signum: int, frame: object) -> None:
+        raise AssertionError(f"still parsing after {seconds} s: the parser is not linear")
+
+    previous = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        "word " * 200_000,  # a lazy key from every letter: quadratic (1 MB: hours)
+        "a" * 1_000_000 + " = x",
+        "a = " * 250_000,  # separators without numbers
+        "1" + " " * 1_000_000 + "x",  # blanks between the epoch and its colon
+    ],
+)
+def test_a_megabyte_hostile_epoch_line_does_not_hang(body: str) -> None:
+    line = f"Epoch {body}" if body.startswith("1") else f"Epoch 1: {body}"
+    with _fails_on_a_hang():
+        out = parse_output(f"{line}\nEpoch 2: loss = 0.5\n")
+    assert [(m.step, m.key, m.value) for m in out.metric_list()] == [(2, "loss", 0.5)]
+
+
+def test_pairs_are_found_in_one_pass_over_a_long_body() -> None:
+    body = "word " * 200_000 + "Val Loss = 0.25, acc: 1e-1; x y = 3"
+    with _fails_on_a_hang():
+        pairs = _pairs(body)
+    assert [(normalise_key(key), value) for key, value in pairs] == [
+        (("word_" * 13)[:64], "0.25"),  # the key runs back over the words, cut to 64
+        ("acc", "1e-1"),
+        ("x_y", "3"),
+    ]
+
+
+def test_a_line_beyond_the_bound_is_cut_not_parsed_whole() -> None:
+    out = parse_output("Epoch 1: loss = 0.5, " + "x" * MAX_HUMAN_LINE + " acc = 0.9\n")
+    assert [(m.key, m.value) for m in out.metric_list()] == [("loss", 0.5)]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import re
 import sqlite3
 import threading
@@ -12,6 +13,7 @@ import pytest
 from hpcjob.errors import HpcjobError
 from hpcjob.joblog import Metric
 from hpcjob.jobstate import JobInfo, JobState
+from hpcjob.ledger import records, store
 from hpcjob.ledger.schema import MIGRATIONS, SCHEMA_VERSION
 from hpcjob.ledger.store import Ledger
 from tests.helpers import GUARD_S, new_run
@@ -216,3 +218,53 @@ def test_array_tasks_are_runs_of_their_own() -> None:
     assert ledger.resolve("500").run_id == parent.run_id
     assert ledger.resolve("last").run_id == parent.run_id  # the submitted run, not a task
     assert [r.job_id for r in ledger.list_runs()] == ["500", "500_0", "500_1", "500_2"]
+
+
+def _tiny_id_space(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two ids of each length (r000000/r000001, r00000000/r00000001, …), taken in turn."""
+    turn = itertools.cycle((0, 1))
+
+    def two_ids(nbytes: int = 3) -> str:
+        return "r" + f"{next(turn):0{2 * nbytes}x}"
+
+    monkeypatch.setattr(records, "new_run_id", two_ids)
+    monkeypatch.setattr(store, "new_run_id", two_ids, raising=False)  # before fresh_run_id
+
+
+def test_array_tasks_get_distinct_ids_in_a_crowded_id_space(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    ledger = Ledger(":memory:")
+    parent = ledger.create_run(new_run(run_id="r000000", spec={"resources": {"array": "0-3"}}))
+    parent = ledger.set_submitted(parent.run_id, "500", "o")
+    _tiny_id_space(monkeypatch)
+    tasks = ledger.create_array_tasks(parent, [0, 1, 2, 3])  # one transaction
+    ids = [t.run_id for t in tasks]
+    assert len({*ids, parent.run_id}) == 5
+    assert ids[0] == "r000001" and all(len(i) > 7 for i in ids[1:])  # longer once full
+    assert ledger.resolve("r000000").run_id == "r000000"  # an exact id wins over prefixes
+    assert ledger.resolve(ids[1]).array_task == 1
+
+
+def test_new_runs_get_free_ids_and_a_full_space_fails_clearly(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    ledger = Ledger(":memory:")
+    _tiny_id_space(monkeypatch)
+    made = [ledger.create_run(new_run(run_id=ledger.fresh_run_id())).run_id for _ in range(10)]
+    assert len(set(made)) == 10
+    parent = ledger.set_submitted(made[0], "600", "o")
+    ledger.create_array_tasks(parent, [0, 1])  # the last two ids of the space
+    runs = ledger.db.execute("SELECT COUNT(*) FROM runs").fetchone()[0]
+    with pytest.raises(HpcjobError, match="No free run id"):
+        ledger.create_array_tasks(parent, [2, 3])
+    with pytest.raises(HpcjobError, match="No free run id"):
+        ledger.fresh_run_id()
+    assert ledger.db.execute("SELECT COUNT(*) FROM runs").fetchone()[0] == runs  # rolled back
+
+
+def test_a_run_id_taken_meanwhile_is_refused_clearly() -> None:
+    ledger = Ledger(":memory:")
+    ledger.create_run(new_run(run_id="r123456"))
+    with pytest.raises(HpcjobError, match="took the run id r123456"):
+        ledger.create_run(new_run(run_id="r123456"))

@@ -79,6 +79,27 @@ def test_dirty_repo_keeps_the_diff(repo: Path) -> None:
     assert state["diff_bytes"] == len(diff) and "diff_truncated" not in state
 
 
+def test_the_diff_carries_no_untracked_and_no_ignored_file(repo: Path) -> None:
+    """`git diff HEAD` has no untracked files (ignored or not), but a file added with
+    `git add -f` despite .gitignore would go along: it is left out too."""
+    (repo / ".gitignore").write_text("*.env\n")
+    git(repo, "add", ".gitignore")
+    git(repo, "commit", "-q", "-m", "ignore env files")
+    (repo / "model.py").write_text("LAYERS = 3\n")
+    (repo / "draft.py").write_text("UNTRACKED = 1\n")
+    (repo / "secret.env").write_text("PASSWORD=ignored-untracked\n")
+    (repo / "token.env").write_text("TOKEN=ignored-but-added\n")
+    git(repo, "add", "-f", "token.env")
+    state, diff = origin.git_state(repo)
+    assert diff is not None and b"+LAYERS = 3" in diff
+    for secret in (b"UNTRACKED", b"ignored-untracked", b"ignored-but-added", b"token.env"):
+        assert secret not in diff
+    assert state["diff_files"] == 1
+    assert origin.diff_note(state).startswith(
+        "The uncommitted changes (1 file, 0.1 KB) go with the run as provenance/git.diff"
+    )
+
+
 def test_a_huge_diff_is_cut_with_a_note(repo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(origin, "DIFF_CAP", 200)
     (repo / "model.py").write_text("".join(f"LAYER_{i} = {i}\n" for i in range(500)))
@@ -141,6 +162,8 @@ def test_submit_and_show_explain_a_run(cli: Invoke, repo: Path, isolated_home: P
     (repo / "model.py").write_text("LAYERS = 4\n")
     result = cli("submit", "gpu-check", "--wait", "--project", str(repo), "--json")
     assert result.exit_code == 0, result.stderr
+    assert "The uncommitted changes (1 file, " in result.stderr  # said at submit
+    assert "go with the run as provenance/git.diff" in result.stderr
     run = result.json()
     shown = cli("show", run["run_id"], "--json").json()
     prov = shown["provenance"]

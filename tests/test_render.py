@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import difflib
 import json
+import os
+import shlex
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -83,6 +86,44 @@ def test_sbatch_line_quotes_spaces_and_refuses_what_it_cannot_quote() -> None:
             sbatch_line("output", bad)
 
 
+def _as_slurm_reads(line: str) -> str:
+    """The value of a `#SBATCH --key=value` line as sbatch reads it (`_get_argument` in
+    src/sbatch/opt.c, Slurm 22.05): `"` and `'` quote, `\\` escapes, an unquoted `#` ends the
+    line, an unquoted blank ends the word. Observed on the test cluster (Slurm 22.05.8, sbatch
+    then scontrol show job): `--comment=/tmp/p#1/x` gave `Comment=/tmp/p`, while
+    `--output="/tmp/sb11/p#1/it's/o.out"` and `--job-name="a'b#c"` came through whole."""
+    text = line.split("=", 1)[1]
+    out, quote, escaped = [], "", False
+    for ch in text:
+        if escaped:
+            escaped = False
+        elif ch == "\\":
+            escaped = True
+            continue
+        elif quote:
+            if ch == quote:
+                quote = ""
+                continue
+        elif ch in "\"'":
+            quote = ch
+            continue
+        elif ch == "#" or ch.isspace():
+            break
+        out.append(ch)
+    return "".join(out)
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["/scratch/p#1/runs/%j.out", "/scratch/it's/x.out", "/a b/#c d/'e'", "#", "'", "plain"],
+)
+def test_sbatch_line_values_reach_slurm_whole(value: str) -> None:
+    """An unquoted `#` is a comment to Slurm and `'` a quote: `/scratch/p#1` became `/scratch/p`."""
+    line = sbatch_line("output", value)
+    assert _as_slurm_reads(line) == value, line
+    assert shlex.split(line.split("=", 1)[1]) == [value]  # hpcjob's own reader agrees
+
+
 def test_shell_path_keeps_home() -> None:
     assert shell_path("~/venv dir") == "\"$HOME\"/'venv dir'"
     assert shell_path("/x/$(y)") == "'/x/$(y)'"
@@ -128,11 +169,54 @@ def test_hostile_values_are_inert_when_executed(tmp_path: Path, value: str) -> N
     assert leftovers == []
 
 
+def test_paths_that_start_with_a_dash_are_never_options(tmp_path: Path) -> None:
+    """A data folder or venv named `-T…` staged and activated: `cp -r -T/.` took it for options."""
+    run_dir = tmp_path / "runs" / "r000001"
+    run_dir.mkdir(parents=True)
+    (tmp_path / "-Tdata").mkdir()
+    (tmp_path / "-Tdata" / "x.h5").write_text("pcam")
+    (tmp_path / "-venv" / "bin").mkdir(parents=True)
+    (tmp_path / "-venv" / "bin" / "activate").write_text("export ACTIVATED=yes\n")
+    recorder = tmp_path / "recorder"
+    recorder.write_text(
+        '#!/bin/bash\nls -- "$3" > "$HPCJOB_RUN_DIR/staged"\n'
+        'echo "$ACTIVATED" > "$HPCJOB_RUN_DIR/activated"\n'
+    )
+    recorder.chmod(0o755)
+    spec = build_spec(SpecRequest(workload="eda", data_dir="-Tdata", stage_data=True))
+    script = render(spec, run_dir=str(run_dir), python=str(recorder), venv="-venv")
+    (run_dir / "job.sh").write_text(script)
+    done = subprocess.run(
+        ["bash", str(run_dir / "job.sh")],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={**os.environ, "TMPDIR": str(tmp_path / "node")},
+    )
+    assert done.returncode == 0, done.stderr
+    assert (run_dir / "staged").read_text() == "x.h5\n"
+    assert (run_dir / "activated").read_text() == "yes\n"
+
+
+def test_setup_env_makes_a_venv_named_like_an_option(tmp_path: Path) -> None:
+    run_dir = tmp_path / "runs" / "r000001"
+    run_dir.mkdir(parents=True)
+    spec = build_spec(SpecRequest(workload="setup-env"))
+    script = render(spec, run_dir=str(run_dir), python=sys.executable, venv="-v")
+    venv_part = script[script.index("venv_dir=") : script.index('"$venv_dir/bin/python" -m pip')]
+    done = subprocess.run(
+        ["bash", "-c", "set -eu\n" + venv_part], cwd=tmp_path, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "-v" / "bin" / "python").exists()
+
+
 def test_hostile_module_and_venv_names_are_quoted() -> None:
     spec = build_spec(SpecRequest(workload="gpu-check"))
     script = render(spec, modules=("2025; touch PWNED",), venv="/v/$(touch X)")
     assert "module load '2025; touch PWNED'" in script
-    assert "source '/v/$(touch X)'/bin/activate" in script
+    assert "source -- '/v/$(touch X)'/bin/activate" in script
 
 
 def test_newline_in_data_dir_is_refused() -> None:

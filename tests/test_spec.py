@@ -162,3 +162,22 @@ def test_booleans_go_to_the_program_only_when_they_differ_from_its_default() -> 
     assert "--allow-cpu" in argv and "--no-weighted-sampling" in argv
     with pytest.raises(HpcjobError, match="--allow-cpu does not apply to the eda workload"):
         build_spec(SpecRequest(workload="eda", data_dir="/d", args={"allow_cpu": True}))
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("partition", "gpu\n"),
+        ("account", "acct\n"),
+        ("job_name", "job\n"),
+        ("constraint", "a100\n"),
+        ("array", "0-3\n"),
+        ("after", "123\n"),
+    ],
+)
+def test_a_trailing_newline_is_refused(field: str, value: str) -> None:
+    """`$` also matches before a final newline: the validators must match the whole string."""
+    request = SpecRequest(workload="train", data_dir="/d", **{field: value})
+    with pytest.raises(HpcjobError) as info:
+        build_spec(request)
+    assert info.value.exit_code == 2

@@ -256,6 +256,7 @@ def _start_login_run(ctx: Context, request: EnvRequest, script: str) -> Run:
         script=script,
         script_hash=script_hash(script),
         run_dir="",
+        run_id=ctx.ledger.fresh_run_id(),
     )
     new = dataclasses.replace(new, run_dir=f"{run_root(ctx).rstrip('/')}/{new.run_id}")
     run = ctx.ledger.create_run(new)

@@ -4,15 +4,39 @@ change, an attempt of an auto-requeued run."""
 from __future__ import annotations
 
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from hpcjob.errors import HpcjobError
 from hpcjob.jobstate import JobState
 
 
-def new_run_id() -> str:
-    """Short, typeable, never all digits (so it cannot be mistaken for a job id)."""
-    return "r" + secrets.token_hex(3)
+def new_run_id(nbytes: int = 3) -> str:
+    """Short, typeable, never all digits (so it cannot be mistaken for a job id): `r` and six hex
+    digits, more when the ledger asks for them (`fresh_run_id`)."""
+    return "r" + secrets.token_hex(nbytes)
+
+
+# Tries per id length before a longer one: six hex digits are 16.7 M ids, so a ledger must be
+# millions of runs big before even one try in a few fails; then 8, 10 … 16 digits.
+_TRIES_PER_LENGTH = 8
+_LENGTHS = (3, 4, 5, 6, 7, 8)  # bytes
+
+
+def fresh_run_id(taken: Callable[[str], bool]) -> str:
+    """A run id that `taken` says is free: short while the short ones are mostly free, longer as
+    they fill up. Every id stays a prefix-typeable `r…` (a longer id whose first digits equal a
+    shorter one's is still reached by typing more of it; an exact id always wins)."""
+    for nbytes in _LENGTHS:
+        for _ in range(_TRIES_PER_LENGTH):
+            run_id = new_run_id(nbytes)
+            if not taken(run_id):
+                return run_id
+    raise HpcjobError(
+        f"No free run id was found in {_TRIES_PER_LENGTH * len(_LENGTHS)} tries.",
+        hint="This should not happen with a random source: `hpcjob ledger check`.",
+    )
 
 
 def new_token() -> str:

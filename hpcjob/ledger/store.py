@@ -12,7 +12,7 @@ import json
 import os
 import sqlite3
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -22,7 +22,7 @@ from hpcjob.errors import HpcjobError
 from hpcjob.joblog import Metric
 from hpcjob.jobstate import JobInfo, JobState
 from hpcjob.ledger import schema
-from hpcjob.ledger.records import Attempt, NewRun, Run, StateChange, new_run_id
+from hpcjob.ledger.records import Attempt, NewRun, Run, StateChange, fresh_run_id
 
 
 class Ledger:
@@ -82,9 +82,31 @@ class Ledger:
 
     # -- runs ---------------------------------------------------------------------------------
 
+    def has_run_id(self, run_id: str) -> bool:
+        return (
+            self.db.execute("SELECT 1 FROM runs WHERE run_id = ?", (run_id,)).fetchone() is not None
+        )
+
+    def fresh_run_id(self) -> str:
+        """A run id no run of this ledger has (a new run's directory is named after it)."""
+        return fresh_run_id(self.has_run_id)
+
     def create_run(self, new: NewRun) -> Run:
-        """Record a run as SUBMITTING, before the scheduler sees it."""
+        """Record a run as SUBMITTING, before the scheduler sees it. Its id comes from
+        `fresh_run_id`; should another process have taken it since, nothing is recorded."""
         now = utc_now()
+        try:
+            self._insert_run(new, now)
+        except sqlite3.IntegrityError as exc:
+            if not self.has_run_id(new.run_id):
+                raise
+            raise HpcjobError(
+                f"Another run took the run id {new.run_id} a moment ago; nothing was submitted.",
+                hint="Run the same command again: it picks a new id.",
+            ) from exc
+        return self.get_run(new.run_id)
+
+    def _insert_run(self, new: NewRun, now: str) -> None:
         self._transaction(
             [
                 (
@@ -110,7 +132,6 @@ class Ledger:
                 _history(new.run_id, JobState.SUBMITTING, now, "hpcjob", None),
             ]
         )
-        return self.get_run(new.run_id)
 
     def set_submitted(self, run_id: str, job_id: str, output_path: str) -> Run:
         now = utc_now()
@@ -243,45 +264,57 @@ class Ledger:
         spec (or the task's own from `specs`: a sweep's tasks each have their arguments)."""
         assert parent.job_id is not None
         now = utc_now()
-        statements: list[tuple[str, Sequence[Any]]] = []
-        ids = []
-        for task in tasks:
-            run_id = new_run_id()
-            ids.append(run_id)
-            job_id = f"{parent.job_id}_{task}"
-            statements += [
-                (
-                    "INSERT INTO runs (run_id, token, job_id, profile, cluster, scheduler, "
-                    "workload, spec_json, script, script_hash, run_dir, output_path, state, "
-                    "created_at, submitted_at, updated_at, parent_run_id, array_task) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        run_id,
-                        f"{parent.token}.{task}",
-                        job_id,
-                        parent.profile,
-                        parent.cluster,
-                        parent.scheduler,
-                        parent.workload,
-                        json.dumps((specs or {}).get(task, parent.spec), sort_keys=True),
-                        parent.script,
-                        parent.script_hash,
-                        parent.run_dir,
-                        f"{parent.run_dir}/slurm-{job_id}.out",
-                        JobState.PENDING.value,
-                        now,
-                        parent.submitted_at,
-                        now,
-                        parent.run_id,
-                        task,
-                    ),
-                ),
-                _history(
-                    run_id, JobState.PENDING, now, "scheduler", f"task {task} of {parent.job_id}"
-                ),
-            ]
-        self._transaction(statements)
+        ids: list[str] = []
+
+        def statements() -> Iterator[tuple[str, Sequence[Any]]]:
+            # Run inside the transaction (BEGIN IMMEDIATE holds the write lock): each id is
+            # checked against the ledger as it is then, this array's earlier tasks included.
+            for task in tasks:
+                yield from self._task_rows(parent, task, specs, now, ids)
+
+        self._transaction(statements())
         return [self.get_run(run_id) for run_id in ids]
+
+    def _task_rows(
+        self,
+        parent: Run,
+        task: int,
+        specs: Mapping[int, dict[str, Any]] | None,
+        now: str,
+        ids: list[str],
+    ) -> Iterator[tuple[str, Sequence[Any]]]:
+        run_id = self.fresh_run_id()
+        ids.append(run_id)
+        job_id = f"{parent.job_id}_{task}"
+        yield from [
+            (
+                "INSERT INTO runs (run_id, token, job_id, profile, cluster, scheduler, "
+                "workload, spec_json, script, script_hash, run_dir, output_path, state, "
+                "created_at, submitted_at, updated_at, parent_run_id, array_task) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    run_id,
+                    f"{parent.token}.{task}",
+                    job_id,
+                    parent.profile,
+                    parent.cluster,
+                    parent.scheduler,
+                    parent.workload,
+                    json.dumps((specs or {}).get(task, parent.spec), sort_keys=True),
+                    parent.script,
+                    parent.script_hash,
+                    parent.run_dir,
+                    f"{parent.run_dir}/slurm-{job_id}.out",
+                    JobState.PENDING.value,
+                    now,
+                    parent.submitted_at,
+                    now,
+                    parent.run_id,
+                    task,
+                ),
+            ),
+            _history(run_id, JobState.PENDING, now, "scheduler", f"task {task} of {parent.job_id}"),
+        ]
 
     def sweep_runs(self, sweep_id: str) -> list[Run]:
         """The arrays of one sweep (its first and each resubmission), oldest first."""

@@ -228,7 +228,7 @@ def _table(
 def _workload(name: str, raw: Any, lines: _Lines, problems: list[str]) -> ProjectWorkload | None:
     table = f"workloads.{name}"
     before = len(problems)
-    if not _NAME_RE.match(name):
+    if not _NAME_RE.fullmatch(name):
         problems.append(
             f"line {lines.of('workloads', name)}: workload name {name!r} must be letters, "
             "digits, '.', '_' or '-'"
@@ -301,9 +301,9 @@ def _options(raw: Any, table: str, lines: _Lines, problems: list[str]) -> dict[s
     options: dict[str, str] = {}
     for option, key in raw.items():
         where = f"line {lines.of(table, option)}"
-        if not _OPTION_RE.match(option):
+        if not _OPTION_RE.fullmatch(option):
             problems.append(f"{where}: option name {option!r} must be lower-case words")
-        elif not isinstance(key, str) or not _KEY_RE.match(key):
+        elif not isinstance(key, str) or not _KEY_RE.fullmatch(key):
             problems.append(f'{where}: {option} must name a config key, e.g. "training.epochs"')
         else:
             options[option.replace("-", "_")] = key

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from hpcjob.clock import SYSTEM_CLOCK, Clock
 from hpcjob.config import Profile, Settings, load_settings, resolve_profile
 from hpcjob.errors import HpcjobError
+from hpcjob.ledger.records import new_run_id
 from hpcjob.ledger.store import Ledger
 from hpcjob.scheduler.base import Scheduler
 from hpcjob.scheduler.factory import scheduler_for
@@ -103,6 +104,13 @@ def profile_of(ref: str) -> str:
         return ledger.resolve(ref).profile
     finally:
         ledger.close()
+
+
+def fresh_run_id(ctx: Context) -> str:
+    """An id for a new run that no run of the ledger has; before there is a ledger, any."""
+    if not ctx.settings.ledger_path.exists():
+        return new_run_id()
+    return ctx.ledger.fresh_run_id()
 
 
 def run_root(ctx: Context, connect: bool = True) -> str:

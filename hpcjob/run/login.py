@@ -32,9 +32,9 @@ LOGIN_TIMEOUT_S = 15 * 60  # login-node commands are killed after 15 minutes on 
 # run's script (a recycled pid runs something else). The start of _STOP and _LOOK.
 _FIND_SCRIPT = r"""
 dir=$1
-pid=$(cat "$dir/setup-env.pid" 2>/dev/null) || pid=""
+pid=$(cat -- "$dir/setup-env.pid" 2>/dev/null) || pid=""
 script_runs() {
-    [ -n "$pid" ] && ps -ww -o args= -p "$pid" 2>/dev/null | grep -q -F "$dir/setup-env.sh"
+    [ -n "$pid" ] && ps -ww -o args= -p "$pid" 2>/dev/null | grep -q -F -e "$dir/setup-env.sh"
 }
 """
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,10 +35,16 @@ class SubmitProvenance:
     diff: bytes | None = None
 
 
-def _git(folder: Path, *args: str) -> subprocess.CompletedProcess[bytes] | None:
+def _git(
+    folder: Path | str, *args: str, stdin: bytes | None = None
+) -> subprocess.CompletedProcess[bytes] | None:
     try:
         return subprocess.run(
-            ["git", "-C", str(folder), *args], capture_output=True, timeout=20, check=False
+            ["git", "-C", str(folder), *args],
+            input=stdin,
+            capture_output=True,
+            timeout=20,
+            check=False,
         )
     except (OSError, subprocess.TimeoutExpired):
         return None
@@ -71,9 +78,9 @@ def git_state(folder: Path) -> tuple[dict[str, Any], bytes | None]:
     }
     diff = None
     if dirty and commit:
-        done = _git(folder, "diff", "HEAD", "--no-color", "--no-ext-diff")
-        if done is not None and done.returncode == 0:
-            diff = done.stdout
+        found = _tracked_diff(top)
+        if found is not None:
+            diff, state["diff_files"] = found
     if diff is not None:
         state["diff_bytes"] = len(diff)
         state["diff"] = DIFF_PATH
@@ -85,6 +92,27 @@ def git_state(folder: Path) -> tuple[dict[str, Any], bytes | None]:
             )
             diff = diff[:DIFF_CAP] + note.encode()
     return state, diff
+
+
+def _tracked_diff(top: str) -> tuple[bytes, int] | None:
+    """`git diff HEAD` (tracked files only: never untracked ones) and how many files it covers,
+    leaving out any file git's ignore rules name even though it is tracked (added with
+    `git add -f`, or ignored after it was committed): what a project ignores stays home."""
+    names = _git(top, "diff", "HEAD", "--name-only", "--no-renames", "-z")
+    if names is None or names.returncode != 0:
+        return None
+    paths = [name for name in names.stdout.split(b"\0") if name]
+    checked = _git(top, "check-ignore", "--no-index", "-z", "--stdin", stdin=b"\0".join(paths))
+    ignored = set(checked.stdout.split(b"\0")) if checked and checked.returncode == 0 else set()
+    kept = [os.fsdecode(name) for name in paths if name not in ignored]
+    if not kept:
+        return None
+    args = ("diff", "HEAD", "--no-color", "--no-ext-diff", "--no-renames")
+    limit = ("--", *kept) if ignored else ()  # literal paths: --literal-pathspecs below
+    done = _git(top, "--literal-pathspecs", *args, *limit) if limit else _git(top, *args)
+    if done is None or done.returncode != 0:
+        return None
+    return done.stdout, len(kept)
 
 
 def at_submit(
@@ -114,7 +142,19 @@ def record_origin(
     )
     estimate = sbu_estimate(ctx, prepared)
     ctx.ledger.set_facts(run.run_id, {SUBMIT_FACT: origin.meta, "sbu_estimate": estimate.to_dict()})
+    if origin.diff is not None:
+        ctx.notes.append(diff_note(origin.meta["git"]))
     return origin
+
+
+def diff_note(git: dict[str, Any]) -> str:
+    """What the user is told when the project's uncommitted changes travel with a run."""
+    files = git.get("diff_files", 0)
+    size = git.get("diff_bytes", 0) / 1024
+    return (
+        f"The uncommitted changes ({files} file{'s' if files != 1 else ''}, {size:.1f} KB) go "
+        f"with the run as {DIFF_PATH} (files git ignores or does not track stay home)."
+    )
 
 
 def sbu_estimate(ctx: Context, prepared: Prepared) -> cost.Cost:

@@ -13,7 +13,14 @@ from hpcjob.errors import EXIT_USAGE, HpcjobError
 from hpcjob.ledger.records import NewRun
 from hpcjob.render import RenderContext, render_script, script_hash, template_dirs
 from hpcjob.resources import workload_files
-from hpcjob.run.context import Context, cached_partitions, of_profile, profile_error, run_root
+from hpcjob.run.context import (
+    Context,
+    cached_partitions,
+    fresh_run_id,
+    of_profile,
+    profile_error,
+    run_root,
+)
 from hpcjob.run.rundir import Files
 from hpcjob.shell import Shell
 from hpcjob.spec import WORKLOADS, Finding, JobSpec, Program, SpecRequest, build_spec
@@ -108,6 +115,7 @@ def prepare(
         script="",
         script_hash="",
         run_dir="",
+        run_id=fresh_run_id(ctx),
     )
     extras = dict(extra or {})
     if values:

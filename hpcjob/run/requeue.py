@@ -100,7 +100,7 @@ def resubmit(ctx: Context, run: Run, attempt: int) -> Run:
         status = exit_status_path(run)
         # The next job writes its own exit status; keep the old one beside it.
         ctx.scheduler.shell.run(
-            ["mv", "-f", status, f"{status}.attempt{attempt}"], check=False, idempotent=True
+            ["mv", "-f", "--", status, f"{status}.attempt{attempt}"], check=False, idempotent=True
         )
         try:
             fresh = hand_over(ctx, ctx.ledger.get_run(run.run_id))

@@ -40,10 +40,10 @@ module load Python/3.13.1-GCCcore-14.2.0
 set -u
 
 set +u
-source "$HOME"/hpcjob/venv/bin/activate
+source -- "$HOME"/hpcjob/venv/bin/activate
 set -u
 HPCJOB_DATA_DIR="$HOME"/pcam
 
-cd "$HPCJOB_RUN_DIR"
+cd -- "$HPCJOB_RUN_DIR"
 echo "== workload eda =="
 python3 /home/u/hpcjob/runs/r000001/workload/eda.py --data-dir "$HPCJOB_DATA_DIR" --output-dir "$HPCJOB_RUN_DIR" --block-size 1024

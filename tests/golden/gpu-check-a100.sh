@@ -41,9 +41,9 @@ module load Python/3.13.1-GCCcore-14.2.0
 set -u
 
 set +u
-source "$HOME"/hpcjob/venv/bin/activate
+source -- "$HOME"/hpcjob/venv/bin/activate
 set -u
 
-cd "$HPCJOB_RUN_DIR"
+cd -- "$HPCJOB_RUN_DIR"
 echo "== workload gpu-check =="
 python3 /home/u/hpcjob/runs/r000001/workload/check_gpu.py --expect-gpus 1 --output-dir "$HPCJOB_RUN_DIR"

@@ -31,6 +31,6 @@ if command -v nvidia-smi >/dev/null 2>&1; then
     nvidia-smi -L || true
 fi
 
-cd "$HPCJOB_RUN_DIR"
+cd -- "$HPCJOB_RUN_DIR"
 echo "== workload gpu-check =="
 /usr/bin/python3 /home/u/hpcjob/runs/r000001/workload/check_gpu.py --expect-gpus 0 --output-dir "$HPCJOB_RUN_DIR"

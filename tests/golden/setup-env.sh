@@ -39,7 +39,7 @@ module load 2025
 module load Python/3.13.1-GCCcore-14.2.0
 set -u
 
-cd "$HPCJOB_RUN_DIR"
+cd -- "$HPCJOB_RUN_DIR"
 echo "== workload setup-env =="
 if [ -f "$HPCJOB_RUN_DIR/setup-env.sh" ]; then
     # Staged by `hpcjob setup-env --as-job`: the very script the login node runs (create or
@@ -49,7 +49,7 @@ if [ -f "$HPCJOB_RUN_DIR/setup-env.sh" ]; then
 fi
 venv_dir="$HOME"/hpcjob/venv
 if [ ! -x "$venv_dir/bin/python" ]; then
-    python3 -m venv "$venv_dir"
+    python3 -m venv -- "$venv_dir"
 fi
 "$venv_dir/bin/python" -m pip install --upgrade pip
 "$venv_dir/bin/python" -m pip install -r "$HPCJOB_RUN_DIR/workload/requirements.txt"

@@ -46,16 +46,16 @@ module load Python/3.13.1-GCCcore-14.2.0
 set -u
 
 set +u
-source "$HOME"/hpcjob/venv/bin/activate
+source -- "$HOME"/hpcjob/venv/bin/activate
 set -u
 
 # Copy the data to the node-local disk: reading from the shared filesystem is slow for every job.
 HPCJOB_DATA_DIR="${TMPDIR:-/tmp}/hpcjob-data-$HPCJOB_RUN_ID"
-mkdir -p "$HPCJOB_DATA_DIR"
-cp -r /projects/0/pcam/. "$HPCJOB_DATA_DIR/"
+mkdir -p -- "$HPCJOB_DATA_DIR"
+cp -r -- /projects/0/pcam/. "$HPCJOB_DATA_DIR/"
 echo "data:       staged to $HPCJOB_DATA_DIR"
 
-cd "$HPCJOB_RUN_DIR"
+cd -- "$HPCJOB_RUN_DIR"
 echo "== workload train =="
 # Data loader workers: one less than the allocated cores, at most 8.
 hpcjob_workers=$(( ${SLURM_CPUS_PER_TASK:-1} - 1 ))

@@ -31,6 +31,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
         "hpcjob.envlog",
         "hpcjob.joblog",
         "hpcjob.provenance",
+        "hpcjob.failure",
     ),
     # 2. the user's project on this machine, the seams and the ledger
     ("hpcjob.project",),

@@ -150,6 +150,18 @@ def _plain(value: Any) -> str:
     return str(value)
 
 
+def print_failure(failure: dict[str, Any] | None, console: Any = None) -> None:
+    """Why a run failed (its last error line) and the fix, as `show` and `--wait` say it."""
+    from rich.markup import escape
+
+    if not failure or not failure.get("line"):
+        return
+    console = console or _console(stderr=True)
+    console.print(f"\n[bold]Why:[/] {escape(failure['line'])}")
+    if failure.get("fix"):
+        console.print(f"[bold]Fix:[/] {escape(failure['fix'])}")
+
+
 def print_run_detail(detail: dict[str, Any], show_script: bool = True) -> None:
     """`hpcjob show`: the run, its states, metrics, facts, artifacts and script."""
     from rich.markup import escape
@@ -180,12 +192,14 @@ def print_run_detail(detail: dict[str, Any], show_script: bool = True) -> None:
         title=f"Run {detail['run_id']}",
     )
     console = _console()
+    print_failure(detail.get("failure"), console)
     history = " → ".join(f"{h['state']} ({h['at'][11:19]})" for h in detail["history"])
     console.print(f"\n[bold]States:[/] {escape(history)}")
     _print_metrics(detail["metrics"])
-    if detail["facts"]:
+    facts = {k: v for k, v in detail["facts"].items() if k != "failure"}  # shown as Why/Fix
+    if facts:
         console.print("\n[bold]Facts:[/]")
-        print_pairs([(k, v) for k, v in detail["facts"].items()])
+        print_pairs(list(facts.items()))
     attempts = detail.get("attempts") or []
     if len(attempts) > 1 or detail.get("max_requeues"):
         _print_attempts(attempts, detail.get("max_requeues") or 0)

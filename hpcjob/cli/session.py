@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
-from hpcjob.cli.output import Sink, duration, info, print_table, warn
+from hpcjob.cli.output import Sink, duration, info, print_failure, print_table, warn
 from hpcjob.cli.root import chosen_profile
 from hpcjob.errors import EXIT_JOB_FAILED
 
@@ -80,6 +80,7 @@ def conclude(
     found = rows(context, [run])
     sink.result({**found[0], **(extra or {})}, (lambda: print_table(found)) if waited else None)
     if waited and run.state.value != "COMPLETED":
+        print_failure(context.ledger.facts(run.run_id).get("failure"))
         raise typer.Exit(EXIT_JOB_FAILED)
 
 

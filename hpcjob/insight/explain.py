@@ -44,6 +44,7 @@ def run_detail(ctx: Context, run: Run) -> dict[str, Any]:
         max_requeues=run.max_requeues,
         attempts=attempt_rows(ledger, run),
     )
+    detail["failure"] = detail["facts"].get("failure")  # why it failed, and the fix
     detail.update(explain(ctx, run, detail))  # provenance, cost, efficiency
     return detail
 

@@ -537,6 +537,18 @@ class Ledger:
             found.setdefault(r[0], []).append(Metric(r[1], r[2], r[3], r[4]))
         return found
 
+    def note_failure(self, run_id: str, reason: str) -> None:
+        """Why a run failed, as its reason, where the scheduler gave none."""
+        self._transaction(
+            [
+                (
+                    "UPDATE runs SET reason = ?, updated_at = ? "
+                    "WHERE run_id = ? AND (reason IS NULL OR reason = '')",
+                    (reason, utc_now(), run_id),
+                )
+            ]
+        )
+
     def set_facts(self, run_id: str, facts: dict[str, Any]) -> None:
         if facts:
             self._transaction(

@@ -151,6 +151,38 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
+@dataclass(frozen=True)
+class GpuShare:
+    """The cores and memory that a job's GPUs bring on a per-GPU partition (billed whether the
+    script asks for them or not)."""
+
+    partition: str
+    gpus: int
+    cores: int
+    mem_mb: int
+
+
+def gpu_share(rates: dict[str, Rate], partition: str | None, gpus: int) -> GpuShare | None:
+    """What `gpus` GPUs bring on `partition`: its rate's cores and memory per GPU, times the
+    GPUs; None where the rate does not know them (no rate, per core, no cores or memory per
+    GPU) or no GPU is asked."""
+    rate = rates.get(partition) if partition else None
+    if rate is None or rate.per != "gpu" or gpus < 1:
+        return None
+    if not rate.cores_per_gpu or not rate.mem_gib_per_unit:
+        return None
+    mem_mb = round(rate.mem_gib_per_unit * 1024) * gpus
+    return GpuShare(rate.partition, gpus, rate.cores_per_gpu * gpus, mem_mb)
+
+
+def share_line(share: GpuShare, cores: bool, mem: bool) -> str:
+    """What was filled in: `gpu_a100: 1 GPU brings 18 cores + 120 GiB; requested them`."""
+    gib = f"{share.mem_mb / 1024:g} GiB"
+    gpus = f"{share.gpus} GPU" + ("" if share.gpus == 1 else "s")
+    what = "them" if cores and mem else f"the {share.cores} cores" if cores else f"the {gib}"
+    return f"{share.partition}: {gpus} brings {share.cores} cores + {gib}; requested {what}"
+
+
 def unbilled(scheduler: str, rates: dict[str, Rate]) -> bool:
     """A run of the embedded scheduler costs nothing, unless its profile gave it rates."""
     return not rates and scheduler == "local"

@@ -311,6 +311,14 @@ class SpecRequest:
 DATA_PLACEHOLDER = "/path/to/pcam"
 
 
+def implied_gpus(gpus: int | None, partition: str | None) -> int:
+    """The GPUs a request gets: those asked, else 1 on a GPU partition (a GPU partition without
+    a GPU request is never what a student means)."""
+    if gpus is not None:
+        return gpus
+    return 1 if partition and "gpu" in partition.lower() else 0
+
+
 # What a check beyond the request's values (prepare's look at the data and the venv where the
 # job runs) finds wrong: the problem, and how to fix it.
 Finding = tuple[str, str]
@@ -471,10 +479,7 @@ def _build_resources(request: SpecRequest, workload: WorkloadDef, problems: list
         problems.append(
             f"--after {request.after!r} is not a job id (e.g. 18163908), a run id or `last`"
         )
-    gpus = request.gpus
-    if gpus is None:
-        # A GPU partition without a GPU request is never what a student means.
-        gpus = 1 if request.partition and "gpu" in request.partition.lower() else 0
+    gpus = implied_gpus(request.gpus, request.partition)
     return Resources(
         partition=request.partition,
         time_s=time_s,

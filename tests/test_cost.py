@@ -188,3 +188,103 @@ def test_show_cost_reads_well_in_every_case() -> None:
     for lines in (show(free, None), show(no_rate, None)):
         text = "\n".join(lines)
         assert "cost:" not in text and "none — " not in text, text
+
+
+# -- a GPU job gets its share of the node ------------------------------------------------------
+
+
+def test_a_gpu_share_is_what_the_rate_knows_per_gpu_times_the_gpus() -> None:
+    from hpcjob.cost import gpu_share, share_line
+
+    a100 = gpu_share(SNELLIUS, "gpu_a100", 1)
+    assert a100 is not None and (a100.cores, a100.mem_mb) == (18, 120 * 1024)
+    assert share_line(a100, True, True) == (
+        "gpu_a100: 1 GPU brings 18 cores + 120 GiB; requested them"
+    )
+    h100 = gpu_share(SNELLIUS, "gpu_h100", 2)
+    assert h100 is not None and (h100.cores, h100.mem_mb) == (32, 360 * 1024)
+    assert share_line(h100, False, True).endswith("requested the 360 GiB")
+    assert gpu_share(SNELLIUS, "rome", 1) is None  # per core
+    assert gpu_share(SNELLIUS, "gpu_a100", 0) is None
+    assert gpu_share(SNELLIUS, None, 1) is None
+    assert gpu_share(parse_rates({"gpu_a100": 128}), "gpu_a100", 1) is None  # no share known
+
+
+# Port 1 on loopback refuses at once: a dry run goes on offline (test_profiles_cli.py).
+OFFLINE_SNELLIUS = '[profiles.snellius]\nhost = "127.0.0.1"\nport = 1\nuser = "me"\n'
+TRAIN = ["submit", "train", "--data-dir", "/projects/0/pcam", "--time", "01:00:00"]
+
+
+@pytest.fixture
+def offline_home(isolated_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """HPCJOB_HOME, and a HOME of the test's own: never the developer's ~/.ssh."""
+    (tmp_path / "user").mkdir()
+    monkeypatch.setenv("HOME", str(tmp_path / "user"))
+    return isolated_home
+
+
+def header(script: str) -> list[str]:
+    return [line for line in script.splitlines() if line.startswith("#SBATCH --")]
+
+
+def test_a_snellius_gpu_train_asks_for_its_share_and_the_estimate_agrees(
+    cli: Any, offline_home: Path
+) -> None:
+    write_config(offline_home, OFFLINE_SNELLIUS)
+    dry = cli(*TRAIN, "-P", "snellius", "--gpus", "1", "-p", "gpu_a100", "--dry-run", "--json")
+    assert dry.exit_code == 0, dry.stderr
+    shown = dry.json()
+    lines = header(shown["script"])
+    assert "#SBATCH --cpus-per-task=18" in lines and "#SBATCH --mem=120G" in lines
+    assert "gpu_a100: 1 GPU brings 18 cores + 120 GiB; requested them" in dry.stderr
+    estimate = shown["sbu_estimate"]
+    assert (estimate["units"], estimate["sbu"], estimate["note"]) == (1, 128, None)
+
+    rendered = cli(*TRAIN, "-P", "snellius", "--gpus", "2", "-p", "gpu_h100", "--dry-run")
+    assert rendered.exit_code == 0, rendered.stderr
+    lines = header(rendered.stdout)
+    assert "#SBATCH --cpus-per-task=32" in lines and "#SBATCH --mem=360G" in lines
+    assert "gpu_h100: 2 GPUs brings 32 cores + 360 GiB; requested them" in rendered.stderr
+
+
+def test_explicit_cpus_and_mem_win_over_the_share(cli: Any, offline_home: Path) -> None:
+    write_config(offline_home, OFFLINE_SNELLIUS)
+    both = cli(
+        *TRAIN,
+        "-P",
+        "snellius",
+        "-p",
+        "gpu_a100",
+        "--cpus",
+        "4",
+        "--mem",
+        "32G",
+        "--dry-run",
+        "--json",
+    )
+    assert both.exit_code == 0, both.stderr
+    lines = header(both.json()["script"])
+    assert "#SBATCH --cpus-per-task=4" in lines and "#SBATCH --mem=32G" in lines
+    assert "brings" not in both.stderr
+    cpus = cli(*TRAIN, "-P", "snellius", "-p", "gpu_a100", "--cpus", "4", "--dry-run", "--json")
+    lines = header(cpus.json()["script"])
+    assert "#SBATCH --cpus-per-task=4" in lines and "#SBATCH --mem=120G" in lines
+    assert "requested the 120 GiB" in cpus.stderr
+
+
+def test_a_profile_without_share_info_gets_nothing_added(cli: Any, offline_home: Path) -> None:
+    write_config(
+        offline_home,
+        '[profiles.lab]\nhost = "127.0.0.1"\nport = 1\nuser = "me"\n'
+        "[profiles.lab.sbu_rates]\ngpu_a100 = 100\n"
+        'gpu_x = { sbu_per_hour = 10, per = "gpu", cores_per_gpu = 8, mem_gib_per_unit = 64 }\n',
+    )
+    plain = cli(*TRAIN, "-P", "lab", "-p", "gpu_a100", "--dry-run", "--json")
+    assert plain.exit_code == 0, plain.stderr
+    lines = header(plain.json()["script"])
+    assert not [line for line in lines if "--cpus-per-task" in line or "--mem" in line]
+    assert "brings" not in plain.stderr
+    added = cli(*TRAIN, "-P", "lab", "-p", "gpu_x", "--dry-run", "--json")  # a user's own table
+    assert added.exit_code == 0, added.stderr
+    lines = header(added.json()["script"])
+    assert "#SBATCH --cpus-per-task=8" in lines and "#SBATCH --mem=64G" in lines

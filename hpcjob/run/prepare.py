@@ -9,6 +9,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
+from hpcjob import cost
+from hpcjob.config import profile_rates
 from hpcjob.errors import EXIT_USAGE, HpcjobError
 from hpcjob.ledger.records import NewRun
 from hpcjob.render import RenderContext, render_script, script_hash, template_dirs
@@ -23,7 +25,16 @@ from hpcjob.run.context import (
 )
 from hpcjob.run.rundir import Files
 from hpcjob.shell import Shell
-from hpcjob.spec import WORKLOADS, Finding, JobSpec, Program, SpecRequest, build_spec
+from hpcjob.spec import (
+    WORKLOADS,
+    Finding,
+    JobSpec,
+    Program,
+    SpecRequest,
+    build_spec,
+    format_memory,
+    implied_gpus,
+)
 from hpcjob.sweep import Sweep
 
 PCAM_SPLIT_FILE = "camelyonpatch_level_2_split_{split}_{xy}.h5"
@@ -243,12 +254,36 @@ def _filled(ctx: Context, request: SpecRequest) -> SpecRequest:
     data_dir = request.data_dir or profile.get("data_dir")
     if data_dir and not profile.get("host"):
         data_dir = os.path.abspath(os.path.expanduser(data_dir))  # the job runs elsewhere (cwd)
-    return dataclasses.replace(
+    filled = dataclasses.replace(
         request,
         partition=request.partition or profile.partitions.get(request.workload),
         after=after,
         account=request.account or profile.get("account"),
         data_dir=data_dir,
+    )
+    return _with_gpu_share(ctx, filled)
+
+
+def _with_gpu_share(ctx: Context, request: SpecRequest) -> SpecRequest:
+    """A GPU job on a partition whose rate knows a GPU's share of the node (Snellius's: 18 cores
+    + 120 GiB per A100) asks for that share where --cpus/--mem are not given: it is billed
+    anyway, and the loader gets its workers. Said in the invocation's notes. One node only
+    (Slurm's --gpus counts the job's GPUs, --cpus-per-task one task's cores)."""
+    if request.nodes not in (None, 1):
+        return request
+    if request.cpus_per_task is not None and request.mem is not None:
+        return request
+    gpus = implied_gpus(request.gpus, request.partition)
+    rates = profile_rates(ctx.settings, ctx.profile, ctx.profile.name)
+    share = cost.gpu_share(rates, request.partition, gpus)
+    if share is None:
+        return request
+    cores, mem = request.cpus_per_task is None, request.mem is None
+    ctx.notes.append(cost.share_line(share, cores, mem))
+    return dataclasses.replace(
+        request,
+        cpus_per_task=share.cores if cores else request.cpus_per_task,
+        mem=format_memory(share.mem_mb) if mem else request.mem,
     )
 
 

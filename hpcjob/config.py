@@ -44,9 +44,13 @@ KEY_TYPES: dict[str, type] = {
     "template_dir": str,
     "max_local_jobs": int,
     "sbu_rates": dict,  # partition = SBU per hour, or a rate table (hpcjob/cost.py)
+    # The node feature --stage-data asks for, where $TMPDIR is a node-local disk only on some
+    # nodes (Snellius: scratch-node); added to the job's own --constraint with `&`.
+    "stage_constraint": str,
+    "purged": dict,  # path prefix = days after which the cluster purges files there
 }
 _LIST_KEYS = {"modules"}
-_FILE_ONLY = {"partitions", "sbu_rates"}  # tables: no environment variable
+_FILE_ONLY = {"partitions", "sbu_rates", "purged"}  # tables: no environment variable
 
 BUILTIN_PROFILES: dict[str, dict[str, Any]] = {
     "local": {
@@ -76,6 +80,10 @@ BUILTIN_PROFILES: dict[str, dict[str, Any]] = {
             "train": "gpu_a100",
         },
         "sbu_rates": SNELLIUS_SBU_RATES,
+        # $TMPDIR is the node-local NVMe only on nodes with this feature.
+        "stage_constraint": "scratch-node",
+        # Files untouched this many days are deleted (SURF's Snellius filesystem policy).
+        "purged": {"/scratch-shared/": 14, "/scratch-local/": 6},
     },
 }
 
@@ -200,6 +208,13 @@ def _check_value(key: str, value: Any, where: str) -> None:
         raise HpcjobError(f"{where}: {key} must be a list of strings, got {value!r}.")
     if key == "sbu_rates":
         parse_rates(value, f"{where} sbu_rates")  # raises, naming the wrong entry
+    elif key == "purged":
+        if not isinstance(value, dict) or not all(
+            isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value.values()
+        ):
+            raise HpcjobError(
+                f'{where}: purged must be a table of "/path/prefix/" = days, got {value!r}.'
+            )
     elif expected is dict and not (
         isinstance(value, dict) and all(isinstance(v, str) for v in value.values())
     ):
@@ -379,6 +394,9 @@ max_local_jobs = 2         # jobs running at once; the rest wait PENDING
 #
 # [profiles.snellius.sbu_rates]            # SBU per hour; Snellius's are built in, add others
 # my_partition = { sbu_per_hour = 64, per = "gpu", cores_per_gpu = 9 }
+#
+# [profiles.snellius.purged]               # days until files there are purged; Snellius's built in
+# "/scratch-shared/" = 14                  # submit warns when data_dir is under one of these
 """
 
 

@@ -22,7 +22,8 @@ _TIME_FORMATS = "MM, MM:SS, HH:MM:SS, D-HH, D-HH:MM or D-HH:MM:SS"
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 # Partition, account and constraint values go into #SBATCH lines unquoted: keep them plain words.
 _WORD_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-_CONSTRAINT_RE = re.compile(r"^[A-Za-z0-9_.\-&|\[\]*:]{1,128}$")
+# Parentheses group (Slurm ≥ 20.11): `(A|B)&scratch-node` is what --stage-data makes of `A|B`.
+_CONSTRAINT_RE = re.compile(r"^[A-Za-z0-9_.\-&|\[\]()*:]{1,160}$")
 _ARRAY_RE = re.compile(r"^\d+(?:-\d+(?::\d+)?)?(?:,\d+(?:-\d+(?::\d+)?)?)*(?:%\d+)?$")
 _JOB_ID_RE = re.compile(r"^\d+(?:_\d+)?$")
 _MEM_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:I?B)?\s*$", re.IGNORECASE)
@@ -463,7 +464,7 @@ def _build_resources(request: SpecRequest, workload: WorkloadDef, problems: list
         ("--partition", request.partition, _WORD_RE, "letters, digits, '.', '_' or '-'"),
         ("--account", request.account, _WORD_RE, "letters, digits, '.', '_' or '-'"),
         ("--job-name", request.job_name, _NAME_RE, "1-64 letters, digits, '.', '_' or '-'"),
-        ("--constraint", request.constraint, _CONSTRAINT_RE, "feature names with & | [ ] *"),
+        ("--constraint", request.constraint, _CONSTRAINT_RE, "feature names with & | [ ] ( ) *"),
     ):
         if value is not None and not pattern.fullmatch(value):
             problems.append(f"{flag} {value!r} is not valid: use {rule}")
@@ -493,6 +494,25 @@ def _build_resources(request: SpecRequest, workload: WorkloadDef, problems: list
         array=request.array,
         dependency=f"afterok:{request.after}" if request.after else None,
     )
+
+
+def with_feature(constraint: str | None, feature: str) -> str:
+    """`constraint` that also requires the node feature `feature`: `A&feature`, `(A|B)&feature`
+    (Slurm's `|` would otherwise take `B&feature` as one side); unchanged when it already
+    requires it (a rerun of a staged job)."""
+    if not _WORD_RE.fullmatch(feature):
+        raise HpcjobError(
+            f"The profile's stage_constraint {feature!r} is not a node feature name.",
+            hint="Use one feature: letters, digits, '.', '_' or '-' (e.g. scratch-node).",
+            exit_code=EXIT_USAGE,
+        )
+    if not constraint:
+        return feature
+    if feature in constraint.split("&"):
+        return constraint
+    if "|" in constraint and not (constraint.startswith("[") and constraint.endswith("]")):
+        return f"({constraint})&{feature}"
+    return f"{constraint}&{feature}"
 
 
 def default_job_name(workload: str) -> str:

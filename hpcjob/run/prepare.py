@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
+import posixpath
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,6 +35,7 @@ from hpcjob.spec import (
     build_spec,
     format_memory,
     implied_gpus,
+    with_feature,
 )
 from hpcjob.sweep import Sweep
 
@@ -101,6 +103,16 @@ def prepare(
     unless `check_cluster` is off, as for `render`; the data and the venv where the job will run
     unless `check_files` is off), render the script."""
     spec = _validated(ctx, request, check_cluster=check_cluster, check_files=check_files)
+    feature = ctx.profile.get("stage_constraint")
+    if spec.stage_data and feature:
+        # Staging is only worth it onto a node-local disk, which some nodes alone have.
+        constraint = with_feature(spec.resources.constraint, str(feature))
+        spec = dataclasses.replace(
+            spec, resources=dataclasses.replace(spec.resources, constraint=constraint)
+        )
+    note = purge_note(spec.data_dir, ctx.profile.get("purged") or {}, ctx.profile.name)
+    if note and note not in ctx.notes:
+        ctx.notes.append(note)
     program = spec.program
     if program is not None and spec.data_dir and "data_dir" in program.options:
         # The project maps the data folder to a config key: --data-dir (or the profile's) sets it.
@@ -155,6 +167,22 @@ def prepare(
         files=files,
         snapshot=snapshot,
     )
+
+
+def purge_note(data_dir: str | None, purged: dict[str, int], profile: str) -> str | None:
+    """A warning when `data_dir` lies under a path the cluster purges (the profile's `purged`:
+    path prefix = days), else None."""
+    if not data_dir:
+        return None
+    path = posixpath.normpath(data_dir) + "/"
+    for prefix, days in purged.items():
+        if path.startswith(prefix.rstrip("/") + "/"):
+            return (
+                f"The data folder {data_dir} is under {prefix}, where files untouched for {days} "
+                f"days are deleted (profile {profile}'s purged): keep the original elsewhere "
+                "(your project space or home) and copy it back when it is gone."
+            )
+    return None
 
 
 def config_values(

@@ -23,7 +23,9 @@ export PYTHONUNBUFFERED=1
 # The exit status goes into the run directory, so hpcjob knows how the job ended even where
 # Slurm's accounting is off.
 hpcjob_exit_file="$HPCJOB_RUN_DIR/exit-status${SLURM_ARRAY_TASK_ID:+.$SLURM_ARRAY_TASK_ID}"
-trap 'rc=$?; printf "%s %s\n" "$rc" "$(date -u +%Y-%m-%dT%H:%M:%SZ)" > "$hpcjob_exit_file"' EXIT
+# The staged copy goes first: once the exit status is written, the job counts as ended.
+hpcjob_stage_dir=""
+trap 'rc=$?; [ -z "$hpcjob_stage_dir" ] || rm -rf -- "$hpcjob_stage_dir" || true; printf "%s %s\n" "$rc" "$(date -u +%Y-%m-%dT%H:%M:%SZ)" > "$hpcjob_exit_file"' EXIT
 # Killed by TERM (the time limit, scancel), bash would run that trap with the last command's
 # status, often 0; exiting as a shell ended by TERM reports itself (143) says what happened.
 trap 'exit 143' TERM
@@ -50,8 +52,10 @@ source -- "$HOME"/hpcjob/venv/bin/activate
 set -u
 
 # Copy the data to the node-local disk: reading from the shared filesystem is slow for every job.
-HPCJOB_DATA_DIR="${TMPDIR:-/tmp}/hpcjob-data-$HPCJOB_RUN_ID"
-mkdir -p -- "$HPCJOB_DATA_DIR"
+# A folder of its own (mktemp: a fresh name, mode 0700), removed when the job ends (the trap).
+mkdir -p -- "${TMPDIR:-/tmp}"
+hpcjob_stage_dir="$(mktemp -d -- "${TMPDIR:-/tmp}/hpcjob-data.XXXXXXXXXX")"
+HPCJOB_DATA_DIR="$hpcjob_stage_dir"
 cp -r -- /projects/0/pcam/. "$HPCJOB_DATA_DIR/"
 echo "data:       staged to $HPCJOB_DATA_DIR"
 

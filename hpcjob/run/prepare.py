@@ -7,6 +7,7 @@ import dataclasses
 import hashlib
 import os
 import posixpath
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,6 +27,7 @@ from hpcjob.run.context import (
 )
 from hpcjob.run.rundir import Files
 from hpcjob.shell import Shell
+from hpcjob.slurm import Partition
 from hpcjob.spec import (
     WORKLOADS,
     Finding,
@@ -256,7 +258,7 @@ def _validated(
         def check(spec: JobSpec) -> list[Finding]:
             return job_file_findings(ctx, spec, source)
 
-    filled = _filled(ctx, request)
+    filled = _filled(ctx, request, partitions)
     if partitions is None:
         spec = build_spec(filled, partitions, check)
     else:
@@ -267,7 +269,9 @@ def _validated(
     return spec
 
 
-def _filled(ctx: Context, request: SpecRequest) -> SpecRequest:
+def _filled(
+    ctx: Context, request: SpecRequest, partitions: Sequence[Partition] | None = None
+) -> SpecRequest:
     """The request with what the profile gives: partition, account, data folder; `--after` as a
     job id."""
     profile = ctx.profile
@@ -289,10 +293,12 @@ def _filled(ctx: Context, request: SpecRequest) -> SpecRequest:
         account=request.account or profile.get("account"),
         data_dir=data_dir,
     )
-    return _with_gpu_share(ctx, filled)
+    return _with_gpu_share(ctx, filled, partitions)
 
 
-def _with_gpu_share(ctx: Context, request: SpecRequest) -> SpecRequest:
+def _with_gpu_share(
+    ctx: Context, request: SpecRequest, partitions: Sequence[Partition] | None = None
+) -> SpecRequest:
     """A GPU job on a partition whose rate knows a GPU's share of the node (Snellius's: 18 cores
     + 120 GiB per A100) asks for that share where --cpus/--mem are not given: it is billed
     anyway, and the loader gets its workers. Said in the invocation's notes. One node only
@@ -306,6 +312,9 @@ def _with_gpu_share(ctx: Context, request: SpecRequest) -> SpecRequest:
     share = cost.gpu_share(rates, request.partition, gpus)
     if share is None:
         return request
+    node = next((p for p in partitions or () if p.name == request.partition), None)
+    if node is not None and (share.cores > node.cpus_per_node or share.mem_mb > node.mem_mb):
+        return request  # the rate's share does not fit this cluster's nodes: nothing to fill
     cores, mem = request.cpus_per_task is None, request.mem is None
     ctx.notes.append(cost.share_line(share, cores, mem))
     return dataclasses.replace(

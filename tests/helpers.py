@@ -366,3 +366,14 @@ def course_project(dest: Path, *, git: bool = True) -> Path:
         ):
             subprocess.run(["git", "-C", str(dest), *argv], check=True, capture_output=True)
     return dest
+
+
+def job_template(home: Path, command: str) -> None:
+    """A user template for gpu-check in HPCJOB_HOME whose job runs `command` (raw bash)."""
+    folder = home / "templates"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "gpu-check.sbatch.j2").write_text(
+        '{% extends "base.sbatch.j2" %}{% block command %}{% raw %}\n'
+        + command
+        + "\n{% endraw %}{% endblock %}\n"
+    )

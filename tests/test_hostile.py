@@ -23,7 +23,8 @@ from typing import Any
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
+from tests.helpers import REPO, job_template
+
 DOC = REPO / "docs" / "hostile-input.md"
 CANARY = "PWNED"
 SUB = "$(touch PWNED)"
@@ -473,23 +474,13 @@ def test_cli_case(
     assert not fired(sandbox, Path.home()), "a value was executed"
 
 
-def _output_template(home: Path, command: str) -> None:
-    folder = home / "templates"
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "gpu-check.sbatch.j2").write_text(
-        '{% extends "base.sbatch.j2" %}{% block command %}{% raw %}\n'
-        + command
-        + "\n{% endraw %}{% endblock %}\n"
-    )
-
-
 @pytest.mark.parametrize(
     "case",
     [pytest.param(c, marks=[pytest.mark.slow] if c.slow else []) for c in OUTPUT_CASES],
     ids=lambda c: c.id,
 )
 def test_output_case(case: OutputCase, cli: Any, isolated_home: Path, sandbox: Path) -> None:
-    _output_template(isolated_home, case.command)
+    job_template(isolated_home, case.command)
     submitted = cli("submit", "gpu-check", "--wait", "--json")
     assert submitted.exit_code == 0, submitted.stderr
     run = submitted.json()

@@ -16,20 +16,9 @@ from typing import Any
 import pytest
 
 from hpcjob.run.fetch import fetch
-from tests.helpers import REPO, ReplayShell, run_hpcjob
+from tests.helpers import GUARD_S, REPO, ReplayShell, job_template, run_hpcjob
 
 DOC = REPO / "docs" / "hostile-input.md"
-GUARD_S = 60  # far above the second the commands take; only a hang reaches it
-
-
-def _job_template(home: Path, command: str) -> None:
-    folder = home / "templates"
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "gpu-check.sbatch.j2").write_text(
-        '{% extends "base.sbatch.j2" %}{% block command %}{% raw %}\n'
-        + command
-        + "\n{% endraw %}{% endblock %}\n"
-    )
 
 
 class ListingShell(ReplayShell):
@@ -83,7 +72,7 @@ HOSTILE_FILES = (
 
 def test_fifos_devices_and_links_out_are_never_read(tmp_path: Path, isolated_home: Path) -> None:
     """rundir-special-files"""
-    _job_template(isolated_home, HOSTILE_FILES)
+    job_template(isolated_home, HOSTILE_FILES)
     submitted = run_hpcjob("submit", "gpu-check", "--wait", "--json", timeout=GUARD_S)
     assert submitted.exit_code == 0, submitted.stderr
     run = submitted.json()

@@ -281,7 +281,8 @@ class SbatchDirective:
 def parse_sbatch_directives(script: str) -> list[SbatchDirective]:
     """The options of the #SBATCH lines at the top of a script, in order, as sbatch reads them:
     after the first line (`#!…`), up to the first command. `--key=value`, `--key value` and
-    `-k value` are understood; short options become their long names (SHORT_OPTIONS)."""
+    `-k value` are understood; short options become their long names (SHORT_OPTIONS). As in
+    sbatch, `'` and `"` quote, and an unquoted `#` ends the line (the rest is a comment)."""
     out: list[SbatchDirective] = []
     for line_no, line in enumerate(script.splitlines()[1:], 2):
         stripped = line.strip()
@@ -290,7 +291,7 @@ def parse_sbatch_directives(script: str) -> list[SbatchDirective]:
         if not stripped.startswith("#SBATCH"):
             continue
         try:
-            words = shlex.split(stripped[len("#SBATCH") :], comments=False)
+            words = shlex.split(stripped[len("#SBATCH") :], comments=True)
         except ValueError as exc:
             raise HpcjobError(
                 f"Cannot read the job script line {line!r} (line {line_no}): {exc}"

@@ -233,3 +233,10 @@ def test_an_unclosed_quote_names_the_script_and_line() -> None:
     error = error_of('#!/bin/bash\n#SBATCH --job-name="a b\n')
     assert error.message.startswith("job.sh: Cannot read the job script line")
     assert "(line 2)" in error.message
+
+
+def test_an_unquoted_hash_ends_the_line_as_sbatch_reads_it() -> None:
+    # Recorded on the test cluster (slurm-wlm 22.05.8): `#SBATCH --job-name=a#b --time=7` gave
+    # JobName=a and the partition's default time; `--comment="c#d"` kept its `#`.
+    text = '#!/bin/bash\n#SBATCH --job-name=a#b --time=7\n#SBATCH --comment="c#d"\n'
+    assert sbatch_directives(text) == [("job-name", "a"), ("comment", "c#d")]

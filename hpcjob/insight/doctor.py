@@ -1,0 +1,595 @@
+"""`hpcjob doctor`: the profile checked end to end, each finding with its fix.
+
+The checks are independent functions in `CHECKS`, run in order, each guarded so that one that
+breaks does not stop the others; each returns its findings (hpcjob/probe.py's `Finding`). What
+needs the login node comes from one probe script, run once (hpcjob/probe.py): a failed
+connection skips those checks and says why. A check added later (the accounts) is one more entry.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import shutil
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from hpcjob.env.setup import venv_warning
+from hpcjob.errors import HpcjobError
+from hpcjob.probe import (
+    PART_LIMIT_S,
+    DiskUse,
+    Finding,
+    ProbeOutput,
+    disk_status,
+    parse_df,
+    parse_probe,
+    parse_python_version,
+    probe_argv,
+    python_too_old,
+    version_text,
+)
+from hpcjob.run.context import Context, cached_partitions, run_root
+from hpcjob.run.prepare import PCAM_SPLIT_FILE, purge_note
+
+PCAM_FILES = tuple(
+    PCAM_SPLIT_FILE.format(split=s, xy=xy) for s in ("train", "valid") for xy in "xy"
+)
+# The probe's parts each stop after PART_LIMIT_S; this bounds the whole round trip.
+PROBE_TIMEOUT_S = PART_LIMIT_S * 8 + 30
+LOGIN_NODE_PYTHON = (
+    "run hpcjob from a module's Python (`module load 2025 Python/3.13.1-GCCcore-14.2.0`, then "
+    "`python -m venv ~/hpcjob-cli && ~/hpcjob-cli/bin/pip install hpcjob`) or `uv tool install "
+    "hpcjob` (uv brings its own Python); never the system python3"
+)
+
+
+@dataclass
+class Doctor:
+    """One doctor's visit: the invocation, why the login node cannot be reached (then the remote
+    checks skip), and the probe's output, asked for once."""
+
+    ctx: Context
+    offline: str | None = None
+    _probe: ProbeOutput | None = field(default=None, repr=False)
+    _probe_error: str | None = field(default=None, repr=False)
+
+    @property
+    def name(self) -> str:
+        return self.ctx.profile.name
+
+    @property
+    def where(self) -> str:
+        host = self.ctx.profile.get("host")
+        return f"on {host}" if host else "on this machine"
+
+    @property
+    def setup_env(self) -> str:
+        return f"hpcjob setup-env --profile {self.name}"
+
+    def probe(self) -> ProbeOutput:
+        """The probe's output (run on the first call); an HpcjobError when it could not run."""
+        if self._probe_error is not None:
+            raise HpcjobError(self._probe_error)
+        if self._probe is None:
+            try:
+                self._probe = self._run_probe()
+            except HpcjobError as exc:
+                self._probe_error = exc.message.splitlines()[0]
+                raise HpcjobError(self._probe_error) from exc
+        return self._probe
+
+    def _run_probe(self) -> ProbeOutput:
+        profile = self.ctx.profile
+        argv = probe_argv(
+            str(profile.get("python") or "python3"),
+            profile.get("venv"),
+            data_dir_of(self.ctx),
+            run_root(self.ctx, connect=False),
+            data_files=PCAM_FILES,
+            modules=profile.modules,
+        )
+        done = self.ctx.scheduler.shell.run(
+            argv, check=False, timeout=PROBE_TIMEOUT_S, idempotent=True
+        )
+        found = parse_probe(done.stdout)
+        if not found.complete:
+            tail = " ".join((done.stderr or "").strip().splitlines()[-2:])
+            raise HpcjobError(
+                f"the probe script {self.where} stopped early (exit status {done.returncode})"
+                + (f": {tail}" if tail else "")
+            )
+        return found
+
+    def skipped(self, check: str) -> Finding | None:
+        """The finding of a remote check that cannot run: no connection, or no probe."""
+        if self.offline is not None:
+            return Finding(check, "skip", f"not checked: no connection ({self.offline})")
+        try:
+            self.probe()
+        except HpcjobError as exc:
+            return Finding(
+                check,
+                "fail",
+                f"not checked: {exc.message}",
+                "Run `hpcjob doctor` again; "
+                "if it keeps failing, check the login node with `hpcjob connect`.",
+            )
+        return None
+
+
+Check = Callable[[Doctor], list[Finding]]
+
+
+def data_dir_of(ctx: Context) -> str | None:
+    """The profile's data folder as a job would get it (a relative one of a profile without a
+    host is taken from here)."""
+    import os
+
+    data_dir = ctx.profile.get("data_dir")
+    if data_dir and not ctx.profile.get("host"):
+        return os.path.abspath(os.path.expanduser(str(data_dir)))
+    return str(data_dir) if data_dir else None
+
+
+# ------------------------------------------------------------------------------ this machine
+
+
+def hpcjob_python_finding(version: Sequence[int], executable: str, on_login_node: bool) -> Finding:
+    """This hpcjob's own Python: >= 3.10, and on a login node the supported ways to get one."""
+    said = f"hpcjob runs on Python {version_text(version[:3])} ({executable})"
+    if python_too_old(version):
+        return Finding("python", "fail", f"{said}; hpcjob needs 3.10 or newer", LOGIN_NODE_PYTHON)
+    if on_login_node:
+        said += "; on a login node keep it on a module's Python or `uv tool install hpcjob`"
+    return Finding("python", "ok", said)
+
+
+def check_python(doc: Doctor) -> list[Finding]:
+    on_login_node = doc.ctx.profile.scheduler == "slurm" and not doc.ctx.profile.get("host")
+    return [hpcjob_python_finding(sys.version_info[:3], sys.executable, on_login_node)]
+
+
+def check_profile(doc: Doctor) -> list[Finding]:
+    profile = doc.ctx.profile
+    keys = ("host", "user", "port", "modules", "python", "venv", "data_dir", "remote_root")
+    values = [
+        f"{key} {', '.join(value) if isinstance(value, list) else value}"
+        for key in keys
+        if (value := profile.get(key)) not in (None, "", [])
+    ]
+    sources = list(dict.fromkeys(profile.sources.values()))
+    said = (
+        f"profile {profile.name}: scheduler {profile.scheduler}; {'; '.join(values)} "
+        f"(from {', '.join(sources)}; `hpcjob config show` tells each value's source)"
+    )
+    return [Finding("profile", "ok", said)]
+
+
+# ------------------------------------------------------------------------------ the connection
+
+
+_WHO = 'printf "%s\\t%s\\t%s\\n" "$(id -un)" "$(hostname)" "$HOME"'
+
+
+def check_connection(doc: Doctor) -> list[Finding]:
+    """The host key and the login (over SSH); for a profile without a host, what runs here."""
+    profile = doc.ctx.profile
+    if not profile.get("host"):
+        return [
+            Finding("host key", "skip", f"no SSH: profile {doc.name} runs on this machine"),
+            _local_scheduler(doc),
+        ]
+    started = time.monotonic()
+    try:
+        done = doc.ctx.scheduler.shell.run(["sh", "-c", _WHO], timeout=60, idempotent=True)
+    except HpcjobError as exc:
+        return _connection_failed(doc, exc)
+    seconds = time.monotonic() - started
+    user, _, rest = done.stdout.strip().partition("\t")
+    host, _, home = rest.partition("\t")
+    return [
+        Finding("host key", "ok", f"the host key of {profile.get('host')} is known and matches"),
+        Finding(
+            "connection", "ok", f"logged in as {user} on {host} in {seconds:.1f} s; home {home}"
+        ),
+    ]
+
+
+def _local_scheduler(doc: Doctor) -> Finding:
+    if doc.ctx.scheduler.jobs_run_here:
+        return Finding("connection", "ok", "jobs run on this machine (the embedded scheduler)")
+    sbatch = shutil.which("sbatch")
+    if sbatch is None:
+        doc.offline = "sbatch is not on PATH here"
+        return Finding(
+            "connection",
+            "fail",
+            f"profile {doc.name} uses the Slurm of this machine, but sbatch is not on PATH",
+            "Run hpcjob on the cluster's login node, or use a profile with a host "
+            "(`hpcjob doctor --profile snellius`).",
+        )
+    return Finding("connection", "ok", f"Slurm on this machine ({sbatch})")
+
+
+def _connection_failed(doc: Doctor, exc: HpcjobError) -> list[Finding]:
+    lines = exc.message.splitlines()
+    doc.offline = lines[0].rstrip(".")
+    said = " ".join(lines)
+    fix = exc.hint or f"Check the profile's host, user and key; `hpcjob connect {doc.name}`."
+    if "host key" in exc.message.lower():
+        return [
+            Finding("host key", "fail", said, exc.hint),
+            Finding("connection", "skip", "not logged in: the host key was refused"),
+        ]
+    if "authentic" in said.lower():  # the host key is checked before the login
+        key = Finding("host key", "ok", "known (the login itself failed)")
+    else:
+        key = Finding("host key", "skip", "not checked: the connection failed before")
+    return [key, Finding("connection", "fail", said, fix)]
+
+
+# ------------------------------------------------------------------------------ the cluster
+
+
+def check_partitions(doc: Doctor) -> list[Finding]:
+    if doc.offline is not None:
+        return [Finding("partitions", "skip", f"not checked: no connection ({doc.offline})")]
+    found = cached_partitions(doc.ctx, refresh=True)
+    if found is None:
+        return [Finding("partitions", "skip", "the embedded scheduler: any partition name runs")]
+    names = {p.name: p for p in found}
+    default = next((p.name for p in found if p.is_default), None)
+    wanted = doc.ctx.profile.partitions
+    missing = {w: n for w, n in wanted.items() if n not in names}
+    listed = ", ".join(names)
+    if missing:
+        said = ", ".join(f"{n} ({w})" for w, n in missing.items())
+        return [
+            Finding(
+                "partitions",
+                "fail",
+                f"profile {doc.name}'s partitions table names {said}, which the cluster lacks; it "
+                f"has {listed}",
+                f"Change [profiles.{doc.name}.partitions] to partitions of `hpcjob partitions "
+                f"--profile {doc.name}`.",
+            )
+        ]
+    down = [n for n in wanted.values() if not names[n].available]
+    said = f"{len(found)} partitions ({listed}; default {default or 'none'})"
+    if wanted:
+        said += "; the profile's " + ", ".join(f"{w} → {n}" for w, n in wanted.items()) + " exist"
+    if down:
+        return [
+            Finding(
+                "partitions",
+                "warn",
+                f"{said}; {', '.join(down)} not up now",
+                "Jobs there wait until it is up; `hpcjob partitions` shows its state.",
+            )
+        ]
+    return [Finding("partitions", "ok", said)]
+
+
+def check_modules(doc: Doctor) -> list[Finding]:
+    """The profile's modules load in a shell there, and the Python they give."""
+    skipped = doc.skipped("modules")
+    if skipped is not None:
+        return [skipped, Finding("cluster python", skipped.status, skipped.found, skipped.fix)]
+    probe = doc.probe()
+    return [_modules_finding(doc, probe), _python_finding(doc, probe)]
+
+
+def _modules_finding(doc: Doctor, probe: ProbeOutput) -> Finding:
+    lines = probe.get("modules")
+    fix_modules = f"Fix `modules` under [profiles.{doc.name}] in {doc.ctx.settings.config_path}"
+    if not lines or lines[0][0] == "none":
+        return Finding("modules", "skip", f"profile {doc.name} loads no modules")
+    if lines[0][0] == "no_module_command":
+        return Finding(
+            "modules",
+            "fail",
+            f"profile {doc.name} loads modules, but `module` is not a command {doc.where} "
+            "(no Lmod or Environment Modules found)",
+            f"{fix_modules}: remove them where the cluster has no modules.",
+        )
+    failed = [line for line in lines if line[0] == "failed"]
+    if failed:
+        name, said = failed[0][1], (failed[0][2] if len(failed[0]) > 2 else "")
+        return Finding(
+            "modules",
+            "fail",
+            f"`module load {name}` failed {doc.where}: {said}".rstrip(": "),
+            f"`module avail` {doc.where} lists the names there (Snellius: `module load 2025` "
+            f"first); {fix_modules}.",
+        )
+    loaded = " ".join(line[1] for line in lines if line[0] == "loaded")
+    return Finding("modules", "ok", f"`module load {loaded}` works {doc.where}")
+
+
+def _python_finding(doc: Doctor, probe: ProbeOutput) -> Finding:
+    line = probe.first("python") or ("missing", "?")
+    python = str(doc.ctx.profile.get("python") or "python3")
+    after = " after the modules" if doc.ctx.profile.modules else ""
+    if line[0] == "timeout":
+        return Finding(
+            "cluster python",
+            "fail",
+            f"{python}{after} did not answer in {PART_LIMIT_S} s {doc.where}",
+            "Try again; a busy login node is slow.",
+        )
+    version = parse_python_version(line[1]) if line[0] == "version" else None
+    if version is None:
+        said = line[2] if len(line) > 2 else ""
+        return Finding(
+            "cluster python",
+            "fail",
+            f"{python}{after} does not run {doc.where}: {said}",
+            f"Set `python` (or `modules`) of profile {doc.name} to a Python there.",
+        )
+    said = f"{python}{after} is Python {version_text(version)} ({line[2]}) {doc.where}"
+    if python_too_old(version):
+        return Finding(
+            "cluster python",
+            "warn",
+            f"{said}: too old for the workloads (3.10 or newer)",
+            f'Give profile {doc.name} a module Python: modules = ["2025", '
+            f'"Python/3.13.1-GCCcore-14.2.0"] (Snellius), then `{doc.setup_env} --force`.',
+        )
+    return Finding("cluster python", "ok", said)
+
+
+# ------------------------------------------------------------------------------ the venv, data
+
+
+def check_venv(doc: Doctor) -> list[Finding]:
+    profile = doc.ctx.profile
+    venv = profile.get("venv")
+    if not venv:
+        python = profile.get("python") or "python3"
+        if doc.ctx.scheduler.jobs_run_here:
+            return [Finding("venv", "skip", f"no venv: jobs run {python} (this hpcjob's Python)")]
+        return [
+            Finding(
+                "venv",
+                "warn",
+                f"profile {doc.name} has no venv: jobs run {python} with only the packages the "
+                "modules give (ModuleNotFoundError: h5py, torch …)",
+                f'Set venv = "~/hpcjob/venv" under [profiles.{doc.name}] in '
+                f"{doc.ctx.settings.config_path}, then `{doc.setup_env}`.",
+            )
+        ]
+    skipped = doc.skipped("venv")
+    if skipped is not None:
+        return [skipped]
+    return [_venv_finding(doc, str(venv), doc.probe())]
+
+
+def _venv_finding(doc: Doctor, venv: str, probe: ProbeOutput) -> Finding:
+    line = probe.first("venv") or ("missing", venv)
+    if line[0] == "missing":
+        return Finding(
+            "venv",
+            "warn",
+            f"the venv {venv} does not exist {doc.where}: it was "
+            "never set up, and jobs that need it are refused",
+            f"{doc.setup_env}",
+        )
+    if line[0] in ("broken", "timeout"):
+        said = line[2] if len(line) > 2 else f"no answer in {PART_LIMIT_S} s"
+        return Finding(
+            "venv",
+            "fail",
+            f"the venv's python {line[1]} does not run: {said}",
+            f"{doc.setup_env} --force",
+        )
+    said = f"venv {venv}: Python {line[1]}"
+    imports = [entry for entry in probe.get("venv") if entry[0] == "import"]
+    broken = [f"{e[1]} ({e[3]})" for e in imports if e[2] != "ok"]
+    said += "".join(f", {e[1]} {e[3]}" for e in imports if e[2] == "ok")
+    warning = venv_warning(doc.ctx)  # the marker: set up to the end, for these modules/Python
+    if warning is not None:
+        return Finding("venv", "warn", f"{said}; {warning[0].lower()}{warning[1:]}", doc.setup_env)
+    if broken:
+        return Finding(
+            "venv",
+            "warn",
+            f"{said}; not importable: {'; '.join(broken)}",
+            f"{doc.setup_env} (the workloads need torch and h5py)",
+        )
+    return Finding("venv", "ok", f"{said}; set up by setup-env for these modules and Python")
+
+
+def check_data(doc: Doctor) -> list[Finding]:
+    data_dir = data_dir_of(doc.ctx)
+    if not data_dir:
+        return [
+            Finding(
+                "data", "skip", f"profile {doc.name} has no data_dir (give --data-dir to submit)"
+            )
+        ]
+    skipped = doc.skipped("data")
+    if skipped is not None:
+        return [skipped]
+    return [data_finding(doc.probe(), data_dir, doc.where, doc.setup_env)]
+
+
+def data_finding(probe: ProbeOutput, data_dir: str, where: str, setup_env: str) -> Finding:
+    """The PCAM files in the data folder, as the probe read them with h5py."""
+    fix = f"Point data_dir (or --data-dir) at the folder with the PCAM HDF5 files {where}"
+    lines = probe.get("data")
+    head = lines[0] if lines else ("none",)
+    if head[0] == "missing_dir":
+        return Finding("data", "fail", f"the data folder {data_dir} does not exist {where}", fix)
+    if head[0] == "unreadable_dir":
+        return Finding(
+            "data",
+            "fail",
+            f"the data folder {data_dir} cannot be read {where}",
+            f"`chmod u+rx {data_dir}`, or {fix[0].lower()}{fix[1:]}",
+        )
+    reader = next((line[1] for line in lines if line[0] == "reader"), "python")
+    if any(line[0] == "no_h5py" for line in lines):
+        said = next(line[1] for line in lines if line[0] == "no_h5py")
+        return Finding(
+            "data",
+            "warn",
+            f"{reader} cannot import h5py ({said}): the files in {data_dir} were not opened",
+            setup_env,
+        )
+    files = {line[1]: line[2:] for line in lines if line[0] == "file"}
+    bad = [f"{name} {' '.join(v)}" for name, v in files.items() if not v or v[0] != "ok"]
+    if any(line[0] == "timeout" for line in lines):
+        bad.append(f"reading stopped after {PART_LIMIT_S} s")
+    bad += _row_mismatches(files)
+    if bad or len(files) < len(PCAM_FILES):
+        missing = [name for name in PCAM_FILES if name not in files]
+        bad += [f"{name} not looked at" for name in missing]
+        return Finding("data", "fail", f"{data_dir} {where}: {'; '.join(bad)}", f"{fix}.")
+    shapes = ", ".join(f"{n.split('split_')[-1][:-3]} {v[1]} {v[2]}" for n, v in files.items())
+    return Finding("data", "ok", f"{data_dir}: the PCAM files read with h5py by {reader}: {shapes}")
+
+
+def _row_mismatches(files: dict[str, tuple[str, ...]]) -> list[str]:
+    """Each split's x and y must hold as many rows."""
+    said = []
+    for split in ("train", "valid"):
+        x = files.get(PCAM_SPLIT_FILE.format(split=split, xy="x"), ())
+        y = files.get(PCAM_SPLIT_FILE.format(split=split, xy="y"), ())
+        if len(x) > 1 and len(y) > 1 and x[0] == y[0] == "ok":
+            rows_x, rows_y = x[1].split("x")[0], y[1].split("x")[0]
+            if rows_x != rows_y:
+                said.append(f"{split}: x has {rows_x} rows, y {rows_y}")
+    return said
+
+
+# ------------------------------------------------------------------------------ disk, purge
+
+
+def check_quota(doc: Doctor) -> list[Finding]:
+    skipped = doc.skipped("quota")
+    if skipped is not None:
+        return [skipped]
+    return quota_findings(doc.probe(), doc.where)
+
+
+def quota_findings(probe: ProbeOutput, where: str) -> list[Finding]:
+    """Free space and inodes where the runs and the venv live (one finding per filesystem),
+    and `myquota`'s own lines where the cluster has it."""
+    paths = {line[1]: line[2] for line in probe.get("quota") if line[0] == "path"}
+    by_mount: dict[str, tuple[list[str], DiskUse | None, DiskUse | None]] = {}
+    for label, path in paths.items():
+        space = _row(probe, "df", label)
+        inodes = _row(probe, "dfi", label)
+        key = space.mount if space is not None else path
+        labels, _, _ = by_mount.setdefault(key, ([], space, inodes))
+        labels.append(f"{label} {path}")
+    found = []
+    for labels, space, inodes in by_mount.values():
+        status, said = disk_status(space, inodes)
+        fix = (
+            None
+            if status == "ok"
+            else (
+                "Free space there (old run directories: `hpcjob runs`, then remove them), or "
+                "move remote_root/venv to a filesystem with room (Snellius: `myquota` shows "
+                "your quotas)."
+            )
+        )
+        found.append(Finding("quota", status, f"{' and '.join(labels)}: {said}", fix))
+    quota = [line[0] for line in probe.get("myquota") if line and line[0].strip()]
+    if quota:
+        found.append(Finding("quota", "ok", "myquota: " + " | ".join(q.strip() for q in quota)))
+    if not found:
+        found.append(Finding("quota", "skip", f"nothing to measure {where}"))
+    return found
+
+
+def _row(probe: ProbeOutput, section: str, label: str) -> DiskUse | None:
+    rows = parse_df("\n".join(line[1] for line in probe.get(section) if line[0] == label))
+    return rows[0] if rows else None
+
+
+def check_purge(doc: Doctor) -> list[Finding]:
+    purged: dict[str, int] = doc.ctx.profile.get("purged") or {}
+    if not purged:
+        return [Finding("purge", "skip", f"profile {doc.name} names no purged filesystems")]
+    paths = {}
+    if doc.offline is None and doc.skipped("purge") is None:
+        paths = {line[1]: line[2] for line in doc.probe().get("quota") if line[0] == "path"}
+    data_dir = data_dir_of(doc.ctx)
+    found = []
+    note = purge_note(data_dir, purged, doc.name)
+    if note:
+        found.append(
+            Finding(
+                "purge",
+                "warn",
+                note,
+                "Keep the data in your project space or home and point data_dir there.",
+            )
+        )
+    root = paths.get("runs") or run_root(doc.ctx, connect=False)
+    venv = paths.get("venv") or doc.ctx.profile.get("venv")
+    for label, path in (("remote_root", root), ("venv", venv)):
+        prefix = purged_prefix(str(path or ""), purged)
+        if prefix is not None:
+            found.append(
+                Finding(
+                    "purge",
+                    "warn",
+                    f"{label} {path} is under {prefix}, purged after {purged[prefix]} days "
+                    "untouched",
+                    f"Move {label} to your home or project space ([profiles.{doc.name}]).",
+                )
+            )
+    if not found:
+        where = ", ".join(purged)
+        found.append(
+            Finding("purge", "ok", f"data_dir, remote_root and venv are not under {where}")
+        )
+    return found
+
+
+def purged_prefix(path: str, purged: dict[str, int]) -> str | None:
+    """The `purged` prefix that `path` lies under, if any."""
+    if not path.startswith("/"):
+        return None  # `~/…`: the home, which no cluster purges
+    normal = posixpath.normpath(path) + "/"
+    return next((p for p in purged if normal.startswith(p.rstrip("/") + "/")), None)
+
+
+# ------------------------------------------------------------------------------ the visit
+
+
+CHECKS: tuple[tuple[str, Check], ...] = (
+    ("python", check_python),
+    ("profile", check_profile),
+    ("connection", check_connection),
+    ("partitions", check_partitions),
+    ("modules", check_modules),
+    ("venv", check_venv),
+    ("data", check_data),
+    ("quota", check_quota),
+    ("purge", check_purge),
+)
+
+
+def diagnose(ctx: Context, checks: Sequence[tuple[str, Check]] = CHECKS) -> list[Finding]:
+    """Every check's findings, in order; a check that breaks is a failed finding of its own."""
+    doc = Doctor(ctx)
+    found: list[Finding] = []
+    for name, check in checks:
+        try:
+            found += check(doc)
+        except HpcjobError as exc:
+            found.append(Finding(name, "fail", " ".join(exc.message.splitlines()), exc.hint))
+        except Exception as exc:  # a bug in one check must not hide the others' findings
+            found.append(Finding(name, "fail", f"the check broke: {type(exc).__name__}: {exc}"))
+    return found
+
+
+def failed(findings: Sequence[Finding]) -> list[str]:
+    """The checks that failed, each once."""
+    return list(dict.fromkeys(f.check for f in findings if f.status == "fail"))

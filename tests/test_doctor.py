@@ -330,3 +330,26 @@ def test_doctor_exits_1_when_a_check_fails(isolated_home: Path, tmp_path: Path) 
     human = invoke("doctor")
     assert human.exit_code == 1 and "failed: data" in " ".join(human.stderr.split())
     assert "Traceback" not in human.stderr
+
+
+def test_the_starter_config_shows_the_login_node_profile(isolated_home: Path) -> None:
+    """The starter file's `[profiles.slurm]` example, uncommented, gives setup-env the module
+    Python the README promises (a login node's own python3 is too old)."""
+    from hpcjob.config import write_starter_config
+    from hpcjob.env.setup import request_for
+
+    path = write_starter_config(load_settings())
+    lines = path.read_text().splitlines()
+    start = lines.index("# [profiles.slurm]")
+    block = []
+    for line in lines[start:]:
+        if not line.startswith("#"):
+            break
+        block.append(line[2:] if line.startswith("# ") else "")
+    path.write_text("\n".join(block) + "\n")
+    settings = load_settings()
+    profile = resolve_profile(settings, profile_flag="slurm")
+    assert profile.modules == ["2025", "Python/3.13.1-GCCcore-14.2.0"]
+    assert profile.get("venv") == "~/hpcjob/venv"
+    request = request_for(Context(settings, profile), "six\n")
+    assert request.modules == ("2025", "Python/3.13.1-GCCcore-14.2.0")

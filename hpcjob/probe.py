@@ -1,7 +1,7 @@
 """The doctor's probe: one bash script that looks at the profile's login node in a single round
-trip (modules, the Python they give, the venv, the data files read with h5py, df), the lines it
-prints, and the pure judgements over them (`df -P`/`df -Pi` output, Python versions, how full a
-filesystem may be). `hpcjob doctor` itself is hpcjob/insight/doctor.py.
+trip (modules, the Python they give, the venv, the data files read with h5py, df), and the parsers
+of what it prints (its lines, `df -P`/`df -Pi` output, Python versions). What they mean is
+hpcjob/checkup.py; `hpcjob doctor` itself is hpcjob/insight/doctor.py.
 
 The script takes every value as an argument, never as text pasted into it, and prints one line
 per fact: `@doctor<TAB>section<TAB>field…`; whatever else the login files print is ignored.
@@ -12,31 +12,11 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
 
-Status = Literal["ok", "warn", "fail", "skip"]
 TAG = "@doctor"
-# Below this much free space, or this share of the filesystem, quota headroom is a warning.
-LOW_FREE_BYTES = 5 * 1024**3
-LOW_FREE_SHARE = 0.10
-HIGH_INODE_SHARE = 0.90
 MIN_PYTHON = (3, 10)
 # Each part of the probe (a python, an h5 read, a df) is stopped after this many seconds.
 PART_LIMIT_S = 30
-
-
-@dataclass(frozen=True)
-class Finding:
-    """One thing `hpcjob doctor` found: the check, ok/warn/fail/skip, what it found (one line)
-    and the fix (a command to run, or what to change; None when there is nothing to do)."""
-
-    check: str
-    status: Status
-    found: str
-    fix: str | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"check": self.check, "status": self.status, "found": self.found, "fix": self.fix}
 
 
 # ------------------------------------------------------------------------------ the script
@@ -284,29 +264,6 @@ def parse_df(text: str) -> list[DiskUse]:
         numbers = [int(v) if v != "-" else 0 for v in match.group("total", "used", "free")]
         rows.append(DiskUse(match["fs"], numbers[0], numbers[1], numbers[2], match["mount"]))
     return rows
-
-
-def gib(kib: int) -> str:
-    return f"{kib / 1024**2:.1f} GiB"
-
-
-def disk_status(space: DiskUse | None, inodes: DiskUse | None) -> tuple[Status, str]:
-    """How full a filesystem is, from its `df -P` and `df -Pi` rows: a warning below 5 GiB or
-    10 % free, or above 90 % of its inodes used."""
-    if space is None:
-        return "skip", "df printed nothing for it"
-    status: Status = "ok"
-    free_bytes = space.free * 1024
-    share = space.free / space.total if space.total else 1.0
-    said = f"{gib(space.free)} free of {gib(space.total)} ({share:.0%}) on {space.mount}"
-    if free_bytes < LOW_FREE_BYTES or share < LOW_FREE_SHARE:
-        status = "warn"
-    if inodes is not None and inodes.total:
-        used = inodes.used / inodes.total
-        said += f", {used:.0%} of {inodes.total} inodes used"
-        if used > HIGH_INODE_SHARE:
-            status = "warn"
-    return status, said
 
 
 # ------------------------------------------------------------------------------ Python

@@ -11,19 +11,12 @@ from typing import Any
 
 import pytest
 
+from hpcjob.checkup import disk_status, hpcjob_python_finding, purged_prefix
 from hpcjob.config import load_settings, resolve_profile
 from hpcjob.envscript import MARKER_NAME, environment_key
 from hpcjob.errors import HpcjobError
-from hpcjob.insight.doctor import (
-    CHECKS,
-    PCAM_FILES,
-    diagnose,
-    failed,
-    hpcjob_python_finding,
-    purged_prefix,
-)
+from hpcjob.insight.doctor import CHECKS, PCAM_FILES, diagnose, failed
 from hpcjob.probe import (
-    disk_status,
     parse_df,
     parse_probe,
     parse_python_version,
@@ -353,3 +346,12 @@ def test_the_starter_config_shows_the_login_node_profile(isolated_home: Path) ->
     assert profile.get("venv") == "~/hpcjob/venv"
     request = request_for(Context(settings, profile), "six\n")
     assert request.modules == ("2025", "Python/3.13.1-GCCcore-14.2.0")
+
+
+def test_x_and_y_of_a_split_must_hold_as_many_rows(isolated_home: Path) -> None:
+    text = fixture("probe_healthy").stdout.replace(
+        "split_train_y.h5\tok\t1024x1x1x1", "split_train_y.h5\tok\t1000x1x1x1"
+    )
+    shell = replay("probe_healthy", bash=[CommandResult(("bash",), 0, text, "")])
+    data = by_check(diagnose(doctor_context(isolated_home, shell)))["data"]
+    assert data.status == "fail" and "train: x has 1024 rows, y 1000" in data.found

@@ -33,6 +33,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
         "hpcjob.provenance",
         "hpcjob.failure",
         "hpcjob.probe",
+        "hpcjob.checkup",
     ),
     # 2. the user's project on this machine, the seams and the ledger
     ("hpcjob.project",),

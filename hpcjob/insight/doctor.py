@@ -8,22 +8,24 @@ connection skips those checks and says why. A check added later (the accounts) i
 
 from __future__ import annotations
 
-import posixpath
 import shutil
 import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from hpcjob.checkup import (
+    Finding,
+    data_finding,
+    hpcjob_python_finding,
+    purged_prefix,
+    quota_findings,
+)
 from hpcjob.env.setup import venv_warning
 from hpcjob.errors import HpcjobError
 from hpcjob.probe import (
     PART_LIMIT_S,
-    DiskUse,
-    Finding,
     ProbeOutput,
-    disk_status,
-    parse_df,
     parse_probe,
     parse_python_version,
     probe_argv,
@@ -38,11 +40,6 @@ PCAM_FILES = tuple(
 )
 # The probe's parts each stop after PART_LIMIT_S; this bounds the whole round trip.
 PROBE_TIMEOUT_S = PART_LIMIT_S * 8 + 30
-LOGIN_NODE_PYTHON = (
-    "run hpcjob from a module's Python (`module load 2025 Python/3.13.1-GCCcore-14.2.0`, then "
-    "`python -m venv ~/hpcjob-cli && ~/hpcjob-cli/bin/pip install hpcjob`) or `uv tool install "
-    "hpcjob` (uv brings its own Python); never the system python3"
-)
 
 
 @dataclass
@@ -134,16 +131,6 @@ def data_dir_of(ctx: Context) -> str | None:
 
 
 # ------------------------------------------------------------------------------ this machine
-
-
-def hpcjob_python_finding(version: Sequence[int], executable: str, on_login_node: bool) -> Finding:
-    """This hpcjob's own Python: >= 3.10, and on a login node the supported ways to get one."""
-    said = f"hpcjob runs on Python {version_text(version[:3])} ({executable})"
-    if python_too_old(version):
-        return Finding("python", "fail", f"{said}; hpcjob needs 3.10 or newer", LOGIN_NODE_PYTHON)
-    if on_login_node:
-        said += "; on a login node keep it on a module's Python or `uv tool install hpcjob`"
-    return Finding("python", "ok", said)
 
 
 def check_python(doc: Doctor) -> list[Finding]:
@@ -412,56 +399,7 @@ def check_data(doc: Doctor) -> list[Finding]:
     skipped = doc.skipped("data")
     if skipped is not None:
         return [skipped]
-    return [data_finding(doc.probe(), data_dir, doc.where, doc.setup_env)]
-
-
-def data_finding(probe: ProbeOutput, data_dir: str, where: str, setup_env: str) -> Finding:
-    """The PCAM files in the data folder, as the probe read them with h5py."""
-    fix = f"Point data_dir (or --data-dir) at the folder with the PCAM HDF5 files {where}"
-    lines = probe.get("data")
-    head = lines[0] if lines else ("none",)
-    if head[0] == "missing_dir":
-        return Finding("data", "fail", f"the data folder {data_dir} does not exist {where}", fix)
-    if head[0] == "unreadable_dir":
-        return Finding(
-            "data",
-            "fail",
-            f"the data folder {data_dir} cannot be read {where}",
-            f"`chmod u+rx {data_dir}`, or {fix[0].lower()}{fix[1:]}",
-        )
-    reader = next((line[1] for line in lines if line[0] == "reader"), "python")
-    if any(line[0] == "no_h5py" for line in lines):
-        said = next(line[1] for line in lines if line[0] == "no_h5py")
-        return Finding(
-            "data",
-            "warn",
-            f"{reader} cannot import h5py ({said}): the files in {data_dir} were not opened",
-            setup_env,
-        )
-    files = {line[1]: line[2:] for line in lines if line[0] == "file"}
-    bad = [f"{name} {' '.join(v)}" for name, v in files.items() if not v or v[0] != "ok"]
-    if any(line[0] == "timeout" for line in lines):
-        bad.append(f"reading stopped after {PART_LIMIT_S} s")
-    bad += _row_mismatches(files)
-    if bad or len(files) < len(PCAM_FILES):
-        missing = [name for name in PCAM_FILES if name not in files]
-        bad += [f"{name} not looked at" for name in missing]
-        return Finding("data", "fail", f"{data_dir} {where}: {'; '.join(bad)}", f"{fix}.")
-    shapes = ", ".join(f"{n.split('split_')[-1][:-3]} {v[1]} {v[2]}" for n, v in files.items())
-    return Finding("data", "ok", f"{data_dir}: the PCAM files read with h5py by {reader}: {shapes}")
-
-
-def _row_mismatches(files: dict[str, tuple[str, ...]]) -> list[str]:
-    """Each split's x and y must hold as many rows."""
-    said = []
-    for split in ("train", "valid"):
-        x = files.get(PCAM_SPLIT_FILE.format(split=split, xy="x"), ())
-        y = files.get(PCAM_SPLIT_FILE.format(split=split, xy="y"), ())
-        if len(x) > 1 and len(y) > 1 and x[0] == y[0] == "ok":
-            rows_x, rows_y = x[1].split("x")[0], y[1].split("x")[0]
-            if rows_x != rows_y:
-                said.append(f"{split}: x has {rows_x} rows, y {rows_y}")
-    return said
+    return [data_finding(doc.probe(), data_dir, doc.where, doc.setup_env, PCAM_FILES)]
 
 
 # ------------------------------------------------------------------------------ disk, purge
@@ -472,43 +410,6 @@ def check_quota(doc: Doctor) -> list[Finding]:
     if skipped is not None:
         return [skipped]
     return quota_findings(doc.probe(), doc.where)
-
-
-def quota_findings(probe: ProbeOutput, where: str) -> list[Finding]:
-    """Free space and inodes where the runs and the venv live (one finding per filesystem),
-    and `myquota`'s own lines where the cluster has it."""
-    paths = {line[1]: line[2] for line in probe.get("quota") if line[0] == "path"}
-    by_mount: dict[str, tuple[list[str], DiskUse | None, DiskUse | None]] = {}
-    for label, path in paths.items():
-        space = _row(probe, "df", label)
-        inodes = _row(probe, "dfi", label)
-        key = space.mount if space is not None else path
-        labels, _, _ = by_mount.setdefault(key, ([], space, inodes))
-        labels.append(f"{label} {path}")
-    found = []
-    for labels, space, inodes in by_mount.values():
-        status, said = disk_status(space, inodes)
-        fix = (
-            None
-            if status == "ok"
-            else (
-                "Free space there (old run directories: `hpcjob runs`, then remove them), or "
-                "move remote_root/venv to a filesystem with room (Snellius: `myquota` shows "
-                "your quotas)."
-            )
-        )
-        found.append(Finding("quota", status, f"{' and '.join(labels)}: {said}", fix))
-    quota = [line[0] for line in probe.get("myquota") if line and line[0].strip()]
-    if quota:
-        found.append(Finding("quota", "ok", "myquota: " + " | ".join(q.strip() for q in quota)))
-    if not found:
-        found.append(Finding("quota", "skip", f"nothing to measure {where}"))
-    return found
-
-
-def _row(probe: ProbeOutput, section: str, label: str) -> DiskUse | None:
-    rows = parse_df("\n".join(line[1] for line in probe.get(section) if line[0] == label))
-    return rows[0] if rows else None
 
 
 def check_purge(doc: Doctor) -> list[Finding]:
@@ -550,14 +451,6 @@ def check_purge(doc: Doctor) -> list[Finding]:
             Finding("purge", "ok", f"data_dir, remote_root and venv are not under {where}")
         )
     return found
-
-
-def purged_prefix(path: str, purged: dict[str, int]) -> str | None:
-    """The `purged` prefix that `path` lies under, if any."""
-    if not path.startswith("/"):
-        return None  # `~/…`: the home, which no cluster purges
-    normal = posixpath.normpath(path) + "/"
-    return next((p for p in purged if normal.startswith(p.rstrip("/") + "/")), None)
 
 
 # ------------------------------------------------------------------------------ the visit

@@ -177,6 +177,7 @@ def probe_argv(
     *,
     data_files: Sequence[str] = (),
     modules: Sequence[str] = (),
+    limit_s: int = PART_LIMIT_S,
 ) -> list[str]:
     """The probe as one argv: `bash -c SCRIPT` with every value an argument of its own (the
     data files' names, which hold no comma, as one)."""
@@ -190,7 +191,7 @@ def probe_argv(
         venv or "",
         data_dir or "",
         remote_root,
-        str(PART_LIMIT_S),
+        str(limit_s),
         ",".join(data_files),
         *modules,
     ]

@@ -355,3 +355,26 @@ def test_x_and_y_of_a_split_must_hold_as_many_rows(isolated_home: Path) -> None:
     shell = replay("probe_healthy", bash=[CommandResult(("bash",), 0, text, "")])
     data = by_check(diagnose(doctor_context(isolated_home, shell)))["data"]
     assert data.status == "fail" and "train: x has 1024 rows, y 1000" in data.found
+
+
+def test_a_part_of_the_probe_that_hangs_is_stopped_and_said(tmp_path: Path) -> None:
+    """A python that never answers (a hung filesystem, a stuck module Python): the probe stops
+    that part after its limit, says `timeout`, and goes on to the rest."""
+    hanging = tmp_path / "python3"
+    hanging.write_text("#!/bin/sh\nexec sleep 60\n")
+    hanging.chmod(0o755)
+    argv = probe_argv(str(hanging), None, None, str(tmp_path), limit_s=1)
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    found = parse_probe(done.stdout)
+    assert found.complete, done.stderr
+    assert found.first("python") == ("timeout", str(hanging))
+    assert found.first("quota") is not None  # the disks were still measured
+
+
+def test_imports_that_time_out_warn(isolated_home: Path) -> None:
+    text = fixture("probe_healthy").stdout.replace(
+        "@doctor\tvenv\timport\th5py\tok\t3.16.0\n", "@doctor\tvenv\ttimeout_imports\tpy\n"
+    )
+    shell = replay("probe_healthy", bash=[CommandResult(("bash",), 0, text, "")])
+    venv = by_check(diagnose(doctor_context(isolated_home, shell)))["venv"]
+    assert venv.status == "warn" and "took over 30 s" in venv.found

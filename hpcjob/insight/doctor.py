@@ -374,6 +374,8 @@ def _venv_finding(doc: Doctor, venv: str, probe: ProbeOutput) -> Finding:
     said = f"venv {venv}: Python {line[1]}"
     imports = [entry for entry in probe.get("venv") if entry[0] == "import"]
     broken = [f"{e[1]} ({e[3]})" for e in imports if e[2] != "ok"]
+    if any(entry[0] == "timeout_imports" for entry in probe.get("venv")):
+        broken.append(f"importing torch and h5py took over {PART_LIMIT_S} s")
     said += "".join(f", {e[1]} {e[3]}" for e in imports if e[2] == "ok")
     warning = venv_warning(doc.ctx)  # the marker: set up to the end, for these modules/Python
     if warning is not None:

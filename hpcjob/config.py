@@ -377,6 +377,14 @@ scheduler = "local"        # run jobs on this machine with hpcjob's embedded sch
 max_local_jobs = 2         # jobs running at once; the rest wait PENDING
 # data_dir = "data/pcam-synth"
 
+# On a cluster's login node (here Snellius's): the built-in "slurm" profile drives its Slurm.
+# Its system python3 is too old (3.9): setup-env builds the venv from the module's Python and
+# every job loads the same modules. `hpcjob doctor --profile slurm` checks it all.
+# [profiles.slurm]
+# modules = ["2025", "Python/3.13.1-GCCcore-14.2.0"]
+# venv = "~/hpcjob/venv"                   # made by `hpcjob setup-env`
+# data_dir = "/projects/0/your_project/pcam"
+
 # Fill in your login and uncomment to work on Snellius from this machine.
 # [profiles.snellius]
 # user = "scur1234"                        # your Snellius login

@@ -32,6 +32,8 @@ LAYERS: tuple[tuple[str, ...], ...] = (
         "hpcjob.joblog",
         "hpcjob.provenance",
         "hpcjob.failure",
+        "hpcjob.probe",
+        "hpcjob.checkup",
     ),
     # 2. the user's project on this machine, the seams and the ledger
     ("hpcjob.project",),

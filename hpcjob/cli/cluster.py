@@ -1,9 +1,9 @@
-"""Commands about the cluster itself: `partitions`, `connect`, `setup-env`.
+"""Commands about the cluster itself: `partitions`, `connect`, `doctor`, `setup-env`.
 
 No `from __future__ import annotations`: Typer reads these annotations as objects.
 """
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -90,6 +90,51 @@ def connect(
         f"Connected to {report.user}@{report.host}:{report.port} in {report.seconds:.1f} s; "
         f"remote home {report.home}."
     )
+
+
+@command(app)
+def doctor(profile: ProfileOpt = None, json_out: JsonOpt = False) -> None:
+    """Check the profile end to end: Python, connection and host key, partitions, modules, venv,
+    data (read with h5py), disk headroom and purge risk; each finding with its fix. Exit 1 when
+    a check fails."""
+    from hpcjob.errors import EXIT_ERROR
+    from hpcjob.insight.doctor import diagnose, failed
+
+    sink = Sink(json_out)
+    with session(profile) as context:
+        sink.say(f"Checking profile {context.profile.name} …")
+        findings = diagnose(context)
+    sink.result([f.to_dict() for f in findings], lambda: _print_findings(findings))
+    bad = failed(findings)
+    if bad:
+        sink.say(f"[red]{len(bad)} check(s) failed:[/] {', '.join(bad)}.")
+        raise typer.Exit(EXIT_ERROR)
+
+
+_MARKS = {
+    "ok": "[green]ok[/]",
+    "warn": "[yellow]warn[/]",
+    "fail": "[red]FAIL[/]",
+    "skip": "[dim]skip[/]",
+}
+
+
+def _print_findings(findings: list[Any]) -> None:
+    """A line a finding (its status, check and what was found), its fix below, wrapped in the
+    last column."""
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    grid = Table.grid(padding=(0, 1))
+    grid.add_column(no_wrap=True)
+    grid.add_column(no_wrap=True)
+    grid.add_column(overflow="fold")
+    for f in findings:
+        grid.add_row(_MARKS[f.status], f.check, escape(f.found))
+        if f.fix:
+            grid.add_row("", "", f"[bold]fix:[/] {escape(f.fix)}")
+    Console(highlight=False).print(grid)
 
 
 # Long only for its options (each is a parameter Typer reads).

@@ -206,8 +206,15 @@ launch() {
     : >>"$LOGS/$name.stderr"
     # The shell writes its own pid, then becomes CMD: the recorded pid is exactly the daemon's.
     # shellcheck disable=SC2016  # $$ and $@ are for the inner shell
-    # fd 9 (the lock) is closed, or the daemon would hold the lock for its lifetime.
-    setsid bash -c 'echo $$ >"$0"; exec "$@"' "$PIDS/$name.pid" "$@" \
+    # fd 9 (the lock) is closed, or the daemon would hold the lock for its lifetime; so is every
+    # other inherited descriptor above 2: `flock /tmp/hpcjob-cluster.lock start.sh` passes its
+    # lock as fd 3, and a daemon holding it blocks every later test run until the daemon ends.
+    setsid bash -c 'echo $$ >"$0"
+        for fd in /proc/$$/fd/*; do
+            fd=${fd##*/}
+            if [ "$fd" -gt 2 ]; then eval "exec $fd>&-" 2>/dev/null; fi
+        done
+        exec "$@"' "$PIDS/$name.pid" "$@" \
         </dev/null >>"$LOGS/$name.stderr" 2>&1 9>&- &
     for ((i = 0; i < 100; i++)); do
         [[ -s $PIDS/$name.pid ]] && break

@@ -264,7 +264,7 @@ log_files() {
     case $1 in
         munged) echo /var/log/munge/munged.log "$LOGS/munged.stderr" ;;
         sshd) echo "$LOGS/sshd.log" "$LOGS/sshd.stderr" "$LOGS/sshd.client" ;;
-        unshare@login2) echo "$LOGS/sshd-login2.log" "$LOGS/unshare@login2.stderr" "$LOGS/sshd-login2.client" ;;
+        sshd@login2) echo "$LOGS/sshd-login2.log" "$LOGS/sshd@login2.stderr" "$LOGS/sshd-login2.client" ;;
         *) echo "$LOGS/$1.log" "$LOGS/$1.stderr" ;;
     esac
 }
@@ -403,14 +403,14 @@ start_sshd() {
 # on $SSH_PORT2, started in UTS and PID namespaces of its own, so its hostname is $LOGIN2_HOST and
 # its ps sees only the processes started through it, as on another machine; files (the home, the
 # ledger, run directories) and Slurm are shared, as on Snellius's int4–int6. Its config is the
-# first sshd's with another port and pid file; the pid recorded is unshare's (--kill-child takes
-# the sshd down with it).
+# first sshd's with another port and pid file. The pid recorded is the sshd's own (unshare --fork
+# ignores TERM): the sshd is its PID namespace's init, so when it ends, so does everything there.
 prepare_login2() {
     sed -e "s|^Port .*|Port $SSH_PORT2|" -e "s|^PidFile .*|PidFile $STATE/run/sshd-login2.pid|" \
         "$STATE/sshd/sshd_config" >"$ETC/sshd_config_login2.new"
     if ! cmp -s "$ETC/sshd_config_login2.new" "$STATE/sshd/sshd_config_login2"; then
         mv "$ETC/sshd_config_login2.new" "$STATE/sshd/sshd_config_login2"
-        touch "$ETC/restart.unshare@login2"
+        touch "$ETC/restart.sshd@login2"
     else
         rm -f "$ETC/sshd_config_login2.new"
     fi
@@ -427,29 +427,37 @@ login2_ok() {
         uname -n 2>>"$LOGS/sshd-login2.client") && [[ $name == "$LOGIN2_HOST" ]]
 }
 start_login2() {
-    /usr/sbin/sshd -t -f "$STATE/sshd/sshd_config_login2" 2>>"$LOGS/unshare@login2.stderr" ||
-        fail unshare@login2 "its configuration is invalid ($STATE/sshd/sshd_config_login2)"
+    /usr/sbin/sshd -t -f "$STATE/sshd/sshd_config_login2" 2>>"$LOGS/sshd@login2.stderr" ||
+        fail sshd@login2 "its configuration is invalid ($STATE/sshd/sshd_config_login2)"
     : >"$LOGS/sshd-login2.client"
     # shellcheck disable=SC2016  # $0 $1 $2 are for the inner shell
-    launch unshare@login2 unshare --uts --pid --mount --fork --kill-child --mount-proc \
+    launch sshd@login2 unshare --uts --pid --mount --fork --kill-child --mount-proc \
         sh -c 'hostname "$0" && exec /usr/sbin/sshd -D -f "$1" -E "$2"' \
         "$LOGIN2_HOST" "$STATE/sshd/sshd_config_login2" "$LOGS/sshd-login2.log"
+    local outer child="" i
+    outer=$(our_pid sshd@login2)
+    for ((i = 0; i < 100; i++)); do
+        child=$(pgrep -P "$outer" -x sshd) && break
+        sleep 0.05
+    done
+    [[ -n $child ]] || fail sshd@login2 "no sshd started under unshare (pid $outer)"
+    echo "$child" >"$PIDS/sshd@login2.pid"
 }
-# Like `ensure`, without its look for foreign processes of the same name (unshare is a common tool).
+# Like `ensure`, but an sshd not started here (the first one) is never taken for the second.
 ensure_login2() {
     local i
-    if ours_alive unshare@login2 && [[ ! -e $ETC/restart.unshare@login2 ]]; then
+    if ours_alive sshd@login2 && [[ ! -e $ETC/restart.sshd@login2 ]]; then
         for ((i = 0; i < 30; i++)); do
             login2_ok && return 0
             sleep 0.1
         done
-        log "the second login node (pid $(our_pid unshare@login2)) is not answering; restarting it"
+        log "the second login node (pid $(our_pid sshd@login2)) is not answering; restarting it"
     fi
-    stop_ours unshare@login2
-    log "starting unshare@login2 (sshd on port $SSH_PORT2 with hostname $LOGIN2_HOST)"
+    stop_ours sshd@login2
+    log "starting sshd@login2 (sshd on port $SSH_PORT2 with hostname $LOGIN2_HOST)"
     start_login2
-    wait_ready unshare@login2 login2_ok
-    rm -f "$ETC/restart.unshare@login2"
+    wait_ready sshd@login2 login2_ok
+    rm -f "$ETC/restart.sshd@login2"
 }
 
 # A trivial job as the test user reaches COMPLETED in sacct: scheduler, slurmd and accounting work.

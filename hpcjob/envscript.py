@@ -5,7 +5,8 @@ The script prints three kinds of lines besides the tools' own output: `HPCJOB-SE
 when it starts a step, `HPCJOB-SETUP-ENV-RESULT {json}` once at the end (also after a failure),
 and nothing else of its own that a parser needs. It appends everything it prints to
 `setup-env.log` beside itself as it goes, so a killed run keeps its log, and writes its process id
-to `setup-env.pid` so that an interrupted login-node run can be stopped.
+and the login node's hostname to `setup-env.pid` (`4242 int5`) so that an interrupted login-node
+run can be stopped — on that login node.
 """
 
 from __future__ import annotations
@@ -324,7 +325,8 @@ modules=({modules})
 marker="$venv_dir"/{marker}
 # Tools print as they go instead of in blocks at the end (the output streams to hpcjob).
 export PYTHONUNBUFFERED=1 PIP_PROGRESS_BAR=off
-echo "$$" > "$here"/{pid}
+# The login node's name beside the pid: another login node's ps cannot see this process.
+echo "$$ $(uname -n)" > "$here"/{pid}
 
 fail() {{  # stage, error, exit status, more JSON fields; the values are fixed words and numbers
     printf '%s{{"ok": false, "stage": "%s", "error": "%s"%s}}\\n' "$prefix" "$1" "$2" "${{4:-}}"

@@ -945,3 +945,25 @@ def parse_scancel_errors(stderr: str) -> list[ScancelFailure]:
         if match:
             out.append(ScancelFailure(match["job_id"], match["reason"].strip()))
     return out
+
+
+# ------------------------------------------------------------------------ scontrol show config
+def scontrol_config_argv() -> list[str]:
+    return ["scontrol", "show", "config"]
+
+
+# `ClusterName             = snellius`: a name Slurm accepts (letters, digits, `_`, `-`, `.`).
+_CLUSTER_NAME = re.compile(r"ClusterName\s*=\s*(?P<name>[A-Za-z0-9][\w.-]*)")
+
+
+def parse_cluster_name(text: str) -> str:
+    """The cluster's own name (`ClusterName = snellius`) from `scontrol show config`: the same
+    on every login node of a cluster, unlike the login node's hostname."""
+    for line in text.splitlines():
+        match = _CLUSTER_NAME.fullmatch(line.strip())
+        if match:
+            return match["name"]
+    raise HpcjobError(
+        "`scontrol show config` printed no ClusterName line"
+        + (f" (it printed: {text.strip()[:200]!r})." if text.strip() else " (it printed nothing).")
+    )

@@ -219,6 +219,8 @@ class ReplayShell:
 
     def __init__(self, answers: Mapping[str, Sequence[CommandResult]]) -> None:
         self.answers = {k: list(v) for k, v in answers.items()}
+        # The cluster's name is asked once per ledger, before the first run needs its key.
+        self.answers.setdefault("scontrol", [recorded("scontrol_config")])
         self.calls: list[list[str]] = []
         self.files: dict[str, bytes] = {}
 

@@ -95,7 +95,7 @@ def poll(step: str) -> dict[str, Any]:
     shell = ReplayShell(
         {"squeue": [recorded(f"squeue_{step}")], "sacct": [recorded(f"sacct_{step}")]}
     )
-    return SlurmScheduler(shell, cluster="slurm:test").poll(ids)  # type: ignore[arg-type]
+    return SlurmScheduler(shell, address="slurm:test").poll(ids)  # type: ignore[arg-type]
 
 
 def test_poll_ends_the_cancelled_task_and_keeps_the_rest_pending() -> None:

@@ -156,4 +156,4 @@ def test_a_profile_with_a_host_runs_its_scheduler_over_ssh(
     settings = settings_with(tmp_path, '[profiles.lab]\nhost = "login.lab.example"\n')
     scheduler = scheduler_for(resolve_profile(settings, profile_flag="lab", environ={}), settings)
     assert scheduler.name == "slurm" and not scheduler.jobs_run_here
-    assert scheduler.cluster == "slurm:login.lab.example"  # nothing connects until first use
+    assert scheduler.address == "slurm:login.lab.example"  # nothing connects until first use

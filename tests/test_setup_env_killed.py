@@ -173,7 +173,7 @@ def test_sigkilled_setup_env_ends_failed_in_status(isolated_home: Path, tmp_path
         wait_until(reached_python, "the script to reach its python step")
         before = _setup_run()
         assert before["state"] == "RUNNING"
-        script_pid = int(Path(before["run_dir"], "setup-env.pid").read_text())
+        script_pid = int(Path(before["run_dir"], "setup-env.pid").read_text().split()[0])
         os.kill(driver.pid, signal.SIGKILL)
         driver.wait()
 

@@ -43,7 +43,7 @@ def test_fixtures_exist() -> None:
 def test_fixture_says_where_it_came_from(name: str) -> None:
     data = load(name)
     assert set(data) >= {"command", "slurm_version", "user", "note", "returncode", "stdout"}
-    assert data["command"][0] in {"sbatch", "squeue", "sacct", "sinfo", "scancel"}
+    assert data["command"][0] in {"sbatch", "squeue", "sacct", "sinfo", "scancel", "scontrol"}
     assert data["slurm_version"].startswith("22.05")
     assert data["user"] == "hpctest"
 

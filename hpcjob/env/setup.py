@@ -40,7 +40,7 @@ from hpcjob.errors import EXIT_USAGE, HpcjobError
 from hpcjob.jobstate import JobInfo, JobState
 from hpcjob.ledger.records import NewRun, Run
 from hpcjob.render import script_hash
-from hpcjob.run.context import Context, cached_partitions, run_root
+from hpcjob.run.context import Context, cached_partitions, cluster_key, run_root
 from hpcjob.run.login import DRIVER_FACT, LOGIN_TIMEOUT_S, driver_identity, stop_script
 from hpcjob.run.prepare import Prepared, prepare
 from hpcjob.run.rundir import Files, staging
@@ -249,7 +249,7 @@ def _start_login_run(ctx: Context, request: EnvRequest, script: str) -> Run:
     new = NewRun(
         profile=ctx.profile.name,
         # Not the scheduler's cluster: refresh must never ask Slurm about this run.
-        cluster=f"login:{ctx.scheduler.cluster}",
+        cluster=f"login:{cluster_key(ctx)}",
         scheduler="login",
         workload="setup-env",
         spec={"workload": "setup-env", "resources": {}, "args": _spec_args(request)},

@@ -126,6 +126,25 @@ MIGRATIONS += (
     ),
 )
 
+MIGRATIONS += (
+    Migration(
+        4,
+        "cluster-names",
+        "Runs were keyed by the address hpcjob reached Slurm at (`slurm:int5`, the login node's "
+        "hostname), so a run submitted from one login node was never polled from another of the "
+        "same cluster. Slurm's ClusterName is the same from every login node: each address's "
+        "name is asked once and kept here, and runs move to `slurm:<ClusterName>` when it is "
+        "learned (ledger/store.py `learn_cluster`).",
+        """
+        CREATE TABLE cluster_names (
+            address TEXT PRIMARY KEY,
+            cluster TEXT NOT NULL,
+            learned_at TEXT NOT NULL
+        )
+        """,
+    ),
+)
+
 SCHEMA_VERSION = MIGRATIONS[-1].version
 
 

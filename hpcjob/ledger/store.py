@@ -445,6 +445,50 @@ class Ledger:
             hint="Give more of the run id, or the job id (`hpcjob runs` lists them).",
         )
 
+    # -- clusters -----------------------------------------------------------------------------
+
+    def known_cluster(self, address: str) -> str | None:
+        """The key of the cluster an address reaches, once learned (`learn_cluster`)."""
+        row = self.db.execute(
+            "SELECT cluster FROM cluster_names WHERE address = ?", (address,)
+        ).fetchone()
+        return None if row is None else str(row[0])
+
+    def learn_cluster(self, address: str, cluster: str, hostless_profile: str | None) -> None:
+        """Remember that `address` ("slurm:int5") reaches `cluster` ("slurm:snellius") and move
+        the runs recorded under the address (and its setup-env runs, `login:<address>`) to the
+        cluster's key, all in one transaction. `hostless_profile`: a profile without a host (the
+        Slurm of the machine hpcjob runs on, its ledger in a home the login nodes share) — its
+        runs under other login nodes' addresses move too, unless an address or key is known to
+        be another cluster's (docs/decisions.md says why)."""
+        scheme = address.split(":", 1)[0] + ":"
+        statements: list[tuple[str, Sequence[Any]]] = [
+            ("INSERT OR REPLACE INTO cluster_names VALUES (?, ?, ?)", (address, cluster, utc_now()))
+        ]
+        for prefix in ("", "login:"):
+            key = prefix + cluster
+            statements.append(
+                ("UPDATE runs SET cluster = ? WHERE cluster = ?", (key, prefix + address))
+            )
+            if hostless_profile is not None:
+                statements.append(
+                    (
+                        "UPDATE runs SET cluster = ? WHERE profile = ? AND cluster != ? "
+                        "AND cluster LIKE ? ESCAPE '\\' AND substr(cluster, ?) NOT IN "
+                        "(SELECT cluster FROM cluster_names UNION SELECT address FROM "
+                        "cluster_names WHERE cluster != ?)",
+                        (
+                            key,
+                            hostless_profile,
+                            key,
+                            _like_prefix(prefix + scheme),
+                            len(prefix) + 1,
+                            cluster,
+                        ),
+                    )
+                )
+        self._transaction(statements)
+
     def unfinished(self, profile: str) -> list[Run]:
         """Runs of a profile whose state may still change."""
         final = [s.value for s in JobState if s.is_final]

@@ -43,6 +43,7 @@ class Context:
     offline: str | None = None
     _ledger: Ledger | None = field(default=None, repr=False)
     _scheduler: Scheduler | None = field(default=None, repr=False)
+    _cluster_key: str | None = field(default=None, repr=False)  # see cluster_key()
 
     @property
     def ledger(self) -> Ledger:
@@ -61,6 +62,46 @@ class Context:
             self._ledger.close()
         if self._scheduler is not None:
             self._scheduler.close()
+
+
+def cluster_key(ctx: Context) -> str:
+    """The key the ledger files the scheduler's runs under: `slurm:<ClusterName>`, the same from
+    every login node of a cluster (`local:<hostname>` for the embedded scheduler). The name is
+    asked once per address and kept in the ledger, so it costs a command only the first time;
+    call this only where a run needs the key. When Slurm cannot say, the address stands in (a
+    note says so) and its runs move to the name once it is learned."""
+    if ctx._cluster_key is None:
+        ctx._cluster_key = _learn_cluster_key(ctx)
+    return ctx._cluster_key
+
+
+def cluster_key_resolved(ctx: Context) -> bool:
+    """Whether this invocation has its cluster key already: resolving it may move runs recorded
+    under the address to the cluster's name, so runs read before then are read again."""
+    return ctx._cluster_key is not None
+
+
+def _learn_cluster_key(ctx: Context) -> str:
+    scheduler = ctx.scheduler
+    address = scheduler.address
+    known = ctx.ledger.known_cluster(address)
+    if known is not None:
+        return known
+    try:
+        name = scheduler.cluster_name()
+    except HpcjobError as exc:
+        ctx.notes.append(
+            f"Could not learn the cluster's name from Slurm ({exc.message.splitlines()[0]}); "
+            f"runs are keyed by the address {address} for now (runs submitted from other login "
+            "nodes are not polled until it is learned)."
+        )
+        return address
+    if name is None:
+        return address
+    key = f"{scheduler.name}:{name}"
+    hostless = None if ctx.profile.get("host") else ctx.profile.name
+    ctx.ledger.learn_cluster(address, key, hostless)
+    return key
 
 
 def open_context(profile_flag: str | None = None, flags: dict[str, Any] | None = None) -> Context:

@@ -22,19 +22,26 @@ from hpcjob.envscript import LOG_NAME, EnvResult, parse_result
 from hpcjob.errors import HpcjobError
 from hpcjob.jobstate import JobInfo, JobState
 from hpcjob.ledger.records import Run
-from hpcjob.run.context import Context
+from hpcjob.run.context import Context, cluster_key
 from hpcjob.shell import Shell
 
 LOGIN_TIMEOUT_S = 15 * 60  # login-node commands are killed after 15 minutes on Snellius
 
 
 # The run directory is $1; `script_runs` is true while the pid in its setup-env.pid is still the
-# run's script (a recycled pid runs something else). The start of _STOP and _LOOK.
+# run's script (a recycled pid runs something else) on this login node: the file names the node
+# the script runs on (`4242 int5`; an older hpcjob wrote the pid alone), and ps on another login
+# node cannot see it. The start of _STOP and _LOOK.
 _FIND_SCRIPT = r"""
 dir=$1
-pid=$(cat -- "$dir/setup-env.pid" 2>/dev/null) || pid=""
+pid="" host=""
+{ read -r pid host < "$dir/setup-env.pid"; } 2>/dev/null || true
+on_this_node() {
+    [ -z "$host" ] || [ "$host" = "$(uname -n)" ]
+}
 script_runs() {
-    [ -n "$pid" ] && ps -ww -o args= -p "$pid" 2>/dev/null | grep -q -F -e "$dir/setup-env.sh"
+    on_this_node && [ -n "$pid" ] &&
+        ps -ww -o args= -p "$pid" 2>/dev/null | grep -q -F -e "$dir/setup-env.sh"
 }
 """
 
@@ -75,11 +82,14 @@ _UNRECORDED_GRACE_S = 5 * 60
 
 
 # Prints `running PID` while the run's script still runs (the pid in its file is that script),
-# else `gone` and the pid it had, if any.
+# `elsewhere PID NODE THIS-NODE` when it was started on another login node (ps here cannot
+# tell), else `gone` and the pid it had, if any.
 _LOOK = (
     _FIND_SCRIPT
     + r"""
-if script_runs; then
+if ! on_this_node; then
+    echo "elsewhere $pid $host $(uname -n)"
+elif script_runs; then
     echo "running $pid"
 else
     echo "gone $pid"
@@ -139,6 +149,10 @@ class LoginSighting:
     script_running: bool  # that pid still is the run's script
     result: EnvResult | None  # the script's result line, when its log has one
     age_s: float  # since the run started
+    # The login node the script was started on, when it is not the one this refresh reached
+    # (`this_node`): ps here cannot see it, so `script_running` says nothing.
+    script_node: str | None = None
+    this_node: str | None = None
 
 
 @dataclass(frozen=True)
@@ -168,6 +182,8 @@ def judge_login_run(
         return LoginVerdict()
     who = f"pid {seen.driver_pid}" if seen.driver_pid is not None else "pid unknown"
     killed = f"hpcjob was killed while setup-env ran ({who})"
+    if seen.script_node is not None:
+        return _judge_elsewhere(run_id, log_path, seen, killed, timeout_s)
     if seen.script_running:
         if seen.age_s >= timeout_s:
             return LoginVerdict(
@@ -194,6 +210,47 @@ def judge_login_run(
     )
 
 
+# The login node ends a command at its limit; its log may lag that by a little.
+_ELSEWHERE_GRACE_S = 5 * 60
+
+
+def _judge_elsewhere(
+    run_id: str, log_path: str, seen: LoginSighting, killed: str, timeout_s: float
+) -> LoginVerdict:
+    """A run whose script was started on another login node than the one this refresh reached:
+    ps here cannot see it, so it is never judged by ps. Its log (on the filesystem the login
+    nodes share) tells how it ended; with no result there past the login-node limit (and a
+    grace), it no longer runs and the run is FAILED, saying why."""
+    there, here, minutes = seen.script_node, seen.this_node, f"{timeout_s / 60:g}"
+    if seen.result is not None:
+        if seen.result.ok:
+            return LoginVerdict(
+                JobState.COMPLETED,
+                f"finished on {there} after hpcjob was killed; the venv is ready",
+            )
+        return LoginVerdict(
+            JobState.FAILED,
+            f"{killed}; its script on login node {there} failed",
+            note=f"Run {run_id}: {killed}; its script on login node {there} failed. Run "
+            f"hpcjob setup-env again to repair the venv. Log: {log_path}",
+        )
+    if seen.age_s >= timeout_s + _ELSEWHERE_GRACE_S:
+        return LoginVerdict(
+            JobState.FAILED,
+            f"{killed}; its script on login node {there} wrote no result within the "
+            f"{minutes}-minute login-node limit",
+            note=f"Run {run_id}: {killed}; its script on login node {there} wrote no result "
+            f"within the {minutes}-minute login-node limit, so it no longer runs. Run hpcjob "
+            f"setup-env again to repair the venv. Log: {log_path}",
+        )
+    return LoginVerdict(
+        note=f"Run {run_id}: {killed}; its script was started on login node {there}, but this "
+        f"connection reached {here}, where ps cannot see it. It stays RUNNING until its log has "
+        f"a result (or the {minutes}-minute login-node limit passes). To check by hand, on "
+        f"{there}: ps -o args= -p {seen.script_pid}. Log: {log_path}"
+    )
+
+
 def settle_login_runs(ctx: Context, runs: list[Run]) -> list[Run]:
     """Refresh's part for RUNNING login-node runs of this profile's cluster whose hpcjob is gone."""
     shell = ctx.scheduler.shell
@@ -201,7 +258,7 @@ def settle_login_runs(ctx: Context, runs: list[Run]) -> list[Run]:
     now = ctx.clock.now().timestamp()
     out: list[Run] = []
     for run in runs:
-        if run.cluster != f"login:{ctx.scheduler.cluster}" or run.state != JobState.RUNNING:
+        if run.state != JobState.RUNNING or run.cluster != f"login:{cluster_key(ctx)}":
             out.append(run)
             continue
         driver = ctx.ledger.facts(run.run_id).get(DRIVER_FACT)
@@ -240,7 +297,7 @@ def _settle_orphan(
         (
             ln.split()
             for ln in reversed(looked.stdout.splitlines())
-            if ln.startswith(("running", "gone"))
+            if ln.startswith(("running", "gone", "elsewhere"))
         ),
         None,
     )
@@ -249,12 +306,14 @@ def _settle_orphan(
         return run
     running = words[0] == "running"
     script_pid = int(words[1]) if len(words) > 1 and words[1].isdigit() else None
+    # `elsewhere PID NODE THIS-NODE`: the script runs (or ran) on another login node.
+    nodes = (words[-2], words[-1]) if words[0] == "elsewhere" and len(words) >= 4 else (None, None)
     log_path = run.output_path or f"{run.run_dir}/{LOG_NAME}"
     result: EnvResult | None = None
     if not running and shell.exists(log_path):
         with contextlib.suppress(HpcjobError):
             result = parse_result(shell.read_bytes(log_path, 0).decode(errors="replace"))
-    seen = LoginSighting(pid, gone, script_pid, running, result, age)
+    seen = LoginSighting(pid, gone, script_pid, running, result, age, *nodes)
     verdict = judge_login_run(run.run_id, log_path, seen)
     if verdict.note:
         ctx.notes.append(verdict.note)

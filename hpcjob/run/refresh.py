@@ -20,7 +20,7 @@ from collections.abc import Sequence
 
 from hpcjob.jobstate import JobInfo, JobState
 from hpcjob.ledger.records import Run
-from hpcjob.run.context import Context
+from hpcjob.run.context import Context, cluster_key, cluster_key_resolved
 from hpcjob.run.harvest import harvest
 from hpcjob.run.requeue import requeue
 from hpcjob.run.rundir import exit_status_path
@@ -33,6 +33,10 @@ def refresh(ctx: Context, watched: frozenset[str] = frozenset()) -> list[Run]:
     ledger = ctx.ledger
     pending = ledger.unfinished(ctx.profile.name)
     late = ledger.awaiting_accounting(ctx.profile.name)
+    if (pending or late) and not cluster_key_resolved(ctx):
+        cluster_key(ctx)  # learning it may move these runs to the cluster's name: read again
+        pending = ledger.unfinished(ctx.profile.name)
+        late = ledger.awaiting_accounting(ctx.profile.name)
     updated: list[Run] = []
     if pending or late:
         pending = _recover(ctx, pending)
@@ -75,8 +79,9 @@ def _poll(
 ) -> tuple[list[Run], list[Run], dict[str, JobInfo]]:
     """The runs this scheduler answers for, and its one answer about all of them."""
     scheduler = ctx.scheduler
-    polled = [r for r in pending if r.job_id and r.cluster == scheduler.cluster and not r.is_array]
-    late = [r for r in late if r.cluster == scheduler.cluster]
+    key = cluster_key(ctx)
+    polled = [r for r in pending if r.job_id and r.cluster == key and not r.is_array]
+    late = [r for r in late if r.cluster == key]
     infos = scheduler.poll([r.job_id for r in polled + late if r.job_id])
     if scheduler.accounting_off:
         ctx.notes.append(

@@ -19,7 +19,7 @@ from __future__ import annotations
 from hpcjob.errors import EXIT_USAGE, HpcjobError
 from hpcjob.jobstate import JobState
 from hpcjob.ledger.records import Run
-from hpcjob.run.context import Context
+from hpcjob.run.context import Context, cluster_key, cluster_key_resolved
 from hpcjob.run.lock import SubmitterLock
 from hpcjob.run.rundir import exit_status_path
 
@@ -68,9 +68,13 @@ def requeue(ctx: Context) -> dict[str, Run]:
     earlier without being resubmitted (another process held its lock, a crash in between).
     Returns the runs it touched, by run id, as the ledger now has them."""
     touched: dict[str, Run] = {}
-    for run in ctx.ledger.requeue_due(ctx.profile.name, EXIT_CHECKPOINTED):
+    due = ctx.ledger.requeue_due(ctx.profile.name, EXIT_CHECKPOINTED)
+    if due and not cluster_key_resolved(ctx):
+        cluster_key(ctx)  # learning it may move these runs to the cluster's name: read again
+        due = ctx.ledger.requeue_due(ctx.profile.name, EXIT_CHECKPOINTED)
+    for run in due:
         used = len(ctx.ledger.attempts(run.run_id))
-        if run.cluster == ctx.scheduler.cluster and wants_requeue(run, used):
+        if run.cluster == cluster_key(ctx) and wants_requeue(run, used):
             touched[run.run_id] = resubmit(ctx, run, used + 1)
     return touched
 

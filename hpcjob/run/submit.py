@@ -20,7 +20,7 @@ from hpcjob.jobstate import JobState
 from hpcjob.ledger.records import Run
 from hpcjob.render import SNAPSHOT_MARKER, snapshot_dir
 from hpcjob.resources import workload_files
-from hpcjob.run.context import Context, profile_error
+from hpcjob.run.context import Context, cluster_key, profile_error
 from hpcjob.run.lock import SubmitterLock
 from hpcjob.run.origin import record_origin, run_files
 from hpcjob.run.prepare import Prepared
@@ -39,7 +39,7 @@ def submit(
     The run is in the ledger (SUBMITTING, with its token) before the scheduler sees it, so a
     crash in between is found and completed by the next refresh.
     """
-    new = dataclasses.replace(prepared.new_run, cluster=ctx.scheduler.cluster)
+    new = dataclasses.replace(prepared.new_run, cluster=cluster_key(ctx))
     # The lock says "a live process is submitting this run" to any other hpcjob (lock.py).
     with SubmitterLock(ctx.settings.home, new.run_id):
         run = ctx.ledger.create_run(new)

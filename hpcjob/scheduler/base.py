@@ -2,8 +2,9 @@
 
 Callers ask these capabilities, never the scheduler's name: whether jobs run on this machine
 (`jobs_run_here`: the embedded scheduler, whose files are cheap to read on every refresh), why
-accounting does not answer (`accounting_off`), and whether the last failed submit may have queued
-the job after all (`last_submit_ambiguous`).
+accounting does not answer (`accounting_off`), whether the last failed submit may have queued
+the job after all (`last_submit_ambiguous`), and the name all of a cluster's addresses share
+(`cluster_name`).
 """
 
 from __future__ import annotations
@@ -22,7 +23,10 @@ class Scheduler(Protocol):
     """Submit, watch and cancel jobs; `shell` reaches the files of the scheduler's machine."""
 
     name: str  # recorded with each run: "slurm" or "local"
-    cluster: str  # the ledger keys runs by it: a job id means something only on its cluster
+    # How this invocation reaches the scheduler: "slurm:int5" (on a login node), "slurm:<host>"
+    # (over SSH), "local:<hostname>". Several addresses may reach one cluster (the ledger keys runs
+    # by the cluster: run/context.py's `cluster_key`).
+    address: str
     shell: Shell
     # Seconds between polls while waiting: first interval, doubling up to the cap.
     poll_start_s: float
@@ -50,6 +54,12 @@ class Scheduler(Protocol):
 
     def partitions(self) -> list[Partition] | None:
         """The partitions requests are checked against; None when any name runs (embedded)."""
+        ...
+
+    def cluster_name(self) -> str | None:
+        """The name every address of this cluster shares (Slurm's ClusterName, the same on each
+        login node), asked of the scheduler; None where the address is the cluster itself (the
+        embedded scheduler runs jobs on this machine). HpcjobError when it cannot be asked."""
         ...
 
     def close(self) -> None:

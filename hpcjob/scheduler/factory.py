@@ -23,7 +23,7 @@ def scheduler_for(profile: Profile, settings: Settings) -> Scheduler:
         from hpcjob.ssh.connect import ConnectOptions, ssh_shell_for
 
         options = ConnectOptions(sources=profile.sources, profile_name=profile.name)
-        return SlurmScheduler(ssh_shell_for(profile.values, options), cluster=f"slurm:{host}")
+        return SlurmScheduler(ssh_shell_for(profile.values, options), address=f"slurm:{host}")
     from hpcjob.shell import LocalShell
 
-    return SlurmScheduler(LocalShell(), cluster=f"slurm:{socket.gethostname()}")
+    return SlurmScheduler(LocalShell(), address=f"slurm:{socket.gethostname()}")

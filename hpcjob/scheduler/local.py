@@ -61,7 +61,7 @@ class LocalScheduler:
         self.max_jobs = max(1, max_jobs)
         self.kill_wait_s = float(os.environ.get("HPCJOB_LOCAL_KILL_WAIT", kill_wait_s))
         self.shell: Shell = LocalShell()
-        self.cluster = f"local:{socket.gethostname()}"
+        self.address = f"local:{socket.gethostname()}"
         self.root.mkdir(parents=True, exist_ok=True, mode=0o700)  # job records: the user's own
         for sub in ("jobs", "queue", "slots", "tokens", "tmp"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
@@ -173,6 +173,10 @@ class LocalScheduler:
 
     def partitions(self) -> None:
         """Any partition name runs here, on this machine."""
+        return None
+
+    def cluster_name(self) -> None:
+        """Its jobs run on this machine: the address is the cluster."""
         return None
 
     def close(self) -> None:

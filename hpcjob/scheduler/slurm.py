@@ -28,9 +28,9 @@ class SlurmScheduler:
     poll_cap_s = 30.0
     jobs_run_here = False
 
-    def __init__(self, shell: Shell, cluster: str) -> None:
+    def __init__(self, shell: Shell, address: str) -> None:
         self.shell = shell
-        self.cluster = cluster
+        self.address = address
         self.accounting_off: str | None = None  # why sacct does not answer, while it does not
         self.last_submit_ambiguous = False  # the last submit failed without a clear yes or no
 
@@ -160,6 +160,15 @@ class SlurmScheduler:
 
     def close(self) -> None:
         self.shell.close()  # the one SSH connection of this invocation, if any
+
+    def cluster_name(self) -> str:
+        argv = slurm.scontrol_config_argv()
+        result = self.shell.run(argv, check=False, timeout=60, idempotent=True)
+        if result.returncode != 0:
+            raise command_error(
+                result, "Asking Slurm for its cluster's name (scontrol show config)"
+            )
+        return slurm.parse_cluster_name(result.stdout)
 
     def partitions(self) -> list[slurm.Partition]:
         result = self.shell.run(slurm.sinfo_argv(), check=False, timeout=60, idempotent=True)

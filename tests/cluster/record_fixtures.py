@@ -33,7 +33,13 @@ RUN_AS = HERE / "run-as-test-user.sh"
 
 # The argv hpcjob runs, so that the fixtures show exactly what its parsers will read.
 sys.path.insert(0, str(REPO))
-from hpcjob.slurm import SQUEUE_FORMAT, sacct_argv, sinfo_argv, squeue_argv  # noqa: E402
+from hpcjob.slurm import (  # noqa: E402
+    SQUEUE_FORMAT,
+    sacct_argv,
+    scontrol_config_argv,
+    sinfo_argv,
+    squeue_argv,
+)
 
 ENV: dict[str, str] = {}
 VERSION = ""
@@ -376,6 +382,15 @@ def record_sinfo() -> None:
         run(["scontrol", "update", f"NodeName={node}", "State=RESUME"], user="root")
 
 
+def record_config() -> None:
+    print("scontrol show config", file=sys.stderr)
+    record(
+        "scontrol_config",
+        scontrol_config_argv(),
+        "the configuration; its ClusterName keys hpcjob's runs (the same on every login node)",
+    )
+
+
 def stop_daemon(name: str) -> None:
     cmd = f'source "{HERE}/lib.sh" && stop_ours {name}'
     subprocess.run(["bash", "-c", cmd], check=True)
@@ -436,6 +451,7 @@ def main() -> None:
     print(f"recording into {OUT} (jobs run in {WORK})", file=sys.stderr)
 
     record_sinfo()
+    record_config()
     record_sbatch()
     record_scancel_other()
     record_lag()

@@ -19,6 +19,9 @@ TEST_ACCOUNT=hpctest_acct
 CLUSTER=hpcjobtest
 PARTITIONS=rome,gpu_a100,gpu_h100,staging
 SSH_PORT=${HPCJOB_TEST_SSH_PORT:-2222}
+# A second login node of the same cluster: its own sshd, hostname and process table (see login2).
+SSH_PORT2=${HPCJOB_TEST_SSH_PORT2:-2223}
+LOGIN2_HOST=hpcjob-login2
 TIMEOUT=${HPCJOB_TEST_CLUSTER_TIMEOUT:-60}
 MARKER="managed by hpcjob tests/cluster/start.sh"
 # openssh-client: ssh-agent and ssh-keygen, which tests use (in CI their absence would be a skip).
@@ -203,8 +206,15 @@ launch() {
     : >>"$LOGS/$name.stderr"
     # The shell writes its own pid, then becomes CMD: the recorded pid is exactly the daemon's.
     # shellcheck disable=SC2016  # $$ and $@ are for the inner shell
-    # fd 9 (the lock) is closed, or the daemon would hold the lock for its lifetime.
-    setsid bash -c 'echo $$ >"$0"; exec "$@"' "$PIDS/$name.pid" "$@" \
+    # fd 9 (the lock) is closed, or the daemon would hold the lock for its lifetime; so is every
+    # other inherited descriptor above 2: `flock /tmp/hpcjob-cluster.lock start.sh` passes its
+    # lock as fd 3, and a daemon holding it blocks every later test run until the daemon ends.
+    setsid bash -c 'echo $$ >"$0"
+        for fd in /proc/$$/fd/*; do
+            fd=${fd##*/}
+            if [ "$fd" -gt 2 ]; then eval "exec $fd>&-" 2>/dev/null; fi
+        done
+        exec "$@"' "$PIDS/$name.pid" "$@" \
         </dev/null >>"$LOGS/$name.stderr" 2>&1 9>&- &
     for ((i = 0; i < 100; i++)); do
         [[ -s $PIDS/$name.pid ]] && break
@@ -254,6 +264,7 @@ log_files() {
     case $1 in
         munged) echo /var/log/munge/munged.log "$LOGS/munged.stderr" ;;
         sshd) echo "$LOGS/sshd.log" "$LOGS/sshd.stderr" "$LOGS/sshd.client" ;;
+        sshd@login2) echo "$LOGS/sshd-login2.log" "$LOGS/sshd@login2.stderr" "$LOGS/sshd-login2.client" ;;
         *) echo "$LOGS/$1.log" "$LOGS/$1.stderr" ;;
     esac
 }
@@ -388,6 +399,67 @@ start_sshd() {
     launch sshd /usr/sbin/sshd -D -f "$STATE/sshd/sshd_config" -E "$LOGS/sshd.log"
 }
 
+# A second login node (issue 17: several login nodes, one cluster): another sshd of this machine
+# on $SSH_PORT2, started in UTS and PID namespaces of its own, so its hostname is $LOGIN2_HOST and
+# its ps sees only the processes started through it, as on another machine; files (the home, the
+# ledger, run directories) and Slurm are shared, as on Snellius's int4–int6. Its config is the
+# first sshd's with another port and pid file. The pid recorded is the sshd's own (unshare --fork
+# ignores TERM): the sshd is its PID namespace's init, so when it ends, so does everything there.
+prepare_login2() {
+    sed -e "s|^Port .*|Port $SSH_PORT2|" -e "s|^PidFile .*|PidFile $STATE/run/sshd-login2.pid|" \
+        "$STATE/sshd/sshd_config" >"$ETC/sshd_config_login2.new"
+    if ! cmp -s "$ETC/sshd_config_login2.new" "$STATE/sshd/sshd_config_login2"; then
+        mv "$ETC/sshd_config_login2.new" "$STATE/sshd/sshd_config_login2"
+        touch "$ETC/restart.sshd@login2"
+    else
+        rm -f "$ETC/sshd_config_login2.new"
+    fi
+    local kh
+    kh="[127.0.0.1]:$SSH_PORT2 $(cut -d' ' -f1,2 "$STATE/sshd/ssh_host_ed25519_key.pub")"
+    [[ $(cat "$CLIENT/known_hosts_login2" 2>/dev/null) == "$kh" ]] ||
+        echo "$kh" >"$CLIENT/known_hosts_login2"
+}
+login2_ok() {
+    local name
+    name=$(ssh -F /dev/null -o BatchMode=yes -o IdentitiesOnly=yes -o StrictHostKeyChecking=yes \
+        -o UserKnownHostsFile="$CLIENT/known_hosts_login2" -o GlobalKnownHostsFile=/dev/null \
+        -o ConnectTimeout=3 -i "$CLIENT/id_ed25519" -p "$SSH_PORT2" "$TEST_USER@127.0.0.1" \
+        uname -n 2>>"$LOGS/sshd-login2.client") && [[ $name == "$LOGIN2_HOST" ]]
+}
+start_login2() {
+    /usr/sbin/sshd -t -f "$STATE/sshd/sshd_config_login2" 2>>"$LOGS/sshd@login2.stderr" ||
+        fail sshd@login2 "its configuration is invalid ($STATE/sshd/sshd_config_login2)"
+    : >"$LOGS/sshd-login2.client"
+    # shellcheck disable=SC2016  # $0 $1 $2 are for the inner shell
+    launch sshd@login2 unshare --uts --pid --mount --fork --kill-child --mount-proc \
+        sh -c 'hostname "$0" && exec /usr/sbin/sshd -D -f "$1" -E "$2"' \
+        "$LOGIN2_HOST" "$STATE/sshd/sshd_config_login2" "$LOGS/sshd-login2.log"
+    local outer child="" i
+    outer=$(our_pid sshd@login2)
+    for ((i = 0; i < 100; i++)); do
+        child=$(pgrep -P "$outer" -x sshd) && break
+        sleep 0.05
+    done
+    [[ -n $child ]] || fail sshd@login2 "no sshd started under unshare (pid $outer)"
+    echo "$child" >"$PIDS/sshd@login2.pid"
+}
+# Like `ensure`, but an sshd not started here (the first one) is never taken for the second.
+ensure_login2() {
+    local i
+    if ours_alive sshd@login2 && [[ ! -e $ETC/restart.sshd@login2 ]]; then
+        for ((i = 0; i < 30; i++)); do
+            login2_ok && return 0
+            sleep 0.1
+        done
+        log "the second login node (pid $(our_pid sshd@login2)) is not answering; restarting it"
+    fi
+    stop_ours sshd@login2
+    log "starting sshd@login2 (sshd on port $SSH_PORT2 with hostname $LOGIN2_HOST)"
+    start_login2
+    wait_ready sshd@login2 login2_ok
+    rm -f "$ETC/restart.sshd@login2"
+}
+
 # A trivial job as the test user reaches COMPLETED in sacct: scheduler, slurmd and accounting work.
 check_job() {
     local id state deadline=$((SECONDS + TIMEOUT)) out
@@ -429,6 +501,9 @@ HPCJOB_TEST_SSH_KEY_ENCRYPTED=$CLIENT/id_ed25519_encrypted
 HPCJOB_TEST_SSH_KEY_PASSPHRASE_FILE=$CLIENT/passphrase
 HPCJOB_TEST_KNOWN_HOSTS=$CLIENT/known_hosts
 HPCJOB_TEST_SSH_HOST_KEY_PUB=$STATE/sshd/ssh_host_ed25519_key.pub
+HPCJOB_TEST_SSH_PORT2=$SSH_PORT2
+HPCJOB_TEST_SSH_HOSTNAME2=$LOGIN2_HOST
+HPCJOB_TEST_KNOWN_HOSTS2=$CLIENT/known_hosts_login2
 EOF
     mv "$STATE/cluster.env.new" "$STATE/cluster.env"
 }
@@ -457,6 +532,8 @@ for node in "${NODES[@]}"; do
 done
 wait_nodes
 ensure sshd sshd_ok start_sshd
+prepare_login2
+ensure_login2
 # The encrypted key really opens with the stored passphrase.
 ssh-keygen -y -P "$(cat "$CLIENT/passphrase")" -f "$CLIENT/id_ed25519_encrypted" >/dev/null ||
     die "the encrypted client key does not open with $CLIENT/passphrase"

@@ -24,6 +24,7 @@ flock -w 300 9 || { log "ERROR: another start.sh/stop.sh holds the lock"; exit 1
 
 rm -f "$STATE/cluster.env"
 # Reverse start order; also any slurmd of a node no longer configured.
+stop_ours sshd@login2  # the second login node (start.sh's login2)
 stop_ours sshd
 for f in "$PIDS"/slurmd@*.pid; do
     if [[ -e $f ]]; then stop_ours "$(basename "$f" .pid)"; fi

@@ -459,10 +459,13 @@ class Valve:
     point the test chooses: `hold_after("up"|"down", n)` lets n more bytes of the live connection
     pass that way (up: client to server) and then forwards nothing more (the sender's buffers
     fill and it waits); `cut()` closes the live connection on both sides, as a network that
-    drops it. Connections opened later pass freely."""
+    drops it. Connections opened later pass freely. `outlive_client`: see __init__."""
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, outlive_client: bool = False) -> None:
         self._target = ("127.0.0.1", port)
+        # As a laptop that sleeps for good: when the client goes, the server side stays open and
+        # what the server still sends is read and dropped (its sessions go on to their end).
+        self.outlive_client = outlive_client
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.port: int = self._listener.getsockname()[1]
         self.links: list[_Link] = []
@@ -487,12 +490,13 @@ class Valve:
             for src, dst, way in ((client, link.server, "up"), (link.server, client, "down")):
                 threading.Thread(target=self._pump, args=(link, src, dst, way), daemon=True).start()
 
-    @staticmethod
-    def _pump(link: _Link, src: socket.socket, dst: socket.socket, way: str) -> None:
+    def _pump(self, link: _Link, src: socket.socket, dst: socket.socket, way: str) -> None:
         try:
             while True:
                 data = src.recv(65536)
                 if not data:
+                    if self.outlive_client and way == "up":
+                        return  # the client went: the server never hears of it
                     break
                 budget = link.budget.get(way)
                 if budget is not None and len(data) >= budget:
@@ -503,9 +507,17 @@ class Valve:
                     return
                 if budget is not None:
                     link.budget[way] = budget - len(data)
-                dst.sendall(data)
+                try:
+                    dst.sendall(data)
+                except OSError:
+                    if not (self.outlive_client and way == "down"):
+                        raise
+                    while src.recv(65536):  # the client went: drop what the server sends
+                        pass
+                    break
         except OSError:
-            pass
+            if self.outlive_client and way == "up":
+                return
         link.close()
 
     @property

@@ -228,7 +228,7 @@ def test_login_run_killed_on_the_cluster_ends_failed_with_its_log(
         try:
             wait_until(gated.building, "pip building the gated package", guard_s=300)
             run_dir = wait_until(lambda: _run_dir_of(venv), "the run directory")
-            pid = int((run_dir / "setup-env.pid").read_text())
+            pid = int((run_dir / "setup-env.pid").read_text().split()[0])
             os.killpg(os.getpgid(pid), signal.SIGKILL)
         finally:
             gated.release()  # whatever happened, the install does not wait forever
@@ -260,7 +260,7 @@ def test_ctrl_c_cancels_the_login_run_and_stops_it_on_the_cluster(
     assert run["state"] == "CANCELLED"
     run_dir = Path(run["run_dir"])
     assert "interrupted (Ctrl-C)" in (run_dir / "setup-env.log").read_text()
-    pid = int((run_dir / "setup-env.pid").read_text())
+    pid = int((run_dir / "setup-env.pid").read_text().split()[0])
     assert not alive(pid)
     assert not subprocess.run(["pgrep", "-f", str(venv)], capture_output=True).stdout
     assert not (venv / ".hpcjob-env.json").exists()

@@ -52,7 +52,7 @@ def test_sigkilled_setup_env_over_ssh_ends_failed(
             lambda: (s := status())[0]["state"] != "RUNNING" and s, "the run ended"
         )
         assert (run["state"], run["reason"]) == ("FAILED", killed), (run, notes)
-        pid = int((Path(run["run_dir"]) / "setup-env.pid").read_text())
+        pid = int((Path(run["run_dir"]) / "setup-env.pid").read_text().split()[0])
         assert not alive(pid)
         assert not (venv / ".hpcjob-env.json").exists()  # the venv stays marked unfinished
     finally:

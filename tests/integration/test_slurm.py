@@ -131,7 +131,7 @@ def test_status_is_one_squeue_and_at_most_one_sacct(user: UserSession, tmp_path:
     shims = user.home / "shims"
     shims.mkdir()
     log = user.home / "calls.log"
-    for command in ("squeue", "sacct", "sbatch", "sinfo", "scancel"):
+    for command in ("squeue", "sacct", "sbatch", "sinfo", "scancel", "scontrol"):
         shim = shims / command
         shim.write_text(f'#!/bin/sh\necho {command} >> "{log}"\nexec /usr/bin/{command} "$@"\n')
         shim.chmod(0o755)
@@ -144,6 +144,7 @@ def test_status_is_one_squeue_and_at_most_one_sacct(user: UserSession, tmp_path:
     assert len(status.json()) == 5
     calls = log.read_text().split()
     assert calls.count("squeue") == 1 and calls.count("sacct") <= 1, calls
+    assert "scontrol" not in calls, calls  # the cluster's name was learned once, at submit
     assert json.loads(status.stdout)[0]["state"] in ("PENDING", "RUNNING")
 
 

@@ -329,6 +329,11 @@ def test_the_dry_run_line_without_a_tool_is_the_ledger_variant(tmp_path: Path) -
     from hpcjob.insight.budget import budget_line
 
     ctx, _ = cluster_context(tmp_path, probe_output(None))
+    assert budget_line(ctx, Cost("rome", 16.0, 1.0), "acct_a").startswith(
+        "budget: unknown (the cluster's own budget tool (accinfo, budget-overview) was not "
+        "found); hpcjob's runs of profile cluster spent 0 SBU on account acct_a; this job"
+    )
+    assert not ctx.settings.ledger_path.exists()  # a dry run creates no ledger
     ran(ctx, "acct_a", 3600, "2026-11-02T10:00:00Z")
     assert budget_line(ctx, Cost("rome", 16.0, 1.0), "acct_a") == (
         "budget: unknown (the cluster's own budget tool (accinfo, budget-overview) was not "

@@ -122,7 +122,9 @@ def _row(budget: Budget, source: str, checked_at: str, note: str | None = None) 
 def ledger_rows(ctx: Context, account: str | None, why: str = NOT_FOUND) -> list[dict[str, Any]]:
     """What hpcjob's runs of this profile cost, per account (a run's own, else `(default)`),
     since the first of them started; `account`: that account's alone (a row even if nothing)."""
-    runs = ctx.ledger.list_runs(profile=ctx.profile.name, limit=None)
+    # A dry run before the first submission must not create the ledger just to find it empty.
+    exists = ctx.settings.ledger_path.exists()
+    runs = ctx.ledger.list_runs(profile=ctx.profile.name, limit=None) if exists else []
     spent: dict[str | None, list[cost.Cost]] = {}
     first: dict[str | None, str] = {}
     for run in runs:

@@ -125,6 +125,8 @@ _FIELDS = (  # (field, words that name it); the first field whose word a key hol
     ("account", ("account", "project")),
 )
 _NOT_NUMBERS = ("valid", "date", "from", "start", "description", "name", "login", "email")
+_FIELD_RES = [(name, re.compile(rf"\b(?:{'|'.join(names)})\b")) for name, names in _FIELDS]
+_NOT_NUMBER_RE = re.compile(rf"\b(?:{'|'.join(_NOT_NUMBERS)})\b")
 
 
 def field_of(key: str) -> str | None:
@@ -132,10 +134,9 @@ def field_of(key: str) -> str | None:
     words = " ".join(re.findall(r"[a-z]+", key.lower()))
     if not words:
         return None
-    for name, names in _FIELDS:
-        if any(re.search(rf"\b{n}\b", words) for n in names):
-            numeric = name.endswith("_sbu")
-            if numeric and any(re.search(rf"\b{w}\b", words) for w in _NOT_NUMBERS):
+    for name, pattern in _FIELD_RES:
+        if pattern.search(words):
+            if name.endswith("_sbu") and _NOT_NUMBER_RE.search(words):
                 continue  # `Valid from`, `Budget name`: not an amount
             return name
     return None

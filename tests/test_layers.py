@@ -22,6 +22,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
         "hpcjob.jobstate",
         "hpcjob.resources",
         "hpcjob.cost",
+        "hpcjob.budget",
         "hpcjob.config",
         "hpcjob.slurm",
         "hpcjob.spec",

@@ -20,7 +20,7 @@ from hpcjob.cli.options import (
     WorkloadArgs,
     with_blocks,
 )
-from hpcjob.cli.output import Sink, info, print_text
+from hpcjob.cli.output import Sink, info, print_text, warn
 from hpcjob.cli.root import app, command
 from hpcjob.cli.session import conclude, run_session, session, stopped, wait_and_conclude
 from hpcjob.errors import HpcjobError
@@ -198,9 +198,24 @@ def _submit(
             f"output: {run.output_path}"
         )
         sink.say(estimate_text(context, run))
+        _warn_over_budget(context, prepared)
     except KeyboardInterrupt:  # the job is queued all the same
         raise stopped(run) from None
     wait_and_conclude(context, sink, run, wait=wait)
+
+
+def _warn_over_budget(context: Any, prepared: Any) -> None:
+    """A warning, at once (before any --wait), when the job may cost more than its account has
+    left: warned, not refused — accinfo lags behind."""
+    from rich.markup import escape
+
+    from hpcjob.insight.budget import over_budget
+    from hpcjob.run.origin import sbu_estimate
+
+    account = prepared.spec.resources.account
+    warning = over_budget(context, sbu_estimate(context, prepared), account)
+    if warning:
+        warn(escape(warning))
 
 
 def _project_dir(project: str | None) -> Path | None:
@@ -221,11 +236,13 @@ def _show_dry_run(context: Any, sink: Sink, prepared: Any) -> None:
     from rich.markup import escape
 
     from hpcjob.cost import estimate_line
+    from hpcjob.insight.budget import budget_line
     from hpcjob.run.context import offline_notes
     from hpcjob.run.origin import sbu_estimate
 
     estimate = sbu_estimate(context, prepared)
     not_checked = offline_notes(context)
+    budget = budget_line(context, estimate, prepared.spec.resources.account)
 
     def show() -> None:
         print_text(prepared.script)
@@ -237,6 +254,7 @@ def _show_dry_run(context: Any, sink: Sink, prepared: Any) -> None:
         for note in not_checked:
             info(f"[yellow]not checked:[/] {escape(note)}")
         info(estimate_line(estimate))
+        info(escape(budget))
 
     summary = {
         "dry_run": True,
@@ -246,6 +264,7 @@ def _show_dry_run(context: Any, sink: Sink, prepared: Any) -> None:
         "run_dir": prepared.new_run.run_dir,
         "script": prepared.script,
         "sbu_estimate": estimate.to_dict(),
+        "budget": budget,
         "not_checked": not_checked,
     }
     sink.result(summary, show)

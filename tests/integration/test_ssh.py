@@ -248,7 +248,7 @@ def test_server_without_sftp_gets_a_plain_error(ssh_login: SSHLogin, tmp_path: P
 def test_submit_poll_output_and_cancel_through_slurm_scheduler(
     shell: SSHShell, remote_dir: str
 ) -> None:
-    scheduler = SlurmScheduler(shell, cluster="x")
+    scheduler = SlurmScheduler(shell, address="x")
     assert "rome" in {p.name for p in scheduler.partitions()}
     script = f"{remote_dir}/job.sh"
     shell.write_bytes(
@@ -535,7 +535,7 @@ def test_bashrc_noise_does_not_break_parsing(ssh_login: SSHLogin, shell: SSHShel
         assert "Welcome" not in result.stdout and "noise" not in result.stderr
         assert result.stdout.startswith("JOBID|JOBID|")
         slurm.parse_squeue(result.stdout)
-        assert SlurmScheduler(shell, cluster="x").partitions()
+        assert SlurmScheduler(shell, address="x").partitions()
     finally:
         bashrc.write_bytes(saved)
 

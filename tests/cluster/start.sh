@@ -203,8 +203,11 @@ launch() {
     : >>"$LOGS/$name.stderr"
     # The shell writes its own pid, then becomes CMD: the recorded pid is exactly the daemon's.
     # shellcheck disable=SC2016  # $$ and $@ are for the inner shell
-    # fd 9 (the lock) is closed, or the daemon would hold the lock for its lifetime.
-    setsid bash -c 'echo $$ >"$0"; exec "$@"' "$PIDS/$name.pid" "$@" \
+    # Every descriptor above 2 is closed: fd 9 (start.sh's lock), and whatever start.sh was given
+    # (`flock /tmp/hpcjob-cluster.lock start.sh` passes its lock as fd 3) — else the daemon holds
+    # that lock for its lifetime, and every later `flock` waits forever.
+    setsid bash -c 'echo $$ >"$0"; for fd in /proc/$$/fd/*; do fd=${fd##*/}; ((fd > 2)) &&
+        eval "exec $fd>&-"; done; exec "$@"' "$PIDS/$name.pid" "$@" \
         </dev/null >>"$LOGS/$name.stderr" 2>&1 9>&- &
     for ((i = 0; i < 100; i++)); do
         [[ -s $PIDS/$name.pid ]] && break

@@ -3,7 +3,8 @@
 Callers ask these capabilities, never the scheduler's name: whether jobs run on this machine
 (`jobs_run_here`: the embedded scheduler, whose files are cheap to read on every refresh), why
 accounting does not answer (`accounting_off`), and whether the last failed submit may have queued
-the job after all (`last_submit_ambiguous`).
+the job after all (`last_submit_ambiguous`), and which partitions the user's accounts may use
+(`account_access`).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from hpcjob.jobstate import JobInfo
 from hpcjob.shell import Shell
 
 if TYPE_CHECKING:
-    from hpcjob.slurm import Partition
+    from hpcjob.slurm import AccountAccess, Partition
 
 
 class Scheduler(Protocol):
@@ -50,6 +51,12 @@ class Scheduler(Protocol):
 
     def partitions(self) -> list[Partition] | None:
         """The partitions requests are checked against; None when any name runs (embedded)."""
+        ...
+
+    def account_access(self) -> AccountAccess | None:
+        """Which partitions each of the user's accounts may use (one query); None where there
+        are no accounts (embedded: any partition, any account). Where accounting cannot answer,
+        an `AccountAccess` whose `unknown` says why."""
         ...
 
     def close(self) -> None:

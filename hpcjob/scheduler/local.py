@@ -175,6 +175,10 @@ class LocalScheduler:
         """Any partition name runs here, on this machine."""
         return None
 
+    def account_access(self) -> None:
+        """No accounts here: any partition, any account."""
+        return None
+
     def close(self) -> None:
         self.shell.close()
 

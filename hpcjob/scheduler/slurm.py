@@ -167,6 +167,13 @@ class SlurmScheduler:
             raise command_error(result, "Asking Slurm for its partitions (sinfo)")
         return slurm.parse_sinfo(result.stdout)
 
+    def account_access(self) -> slurm.AccountAccess:
+        """One command for the user's associations, default account, groups and the partitions'
+        access lists; a part that fails (sacctmgr with accounting off) is `unknown`, never an
+        error: a submit does not wait on it."""
+        result = self.shell.run(slurm.access_argv(), check=False, timeout=60, idempotent=True)
+        return slurm.parse_access(result.stdout)
+
 
 # sbatch's clear "no": nothing was queued (anything else may have been, see submit()).
 _REJECTIONS = frozenset(

@@ -317,7 +317,7 @@ def test_partition_rows_name_the_accounts_that_may_use_each() -> None:
     found = slurm.parse_sinfo(recorded("access_sinfo").stdout)
     rows = {row["partition"]: row for row in partition_rows(found, access_of())}
     assert rows["gpu_course"]["accounts"] == ["hpctest_course"]
-    assert rows["thin_course"]["your_accounts"] == "none of yours"
+    assert rows["thin_course"]["your_accounts"] == "-"
     assert rows["rome"]["your_accounts"] == "hpctest_course, hpctest_acct"
     unknown = partition_rows(found, access_of("access_accounting_off"))
     assert {row["accounts"] for row in unknown} == {None}

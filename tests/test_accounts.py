@@ -51,11 +51,13 @@ def test_the_recorded_query_gives_each_account_its_partitions() -> None:
 
 def test_each_part_of_the_query_parses_on_its_own() -> None:
     parts = slurm._access_parts(recorded("access_course").stdout)
-    assert slurm.parse_default_account(parts["default"][1]) == "hpctest_acct"
-    assert slurm.parse_associations(parts["assoc"][1]) == [
-        Association("hpcjobtest", "hpctest_course", None, ("normal",)),
-        Association("hpcjobtest", "hpctest_acct", None, ("normal",)),
-    ]
+    assert slurm.parse_user_associations(parts["assoc"][1]) == (
+        "hpctest_acct",
+        [
+            Association("hpcjobtest", "hpctest_course", None, ("normal",)),
+            Association("hpcjobtest", "hpctest_acct", None, ("normal",)),
+        ],
+    )
     access = {p.name: p for p in slurm.parse_partition_access(parts["partitions"][1])}
     assert access["rome"] == PartitionAccess("rome")  # ALL everywhere
     assert access["gpu_course"].allow_accounts == ("hpctest_course",)
@@ -90,13 +92,13 @@ def test_a_cut_off_answer_is_unknown_not_a_guess() -> None:
 
 def test_associations_of_another_cluster_are_left_out() -> None:
     text = recorded("access_course").stdout.replace(
-        "hpcjobtest|hpctest_course", "othercluster|hpctest_course"
+        "|hpcjobtest|hpctest_course|", "|othercluster|hpctest_course|"
     )
     assert slurm.parse_access(text).accounts == ["hpctest_acct"]
 
 
 def test_no_association_on_this_cluster_is_unknown() -> None:
-    text = recorded("access_course").stdout.replace("hpcjobtest|", "othercluster|")
+    text = recorded("access_course").stdout.replace("|hpcjobtest|", "|othercluster|")
     access = slurm.parse_access(text)
     assert access.unknown is not None and "no association for user hpctest" in access.unknown
 

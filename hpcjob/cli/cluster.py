@@ -21,7 +21,7 @@ _PARTITION_COLUMNS = (
     ("mem_per_node", "memory/node"),
     ("gpus", "GPUs/node"),
     ("state", "state"),
-    ("your_accounts", "your accounts"),
+    ("your_accounts", "accounts"),
 )
 
 

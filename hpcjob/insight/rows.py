@@ -30,7 +30,7 @@ def partition_row(part: Partition, accounts: list[str] | None = None) -> dict[st
     """A partition as `hpcjob partitions` shows it (same keys in the table and in --json);
     `accounts`: the user's accounts that may use it (None: not known)."""
     gpus = ", ".join(f"{n}× {kind}" for kind, n in sorted(part.gpus_per_node.items()))
-    shown = "?" if accounts is None else ", ".join(accounts) or "none of yours"
+    shown = "?" if accounts is None else ", ".join(accounts) or "-"
     return {
         "name": part.name + ("*" if part.is_default else ""),  # sinfo marks the default so
         "partition": part.name,

@@ -401,7 +401,7 @@ def record_sinfo() -> None:
 
 
 def record_access() -> None:
-    """The accounts query (one command: groups, cluster, default account, associations, the
+    """The accounts query (one command: groups, cluster, the default account and associations, the
     partitions' access lists) as the test user, who is in hpctest_acct (default) and
     hpctest_course; start.sh makes gpu_course for hpctest_course and thin_course for
     other_course. Then sacctmgr that cannot answer, through a copy of slurm.conf (SLURM_CONF):

@@ -953,6 +953,7 @@ def parse_scancel_errors(stderr: str) -> list[ScancelFailure]:
 # line with its command's exit status, so that one failing part (sacctmgr with accounting off)
 # leaves the others readable.
 ACCESS_MARKER = "@@hpcjob-access"
+ACCESS_TIMEOUT_S = 20  # a hung slurmdbd must not hold a submit: `timeout` ends sacctmgr (124)
 # One sacctmgr call (each costs ~0.3 s): the user's default account on every association row.
 ASSOC_FORMAT = "user,defaultaccount,cluster,account,partition,qos"
 ASSOC_HEADER = "User|Def Acct|Cluster|Account|Partition|QOS"
@@ -964,8 +965,8 @@ user=$(id -un)
 part user id -un
 part groups id -Gn
 part cluster cluster_name
-part assoc sacctmgr -P show user "$user" withassoc format={ASSOC_FORMAT}
-part partitions scontrol -o show partition
+part assoc timeout {ACCESS_TIMEOUT_S} sacctmgr -P show user "$user" withassoc format={ASSOC_FORMAT}
+part partitions timeout {ACCESS_TIMEOUT_S} scontrol -o show partition
 """
 
 
@@ -1154,7 +1155,7 @@ def parse_access(text: str) -> AccountAccess:
         status, out = parts[name]
         if status != 0:
             command = "scontrol" if name == "partitions" else "sacctmgr"
-            return AccountAccess(user, None, unknown=_first_error(command, out))
+            return AccountAccess(user, None, unknown=_first_error(command, status, out))
     cluster = parts.get("cluster", (1, ""))
     default, associations = parse_user_associations(parts["assoc"][1])
     if cluster[0] == 0 and cluster[1].strip():
@@ -1184,7 +1185,9 @@ def _access_parts(text: str) -> dict[str, tuple[int, str]]:
     return {name: (status, "\n".join(lines)) for name, (status, lines) in parts.items()}
 
 
-def _first_error(command: str, out: str) -> str:
+def _first_error(command: str, status: int, out: str) -> str:
+    if status == 124:
+        return f"{command} did not answer within {ACCESS_TIMEOUT_S} s"
     lines = [line.strip() for line in out.splitlines() if line.strip()]
     errors = [line for line in lines if "error" in line.lower()] or lines
     return f"{command} did not answer: {errors[0][:200]}" if errors else f"{command} failed"

@@ -103,6 +103,23 @@ def test_no_association_on_this_cluster_is_unknown() -> None:
     assert access.unknown is not None and "no association for user hpctest" in access.unknown
 
 
+def test_a_part_that_timed_out_says_so() -> None:
+    text = recorded("access_course").stdout
+    head, tail = text.split("@@hpcjob-access assoc 0\n", 1)
+    cut = head + "@@hpcjob-access assoc 124\n" + tail[tail.index("@@hpcjob-access partitions") :]
+    assert slurm.parse_access(cut).unknown == "sacctmgr did not answer within 20 s"
+
+
+class BrokenShell(ReplayShell):
+    def run(self, argv: Any, **kw: Any) -> Any:
+        raise HpcjobError(f"`{' '.join(argv)}` did not answer within 60 s.")
+
+
+def test_a_query_that_does_not_come_back_is_unknown_not_an_error() -> None:
+    access = SlurmScheduler(BrokenShell({}), "c").account_access()
+    assert access.unknown == "the accounts query failed: no answer within 60 s"
+
+
 # -- the access function ---------------------------------------------------------------------
 
 

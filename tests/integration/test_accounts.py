@@ -36,15 +36,19 @@ def course_cluster(cluster: dict[str, str]) -> None:
     )
 
 
-def _jobs(user: UserSession) -> str:
-    return user.as_user("squeue", "--me", "-h", "-o", "%i %P").stdout.strip()
+def _named(user: UserSession, name: str) -> list[str]:
+    """The test user's jobs of that name, queued or in accounting (other tests may have jobs)."""
+    queue = user.as_user("squeue", "--me", "-h", "--states=all", "-o", "%j").stdout.split()
+    acct = ["sacct", "-X", "-n", "-P", "-o", "JobName", "--starttime", "now-1hours"]
+    return [n for n in queue + user.as_user(*acct).stdout.split() if n == name]
 
 
 def test_a_partition_no_account_of_the_user_may_use_is_refused_before_sbatch(
     user: UserSession,
 ) -> None:
+    name = f"accounts-{uuid.uuid4().hex[:8]}"
     for dry in ([], ["--dry-run"]):
-        refused = user.hpcjob("submit", "gpu-check", "-p", "thin_course", *dry)
+        refused = user.hpcjob("submit", "gpu-check", "-p", "thin_course", "--job-name", name, *dry)
         assert refused.exit_code == 2, refused.stderr
         assert (
             f"account {DEFAULT} (your default) may not use partition thin_course; it may use: "
@@ -53,22 +57,27 @@ def test_a_partition_no_account_of_the_user_may_use_is_refused_before_sbatch(
         assert f"None of your accounts ({COURSE}, {DEFAULT})" in refused.stderr
         assert "Traceback" not in refused.stderr and "sbatch" not in refused.stderr
     assert user.hpcjob("runs", "--json").json() == []
-    assert _jobs(user) == ""
+    assert _named(user, name) == []
 
 
 def test_an_account_the_user_does_not_have_is_refused_with_their_accounts(
     user: UserSession,
 ) -> None:
-    refused = user.hpcjob("submit", "gpu-check", "-p", "rome", "--account", "other_course")
+    name = f"accounts-{uuid.uuid4().hex[:8]}"
+    refused = user.hpcjob(
+        "submit", "gpu-check", "-p", "rome", "--account", "other_course", "--job-name", name
+    )
     assert refused.exit_code == 2, refused.stderr
     assert f"you have no account other_course on this cluster; yours: {COURSE}, {DEFAULT}" in (
         refused.stderr
     )
-    wrong = user.hpcjob("submit", "gpu-check", "-p", "gpu_course", "--account", DEFAULT)
+    wrong = user.hpcjob(
+        "submit", "gpu-check", "-p", "gpu_course", "--account", DEFAULT, "--job-name", name
+    )
     assert wrong.exit_code == 2, wrong.stderr
     assert f"Submit with --account {COURSE}" in wrong.stderr
     assert user.hpcjob("runs", "--json").json() == []
-    assert _jobs(user) == ""
+    assert _named(user, name) == []
 
 
 def test_the_course_account_is_picked_for_gpu_course_and_the_job_runs_with_it(

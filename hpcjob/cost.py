@@ -48,6 +48,26 @@ SNELLIUS_SBU_RATES: dict[str, dict[str, Any]] = {
         "cores_per_gpu": 9,
         "mem_gib_per_unit": 60.0,
     },
+    # The course partitions' rates are not published (docs/decisions.md, "Course partitions"):
+    # assumed, and said so with every estimate. gpu_course's A100 MIG 1g.5gb slice is smaller
+    # than gpu_mig's, so gpu_mig's price per slice is the most it can cost — an estimate that
+    # errs high, never low, against a course budget.
+    "gpu_course": {
+        "sbu_per_hour": 64.0,
+        "per": "gpu",
+        "min_units": 1,
+        "cores_per_gpu": 9,
+        "mem_gib_per_unit": 60.0,
+        "assumed": "gpu_course's rate is not published; gpu_mig's (64 SBU per MIG slice-hour) "
+        "is used, an upper bound for a smaller 1g.5gb slice",
+    },
+    "thin_course": {
+        "sbu_per_hour": 1.0,
+        "per": "core",
+        "min_units": 16,
+        "mem_gib_per_unit": 1.75,
+        "assumed": "thin_course's rate is not published; thin's (1 SBU per core-hour) is used",
+    },
 }
 
 _UNITS = ("core", "gpu")
@@ -69,6 +89,8 @@ class Rate:
     mem_gib_per_unit: float | None = None  # memory that comes with one unit
     exclusive: bool = False  # whole nodes only
     node_units: int | None = None  # units in a whole node (exclusive partitions)
+    # Why the rate is a guess (the site does not publish it), said with every cost made of it.
+    assumed: str | None = None
 
 
 @dataclass(frozen=True)
@@ -94,6 +116,7 @@ class Cost:
     sbu_per_hour: float | None = None
     note: str | None = None  # why no number, or what was billed beyond the request
     attempts: int = 1  # the jobs it adds up (an --auto-requeue run's attempts)
+    assumed: str | None = None  # the rate's `assumed`: why its number is a guess
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -133,6 +156,8 @@ def _rate(partition: str, value: Any, where: str) -> Rate:
             raise HpcjobError(f"{where}.{key} must be a number, got {value[key]!r}.")
     if "exclusive" in value and not isinstance(value["exclusive"], bool):
         raise HpcjobError(f"{where}.exclusive must be true or false.")
+    if "assumed" in value and not isinstance(value["assumed"], str):
+        raise HpcjobError(f"{where}.assumed must be text: why the rate is a guess.")
     per = value.get("per", "gpu" if "gpu" in partition.lower() else "core")
     return _checked(Rate(partition, **{**value, "per": per}), where)
 
@@ -168,6 +193,8 @@ def gpu_share(rates: dict[str, Rate], partition: str | None, gpus: int) -> GpuSh
     GPU) or no GPU is asked."""
     rate = rates.get(partition) if partition else None
     if rate is None or rate.per != "gpu" or gpus < 1:
+        return None
+    if rate.assumed:  # a guessed price says nothing of how the node is shared: ask for nothing
         return None
     if not rate.cores_per_gpu or not rate.mem_gib_per_unit:
         return None
@@ -243,6 +270,7 @@ def cost(rates: dict[str, Rate], req: Request, seconds: float) -> Cost:
         per=rate.per,
         sbu_per_hour=rate.sbu_per_hour,
         note=note,
+        assumed=rate.assumed,
     )
 
 
@@ -272,20 +300,26 @@ def estimate_line(estimate: Cost) -> str:
     return (
         f"≈ {sbu_text(estimate.sbu)} SBU (max, at the time limit: {estimate.hours:.3g} h × "
         f"{_units(estimate.units or 0, estimate.per or 'unit')} × {estimate.sbu_per_hour:g} "
-        f"SBU/h{extra})"
+        f"SBU/h{extra})" + assumed_text(estimate)
     )
+
+
+def assumed_text(figure: Cost) -> str:
+    """` (rate assumed: …)` after a cost whose rate is a guess; empty otherwise."""
+    return f" (rate assumed: {figure.assumed})" if figure.assumed else ""
 
 
 def actual_line(actual: Cost) -> str:
     if actual.sbu is None:
         return _no_number(actual.note)
     if actual.units is None or actual.sbu_per_hour is None:  # a sum (an array's tasks)
-        return f"{sbu_text(actual.sbu)} SBU ({actual.note})"
+        return f"{sbu_text(actual.sbu)} SBU ({actual.note})" + assumed_text(actual)
     return (
         f"{sbu_text(actual.sbu)} SBU ({actual.hours * 60:.1f} min × "
         f"{_units(actual.units, actual.per or 'unit')} × {actual.sbu_per_hour:g} SBU/h"
         + (f"; {actual.attempts} attempts" if actual.attempts > 1 else "")
         + ")"
+        + assumed_text(actual)
     )
 
 

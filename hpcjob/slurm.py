@@ -967,3 +967,250 @@ def parse_cluster_name(text: str) -> str:
         "`scontrol show config` printed no ClusterName line"
         + (f" (it printed: {text.strip()[:200]!r})." if text.strip() else " (it printed nothing).")
     )
+
+
+# ------------------------------------------------------------------ accounts and partitions
+# Which partitions each of the user's accounts may use, from one remote command (one SSH round
+# trip): the user's associations (sacctmgr), their default account, the partitions' access lists
+# (scontrol), the user's groups and the cluster's name. Each part is printed behind a marker
+# line with its command's exit status, so that one failing part (sacctmgr with accounting off)
+# leaves the others readable.
+ACCESS_MARKER = "@@hpcjob-access"
+ACCESS_TIMEOUT_S = 20  # a hung slurmdbd must not hold a submit: `timeout` ends sacctmgr (124)
+# One sacctmgr call (each costs ~0.3 s): the user's default account on every association row.
+ASSOC_FORMAT = "user,defaultaccount,cluster,account,partition,qos"
+ASSOC_HEADER = "User|Def Acct|Cluster|Account|Partition|QOS"
+ACCESS_SCRIPT = f"""\
+part() {{ name=$1; shift; out=$("$@" 2>&1); echo "{ACCESS_MARKER} $name $?"; \
+printf '%s\\n' "$out"; }}
+cluster_name() {{ scontrol show config | sed -n 's/^ClusterName *= *//p'; }}
+user=$(id -un)
+part user id -un
+part groups id -Gn
+part cluster cluster_name
+part assoc timeout {ACCESS_TIMEOUT_S} sacctmgr -P show user "$user" withassoc format={ASSOC_FORMAT}
+part partitions timeout {ACCESS_TIMEOUT_S} scontrol -o show partition
+"""
+
+
+def access_argv() -> list[str]:
+    """The one command that asks for everything `parse_access` reads."""
+    return ["bash", "-c", ACCESS_SCRIPT, "hpcjob-access"]
+
+
+@dataclass(frozen=True)
+class Association:
+    """One of the user's associations (sacctmgr): an account, on a cluster, maybe only for one
+    partition, with the QOS it may use."""
+
+    cluster: str
+    account: str
+    partition: str | None  # None: every partition
+    qos: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class PartitionAccess:
+    """Who may use a partition (scontrol show partition): None stands for ALL."""
+
+    name: str
+    allow_accounts: tuple[str, ...] | None = None
+    deny_accounts: tuple[str, ...] = ()
+    allow_groups: tuple[str, ...] | None = None
+    allow_qos: tuple[str, ...] | None = None
+    deny_qos: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class AccountAccess:
+    """Which partitions each of the user's accounts may use, or why that is not known
+    (`unknown`: sacctmgr could not answer — accounting off, or not allowed)."""
+
+    user: str
+    default_account: str | None
+    partitions: dict[str, tuple[str, ...]] = field(default_factory=dict)  # account → usable
+    known_partitions: tuple[str, ...] = ()  # every partition scontrol showed
+    unknown: str | None = None
+
+    @property
+    def accounts(self) -> list[str]:
+        return list(self.partitions)
+
+    def may_use(self, account: str, partition: str) -> bool:
+        return partition in self.partitions.get(account, ())
+
+    def accounts_for(self, partition: str) -> list[str]:
+        """The user's accounts that may use `partition`."""
+        return [a for a, usable in self.partitions.items() if partition in usable]
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "user": self.user,
+            "default_account": self.default_account,
+            "partitions": {a: list(p) for a, p in self.partitions.items()},
+            "known_partitions": list(self.known_partitions),
+            "unknown": self.unknown,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, object]) -> AccountAccess:
+        """The cached form back; anything malformed is a ValueError (the cache is asked again)."""
+        partitions = data.get("partitions")
+        known = data.get("known_partitions")
+        user, default, unknown = data.get("user"), data.get("default_account"), data.get("unknown")
+        if not isinstance(partitions, dict) or not isinstance(known, list):
+            raise ValueError("not an account-access record")
+        if not isinstance(user, str) or not all(
+            isinstance(v, (str, type(None))) for v in (default, unknown)
+        ):
+            raise ValueError("not an account-access record")
+        return cls(
+            user=user,
+            default_account=default,  # type: ignore[arg-type]
+            partitions={str(a): tuple(map(str, p)) for a, p in partitions.items()},
+            known_partitions=tuple(map(str, known)),
+            unknown=unknown,  # type: ignore[arg-type]
+        )
+
+
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(n for n in (part.strip() for part in text.split(",")) if n)
+
+
+def _all_or_names(text: str | None) -> tuple[str, ...] | None:
+    """scontrol's `ALL` (or nothing) as None, else the names."""
+    if text is None or text.strip().upper() in ("ALL", ""):
+        return None
+    return _names(text)
+
+
+def parse_user_associations(text: str) -> tuple[str | None, list[Association]]:
+    """`sacctmgr -P show user U withassoc format=ASSOC_FORMAT` → the user's default account
+    and associations."""
+    command = "sacctmgr show user"
+    header, rows = _table(text, lambda line: line == ASSOC_HEADER, command)
+    default, out = None, []
+    for raw in rows:
+        _user, their_default, cluster, account, partition, qos = _fit(
+            raw, len(header), command, False
+        )
+        default = default or _none_if(their_default)
+        if account.strip():
+            out.append(
+                Association(cluster.strip(), account.strip(), _none_if(partition), _names(qos))
+            )
+    return default, out
+
+
+def parse_partition_access(text: str) -> list[PartitionAccess]:
+    """`scontrol -o show partition`: one line of `Key=Value` words per partition."""
+    out = []
+    for line in text.splitlines():
+        if not line.startswith("PartitionName="):
+            continue  # a login banner, or nothing
+        fields = dict(word.split("=", 1) for word in line.split() if "=" in word)
+        out.append(
+            PartitionAccess(
+                name=fields["PartitionName"],
+                allow_accounts=_all_or_names(fields.get("AllowAccounts")),
+                deny_accounts=_names(fields.get("DenyAccounts", "")),
+                allow_groups=_all_or_names(fields.get("AllowGroups")),
+                allow_qos=_all_or_names(fields.get("AllowQos")),
+                deny_qos=_names(fields.get("DenyQos", "")),
+            )
+        )
+    return out
+
+
+def usable_partitions(
+    associations: Sequence[Association],
+    partitions: Sequence[PartitionAccess],
+    groups: Sequence[str] | None = None,
+) -> dict[str, tuple[str, ...]]:
+    """Which partitions each account of the user may use: those its associations allow (an
+    association for one partition restricts the account to such partitions), whose
+    AllowAccounts/DenyAccounts let the account in, whose AllowQos/DenyQos let one of its QOS in,
+    and whose AllowGroups hold one of the user's groups (when the groups are known)."""
+    by_account: dict[str, list[Association]] = {}
+    for assoc in associations:
+        by_account.setdefault(assoc.account, []).append(assoc)
+    return {
+        account: tuple(p.name for p in partitions if _may_use(assocs, p, groups))
+        for account, assocs in by_account.items()
+    }
+
+
+def _may_use(
+    assocs: Sequence[Association], part: PartitionAccess, groups: Sequence[str] | None
+) -> bool:
+    account = assocs[0].account
+    if part.allow_accounts is not None and account not in part.allow_accounts:
+        return False
+    if account in part.deny_accounts:
+        return False
+    if (
+        groups is not None
+        and part.allow_groups is not None
+        and not set(groups) & set(part.allow_groups)
+    ):
+        return False
+    matching = [a for a in assocs if a.partition in (None, part.name)]
+    if not matching:
+        return False
+    qos = {q for a in matching for q in a.qos}
+    if not qos:  # no QOS named: nothing to hold against the partition's lists
+        return True
+    allowed = qos if part.allow_qos is None else qos & set(part.allow_qos)
+    return bool(allowed - set(part.deny_qos))
+
+
+def parse_access(text: str) -> AccountAccess:
+    """What `access_argv()` printed: the user's accounts and the partitions each may use, or —
+    where sacctmgr or scontrol did not answer — why that is not known."""
+    parts = _access_parts(text)
+    user = (parts.get("user") or (0, ""))[1].strip()
+    missing = [name for name in ("user", "assoc", "partitions") if name not in parts]
+    if missing:
+        shown = text.strip().splitlines()[-1][:200] if text.strip() else "nothing"
+        why = f"the accounts query printed no {missing[0]} part (last line: {shown!r})"
+        return AccountAccess(user=user, default_account=None, unknown=why)
+    for name in ("assoc", "partitions"):
+        status, out = parts[name]
+        if status != 0:
+            command = "scontrol" if name == "partitions" else "sacctmgr"
+            return AccountAccess(user, None, unknown=_first_error(command, status, out))
+    cluster = parts.get("cluster", (1, ""))
+    default, associations = parse_user_associations(parts["assoc"][1])
+    if cluster[0] == 0 and cluster[1].strip():
+        associations = [a for a in associations if a.cluster == cluster[1].strip()]
+    if not associations:
+        why = f"sacctmgr shows no association for user {user or '?'} on this cluster"
+        return AccountAccess(user, None, unknown=why)
+    access = parse_partition_access(parts["partitions"][1])
+    groups = parts["groups"][1].split() if parts.get("groups", (1, ""))[0] == 0 else None
+    usable = usable_partitions(associations, access, groups)
+    if default not in usable:
+        default = next(iter(usable)) if len(usable) == 1 else None
+    return AccountAccess(user, default, usable, tuple(p.name for p in access))
+
+
+def _access_parts(text: str) -> dict[str, tuple[int, str]]:
+    """The marked parts of the access query's output: name → (exit status, text)."""
+    parts: dict[str, tuple[int, list[str]]] = {}
+    current: list[str] | None = None
+    for line in text.splitlines():
+        words = line.split()
+        if len(words) == 3 and words[0] == ACCESS_MARKER and words[2].lstrip("-").isdigit():
+            current = []
+            parts[words[1]] = (int(words[2]), current)
+        elif current is not None:
+            current.append(line.rstrip("\r"))
+    return {name: (status, "\n".join(lines)) for name, (status, lines) in parts.items()}
+
+
+def _first_error(command: str, status: int, out: str) -> str:
+    if status == 124:
+        return f"{command} did not answer within {ACCESS_TIMEOUT_S} s"
+    lines = [line.strip() for line in out.splitlines() if line.strip()]
+    errors = [line for line in lines if "error" in line.lower()] or lines
+    return f"{command} did not answer: {errors[0][:200]}" if errors else f"{command} failed"

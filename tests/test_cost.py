@@ -73,9 +73,9 @@ def test_exclusive_partitions_bill_whole_nodes() -> None:
 
 
 def test_unknown_partition_says_how_to_set_a_rate() -> None:
-    spent = cost(SNELLIUS, Request("gpu_course", cores=1, gpus=1), HOUR)
+    spent = cost(SNELLIUS, Request("gpu_vis", cores=1, gpus=1), HOUR)
     assert spent.sbu is None
-    assert spent.note == "no SBU rate for partition gpu_course (set sbu_rates in the profile)"
+    assert spent.note == "no SBU rate for partition gpu_vis (set sbu_rates in the profile)"
     assert estimate_line(spent) == f"cost: {spent.note}"
     assert cost(SNELLIUS, Request(None), HOUR).sbu is None
 
@@ -102,6 +102,7 @@ def test_short_numbers_and_rates_as_plain_numbers() -> None:
         ({"rome": {"sbu_per_hour": 1, "per": "node"}}, "per must be 'core' or 'gpu'"),
         ({"rome": {"sbu_per_hour": -1}}, "must not be negative"),
         ({"rome": {"sbu_per_hour": 1, "exclusive": True}}, "needs node_units"),
+        ({"rome": {"sbu_per_hour": 1, "assumed": True}}, "assumed must be text"),
         ("128", "must be a table of partition = rate"),
     ],
 )
@@ -172,9 +173,9 @@ def test_show_cost_reads_well_in_every_case() -> None:
     assert show(free, Cost(None, None, 0.01, note=NOT_BILLED)) == [
         "  not billed: the embedded scheduler runs jobs on this machine"
     ]
-    no_rate = cost(SNELLIUS, Request("gpu_course", gpus=1), HOUR)
-    assert show(no_rate, cost(SNELLIUS, Request("gpu_course", gpus=1), 60)) == [
-        "  unknown: no SBU rate for partition gpu_course (set sbu_rates in the profile)"
+    no_rate = cost(SNELLIUS, Request("gpu_vis", gpus=1), HOUR)
+    assert show(no_rate, cost(SNELLIUS, Request("gpu_vis", gpus=1), 60)) == [
+        "  unknown: no SBU rate for partition gpu_vis (set sbu_rates in the profile)"
     ]
     estimate = cost(SNELLIUS, Request("gpu_a100", gpus=1), HOUR)
     assert show(estimate, None) == [
@@ -288,3 +289,61 @@ def test_a_profile_without_share_info_gets_nothing_added(cli: Any, offline_home:
     assert added.exit_code == 0, added.stderr
     lines = header(added.json()["script"])
     assert "#SBATCH --cpus-per-task=8" in lines and "#SBATCH --mem=64G" in lines
+
+
+# -- course partitions: assumed rates, said so -------------------------------------------------
+
+
+def test_the_course_partitions_have_rates_marked_assumed() -> None:
+    gpu = cost(SNELLIUS, Request("gpu_course", cores=1, gpus=1), HOUR)
+    assert (gpu.sbu, gpu.sbu_per_hour) == (64, 64)  # gpu_mig's: the most a slice can cost
+    assert estimate_line(gpu) == (
+        "≈ 64.0 SBU (max, at the time limit: 1 h × 1 gpu × 64 SBU/h) (rate assumed: "
+        "gpu_course's rate is not published; gpu_mig's (64 SBU per MIG slice-hour) is used, an "
+        "upper bound for a smaller 1g.5gb slice)"
+    )
+    thin = cost(SNELLIUS, Request("thin_course", cores=4), HOUR)
+    assert thin.sbu == 16  # thin's: 16 cores at least
+    assert (
+        thin.assumed == "thin_course's rate is not published; thin's (1 SBU per core-hour) is used"
+    )
+    assert cost(SNELLIUS, Request("rome", cores=16), HOUR).assumed is None
+
+
+def test_show_says_where_a_rate_is_assumed() -> None:
+    estimate = cost(SNELLIUS, Request("thin_course", cores=16), HOUR)
+    actual = cost(SNELLIUS, Request("thin_course", cores=16), 1800)
+    estimate_shown, actual_shown = show(estimate, actual)
+    assert estimate_shown.endswith(
+        "(rate assumed: thin_course's rate is not published; thin's (1 SBU per core-hour) is used)"
+    )
+    assert actual_shown.startswith(
+        "  actual    8.0 SBU (30.0 min × 16 cores × 1 SBU/h) (rate assumed:"
+    )
+
+
+def test_an_assumed_rate_fills_no_gpu_share() -> None:
+    from hpcjob.cost import gpu_share
+
+    # The price is a guess; how a course node is shared is not known: ask for nothing.
+    assert gpu_share(SNELLIUS, "gpu_course", 1) is None
+
+
+def test_a_profiles_own_course_rate_is_not_assumed(isolated_home: Path) -> None:
+    from hpcjob.config import profile_rates
+
+    write_config(isolated_home, "[profiles.snellius.sbu_rates]\ngpu_course = 32\n")
+    settings = load_settings()
+    snellius = resolve_profile(settings, profile_flag="snellius")
+    rates = profile_rates(settings, snellius, "snellius")
+    assert rates["gpu_course"].assumed is None and rates["thin_course"].assumed is not None
+
+
+def test_a_dry_run_on_a_course_partition_says_the_rate_is_assumed(
+    cli: Any, offline_home: Path
+) -> None:
+    write_config(offline_home, OFFLINE_SNELLIUS)
+    dry = cli(*TRAIN, "-P", "snellius", "-p", "gpu_course", "--gpus", "1", "--dry-run")
+    assert dry.exit_code == 0, dry.stderr
+    assert "(rate assumed: gpu_course's rate is not published" in dry.stderr
+    assert "brings" not in dry.stderr  # no share filled from a guessed rate

@@ -25,8 +25,9 @@ PCAM_FILES = [
 
 def cluster_context(tmp_path: Path, **profile: Any) -> tuple[Context, ReplayShell]:
     """A Slurm profile on a login node reached over a shell that replays the recorded sinfo of
-    the test cluster (rome, gpu_a100, gpu_h100, staging) and holds `shell.files`."""
-    shell = ReplayShell({"sinfo": [recorded("sinfo_idle")]})
+    the test cluster (rome, gpu_a100, gpu_h100, staging) and the user's accounts, and holds
+    `shell.files`."""
+    shell = ReplayShell({"sinfo": [recorded("sinfo_idle")], "bash": [recorded("access_course")]})
     values = {"scheduler": "slurm", "host": "login.example", "remote_root": "~/runs", **profile}
     ctx = Context(Settings(tmp_path / "home"), Profile("cluster", values))
     ctx._scheduler = SlurmScheduler(shell, "slurm:login.example")
@@ -104,7 +105,7 @@ class CountingShell(ReplayShell):
     """The replaying shell, counting the file look-ups (each a round trip over SSH)."""
 
     def __init__(self) -> None:
-        super().__init__({"sinfo": [recorded("sinfo_idle")]})
+        super().__init__({"sinfo": [recorded("sinfo_idle")], "bash": [recorded("access_course")]})
         self.lookups: list[str] = []
 
     def exists(self, path: str) -> bool:

@@ -21,14 +21,15 @@ _PARTITION_COLUMNS = (
     ("mem_per_node", "memory/node"),
     ("gpus", "GPUs/node"),
     ("state", "state"),
+    ("your_accounts", "accounts"),
 )
 
 
 @command(app)
 def partitions(profile: ProfileOpt = None, json_out: JsonOpt = False) -> None:
     """The cluster's partitions: time limit, nodes, CPUs, memory and GPUs per node, state."""
-    from hpcjob.insight.rows import partition_row
-    from hpcjob.run.context import cached_partitions
+    from hpcjob.insight.rows import partition_rows
+    from hpcjob.run.context import cached_access, cached_partitions
 
     sink = Sink(json_out)
     with session(profile) as context:
@@ -40,8 +41,11 @@ def partitions(profile: ProfileOpt = None, json_out: JsonOpt = False) -> None:
             )
             sink.result([])
             return
+        access = cached_access(context, refresh=True)
+        if access is not None and access.unknown:
+            info(f"Which of your accounts may use each partition is not known: {access.unknown}.")
         sink.rows(
-            [partition_row(p) for p in found],
+            partition_rows(found, access),
             columns=_PARTITION_COLUMNS,
             title=f"Partitions of profile {context.profile.name}",
         )

@@ -110,6 +110,7 @@ def _array_cost(ctx: Context, run: Run, estimate: dict[str, Any] | None) -> cost
         hours,
         note=f"sum of {len(known)} tasks that ran"
         + (f"; {missing} without a rate" if missing else ""),
+        assumed=next((c.assumed for c in known if c.assumed), None),  # "(rate assumed: …)"
     )
 
 

@@ -16,12 +16,21 @@ from hpcjob.run.refresh import refresh
 from hpcjob.spec import format_memory, format_time
 
 if TYPE_CHECKING:
-    from hpcjob.slurm import Partition
+    from hpcjob.slurm import AccountAccess, Partition
 
 
-def partition_row(part: Partition) -> dict[str, Any]:
-    """A partition as `hpcjob partitions` shows it (same keys in the table and in --json)."""
+def partition_rows(found: list[Partition], access: AccountAccess | None) -> list[dict[str, Any]]:
+    """`hpcjob partitions`' rows, each with the user's accounts that may use it where known."""
+    if access is None or access.unknown:
+        return [partition_row(p) for p in found]
+    return [partition_row(p, access.accounts_for(p.name)) for p in found]
+
+
+def partition_row(part: Partition, accounts: list[str] | None = None) -> dict[str, Any]:
+    """A partition as `hpcjob partitions` shows it (same keys in the table and in --json);
+    `accounts`: the user's accounts that may use it (None: not known)."""
     gpus = ", ".join(f"{n}× {kind}" for kind, n in sorted(part.gpus_per_node.items()))
+    shown = "?" if accounts is None else ", ".join(accounts) or "-"
     return {
         "name": part.name + ("*" if part.is_default else ""),  # sinfo marks the default so
         "partition": part.name,
@@ -35,6 +44,8 @@ def partition_row(part: Partition) -> dict[str, Any]:
         "mem_mb": part.mem_mb,
         "gpus": gpus or "-",
         "gpus_per_node": part.gpus_per_node,
+        "accounts": accounts,
+        "your_accounts": shown,
     }
 
 

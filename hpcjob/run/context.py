@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from collections.abc import Iterator
     from pathlib import Path
 
-    from hpcjob.slurm import Partition
+    from hpcjob.slurm import AccountAccess, Partition
 
 
 @dataclass
@@ -253,3 +253,46 @@ def default_partition(ctx: Context) -> str | None:
         return None
     defaults = [p.get("name") for p in items if isinstance(p, dict) and p.get("is_default")]
     return str(defaults[0]) if defaults else None
+
+
+# Associations change rarely (a course account is added once a term): an hour. An answer that
+# says they are unknown (accounting off or down) is asked again after a few minutes.
+_ACCESS_TTL_S = 3600
+
+
+def _access_cache(ctx: Context) -> Path:
+    return ctx.settings.home / "cache" / f"accounts-{ctx.profile.name}.json"
+
+
+def cached_access(ctx: Context, refresh: bool = False) -> AccountAccess | None:
+    """Which partitions each of the user's accounts may use (one remote command), kept an hour
+    per profile; None where there are no accounts (the embedded scheduler) or offline with
+    nothing cached. Offline, a cache of any age is used."""
+    cache = _access_cache(ctx)
+    if ctx.offline is not None:
+        return _read_access(cache)
+    found = None if refresh else _read_access(cache)
+    if found is not None:
+        age = time.time() - cache.stat().st_mtime
+        if age < (_PARTITIONS_TTL_S if found.unknown else _ACCESS_TTL_S):
+            return found
+    access = ctx.scheduler.account_access()
+    if access is None:
+        return None
+    tmp = cache.with_suffix(f".tmp{os.getpid()}")
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        tmp.write_text(json.dumps(access.to_dict()))
+        os.replace(tmp, cache)
+    except OSError:  # a full or read-only HPCJOB_HOME: the cache is only a saving
+        tmp.unlink(missing_ok=True)
+    return access
+
+
+def _read_access(cache: Path) -> AccountAccess | None:
+    from hpcjob.slurm import AccountAccess
+
+    try:
+        return AccountAccess.from_dict(json.loads(cache.read_text()))
+    except (OSError, ValueError, TypeError, AttributeError):
+        return None

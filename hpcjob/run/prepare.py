@@ -7,7 +7,7 @@ import dataclasses
 import hashlib
 import os
 import posixpath
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,6 +19,7 @@ from hpcjob.render import RenderContext, render_script, script_hash, template_di
 from hpcjob.resources import workload_files
 from hpcjob.run.context import (
     Context,
+    cached_access,
     cached_partitions,
     fresh_run_id,
     of_profile,
@@ -27,7 +28,7 @@ from hpcjob.run.context import (
 )
 from hpcjob.run.rundir import Files
 from hpcjob.shell import Shell
-from hpcjob.slurm import Partition
+from hpcjob.slurm import AccountAccess, Partition
 from hpcjob.spec import (
     WORKLOADS,
     Finding,
@@ -241,26 +242,36 @@ def _validated(
     cached); unless `check_files` is off, the data and the venv where the job will run. A
     cluster that cannot be asked still lets the request's own problems be told first."""
     partitions = None
+    access: AccountAccess | None = None
     unreachable: HpcjobError | None = None
     if check_cluster:
         try:
             partitions = cached_partitions(ctx)
+            access = cached_access(ctx) if partitions is not None else None
         except HpcjobError as exc:
             unreachable = profile_error(ctx, exc)
-    check = None
+    if access is not None and access.unknown:
+        ctx.notes.append(f"Your accounts' partitions were not checked: {access.unknown}.")
+        access = None
+    checks: list[Callable[[JobSpec], list[Finding]]] = []
+    if access is not None:
+        checks.append(_account_check(ctx, request, access, partitions or []))
     # A dry run without its login node cannot look there (offline_notes says so).
     if check_files and unreachable is None and ctx.offline is None:
         source = None
         if not request.data_dir and ctx.profile.get("data_dir"):
             where = ctx.profile.sources.get("data_dir")
             source = f"data_dir of profile {ctx.profile.name}" + (f", {where}" if where else "")
+        checks.append(lambda spec: job_file_findings(ctx, spec, source))
 
-        def check(spec: JobSpec) -> list[Finding]:
-            return job_file_findings(ctx, spec, source)
+    def check(spec: JobSpec) -> list[Finding]:
+        return [finding for one in checks for finding in one(spec)]
 
     filled = _filled(ctx, request, partitions)
+    if access is not None:
+        filled = _with_account(ctx, filled, access, partitions or [])
     if partitions is None:
-        spec = build_spec(filled, partitions, check)
+        spec = build_spec(filled, partitions, check if checks else None)
     else:
         with of_profile(ctx):  # the cluster's answer: the same request may suit another profile
             spec = build_spec(filled, partitions, check)
@@ -322,6 +333,89 @@ def _with_gpu_share(
         cpus_per_task=share.cores if cores else request.cpus_per_task,
         mem=format_memory(share.mem_mb) if mem else request.mem,
     )
+
+
+def _partition_of(request: SpecRequest, partitions: Sequence[Partition]) -> str | None:
+    """The partition the job will run in: the asked one, else the cluster's default."""
+    if request.partition:
+        return request.partition
+    return next((p.name for p in partitions if p.is_default), None)
+
+
+def _with_account(
+    ctx: Context, request: SpecRequest, access: AccountAccess, partitions: Sequence[Partition]
+) -> SpecRequest:
+    """No account given, and the partition is for exactly one of the user's accounts (not the
+    default, which Slurm uses without being told): that account, said in a note."""
+    partition = _partition_of(request, partitions)
+    if request.account or partition is None or partition not in access.known_partitions:
+        return request
+    default = access.default_account
+    if default is not None and access.may_use(default, partition):
+        return request
+    users = access.accounts_for(partition)
+    if len(users) != 1:
+        return request  # none or several: `account_findings` says which
+    ctx.notes.append(
+        f"Partition {partition} is for account {users[0]} (of yours"
+        + (f"; your default {default} may not use it" if default else "")
+        + f"): submitting with --account {users[0]}."
+    )
+    return dataclasses.replace(request, account=users[0])
+
+
+def _account_check(
+    ctx: Context, request: SpecRequest, access: AccountAccess, partitions: Sequence[Partition]
+) -> Callable[[JobSpec], list[Finding]]:
+    """The check of a spec's account and partition against the user's accounts."""
+    source = None
+    if not request.account and ctx.profile.get("account"):
+        source = f"the account of profile {ctx.profile.name}"
+    default = next((p.name for p in partitions if p.is_default), None)
+
+    def check(spec: JobSpec) -> list[Finding]:
+        partition = spec.resources.partition or default
+        return account_findings(access, spec.resources.account, partition, source)
+
+    return check
+
+
+def account_findings(
+    access: AccountAccess, account: str | None, partition: str | None, source: str | None = None
+) -> list[Finding]:
+    """What is wrong with submitting with `account` (None: the user's default) to `partition`:
+    an account the user does not have; an account that may not use the partition — naming the
+    partitions it may use and the user's accounts that may use this one."""
+    yours = ", ".join(access.accounts)
+    if account is not None and account not in access.partitions:
+        named = f"{account} ({source})" if source else account
+        fix = f"Give --account with one of yours ({yours})"
+        if access.default_account:
+            fix += f", or leave it out for your default, {access.default_account}"
+        return [(f"you have no account {named} on this cluster; yours: {yours}", fix + ".")]
+    if partition is None or partition not in access.known_partitions:
+        return []  # the cluster's default, unknown; or a partition the name check refuses
+    chosen = account or access.default_account
+    others = [a for a in access.accounts_for(partition) if a != chosen]
+    if chosen is not None and access.may_use(chosen, partition):
+        return []
+    if chosen is None and len(others) == 1:
+        return []  # `_with_account` picks it
+    if chosen is None:  # several accounts, no default known
+        problem = f"partition {partition} needs an account: none was given"
+    else:
+        who = f"account {chosen}" + (" (your default)" if account is None else "")
+        who = f"{who} ({source})" if source and account is not None else who
+        usable = ", ".join(access.partitions.get(chosen, ())) or "none"
+        problem = f"{who} may not use partition {partition}; it may use: {usable}"
+    if others:
+        listing = " or ".join(f"--account {a}" for a in others)
+        return [(problem, f"Submit with {listing}, or choose a partition the account may use.")]
+    fix = (
+        f"None of your accounts ({yours}) may use partition {partition}: choose another with "
+        "--partition (`hpcjob partitions` shows which accounts may use each)."
+    )
+    return [(problem, fix)]
 
 
 def _render(ctx: Context, spec: JobSpec, new: NewRun, run_dir: str, sweep: Sweep | None) -> str:

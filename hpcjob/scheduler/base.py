@@ -3,8 +3,8 @@
 Callers ask these capabilities, never the scheduler's name: whether jobs run on this machine
 (`jobs_run_here`: the embedded scheduler, whose files are cheap to read on every refresh), why
 accounting does not answer (`accounting_off`), whether the last failed submit may have queued
-the job after all (`last_submit_ambiguous`), and the name all of a cluster's addresses share
-(`cluster_name`).
+the job after all (`last_submit_ambiguous`), the name all of a cluster's addresses share
+(`cluster_name`), and which partitions the user's accounts may use (`account_access`).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from hpcjob.jobstate import JobInfo
 from hpcjob.shell import Shell
 
 if TYPE_CHECKING:
-    from hpcjob.slurm import Partition
+    from hpcjob.slurm import AccountAccess, Partition
 
 
 class Scheduler(Protocol):
@@ -60,6 +60,12 @@ class Scheduler(Protocol):
         """The name every address of this cluster shares (Slurm's ClusterName, the same on each
         login node), asked of the scheduler; None where the address is the cluster itself (the
         embedded scheduler runs jobs on this machine). HpcjobError when it cannot be asked."""
+        ...
+
+    def account_access(self) -> AccountAccess | None:
+        """Which partitions each of the user's accounts may use (one query); None where there
+        are no accounts (embedded: any partition, any account). Where accounting cannot answer,
+        an `AccountAccess` whose `unknown` says why."""
         ...
 
     def close(self) -> None:

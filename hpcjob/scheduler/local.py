@@ -179,6 +179,10 @@ class LocalScheduler:
         """Its jobs run on this machine: the address is the cluster."""
         return None
 
+    def account_access(self) -> None:
+        """No accounts here: any partition, any account."""
+        return None
+
     def close(self) -> None:
         self.shell.close()
 

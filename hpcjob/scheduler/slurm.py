@@ -176,6 +176,18 @@ class SlurmScheduler:
             raise command_error(result, "Asking Slurm for its partitions (sinfo)")
         return slurm.parse_sinfo(result.stdout)
 
+    def account_access(self) -> slurm.AccountAccess:
+        """One command for the user's associations, default account, groups and the partitions'
+        access lists; a part that fails (sacctmgr with accounting off) is `unknown`, never an
+        error: a submit does not wait on it."""
+        try:
+            result = self.shell.run(slurm.access_argv(), check=False, timeout=60, idempotent=True)
+        except HpcjobError as exc:  # the command timed out, or the connection broke
+            timed_out = "did not answer within" in exc.message  # its argv is the whole script
+            why = "no answer within 60 s" if timed_out else exc.message.splitlines()[0][:200]
+            return slurm.AccountAccess("", None, unknown=f"the accounts query failed: {why}")
+        return slurm.parse_access(result.stdout)
+
 
 # sbatch's clear "no": nothing was queued (anything else may have been, see submit()).
 _REJECTIONS = frozenset(

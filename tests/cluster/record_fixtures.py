@@ -35,6 +35,7 @@ RUN_AS = HERE / "run-as-test-user.sh"
 sys.path.insert(0, str(REPO))
 from hpcjob.slurm import (  # noqa: E402
     SQUEUE_FORMAT,
+    access_argv,
     sacct_argv,
     scontrol_config_argv,
     sinfo_argv,
@@ -57,11 +58,25 @@ def load_env() -> None:
             ENV[key] = value
 
 
-def run(argv: list[str], *, user: str = "hpctest", timeout: float = 120) -> tuple[int, str, str]:
-    """Run a Slurm command as USER (or root); return (returncode, stdout, stderr)."""
+def run(
+    argv: list[str],
+    *,
+    user: str = "hpctest",
+    timeout: float = 120,
+    env: dict[str, str] | None = None,
+) -> tuple[int, str, str]:
+    """Run a Slurm command as USER (or root), with ENV added; return (returncode, stdout,
+    stderr)."""
     full = argv if user == "root" else [str(RUN_AS), *argv]
+    extra = {**(env or {}), "HPCJOB_TEST_PASS_ENV": " ".join(env or {})} if env else {}
     proc = subprocess.run(
-        full, cwd=WORK, capture_output=True, text=True, timeout=timeout, check=False
+        full,
+        cwd=WORK,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        env={**os.environ, **extra},
     )
     return proc.returncode, proc.stdout, proc.stderr
 
@@ -75,9 +90,12 @@ def record(
     jobs: dict[str, str] | None = None,
     result: tuple[int, str, str] | None = None,
     timeout: float = 120,
+    env: dict[str, str] | None = None,
 ) -> tuple[int, str, str]:
     """Run ARGV (unless RESULT is given) and write fixture NAME.json."""
-    rc, out, err = result if result is not None else run(argv, user=user, timeout=timeout)
+    if result is None:
+        result = run(argv, user=user, timeout=timeout, env=env)
+    rc, out, err = result
     if ONLY and not name.startswith(ONLY):
         return rc, out, err
     fixture: dict[str, object] = {
@@ -85,6 +103,7 @@ def record(
         "slurm_version": VERSION,
         "user": user,
         "note": note,
+        **({"env": env} if env else {}),
         "returncode": rc,
         "stdout": out,
         "stderr": err,
@@ -391,6 +410,32 @@ def record_config() -> None:
     )
 
 
+def record_access() -> None:
+    """The accounts query (one command: groups, cluster, the default account and associations, the
+    partitions' access lists) as the test user, who is in hpctest_acct (default) and
+    hpctest_course; start.sh makes gpu_course for hpctest_course and thin_course for
+    other_course. Then sacctmgr that cannot answer, through a copy of slurm.conf (SLURM_CONF):
+    slurmdbd unreachable, and accounting off — no daemon is stopped."""
+    print("accounts", file=sys.stderr)
+    record("access_course", access_argv(), "a default account and a course account")
+    record("access_sinfo", sinfo_argv(), "partitions with the course partitions start.sh makes")
+    conf = Path("/etc/slurm/slurm.conf").read_text()
+    for name, key, value, note in (
+        ("access_dbd_unreachable", "AccountingStoragePort", "9", "slurmdbd cannot be reached"),
+        (
+            "access_accounting_off",
+            "AccountingStorageType",
+            "accounting_storage/none",
+            "no accounting storage",
+        ),
+    ):
+        lines = [line for line in conf.splitlines() if not line.startswith(f"{key}=")]
+        path = WORK / f"{name}.conf"
+        path.write_text("\n".join([*lines, f"{key}={value}"]) + "\n")
+        path.chmod(0o644)
+        record(name, access_argv(), f"{note} ({key}={value})", env={"SLURM_CONF": str(path)})
+
+
 def stop_daemon(name: str) -> None:
     cmd = f'source "{HERE}/lib.sh" && stop_ours {name}'
     subprocess.run(["bash", "-c", cmd], check=True)
@@ -450,6 +495,10 @@ def main() -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     print(f"recording into {OUT} (jobs run in {WORK})", file=sys.stderr)
 
+    if ONLY and ONLY.startswith("access"):  # a group of its own: no job needs to run for it
+        record_access()
+        return
+    record_access()
     record_sinfo()
     record_config()
     record_sbatch()

@@ -336,6 +336,42 @@ prepare_accounts() {
         sacctmgr_out -i add user "$TEST_USER" Account="$TEST_ACCOUNT" Cluster="$CLUSTER" >/dev/null
 }
 
+# Course accounts and partitions (issue 17: 2), made at run time — never in slurm.conf, so that
+# a start.sh without them (an older checkout) renders the same slurm.conf and restarts nothing.
+# The test user is in COURSE_ACCOUNT (not its default), never in OTHER_ACCOUNT; gpu_course is
+# for COURSE_ACCOUNT only, thin_course for OTHER_ACCOUNT only.
+COURSE_ACCOUNT=hpctest_course
+OTHER_ACCOUNT=other_course
+COURSE_PARTITIONS=(
+    "gpu_course Nodes=gcn1 AllowAccounts=$COURSE_ACCOUNT"
+    "thin_course Nodes=tcn1 AllowAccounts=$OTHER_ACCOUNT"
+)
+prepare_course_accounts() {
+    local have account
+    have=$(sacctmgr_out -n -P list account format=account) || exit 1
+    for account in "$COURSE_ACCOUNT" "$OTHER_ACCOUNT"; do
+        grep -qx "$account" <<<"$have" ||
+            sacctmgr_out -i add account "$account" Cluster="$CLUSTER" \
+                Description="hpcjob tests: a course" Organization=hpcjob >/dev/null
+    done
+    have=$(sacctmgr_out -n -P list assoc where user="$TEST_USER" format=account) || exit 1
+    grep -qx "$COURSE_ACCOUNT" <<<"$have" ||
+        sacctmgr_out -i add user "$TEST_USER" Account="$COURSE_ACCOUNT" Cluster="$CLUSTER" >/dev/null
+}
+# Partitions made with `scontrol create` vanish when slurmctld restarts from slurm.conf: made
+# again on every run where missing (after slurmctld answers).
+prepare_course_partitions() {
+    local line name out
+    for line in "${COURSE_PARTITIONS[@]}"; do
+        name=${line%% *}
+        scontrol -o show partition "$name" >/dev/null 2>&1 && continue
+        log "creating partition $name"
+        # shellcheck disable=SC2086  # the line is words on purpose
+        out=$(scontrol create PartitionName=$line MaxTime=5-00:00:00 DefaultTime=01:00:00 \
+            DefMemPerCPU=1000 State=UP 2>&1) || die "scontrol create partition $name failed: $out"
+    done
+}
+
 slurmctld_ok() { timeout 5 scontrol ping 2>/dev/null | grep -q 'is UP'; }
 start_slurmctld() { launch slurmctld /usr/sbin/slurmctld -D; }
 
@@ -492,6 +528,8 @@ HPCJOB_TEST_DEFAULT_PARTITION=rome
 HPCJOB_TEST_GPU_PARTITIONS=gpu_a100,gpu_h100
 HPCJOB_TEST_USER=$TEST_USER
 HPCJOB_TEST_ACCOUNT=$TEST_ACCOUNT
+HPCJOB_TEST_COURSE_ACCOUNT=$COURSE_ACCOUNT
+HPCJOB_TEST_OTHER_ACCOUNT=$OTHER_ACCOUNT
 HPCJOB_TEST_SCRATCH=$SCRATCH
 HPCJOB_TEST_RUN_AS=$HERE/run-as-test-user.sh
 HPCJOB_TEST_SSH_HOST=127.0.0.1
@@ -522,7 +560,9 @@ ensure mariadbd mariadb_ok start_mariadbd shared
 prepare_database
 ensure slurmdbd slurmdbd_ok start_slurmdbd
 prepare_accounts
+prepare_course_accounts
 ensure slurmctld slurmctld_ok start_slurmctld
+prepare_course_partitions
 # A fresh controller gets fresh slurmds, so nodes register now instead of at the next ping.
 if [[ " ${STARTED[*]} " == *" slurmctld "* ]]; then
     for node in "${NODES[@]}"; do touch "$ETC/restart.slurmd@$node"; done

@@ -115,6 +115,18 @@ def test_time_limit_gives_timeout(user: UserSession) -> None:
 
 
 def test_sbatch_rejection_is_readable_and_recorded(user: UserSession) -> None:
+    # Preflight refuses an account the user lacks (test_accounts.py), from a cache kept an hour:
+    # an account removed since it was written reaches sbatch, which refuses it.
+    import subprocess
+
+    from hpcjob.slurm import AccountAccess
+
+    partitions = ("rome", "gpu_a100", "gpu_h100", "staging")
+    stale = AccountAccess("hpctest", "no_such_account", {"no_such_account": partitions}, partitions)
+    cache = user.home / "cache" / "accounts-slurm.json"
+    cache.parent.mkdir()
+    cache.write_text(json.dumps(stale.to_dict()))
+    subprocess.run(["chown", "-R", user.cluster["HPCJOB_TEST_USER"], str(cache.parent)], check=True)
     result = user.hpcjob("submit", "gpu-check", "--account", "no_such_account", "--json")
     assert result.exit_code == 1
     assert "sbatch refused the job" in result.stderr and "Hint:" in result.stderr

@@ -139,9 +139,9 @@ def doctor_context(home: Path, shell: ReplayShell, **values: Any) -> Context:
 
 
 def replay(probe: str, marker: bool = True, **more: list[CommandResult]) -> ReplayShell:
-    shell = ReplayShell(
-        {"sh": [WHO], "bash": [fixture(probe)], "sinfo": [recorded("sinfo_idle")], **more}
-    )
+    # Two bash commands, in the checks' order: the accounts query, then the probe.
+    bash = [recorded("access_course"), fixture(probe)]
+    shell = ReplayShell({"sh": [WHO], "bash": bash, "sinfo": [recorded("sinfo_idle")], **more})
     if marker:
         key = environment_key([], "/usr/bin/python3")
         shell.files[f"{VENV}/{MARKER_NAME}"] = json.dumps({"environment": key}).encode()
@@ -163,6 +163,7 @@ def test_a_healthy_profile_gives_each_check_a_finding(isolated_home: Path) -> No
         "host key",
         "connection",
         "partitions",
+        "accounts",
         "modules",
         "cluster python",
         "venv",
@@ -176,8 +177,11 @@ def test_a_healthy_profile_gives_each_check_a_finding(isolated_home: Path) -> No
     assert checks["venv"].status == "ok" and "torch 2.13.0" in checks["venv"].found
     assert checks["data"].status == "ok" and "train_x 1024x96x96x3 uint8" in checks["data"].found
     assert checks["quota"].status == "ok"
-    # One probe for the modules, the venv, the data and the disks: one round trip.
-    assert shell.commands().count("bash") == 1
+    assert checks["accounts"].status == "ok"
+    assert "hpctest_acct (default): rome" in checks["accounts"].found
+    # One probe for the modules, the venv, the data and the disks: one round trip; and the
+    # accounts query.
+    assert shell.commands().count("bash") == 2
 
 
 def test_a_damaged_data_folder_fails_naming_the_files(isolated_home: Path) -> None:
@@ -274,7 +278,9 @@ def test_a_probe_that_times_out_says_so_and_the_rest_goes_on(isolated_home: Path
     assert checks["connection"].status == "ok" and checks["partitions"].status == "ok"
     for name in ("modules", "venv", "data", "quota"):
         assert checks[name].status == "fail" and "did not answer" in checks[name].found, name
-    assert shell.commands().count("bash") == 1  # asked once, not once per check
+    assert checks["accounts"].status in ("warn", "fail")  # its own query timed out too
+    # The accounts query once, the probe once — not once per check.
+    assert shell.commands().count("bash") == 2
 
 
 def test_a_check_that_breaks_does_not_stop_the_others(isolated_home: Path) -> None:
@@ -378,3 +384,27 @@ def test_imports_that_time_out_warn(isolated_home: Path) -> None:
     shell = replay("probe_healthy", bash=[CommandResult(("bash",), 0, text, "")])
     venv = by_check(diagnose(doctor_context(isolated_home, shell)))["venv"]
     assert venv.status == "warn" and "took over 30 s" in venv.found
+
+
+def test_accounts_against_the_profile(isolated_home: Path) -> None:
+    # Recorded: hpctest has hpctest_acct (default) and hpctest_course; gpu_course is for
+    # hpctest_course alone, thin_course for an account hpctest lacks.
+    picked = doctor_context(
+        isolated_home, replay("probe_healthy"), partitions={"train": "gpu_course"}
+    )
+    accounts = by_check(diagnose(picked))["accounts"]
+    assert accounts.status == "warn"
+    assert (
+        "gpu_course (train) is not for hpctest_acct: hpcjob picks hpctest_course" in accounts.found
+    )
+    barred = doctor_context(
+        isolated_home, replay("probe_healthy"), partitions={"eda": "thin_course"}
+    )
+    accounts = by_check(diagnose(barred))["accounts"]
+    assert accounts.status == "fail" and "no account of yours may use thin_course" in accounts.found
+    assert accounts.fix is not None and "hpcjob partitions --profile lab" in accounts.fix
+    lacking = doctor_context(isolated_home, replay("probe_healthy"), account="nobody_acct")
+    accounts = by_check(diagnose(lacking))["accounts"]
+    assert accounts.status == "fail"
+    assert "names account nobody_acct, which user hpctest does not have" in accounts.found
+    assert "yours: hpctest_course, hpctest_acct" in accounts.found

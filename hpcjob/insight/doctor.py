@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 from hpcjob.checkup import (
     Finding,
+    Status,
     data_finding,
     hpcjob_python_finding,
     purged_prefix,
@@ -32,7 +33,7 @@ from hpcjob.probe import (
     python_too_old,
     version_text,
 )
-from hpcjob.run.context import Context, cached_partitions, run_root
+from hpcjob.run.context import Context, cached_access, cached_partitions, run_root
 from hpcjob.run.prepare import PCAM_SPLIT_FILE, purge_note
 
 PCAM_FILES = tuple(
@@ -259,6 +260,68 @@ def check_partitions(doc: Doctor) -> list[Finding]:
     return [Finding("partitions", "ok", said)]
 
 
+def check_accounts(doc: Doctor) -> list[Finding]:
+    """The user's accounts (one query, the one preflight caches) against the account and the
+    partitions the profile names."""
+    if doc.offline is not None:
+        return [Finding("accounts", "skip", f"not checked: no connection ({doc.offline})")]
+    access = cached_access(doc.ctx, refresh=True)
+    if access is None:
+        return [Finding("accounts", "skip", "the embedded scheduler: any account, any partition")]
+    if access.unknown is not None:
+        return [
+            Finding(
+                "accounts",
+                "warn",
+                f"your accounts could not be asked ({access.unknown}); submits go on unchecked",
+                "`sacctmgr show associations user=$USER` on the login node shows them; ask the "
+                "cluster's helpdesk if it fails.",
+            )
+        ]
+    mine = access.accounts
+    listed = "; ".join(
+        f"{a}{' (default)' if a == access.default_account else ''}: {', '.join(p) or 'none'}"
+        for a, p in access.partitions.items()
+    )
+    account = doc.ctx.profile.get("account")
+    if account and account not in mine:
+        return [
+            Finding(
+                "accounts",
+                "fail",
+                f"profile {doc.name} names account {account}, which user {access.user} does not "
+                f"have; yours: {', '.join(mine) or 'none'}",
+                f"Set `account` in [profiles.{doc.name}] to one of yours, or remove it.",
+            )
+        ]
+    chosen = str(account or access.default_account or "")
+    problems = []
+    for workload, partition in doc.ctx.profile.partitions.items():
+        able = access.accounts_for(partition)
+        if not able:
+            problems.append(("fail", f"no account of yours may use {partition} ({workload})"))
+        elif chosen and chosen not in able:
+            problems.append(
+                (
+                    "warn",
+                    f"{partition} ({workload}) is not for {chosen}: hpcjob picks "
+                    f"{' or '.join(able)} (or give --account)",
+                )
+            )
+    if not problems:
+        return [Finding("accounts", "ok", f"accounts and their partitions — {listed}")]
+    status: Status = "fail" if any(kind == "fail" for kind, _ in problems) else "warn"
+    return [
+        Finding(
+            "accounts",
+            status,
+            "; ".join(text for _, text in problems) + f" (accounts — {listed})",
+            f"Change [profiles.{doc.name}.partitions] or `account` to what `hpcjob partitions "
+            f"--profile {doc.name}` shows your accounts may use.",
+        )
+    ]
+
+
 def check_modules(doc: Doctor) -> list[Finding]:
     """The profile's modules load in a shell there, and the Python they give."""
     skipped = doc.skipped("modules")
@@ -463,6 +526,7 @@ CHECKS: tuple[tuple[str, Check], ...] = (
     ("profile", check_profile),
     ("connection", check_connection),
     ("partitions", check_partitions),
+    ("accounts", check_accounts),
     ("modules", check_modules),
     ("venv", check_venv),
     ("data", check_data),

@@ -25,7 +25,7 @@ from tests.integration.support import (
 
 pytestmark = pytest.mark.ssh
 
-CHECKS = ["python", "profile", "host key", "connection", "partitions", "modules",
+CHECKS = ["python", "profile", "host key", "connection", "partitions", "accounts", "modules",
           "cluster python", "venv", "data", "quota", "purge"]  # fmt: skip
 
 
@@ -72,6 +72,8 @@ def test_a_healthy_enough_profile_gives_each_check_a_finding(
         checks["partitions"]["status"] == "ok"
         and "train → gpu_a100" in checks["partitions"]["found"]
     )
+    assert checks["accounts"]["status"] == "ok", checks["accounts"]
+    assert f"{cluster['HPCJOB_TEST_ACCOUNT']} (default)" in checks["accounts"]["found"]
     assert checks["cluster python"]["status"] == "ok"
     assert checks["data"]["status"] == "ok", checks["data"]
     assert "train_x 512x96x96x3 uint8" in checks["data"]["found"]
@@ -98,7 +100,7 @@ def test_an_unknown_host_key_fails_with_its_fix(
     )
     assert "hpcjob connect cluster" in checks["host key"]["fix"]
     assert "ssh-keyscan" in checks["host key"]["fix"]
-    for name in ("partitions", "modules", "venv", "data", "quota"):
+    for name in ("partitions", "accounts", "modules", "venv", "data", "quota"):
         assert checks[name]["status"] == "skip" and "no connection" in checks[name]["found"]
 
 

@@ -182,6 +182,14 @@ def invoke(*args: str) -> Result:
     return Result(result.exit_code, result.stdout, result.stderr)
 
 
+def status_of(run_id: str) -> tuple[dict[str, Any], str]:
+    """One run's row of `hpcjob status --json` (in-process), and what status said on stderr."""
+    listed = invoke("status", "--json")
+    assert listed.exit_code == 0, listed.stderr
+    (run,) = [r for r in listed.json() if r["run_id"] == run_id]
+    return run, listed.stderr
+
+
 def run_hpcjob(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> Result:
     """Run hpcjob as a separate process, as a user would."""
     proc = subprocess.run(

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +18,7 @@ from hpcjob.budget import Budget, for_account, parse_budget, probe_argv, split_p
 from hpcjob.clock import utc_now
 from hpcjob.errors import HpcjobError
 from hpcjob.insight.explain import actual_cost
-from hpcjob.run.context import Context
+from hpcjob.run.context import Context, write_cache
 
 BUDGET_TTL_S = 300  # the tools' numbers change nightly (SURF) — minutes old is fresh enough
 _PROBE_TIMEOUT_S = 30
@@ -52,16 +51,6 @@ def _read_cache(path: Path) -> ClusterAnswer | None:
         return ClusterAnswer(budgets=budgets, **data)
     except (OSError, ValueError, TypeError, KeyError, AttributeError):
         return None  # a damaged cache is asked for again
-
-
-def _write_cache(path: Path, answer: ClusterAnswer) -> None:
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        tmp.write_text(json.dumps(answer.to_dict()))
-        os.replace(tmp, path)  # readers see the old answer or the new one, never half
-    except OSError:  # a full or read-only HPCJOB_HOME: the cache is only a saving
-        tmp.unlink(missing_ok=True)
 
 
 def read_answer(stdout: str, checked_at: str) -> ClusterAnswer:
@@ -99,7 +88,7 @@ def ask_cluster(ctx: Context, refresh: bool = False) -> ClusterAnswer | None:
         probe_argv(), check=False, timeout=_PROBE_TIMEOUT_S, idempotent=True
     )
     answer = read_answer(done.stdout, utc_now())
-    _write_cache(path, answer)
+    write_cache(path, answer.to_dict())
     return answer
 
 

@@ -225,14 +225,20 @@ def cached_partitions(ctx: Context, refresh: bool = False) -> list[Partition] | 
     partitions = ctx.scheduler.partitions()
     if partitions is None:
         return None
-    tmp = cache.with_suffix(f".tmp{os.getpid()}")
-    try:
-        cache.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        tmp.write_text(json.dumps([dataclasses.asdict(p) for p in partitions]))
-        os.replace(tmp, cache)
-    except OSError:  # a full or read-only HPCJOB_HOME: the cache is only a saving
-        tmp.unlink(missing_ok=True)
+    write_cache(cache, [dataclasses.asdict(p) for p in partitions])
     return partitions
+
+
+def write_cache(path: Path, data: Any) -> None:
+    """Write a cache file of HPCJOB_HOME atomically (readers see the old answer or the new one,
+    never half); a full or read-only HPCJOB_HOME only loses the saving."""
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        tmp.write_text(json.dumps(data))
+        os.replace(tmp, path)
+    except OSError:
+        tmp.unlink(missing_ok=True)
 
 
 def _read_cache(cache: Path) -> list[Partition] | None:
@@ -279,13 +285,7 @@ def cached_access(ctx: Context, refresh: bool = False) -> AccountAccess | None:
     access = ctx.scheduler.account_access()
     if access is None:
         return None
-    tmp = cache.with_suffix(f".tmp{os.getpid()}")
-    try:
-        cache.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        tmp.write_text(json.dumps(access.to_dict()))
-        os.replace(tmp, cache)
-    except OSError:  # a full or read-only HPCJOB_HOME: the cache is only a saving
-        tmp.unlink(missing_ok=True)
+    write_cache(cache, access.to_dict())
     return access
 
 

@@ -13,11 +13,10 @@ import socket
 import subprocess
 import uuid
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from tests.helpers import Result, invoke, ledger_run
+from tests.helpers import Result, invoke, ledger_run, status_of
 from tests.integration.support import (
     GatedPackage,
     UserSession,
@@ -96,14 +95,8 @@ def test_setup_env_on_one_login_node_is_not_judged_by_ps_on_another(
             node_b = setup_env_profile(cluster, venv_setting, port=port2, known_hosts=known_hosts2)
             write_config(home, node_b)  # from now on the profile lands on node B
 
-            def status() -> tuple[dict[str, Any], str]:
-                listed = invoke("status", "--json")
-                assert listed.exit_code == 0, listed.stderr
-                (run,) = [r for r in listed.json() if r["run_id"] == run_id]
-                return run, listed.stderr
-
             run_id = invoke("runs", "--json").json()[0]["run_id"]
-            run, notes = status()
+            run, notes = status_of(run_id)
             # ps on B sees no such process; before, the run was FAILED for it.
             assert run["state"] == "RUNNING", (run, notes)
             here = socket.gethostname()
@@ -111,7 +104,7 @@ def test_setup_env_on_one_login_node_is_not_judged_by_ps_on_another(
             assert f"started on login node {here}" in notes and f"reached {hostname2}" in notes
             gated.release()
             run, notes = wait_until(
-                lambda: (s := status())[0]["state"] != "RUNNING" and s, "the run settled"
+                lambda: (s := status_of(run_id))[0]["state"] != "RUNNING" and s, "the run settled"
             )
             assert run["state"] == "COMPLETED", (run, notes)
             assert f"finished on {here}" in (run["reason"] or ""), run

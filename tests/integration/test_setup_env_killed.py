@@ -14,11 +14,10 @@ from __future__ import annotations
 import shutil
 import uuid
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from tests.helpers import invoke
+from tests.helpers import invoke, status_of
 from tests.integration.support import GatedPackage, alive, start_setup_env, wait_until
 
 pytestmark = pytest.mark.ssh
@@ -36,20 +35,14 @@ def test_sigkilled_setup_env_over_ssh_ends_failed(
         running.finish(timeout=60)
         killed = f"hpcjob was killed while setup-env ran (pid {running.proc.pid})"
 
-        def status() -> tuple[dict[str, Any], str]:
-            listed = invoke("status", "--json")
-            assert listed.exit_code == 0, listed.stderr
-            (run,) = [r for r in listed.json() if r["run_id"] == run_id]
-            return run, listed.stderr
-
         run_id = invoke("runs", "--json").json()[0]["run_id"]
-        run, notes = status()
+        run, notes = status_of(run_id)
         # Told, not ended: the script still runs (held by the test) on the login node.
         assert run["state"] == "RUNNING", run
         assert killed in notes and "still runs on the login node" in notes, notes
         gated.release()
         run, notes = wait_until(
-            lambda: (s := status())[0]["state"] != "RUNNING" and s, "the run ended"
+            lambda: (s := status_of(run_id))[0]["state"] != "RUNNING" and s, "the run ended"
         )
         assert (run["state"], run["reason"]) == ("FAILED", killed), (run, notes)
         pid = int((Path(run["run_dir"]) / "setup-env.pid").read_text().split()[0])

@@ -140,7 +140,7 @@ def doctor_context(home: Path, shell: ReplayShell, **values: Any) -> Context:
 
 def replay(probe: str, marker: bool = True, **more: list[CommandResult]) -> ReplayShell:
     # Two bash commands, in the checks' order: the accounts query, then the probe.
-    bash = [recorded("access_course"), fixture(probe)]
+    bash = [recorded("access_course"), *more.pop("bash", [fixture(probe)])]
     shell = ReplayShell({"sh": [WHO], "bash": bash, "sinfo": [recorded("sinfo_idle")], **more})
     if marker:
         key = environment_key([], "/usr/bin/python3")

@@ -219,11 +219,18 @@ def request_from_spec(resources: dict[str, Any], partition: str | None = None) -
     """The billed request from a spec's `resources` (Slurm's defaults: 1 core, 1 node)."""
     return Request(
         partition=partition or resources.get("partition"),
-        cores=int(resources.get("cpus_per_task") or 1),
+        cores=int(resources.get("cpus_per_task") or 1) * _ranks_per_task(resources),
         gpus=int(resources.get("gpus") or 0),
         mem_mb=resources.get("mem_mb"),
         nodes=int(resources.get("nodes") or 1),
     )
+
+
+def _ranks_per_task(resources: dict[str, Any]) -> int:
+    """Processes the cores of --cpus are each asked for on a node (1 without a launcher)."""
+    if resources.get("launcher") in (None, "none"):
+        return 1
+    return max(1, int(resources.get("procs_per_node") or 1))
 
 
 # -- the arithmetic ---------------------------------------------------------------------------

@@ -90,10 +90,12 @@ class Resources:
     nodes: int = 1
     cpus_per_task: int | None = None
     mem_mb: int | None = None
-    gpus: int = 0
+    gpus: int = 0  # on each node (one node: the job's GPUs)
     account: str | None = None
     constraint: str | None = None
     job_name: str = "hpcjob"
+    procs_per_node: int = 1  # ranks the launcher starts on each node
+    launcher: str = "none"  # torchrun, srun or none (LAUNCHERS)
     array: str | None = None  # Slurm's --array, e.g. "0-9%2"
     dependency: str | None = None  # Slurm's --dependency, e.g. "afterok:123"
 
@@ -297,6 +299,9 @@ class SpecRequest:
     account: str | None = None
     constraint: str | None = None
     job_name: str | None = None
+    gpus_per_node: int | None = None
+    procs_per_node: int | None = None
+    launcher: str | None = None
     array: str | None = None
     after: str | None = None  # the job id this one waits for (afterok)
     data_dir: str | None = None
@@ -455,6 +460,8 @@ def _build_resources(request: SpecRequest, workload: WorkloadDef, problems: list
         ("--nodes", request.nodes, 1),
         ("--cpus", request.cpus_per_task, 1),
         ("--gpus", request.gpus, 0),
+        ("--gpus-per-node", request.gpus_per_node, 0),
+        ("--procs-per-node", request.procs_per_node, 1),
     ):
         if count is not None and count < minimum:
             problems.append(f"{flag} must be at least {minimum}, got {count}")
@@ -480,11 +487,16 @@ def _build_resources(request: SpecRequest, workload: WorkloadDef, problems: list
         problems.append(
             f"--after {request.after!r} is not a job id (e.g. 18163908), a run id or `last`"
         )
-    gpus = implied_gpus(request.gpus, request.partition)
+    nodes = request.nodes or 1
+    gpus = _gpus_per_node(request, nodes, problems)
+    # Only --gpus (or nothing) of these: one process, as before these options existed.
+    scaled = (request.nodes, request.gpus_per_node, request.procs_per_node, request.launcher)
+    procs = request.procs_per_node or (max(1, gpus) if any(v is not None for v in scaled) else 1)
+    launcher = _launcher(request.launcher, nodes, procs, problems)
     return Resources(
         partition=request.partition,
         time_s=time_s,
-        nodes=request.nodes or 1,
+        nodes=nodes,
         cpus_per_task=request.cpus_per_task,
         mem_mb=mem_mb,
         gpus=gpus,
@@ -493,7 +505,42 @@ def _build_resources(request: SpecRequest, workload: WorkloadDef, problems: list
         job_name=request.job_name or default_job_name(workload.name),
         array=request.array,
         dependency=f"afterok:{request.after}" if request.after else None,
+        procs_per_node=procs,
+        launcher=launcher,
     )
+
+
+LAUNCHERS = ("torchrun", "srun", "none")
+
+
+def _gpus_per_node(request: SpecRequest, nodes: int, problems: list[str]) -> int:
+    """GPUs on each node: --gpus-per-node, or --gpus on one node (the job's GPUs)."""
+    given = request.gpus_per_node
+    if given is not None and request.gpus is not None and given != request.gpus:
+        problems.append(
+            f"--gpus {request.gpus} and --gpus-per-node {given} disagree: give one of them"
+        )
+    elif given is None and request.gpus and nodes > 1:
+        problems.append(
+            f"--gpus {request.gpus} with --nodes {nodes} is ambiguous: "
+            f"use --gpus-per-node (the GPUs on each node)"
+        )
+    return implied_gpus(given if given is not None else request.gpus, request.partition)
+
+
+def _launcher(given: str | None, nodes: int, procs: int, problems: list[str]) -> str:
+    """The launcher asked for, else torchrun when the job has more than one process."""
+    if given is None:
+        return "torchrun" if nodes * procs > 1 else "none"
+    if given not in LAUNCHERS:
+        problems.append(f"--launcher {given!r} is not one of: {', '.join(LAUNCHERS)}")
+        return "none"
+    if given == "none" and nodes > 1:
+        problems.append(
+            f"--launcher none runs one process on one node, but --nodes {nodes} was asked for: "
+            "use --launcher torchrun or srun"
+        )
+    return given
 
 
 def with_feature(constraint: str | None, feature: str) -> str:
@@ -674,5 +721,22 @@ def partition_problems(res: Resources, partitions: Sequence[Partition]) -> list[
     if res.cpus_per_task and part.cpus_per_node and res.cpus_per_task > part.cpus_per_node:
         problems.append(
             f"--cpus {res.cpus_per_task} is more than a {part.name} node has ({part.cpus_per_node})"
+        )
+    return problems + _scale_problems(res, part)
+
+
+def _scale_problems(res: Resources, part: Partition) -> list[str]:
+    """Nodes and processes per node the partition cannot give."""
+    problems = []
+    if res.nodes > part.nodes:
+        problems.append(
+            f"--nodes {res.nodes} is more than {part.name} has ({part.nodes} "
+            f"node{'s' if part.nodes != 1 else ''})"
+        )
+    cores = res.procs_per_node * (res.cpus_per_task or 1)
+    if res.launcher != "none" and part.cpus_per_node and cores > part.cpus_per_node:
+        problems.append(
+            f"--procs-per-node {res.procs_per_node} × {res.cpus_per_task or 1} cores is "
+            f"{cores} cores, more than a {part.name} node has ({part.cpus_per_node})"
         )
     return problems

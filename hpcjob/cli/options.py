@@ -82,6 +82,18 @@ class ResourceArgs:
     cpus: Annotated[int | None, typer.Option("--cpus", "-c", help="CPU cores per task.")] = None
     mem: Annotated[str | None, typer.Option(help="Memory per node, e.g. 16G.")] = None
     gpus: Annotated[int | None, typer.Option(help="GPUs (default 1 on gpu partitions).")] = None
+    nodes: Annotated[int | None, typer.Option(help="Number of nodes.")] = None
+    gpus_per_node: Annotated[
+        int | None, typer.Option(help="GPUs on each node (with --nodes; one node: as --gpus).")
+    ] = None
+    procs_per_node: Annotated[
+        int | None,
+        typer.Option(help="Processes (ranks) per node (default: the GPUs per node, else 1)."),
+    ] = None
+    launcher: Annotated[
+        str | None,
+        typer.Option(help="torchrun, srun or none (default: torchrun with more than 1 process)."),
+    ] = None
 
     def to_dict(self) -> dict[str, Any]:
         """By SpecRequest field name."""
@@ -91,6 +103,10 @@ class ResourceArgs:
             "cpus_per_task": self.cpus,
             "mem": self.mem,
             "gpus": self.gpus,
+            "nodes": self.nodes,
+            "gpus_per_node": self.gpus_per_node,
+            "procs_per_node": self.procs_per_node,
+            "launcher": self.launcher,
         }
 
 

@@ -46,7 +46,6 @@ def _submit_or_render(
     ctx: typer.Context,
     resources: ResourceArgs,
     args: WorkloadArgs,
-    nodes: Annotated[int | None, typer.Option(help="Number of nodes.")] = None,
     account: Annotated[str | None, typer.Option("--account", "-A", help="Budget account.")] = None,
     constraint: Annotated[
         str | None, typer.Option(help="Node features, e.g. scratch-node.")
@@ -138,7 +137,6 @@ def _submit_or_render(
     request = SpecRequest(
         workload=workload or "",
         **resources.to_dict(),
-        nodes=nodes,
         account=account,
         constraint=constraint,
         job_name=job_name,

@@ -254,6 +254,8 @@ def _validated(
         ctx.notes.append(f"Your accounts' partitions were not checked: {access.unknown}.")
         access = None
     checks: list[Callable[[JobSpec], list[Finding]]] = []
+    if ctx.profile.scheduler == "local":
+        checks.append(local_findings)
     if access is not None:
         checks.append(_account_check(ctx, request, access, partitions or []))
     # A dry run without its login node cannot look there (offline_notes says so).
@@ -278,6 +280,20 @@ def _validated(
     if unreachable is not None:
         raise unreachable
     return spec
+
+
+def local_findings(spec: JobSpec) -> list[Finding]:
+    """What the embedded scheduler (one machine) cannot run: several nodes."""
+    nodes = spec.resources.nodes
+    if nodes <= 1:
+        return []
+    return [
+        (
+            f"--nodes {nodes}: the embedded scheduler runs jobs on this one machine (1 node)",
+            "Give --nodes 1 (torchrun still starts --procs-per-node processes here), or submit "
+            "with a Slurm profile (-P snellius) for several nodes.",
+        )
+    ]
 
 
 def _filled(

@@ -20,7 +20,17 @@ from hpcjob.spec import Program, SpecRequest, format_memory, format_time
 from hpcjob.sweep import Sweep, failed_tasks
 
 # Resource overrides a rerun accepts, by SpecRequest field.
-RESOURCE_KEYS = ("partition", "time", "cpus_per_task", "mem", "gpus")
+RESOURCE_KEYS = (
+    "partition",
+    "time",
+    "cpus_per_task",
+    "mem",
+    "gpus",
+    "nodes",
+    "gpus_per_node",
+    "procs_per_node",
+    "launcher",
+)
 
 
 def request_from_spec(
@@ -38,10 +48,12 @@ def request_from_spec(
         workload=spec["workload"],
         partition=given.get("partition", res.get("partition")),
         time=given.get("time") or (format_time(res["time_s"]) if res.get("time_s") else None),
-        nodes=res.get("nodes"),
+        nodes=given.get("nodes", res.get("nodes")),
         cpus_per_task=given.get("cpus_per_task", res.get("cpus_per_task")),
         mem=given.get("mem") or (format_memory(res["mem_mb"]) if res.get("mem_mb") else None),
-        gpus=given.get("gpus", res.get("gpus")),
+        gpus=given.get("gpus", given.get("gpus_per_node", res.get("gpus"))),
+        procs_per_node=given.get("procs_per_node", res.get("procs_per_node")),
+        launcher=given.get("launcher", res.get("launcher")),
         account=res.get("account"),
         constraint=res.get("constraint"),
         job_name=res.get("job_name"),

@@ -1,0 +1,91 @@
+"""Several processes and nodes: --nodes, --gpus-per-node, --procs-per-node, --launcher, checked
+against the recorded partitions of the test cluster (each of its partitions in sinfo_idle has one
+node of 2 cores) and the cost of the whole allocation."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from hpcjob import cost
+from hpcjob.errors import HpcjobError
+from hpcjob.slurm import parse_sinfo
+from hpcjob.spec import SpecRequest, build_spec
+from tests.helpers import recorded
+
+PARTITIONS = parse_sinfo(recorded("sinfo_idle").stdout)
+
+
+def _spec(**values: object):  # type: ignore[no-untyped-def]
+    values.setdefault("time", "10:00")
+    return build_spec(SpecRequest(workload="train", data_dir="/d", **values))  # type: ignore[arg-type]
+
+
+def test_more_than_one_process_defaults_to_torchrun() -> None:
+    res = _spec(partition="gpu_a100", gpus_per_node=4).resources
+    assert (res.nodes, res.gpus, res.procs_per_node, res.launcher) == (1, 4, 4, "torchrun")
+    res = _spec(partition="rome", nodes=2, procs_per_node=4).resources
+    assert (res.nodes, res.gpus, res.procs_per_node, res.launcher) == (2, 0, 4, "torchrun")
+    res = _spec(partition="rome", nodes=2).resources
+    assert (res.procs_per_node, res.launcher) == (1, "torchrun")
+    res = _spec(partition="rome", nodes=2, procs_per_node=2, launcher="srun").resources
+    assert res.launcher == "srun"
+
+
+def test_one_process_and_plain_gpus_run_as_before() -> None:
+    assert _spec(partition="rome").resources.launcher == "none"
+    res = _spec(partition="gpu_a100", gpus=2).resources  # --gpus alone: no launcher
+    assert (res.gpus, res.procs_per_node, res.launcher) == (2, 1, "none")
+    assert _spec(partition="gpu_a100", gpus_per_node=1).resources.launcher == "none"
+
+
+@pytest.mark.parametrize(
+    ("values", "expected"),
+    [
+        ({"launcher": "mpirun"}, "--launcher 'mpirun' is not one of: torchrun, srun, none"),
+        ({"nodes": 2, "launcher": "none"}, "--launcher none runs one process on one node"),
+        ({"nodes": 2, "gpus": 4}, "--gpus 4 with --nodes 2 is ambiguous: use --gpus-per-node"),
+        ({"gpus": 2, "gpus_per_node": 4}, "--gpus 2 and --gpus-per-node 4 disagree"),
+        ({"procs_per_node": 0}, "--procs-per-node must be at least 1, got 0"),
+        ({"gpus_per_node": -1}, "--gpus-per-node must be at least 0, got -1"),
+    ],
+)
+def test_bad_scale_options_are_refused_with_exit_2(values: dict, expected: str) -> None:
+    with pytest.raises(HpcjobError) as caught:
+        _spec(partition="rome", **values)
+    assert expected in caught.value.message and caught.value.exit_code == 2
+
+
+def test_what_the_partition_cannot_give_is_refused_with_the_numbers() -> None:
+    request = SpecRequest(
+        workload="train", data_dir="/d", partition="gpu_a100", nodes=3, gpus_per_node=4
+    )
+    with pytest.raises(HpcjobError) as caught:
+        build_spec(request, PARTITIONS)
+    message = caught.value.message
+    assert "--nodes 3 is more than gpu_a100 has (1 node)" in message
+    assert "4 GPUs were asked for, but a gpu_a100 node has 2" in message
+    assert caught.value.exit_code == 2
+    request = SpecRequest(workload="train", data_dir="/d", procs_per_node=2, cpus_per_task=2)
+    with pytest.raises(HpcjobError, match=r"--procs-per-node 2 × 2 cores is 4 cores, more than a "
+                       r"rome node has \(2\)"):  # fmt: skip
+        build_spec(request, PARTITIONS)
+    fits = SpecRequest(workload="train", data_dir="/d", procs_per_node=2)
+    assert build_spec(fits, PARTITIONS).resources.procs_per_node == 2
+
+
+def test_the_estimate_covers_every_node_and_every_process() -> None:
+    rates = {"rome": cost.Rate("rome", 1.0)}
+    res = _spec(partition="rome", nodes=2, procs_per_node=4, cpus_per_task=2).to_dict()
+    request = cost.request_from_spec(res["resources"])
+    assert (request.nodes, request.cores) == (2, 8)
+    assert cost.cost(rates, request, 3600).sbu == pytest.approx(16.0)
+
+
+def test_the_embedded_scheduler_refuses_several_nodes_before_recording(cli: Any) -> None:
+    result = cli("submit", "gpu-check", "--nodes", "2", "--procs-per-node", "2")
+    assert result.exit_code == 2 and "Traceback" not in result.stderr
+    assert "--nodes 2: the embedded scheduler runs jobs on this one machine" in result.stderr
+    assert "Give --nodes 1" in result.stderr
+    assert cli("runs", "--json").json() == []  # nothing half-recorded

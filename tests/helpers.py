@@ -387,3 +387,24 @@ def job_template(home: Path, command: str) -> None:
         + command
         + "\n{% endraw %}{% endblock %}\n"
     )
+
+
+# A program for launcher tests: every rank adds its rank + 1 with gloo (CPU) and rank 0 prints
+# the sum and the world size; run under torchrun (its environment gives the ranks).
+ALLREDUCE_PROGRAM = """\
+import os
+import socket
+
+import torch
+import torch.distributed as dist
+
+dist.init_process_group("gloo")
+rank, world = dist.get_rank(), dist.get_world_size()
+value = torch.tensor([float(rank + 1)])
+dist.all_reduce(value)
+node = os.environ.get("SLURM_NODEID", "?")
+print(f"rank {rank} on {socket.gethostname()} node {node}", flush=True)
+if rank == 0:
+    print(f"allreduce sum={int(value.item())} world={world}", flush=True)
+dist.destroy_process_group()
+"""

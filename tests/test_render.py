@@ -40,6 +40,28 @@ CASES = {
         ),
         SNELLIUS,
     ),
+    # More GPUs, more nodes: torchrun under srun (one per node), P ranks on each.
+    "train-1x4-gpu": (
+        SpecRequest(workload="train", partition="gpu_h100", gpus_per_node=4, data_dir="/d"),
+        SNELLIUS,
+    ),
+    "train-2x4-gpu": (
+        SpecRequest(
+            workload="train", partition="gpu_a100", nodes=2, gpus_per_node=4, data_dir="/d"
+        ),
+        SNELLIUS,
+    ),
+    "train-2x4-cpu": (
+        SpecRequest(
+            workload="train",
+            partition="rome",
+            nodes=2,
+            procs_per_node=4,
+            cpus_per_task=2,
+            data_dir="/d",
+        ),
+        SNELLIUS,
+    ),
     "eda-rome": (SpecRequest(workload="eda", partition="rome", data_dir="~/pcam"), SNELLIUS),
     "setup-env": (SpecRequest(workload="setup-env", partition="rome"), SNELLIUS),
 }

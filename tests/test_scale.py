@@ -4,6 +4,7 @@ node of 2 cores) and the cost of the whole allocation."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -12,7 +13,7 @@ from hpcjob import cost
 from hpcjob.errors import HpcjobError
 from hpcjob.slurm import parse_sinfo
 from hpcjob.spec import SpecRequest, build_spec
-from tests.helpers import recorded
+from tests.helpers import ALLREDUCE_PROGRAM, recorded
 
 PARTITIONS = parse_sinfo(recorded("sinfo_idle").stdout)
 
@@ -84,8 +85,25 @@ def test_the_estimate_covers_every_node_and_every_process() -> None:
 
 
 def test_the_embedded_scheduler_refuses_several_nodes_before_recording(cli: Any) -> None:
-    result = cli("submit", "gpu-check", "--nodes", "2", "--procs-per-node", "2")
+    result = cli("submit", "gpu-check", "--nodes", "2", "--launcher", "srun")
     assert result.exit_code == 2 and "Traceback" not in result.stderr
     assert "--nodes 2: the embedded scheduler runs jobs on this one machine" in result.stderr
-    assert "Give --nodes 1" in result.stderr
+    assert "Give --nodes 1" in result.stderr and "--launcher srun: the embedded" in result.stderr
     assert cli("runs", "--json").json() == []  # nothing half-recorded
+
+
+def test_the_embedded_scheduler_runs_one_node_of_ranks_with_torchrun(
+    cli: Any, tmp_path: Path
+) -> None:
+    program = tmp_path / "allreduce.py"
+    program.write_text(ALLREDUCE_PROGRAM)
+    result = cli(
+        "submit", "--procs-per-node", "2", "--time", "5", "--wait", "--json",
+        "--", "python", str(program),
+    )  # fmt: skip
+    assert result.exit_code == 0, result.stderr + result.stdout
+    run = result.json()
+    assert run["state"] == "COMPLETED"
+    logs = cli("logs", run["run_id"]).stdout
+    assert "allreduce sum=3 world=2" in logs  # ranks 0 and 1 add 1 + 2
+    assert "launcher:   torchrun, 1 node(s) x 2 processes" in logs

@@ -284,16 +284,24 @@ def _validated(
 
 def local_findings(spec: JobSpec) -> list[Finding]:
     """What the embedded scheduler (one machine) cannot run: several nodes."""
-    nodes = spec.resources.nodes
-    if nodes <= 1:
-        return []
-    return [
-        (
-            f"--nodes {nodes}: the embedded scheduler runs jobs on this one machine (1 node)",
-            "Give --nodes 1 (torchrun still starts --procs-per-node processes here), or submit "
-            "with a Slurm profile (-P snellius) for several nodes.",
+    found = []
+    if spec.resources.nodes > 1:
+        found.append(
+            (
+                f"--nodes {spec.resources.nodes}: the embedded scheduler runs jobs on this one "
+                "machine (1 node)",
+                "Give --nodes 1 (torchrun still starts --procs-per-node processes here), or "
+                "submit with a Slurm profile (-P snellius) for several nodes.",
+            )
         )
-    ]
+    if spec.resources.launcher == "srun":
+        found.append(
+            (
+                "--launcher srun: the embedded scheduler has no srun",
+                "Use --launcher torchrun to start several processes on this machine.",
+            )
+        )
+    return found
 
 
 def _filled(

@@ -407,6 +407,7 @@ def _slurm_env(rec: dict[str, Any], tmpdir: str) -> dict[str, str]:
         SLURM_CLUSTER_NAME="local",
         SLURM_RESTART_COUNT="0",
         TMPDIR=tmpdir,
+        HPCJOB_EMBEDDED="1",  # no srun here: a launcher runs its ranks directly (base.sbatch.j2)
     )
     array = rec.get("array")
     if array:

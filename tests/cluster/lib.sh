@@ -8,7 +8,7 @@ LOGS=$STATE/log
 # Slurm nodes, all on this host, one slurmd each. A daemon is named by what the kernel calls it
 # (/proc/PID/stat), with @NODE for a slurmd: munged … slurmd@tcn1 … sshd.
 # shellcheck disable=SC2034  # used by start.sh
-NODES=(tcn1 gcn1 hcn1)
+NODES=(tcn1 gcn1 hcn1 tcn2 gcn2)
 
 log() { printf 'hpcjob-test-cluster: %s\n' "$*" >&2; }
 

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Start hpcjob's test cluster: Slurm on this one host (munged, MariaDB, slurmdbd, slurmctld, and
-# a slurmd for each of three nodes: tcn1 for rome/staging, gcn1 with 2 A100, hcn1 with 2 H100)
+# a slurmd for each of five nodes: tcn1 for rome/staging, gcn1 with 2 A100, hcn1 with 2 H100,
+# tcn2 and gcn2 (2 A100) second nodes of the multi-node partitions multi and gpu_multi)
 # and an OpenSSH server on 127.0.0.1, with a non-root test user. As root on Debian 12.
 #
 # Idempotent: run again while up, it re-verifies in about a second; after a partial start or a
@@ -17,7 +18,7 @@ source "$HERE/lib.sh"
 TEST_USER=hpctest
 TEST_ACCOUNT=hpctest_acct
 CLUSTER=hpcjobtest
-PARTITIONS=rome,gpu_a100,gpu_h100,staging
+PARTITIONS=rome,gpu_a100,gpu_h100,staging,multi,gpu_multi
 SSH_PORT=${HPCJOB_TEST_SSH_PORT:-2222}
 # A second login node of the same cluster: its own sshd, hostname and process table (see login2).
 SSH_PORT2=${HPCJOB_TEST_SSH_PORT2:-2223}
@@ -122,14 +123,20 @@ prepare_files() {
     chmod 700 "$CLIENT" "$STATE/sshd"
     # Fake GPUs: character devices with /dev/null's numbers.
     local i
-    for i in 0 1 2 3; do
+    for i in 0 1 2 3 4 5; do
         [[ -c $STATE/dev/nvidia$i ]] || { rm -f "$STATE/dev/nvidia$i" && mknod -m 666 "$STATE/dev/nvidia$i" c 1 3; }
+    done
+    # Node names resolve (jobs use the first node's name as torchrun's rendezvous host).
+    local node
+    for node in "${NODES[@]}"; do
+        grep -qE "^127\.0\.0\.1[[:space:]](.*[[:space:]])?$node([[:space:]]|\$)" /etc/hosts ||
+            echo "127.0.0.1 $node" >>/etc/hosts
     done
     [[ -s $ETC/dbpass ]] || (umask 077 && head -c 18 /dev/urandom | base64 | tr -d '/+=' >"$ETC/dbpass")
     DBPASS=$(cat "$ETC/dbpass")
 
     # Node topology from slurmd -C (CPUs=2 alone makes slurmd complain about socket/core
-    # boundaries). Each of the three nodes claims the host's CPUs but only 30% of its memory,
+    # boundaries). Each node claims the host's CPUs but only 30% of its memory,
     # below the real amount as slurmd requires.
     local probe
     probe=$(slurmd -C 2>/dev/null | grep '^NodeName=') || die "slurmd -C printed no NodeName line"
@@ -525,7 +532,7 @@ HPCJOB_TEST_SLURM_VERSION=$version
 HPCJOB_TEST_NODES=$(IFS=,; echo "${NODES[*]}")
 HPCJOB_TEST_PARTITIONS=$PARTITIONS
 HPCJOB_TEST_DEFAULT_PARTITION=rome
-HPCJOB_TEST_GPU_PARTITIONS=gpu_a100,gpu_h100
+HPCJOB_TEST_GPU_PARTITIONS=gpu_a100,gpu_h100,gpu_multi
 HPCJOB_TEST_USER=$TEST_USER
 HPCJOB_TEST_ACCOUNT=$TEST_ACCOUNT
 HPCJOB_TEST_COURSE_ACCOUNT=$COURSE_ACCOUNT

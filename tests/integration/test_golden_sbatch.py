@@ -9,7 +9,8 @@ Rules, so that no golden is ever skipped (in CI a skip fails the run):
   lines but still parses every #SBATCH line, so a broken directive fails either way. Each
   stand-in must replace a directive the golden has.
 - A golden for a partition the cluster lacks fails here until STAND_INS gives it a
-  `--partition=` stand-in (the cluster has rome, staging, gpu_a100 and gpu_h100).
+  `--partition=` stand-in (the cluster has rome, staging, gpu_a100, gpu_h100, multi and
+  gpu_multi).
 - The goldens are rendered for the run directory /home/u/hpcjob/runs/r000001, and
   `sbatch --test-only` accepts an --output in a folder that does not exist (the real job would
   then fail, 0:53, with the reason only in slurmd's log). So each script is checked with that run
@@ -35,6 +36,11 @@ STAND_INS = {
     # Snellius: project account ecf1234, 18 cores and 120 GiB per A100, --constraint=scratch-node
     # (an empty --constraint drops the feature request).
     "train-snellius": ["--account=hpctest_acct", "--cpus-per-task=1", "--mem=1G", "--constraint="],
+    # Several ranks (issue 18): the test nodes have 2 cores and 2 GPUs; gpu_multi and multi span
+    # two nodes each.
+    "train-1x4-gpu": ["--cpus-per-task=2", "--gpus-per-node=2"],
+    "train-2x4-gpu": ["--partition=gpu_multi", "--cpus-per-task=2", "--gpus-per-node=2"],
+    "train-2x4-cpu": ["--partition=multi", "--cpus-per-task=2"],
 }
 
 

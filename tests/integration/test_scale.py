@@ -1,0 +1,62 @@
+"""Several nodes on the real Slurm (issue 18): torchrun under srun across the two slurmd nodes of
+the `multi` partition (tcn1, tcn2), ranks all-reducing with gloo; a request for more nodes than
+the partition has is refused before sbatch, with the numbers."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import uuid
+
+import pytest
+
+from tests.helpers import ALLREDUCE_PROGRAM
+from tests.integration.support import UserSession
+
+MULTI = "multi"  # tcn1 + tcn2, 2 cores each (tests/cluster/slurm.conf.in)
+
+
+@pytest.fixture(autouse=True)
+def multi_node_cluster(cluster: dict[str, str]) -> None:
+    """A cluster started by an older start.sh lacks the two-node partitions: say how to get them
+    rather than fail obscurely."""
+    shown = subprocess.run(
+        ["scontrol", "-o", "show", "partition", MULTI], capture_output=True, text=True, timeout=60
+    ).stdout
+    assert "Nodes=tcn[1-2]" in shown or "Nodes=tcn1,tcn2" in shown, (
+        f"the test cluster lacks the two-node partition {MULTI}: re-run "
+        "`flock /tmp/hpcjob-cluster.lock bash tests/cluster/start.sh` from this checkout"
+    )
+
+
+@pytest.mark.slurm
+def test_torchrun_across_two_nodes_all_reduces_over_four_ranks(user: UserSession) -> None:
+    program = user.home / "allreduce.py"
+    program.write_text(ALLREDUCE_PROGRAM)
+    shutil.chown(program, user.cluster["HPCJOB_TEST_USER"])
+    name = f"scale-{uuid.uuid4().hex[:8]}"
+
+    # More nodes than the partition has: refused before anything reaches Slurm.
+    refused = user.hpcjob(
+        "submit", "-p", MULTI, "--nodes", "3", "--procs-per-node", "2", "--job-name", name,
+        "--time", "5", "--", "python", str(program),
+    )  # fmt: skip
+    assert refused.exit_code == 2, refused.stderr
+    assert f"--nodes 3 is more than {MULTI} has (2 nodes)" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    assert user.hpcjob("runs", "--json").json() == []
+    assert name not in user.as_user("squeue", "--me", "-h", "-o", "%j").stdout.split()
+
+    result = user.hpcjob(
+        "submit", "-p", MULTI, "--nodes", "2", "--procs-per-node", "2", "--launcher", "torchrun",
+        "--job-name", name, "--time", "5", "--wait", "--json", "--", "python", str(program),
+        timeout=400,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.stderr + result.stdout
+    run = result.json()
+    logs = user.hpcjob("logs", run["run_id"]).stdout
+    assert run["state"] == "COMPLETED", logs
+    assert "allreduce sum=10 world=4" in logs  # 1 + 2 + 3 + 4 from ranks 0-3
+    assert "launcher:   torchrun, 2 node(s) x 2 processes, rendezvous tcn1:" in logs
+    # One torchrun on each node: ranks ran on both (SLURM_NODEID 0 and 1).
+    assert "node 0" in logs and "node 1" in logs, logs

@@ -22,6 +22,7 @@ with `--resume auto`).
 from __future__ import annotations
 
 import argparse
+import gc
 import math
 import os
 import platform
@@ -40,9 +41,10 @@ import pcam
 import provenance
 import torch
 from checkpoint import LAST, Checkpoints, rng_state, set_rng_state
+from metrics import describe_nonfinite, plot_losses, roc_auc
 from model import MLP
 from provenance import GpuSampler
-from report import Report
+from report import QuietReport, Report
 from torch import nn
 
 EXIT_ERROR = 1
@@ -239,36 +241,6 @@ def run_settings(args: argparse.Namespace) -> dict[str, Any]:
     return settings
 
 
-def describe_nonfinite(
-    epoch: int,
-    batch: int,
-    loss: torch.Tensor,
-    x: torch.Tensor,
-    logits: torch.Tensor,
-    model: nn.Module,
-    lr: float,
-) -> str:
-    """Where the loss went non-finite, and which of inputs, outputs, weights were to blame."""
-
-    def census(t: torch.Tensor) -> str:
-        bad = ~torch.isfinite(t)
-        if not bad.any():
-            return f"all {t.numel()} finite (|max| {t.abs().max().item():.3g})"
-        nan = int(torch.isnan(t).sum())
-        return f"{int(bad.sum())} of {t.numel()} non-finite ({nan} NaN, {int(bad.sum()) - nan} Inf)"
-
-    weights = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
-    parts = [
-        f"non-finite loss ({loss.item()}) at epoch {epoch}, batch {batch}",
-        f"inputs: {census(x)}",
-        f"outputs (logits): {census(logits.detach())}",
-        f"weights: {census(weights)}",
-    ]
-    if torch.isfinite(x).all() and not torch.isfinite(logits).all():
-        parts.append(f"the inputs are clean, so the model diverged: lower --lr (now {lr:g})")
-    return "; ".join(parts)
-
-
 def normalise(x: torch.Tensor) -> torch.Tensor:
     """[0, 1] pixels → [-1, 1] (the course's Normalize(0.5, 0.5)), on the device: centred
     inputs keep Adam's first steps from silencing every ReLU of the first layer (measured:
@@ -288,13 +260,6 @@ def check_first_batch(x: torch.Tensor, y: torch.Tensor) -> None:
     if problems:
         raise UserError("first batch is wrong: " + "; ".join(problems))
     print(f"First batch OK: x={tuple(x.shape)} y={tuple(y.shape)}", flush=True)
-
-
-class QuietReport(Report):
-    """The report channel of a rank other than 0: says nothing."""
-
-    def emit(self, obj: Any) -> None:
-        pass
 
 
 class Trainer:
@@ -439,6 +404,8 @@ class Trainer:
         self.model.eval()
         loss_sum, labels, scores = 0.0, [], []
         for x, y in self.val_loader:
+            if not len(y):  # this rank's slice of a last batch smaller than the world
+                continue
             x = normalise(x.to(self.device, non_blocking=True))
             y = y.to(self.device, non_blocking=True)
             logits = self.model(x)
@@ -454,44 +421,6 @@ class Trainer:
             "val_acc": float(np.mean((s_all >= 0.5) == y_all)),
             "val_auc": roc_auc(y_all, s_all),
         }
-
-
-def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
-    """Area under the ROC curve (Mann–Whitney U with tied scores sharing ranks); NaN when only
-    one class is present."""
-    positives = int(labels.sum())
-    negatives = len(labels) - positives
-    if positives == 0 or negatives == 0:
-        return float("nan")
-    order = np.argsort(scores, kind="mergesort")
-    sorted_scores = scores[order]
-    ranks = np.empty(len(scores), dtype=np.float64)
-    # Average rank per run of equal scores.
-    starts = np.flatnonzero(np.r_[True, sorted_scores[1:] != sorted_scores[:-1]])
-    ends = np.r_[starts[1:], len(scores)]
-    for start, end in zip(starts, ends, strict=True):
-        ranks[order[start:end]] = (start + end + 1) / 2
-    u = ranks[labels == 1].sum() - positives * (positives + 1) / 2
-    return float(u / (positives * negatives))
-
-
-def plot_losses(history: list[dict[str, float]], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")  # no display on a compute node
-    import matplotlib.pyplot as plt
-
-    epochs = [h["epoch"] for h in history]
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot(epochs, [h["train_loss"] for h in history], "o-", label="train")
-    ax.plot(epochs, [h["val_loss"] for h in history], "s-", label="validation")
-    ax.set(xlabel="epoch", ylabel="cross-entropy loss", title="PCAM MLP")
-    ax.legend()
-    fig.tight_layout()
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
 
 
 def start_facts(trainer: Trainer, args: argparse.Namespace) -> dict[str, Any]:
@@ -576,18 +505,25 @@ def train(args: argparse.Namespace, dist: ddp.Dist) -> int:
         provenance.write(args.output_dir, args.data_dir, args.seed)
     check_gpus(args, device, report)
     device = dist.start(device)
+    trainer: Trainer | None = None
     try:
         seed_everything(args.seed)
         trainer = Trainer(args, report, device, dist)
         gpu = GpuSampler.for_device(trainer.device)  # None on CPU: nothing is recorded
         try:
-            return train_epochs(trainer, args, report, gpu)
+            status = train_epochs(trainer, args, report, gpu)
+            dist.barrier()  # every rank done (and rank 0's files written) before the group ends
+            return status
         finally:
             if gpu is not None:
                 gpu.stop()
                 if gpu.summary():
                     report.facts(**gpu.summary())
     finally:
+        # The DDP model goes before its process group: left to the end of the interpreter, gloo
+        # sometimes aborted there ("terminate called without an active exception").
+        del trainer
+        gc.collect()
         dist.stop()
 
 

@@ -8,6 +8,7 @@ import re
 from pathlib import Path
 
 import pytest
+import synth
 from jobrun import TRAIN_ARGS, Run, no_gpu_env, run_torchrun, run_workload
 
 pytestmark = pytest.mark.slow
@@ -50,6 +51,20 @@ def test_two_processes_match_one_process_and_only_rank_0_writes(
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["best.pt", "last.pt"]
     assert (tmp_path / "loss.png").is_file() and (tmp_path / "provenance.json").is_file()
     assert "Traceback" not in run.stderr and "Error" not in run.stderr
+
+
+def test_a_last_batch_smaller_than_the_world_leaves_a_rank_empty_and_still_matches(
+    tmp_path: Path,
+) -> None:
+    # 257 and 65 images in batches of 64: each split's last batch is one image, so rank 1's
+    # slice of it is empty (no gradient from it, nothing to evaluate).
+    data = tmp_path / "data"
+    synth.generate(data, "official", {"train": 257, "valid": 65, "test": 8}, seed=2)
+    args = ("--data-dir", data, *DDP_ARGS)
+    one = run_workload("train.py", tmp_path / "one", *args, env=no_gpu_env(OMP_NUM_THREADS="1"))
+    two = run_torchrun("train.py", tmp_path / "two", 2, *args)
+    assert one.returncode == 0 and two.returncode == 0, one.stderr + two.stderr
+    assert_same_numbers(two, one)
 
 
 def test_a_batch_that_does_not_split_over_the_processes_is_refused(

@@ -320,6 +320,8 @@ class BlockBatchSampler(Sampler[list[int]]):
     The batches depend on (seed, epoch, batch_size, lanes), so the same settings and the same
     number of workers give the same run.
     `set_epoch(epoch, start_batch)` selects the epoch and skips batches already trained on.
+    `shard(rank, world)` makes it yield only rank `rank`'s contiguous slice of each batch (DDP:
+    every rank computes the same plan, so the ranks together see the single process's batches).
     """
 
     def __init__(
@@ -336,6 +338,7 @@ class BlockBatchSampler(Sampler[list[int]]):
         self.batch_size, self.weighted, self.shuffle = batch_size, weighted, shuffle
         self.seed, self.lanes = seed, lanes
         self.epoch, self.start_batch = 0, 0
+        self.rank, self.world = 0, 1
         self.labels = dataset.labels
         counts = np.bincount(self.labels, minlength=2).astype(np.float64)
         self.weights = 1.0 / np.maximum(counts, 1.0)[self.labels]
@@ -349,9 +352,15 @@ class BlockBatchSampler(Sampler[list[int]]):
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
         self.epoch, self.start_batch = epoch, start_batch
 
+    def shard(self, rank: int, world: int) -> None:
+        if world < 1 or not 0 <= rank < world:
+            raise ValueError(f"rank {rank} of {world} processes?")
+        self.rank, self.world = rank, world
+
     def __iter__(self) -> Iterator[list[int]]:
         for batch in self.plan()[self.start_batch :]:
-            yield batch.tolist()
+            mine = np.array_split(batch, self.world)[self.rank] if self.world > 1 else batch
+            yield mine.tolist()
 
     def __len__(self) -> int:
         return max(0, len(self.plan()) - self.start_batch)

@@ -87,3 +87,10 @@ class Report:
 
     def facts(self, **values: Any) -> None:
         self.emit(facts(values))
+
+
+class QuietReport(Report):
+    """The report channel of a rank other than 0: says nothing."""
+
+    def emit(self, obj: Mapping[str, Any]) -> None:
+        pass

@@ -11,6 +11,9 @@ A job that asked for GPUs (--expect-gpus, or $HPCJOB_EXPECT_GPUS from the job sc
 Slurm's variables) that torch cannot use stops before reading any data, with the reason, unless
 --allow-cpu is given.
 
+Under `torchrun` (WORLD_SIZE > 1) it trains with DistributedDataParallel, --batch-size being the
+global batch; only rank 0 prints and writes (other ranks print only errors); see ddp.py.
+
 Exit status: 0 done; 1 bad input (data, options, checkpoint) or GPUs asked for that torch cannot
 use; 2 usage; 65 non-finite loss; 75 stopped by SIGUSR1/SIGTERM after saving a checkpoint (rerun
 with `--resume auto`).
@@ -19,6 +22,7 @@ with `--resume auto`).
 from __future__ import annotations
 
 import argparse
+import gc
 import math
 import os
 import platform
@@ -31,14 +35,16 @@ from pathlib import Path
 from typing import Any
 
 import check_gpu
+import ddp
 import numpy as np
 import pcam
 import provenance
 import torch
-from checkpoint import Checkpoints, rng_state, set_rng_state
+from checkpoint import LAST, Checkpoints, rng_state, set_rng_state
+from metrics import describe_nonfinite, plot_losses, roc_auc
 from model import MLP
 from provenance import GpuSampler
-from report import Report
+from report import QuietReport, Report
 from torch import nn
 
 EXIT_ERROR = 1
@@ -235,36 +241,6 @@ def run_settings(args: argparse.Namespace) -> dict[str, Any]:
     return settings
 
 
-def describe_nonfinite(
-    epoch: int,
-    batch: int,
-    loss: torch.Tensor,
-    x: torch.Tensor,
-    logits: torch.Tensor,
-    model: nn.Module,
-    lr: float,
-) -> str:
-    """Where the loss went non-finite, and which of inputs, outputs, weights were to blame."""
-
-    def census(t: torch.Tensor) -> str:
-        bad = ~torch.isfinite(t)
-        if not bad.any():
-            return f"all {t.numel()} finite (|max| {t.abs().max().item():.3g})"
-        nan = int(torch.isnan(t).sum())
-        return f"{int(bad.sum())} of {t.numel()} non-finite ({nan} NaN, {int(bad.sum()) - nan} Inf)"
-
-    weights = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
-    parts = [
-        f"non-finite loss ({loss.item()}) at epoch {epoch}, batch {batch}",
-        f"inputs: {census(x)}",
-        f"outputs (logits): {census(logits.detach())}",
-        f"weights: {census(weights)}",
-    ]
-    if torch.isfinite(x).all() and not torch.isfinite(logits).all():
-        parts.append(f"the inputs are clean, so the model diverged: lower --lr (now {lr:g})")
-    return "; ".join(parts)
-
-
 def normalise(x: torch.Tensor) -> torch.Tensor:
     """[0, 1] pixels → [-1, 1] (the course's Normalize(0.5, 0.5)), on the device: centred
     inputs keep Adam's first steps from silencing every ReLU of the first layer (measured:
@@ -289,8 +265,15 @@ def check_first_batch(x: torch.Tensor, y: torch.Tensor) -> None:
 class Trainer:
     """One training run: model, optimiser, loaders, progress, and what it writes."""
 
-    def __init__(self, args: argparse.Namespace, report: Report, device: torch.device) -> None:
+    def __init__(
+        self,
+        args: argparse.Namespace,
+        report: Report,
+        device: torch.device,
+        dist: ddp.Dist | None = None,
+    ) -> None:
         self.args, self.report, self.device = args, report, device
+        self.dist = dist or ddp.Dist()
         self.train_loader, self.val_loader = pcam.get_dataloaders(data_config(args))
         sampler, train_set, val_set = (
             self.train_loader.batch_sampler,
@@ -300,9 +283,15 @@ class Trainer:
         assert isinstance(sampler, pcam.BlockBatchSampler)  # resuming mid-epoch relies on it
         assert isinstance(train_set, pcam.PCAMDataset) and isinstance(val_set, pcam.PCAMDataset)
         self.sampler, self.train_set, self.val_set = sampler, train_set, val_set
+        for batches in (sampler, self.val_loader.batch_sampler):
+            assert isinstance(batches, pcam.BlockBatchSampler)
+            batches.shard(self.dist.rank, self.dist.world)
+        # `model` is what is saved and evaluated; `net` (DDP-wrapped under torchrun) trains.
         self.model = MLP((3, 96, 96), args.hidden_units, 2, args.dropout).to(self.device)
+        self.net = self.dist.wrap(self.model, self.device)
         self.optimiser = torch.optim.Adam(self.model.parameters(), lr=args.lr)
         self.loss_fn = nn.CrossEntropyLoss()
+        self.sum_loss = nn.CrossEntropyLoss(reduction="sum")
         self.progress = Progress()
         self.checkpoints = Checkpoints(args.output_dir / "checkpoints", args.keep_checkpoints)
         self.settings = run_settings(args)
@@ -324,6 +313,8 @@ class Trainer:
         self.model.load_state_dict(state["model"])
         self.optimiser.load_state_dict(state["optimiser"])
         self.progress = Progress(**state["progress"])
+        if not self.dist.main:  # rank 0 carries the saved sums; the others add their own
+            self.progress.loss_sum, self.progress.seen = 0.0, 0
         set_rng_state(state["rng"])  # last: building the model above drew from the RNG
         return path
 
@@ -357,20 +348,39 @@ class Trainer:
         self.model.train()
         self.sampler.set_epoch(epoch, start_batch=self.progress.batch)
         for x, y in self.train_loader:
+            # All ranks agree here, between batches, on the batch and on stopping.
+            rows, stop = self.dist.agree(len(y), self.stop.signal_name, self.device)
+            if stop is not None:
+                self.stop.signal_name = stop
+                return False
             if not self.first_batch_checked:
                 check_first_batch(x, y)
                 self.first_batch_checked = True
-            self.step(epoch, x, y)
-            if self.stop.signal_name is not None:
-                return False
+            self.step(epoch, x, y, rows)
         return True
 
-    def step(self, epoch: int, x: torch.Tensor, y: torch.Tensor) -> None:
+    def stopping(self) -> bool:
+        """Whether any rank got a stop signal (all ranks ask at the same point)."""
+        _, stop = self.dist.agree(0, self.stop.signal_name, self.device)
+        self.stop.signal_name = stop
+        return stop is not None
+
+    def sync_progress(self) -> None:
+        """The epoch's loss sum and images seen, summed over the ranks (before they are used)."""
+        p = self.progress
+        p.loss_sum, seen = self.dist.sum([p.loss_sum, float(p.seen)], self.device)
+        p.seen = int(seen)
+
+    def step(self, epoch: int, x: torch.Tensor, y: torch.Tensor, rows: int) -> None:
+        """Train on one batch; `rows`: the global batch size (len(y) in a single process)."""
         x = normalise(x.to(self.device, non_blocking=True))
         y = y.to(self.device, non_blocking=True)
         self.optimiser.zero_grad(set_to_none=True)
-        logits = self.model(x)
-        loss = self.loss_fn(logits, y)
+        logits = self.net(x)
+        if self.dist.active:  # DDP averages over ranks: this makes it the global batch's mean
+            loss = self.sum_loss(logits, y) * (self.dist.world / rows)
+        else:
+            loss = self.loss_fn(logits, y)
         batch = self.progress.batch + 1
         if not torch.isfinite(loss):
             raise NonFiniteLoss(
@@ -379,10 +389,14 @@ class Trainer:
         loss.backward()
         self.optimiser.step()
         self.progress.batch = batch
-        self.progress.loss_sum += loss.item() * len(y)
+        # The slice's summed loss (`loss` is scaled under DDP, see above).
+        share = rows / self.dist.world if self.dist.active else len(y)
+        self.progress.loss_sum += loss.item() * share
         self.progress.seen += len(y)
         self.batches_run += 1
-        if self.batches_run == self.args.stop_after_batches:
+        # The last rank signals itself: the others learn of it from the next agreement.
+        last = self.dist.rank == self.dist.world - 1
+        if self.batches_run == self.args.stop_after_batches and last:
             os.kill(os.getpid(), signal.SIGUSR1)
 
     @torch.no_grad()
@@ -390,56 +404,23 @@ class Trainer:
         self.model.eval()
         loss_sum, labels, scores = 0.0, [], []
         for x, y in self.val_loader:
+            if not len(y):  # this rank's slice of a last batch smaller than the world
+                continue
             x = normalise(x.to(self.device, non_blocking=True))
             y = y.to(self.device, non_blocking=True)
             logits = self.model(x)
             loss_sum += self.loss_fn(logits, y).item() * len(y)
             scores.append(torch.softmax(logits, dim=1)[:, 1].cpu())
             labels.append(y.cpu())
-        y_all, s_all = torch.cat(labels).numpy(), torch.cat(scores).numpy()
+        local = (loss_sum, torch.cat(labels).numpy(), torch.cat(scores).numpy())
+        parts = self.dist.gather(local)  # each rank evaluated its slice of each batch
+        y_all = np.concatenate([part[1] for part in parts])
+        s_all = np.concatenate([part[2] for part in parts])
         return {
-            "val_loss": loss_sum / len(y_all),
+            "val_loss": sum(part[0] for part in parts) / len(y_all),
             "val_acc": float(np.mean((s_all >= 0.5) == y_all)),
             "val_auc": roc_auc(y_all, s_all),
         }
-
-
-def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
-    """Area under the ROC curve (Mann–Whitney U with tied scores sharing ranks); NaN when only
-    one class is present."""
-    positives = int(labels.sum())
-    negatives = len(labels) - positives
-    if positives == 0 or negatives == 0:
-        return float("nan")
-    order = np.argsort(scores, kind="mergesort")
-    sorted_scores = scores[order]
-    ranks = np.empty(len(scores), dtype=np.float64)
-    # Average rank per run of equal scores.
-    starts = np.flatnonzero(np.r_[True, sorted_scores[1:] != sorted_scores[:-1]])
-    ends = np.r_[starts[1:], len(scores)]
-    for start, end in zip(starts, ends, strict=True):
-        ranks[order[start:end]] = (start + end + 1) / 2
-    u = ranks[labels == 1].sum() - positives * (positives + 1) / 2
-    return float(u / (positives * negatives))
-
-
-def plot_losses(history: list[dict[str, float]], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")  # no display on a compute node
-    import matplotlib.pyplot as plt
-
-    epochs = [h["epoch"] for h in history]
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot(epochs, [h["train_loss"] for h in history], "o-", label="train")
-    ax.plot(epochs, [h["val_loss"] for h in history], "s-", label="validation")
-    ax.set(xlabel="epoch", ylabel="cross-entropy loss", title="PCAM MLP")
-    ax.legend()
-    fig.tight_layout()
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
 
 
 def start_facts(trainer: Trainer, args: argparse.Namespace) -> dict[str, Any]:
@@ -489,12 +470,17 @@ def finish_epoch(
     )
     p.history.append({"epoch": epoch, **numbers})
     p.epoch, p.batch, p.loss_sum, p.seen = epoch + 1, 0, 0.0, 0
-    trainer.save_epoch(epoch)
-    plot_losses(p.history, trainer.args.output_dir / "loss.png")
+    if trainer.dist.main:
+        trainer.save_epoch(epoch)
+        plot_losses(p.history, trainer.args.output_dir / "loss.png")
 
 
 def interrupted(trainer: Trainer) -> int:
-    path = trainer.checkpoints.save(trainer.state())
+    trainer.sync_progress()
+    path = trainer.checkpoints.directory / LAST
+    if trainer.dist.main:
+        path = trainer.checkpoints.save(trainer.state())
+    trainer.dist.barrier()  # no rank exits (torchrun would end the others) before it is saved
     p = trainer.progress
     print(
         f"Received {trainer.stop.signal_name}: saved {path} (epoch {p.epoch}, "
@@ -510,22 +496,35 @@ def interrupted(trainer: Trainer) -> int:
     return EXIT_INTERRUPTED
 
 
-def train(args: argparse.Namespace) -> int:
-    report = Report(args.output_dir)
+def train(args: argparse.Namespace, dist: ddp.Dist) -> int:
+    dist.check_batch_size(args.batch_size)
+    report = Report(args.output_dir) if dist.main else QuietReport(args.output_dir)
     device = pick_device(args.device)
     # Before the GPU check: a job stopped for want of its GPUs still says what torch it had.
-    provenance.write(args.output_dir, args.data_dir, args.seed)
+    if dist.main:
+        provenance.write(args.output_dir, args.data_dir, args.seed)
     check_gpus(args, device, report)
-    seed_everything(args.seed)
-    trainer = Trainer(args, report, device)
-    gpu = GpuSampler.for_device(trainer.device)  # None on CPU: nothing is recorded
+    device = dist.start(device)
+    trainer: Trainer | None = None
     try:
-        return train_epochs(trainer, args, report, gpu)
+        seed_everything(args.seed)
+        trainer = Trainer(args, report, device, dist)
+        gpu = GpuSampler.for_device(trainer.device)  # None on CPU: nothing is recorded
+        try:
+            status = train_epochs(trainer, args, report, gpu)
+            dist.barrier()  # every rank done (and rank 0's files written) before the group ends
+            return status
+        finally:
+            if gpu is not None:
+                gpu.stop()
+                if gpu.summary():
+                    report.facts(**gpu.summary())
     finally:
-        if gpu is not None:
-            gpu.stop()
-            if gpu.summary():
-                report.facts(**gpu.summary())
+        # The DDP model goes before its process group: left to the end of the interpreter, gloo
+        # sometimes aborted there ("terminate called without an active exception").
+        del trainer
+        gc.collect()
+        dist.stop()
 
 
 def train_epochs(
@@ -544,8 +543,9 @@ def train_epochs(
         if not trainer.train_epoch(epoch):
             return interrupted(trainer)
         seconds = time.perf_counter() - started
+        trainer.sync_progress()  # rank 0's `before` is the resumed total, the others' 0
         finish_epoch(trainer, epoch, seconds, trainer.progress.seen - before, gpu)
-        if trainer.stop.signal_name is not None:
+        if trainer.stopping():
             return interrupted(trainer)
     kept = trainer.checkpoint_summary()
     print(
@@ -561,12 +561,22 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.reconfigure(line_buffering=True)  # batch jobs buffer stdout otherwise
     args = parse_args(argv)
     try:
-        return train(args)
-    except NonFiniteLoss as exc:
+        dist = ddp.Dist.from_env()
+    except ValueError as exc:
         print(f"Error: {exc}", file=sys.stderr, flush=True)
+        return EXIT_ERROR
+    # Under torchrun only rank 0 speaks; the others print errors only, naming their rank. (An
+    # error on one rank exits non-zero, and torchrun then ends the other ranks.)
+    who = f"rank {dist.rank}: " if dist.active else ""
+    if not dist.main:
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 — for the life of the process
+    try:
+        return train(args, dist)
+    except NonFiniteLoss as exc:
+        print(f"Error: {who}{exc}", file=sys.stderr, flush=True)
         return EXIT_NONFINITE
     except (UserError, FileNotFoundError, ValueError) as exc:
-        print(f"Error: {exc}", file=sys.stderr, flush=True)
+        print(f"Error: {who}{exc}", file=sys.stderr, flush=True)
         return EXIT_ERROR
 
 

@@ -74,3 +74,18 @@ def run_workload(
     env = {**(os.environ if env is None else env), "PYTHONUNBUFFERED": "1"}
     done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=env)
     return Run(done.returncode, done.stdout, done.stderr, output_dir)
+
+
+def run_torchrun(
+    program: str, output_dir: Path, procs: int, *args: object, timeout: float = 180
+) -> Run:
+    """Run a workload under `torchrun --standalone --nproc-per-node procs` on the CPU (gloo),
+    as the single-process runs it is compared with: no GPU visible, no Slurm variables."""
+    argv = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone",
+        "--nproc-per-node", str(procs), str(WORKLOADS / program), *map(str, args),
+        "--output-dir", str(output_dir),
+    ]  # fmt: skip
+    env = {**no_gpu_env(), "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=env)
+    return Run(done.returncode, done.stdout, done.stderr, output_dir)

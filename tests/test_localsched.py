@@ -6,8 +6,10 @@ jobs that must be stopped sleep longer than any wait here, so only the stop can 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
+import subprocess
 import time
 from pathlib import Path
 
@@ -165,6 +167,21 @@ def test_cancel_running_and_pending(tmp_path: Path) -> None:
         assert sched.poll([second])[second].state == JobState.CANCELLED
     finally:
         stop_group(sched._read(first).get("pgid"))
+
+
+def test_a_job_the_cancel_ended_before_the_supervisor_looked_is_cancelled(
+    sched: LocalScheduler, tmp_path: Path
+) -> None:
+    """`cancel` marks the job and signals it at once; on a loaded machine the script may be gone
+    before the supervisor's next look: it is still CANCELLED, not FAILED (a race seen in CI)."""
+    (sched.root / "jobs").mkdir(parents=True, exist_ok=True)
+    rec = {"job_id": "7", "cancel_requested": "2026-12-06T21:00:00Z"}
+    (sched.root / "jobs" / "7.json").write_text(json.dumps(rec))
+    proc = subprocess.Popen(["bash", "-c", "kill -TERM $$"])  # ended by the cancel's signal
+    proc.wait(timeout=GUARD_S)
+    with open(tmp_path / "out", "wb") as out:
+        assert sched._watch(proc, rec, out) == "CANCELLED"
+    assert "CANCELLED AT" in (tmp_path / "out").read_text()
 
 
 def test_queue_runs_jobs_in_order_within_the_limit(tmp_path: Path) -> None:

@@ -365,6 +365,11 @@ class LocalScheduler:
                 _signal_group(proc.pid, signal.SIGTERM)
             if kill_at is not None and time.monotonic() >= kill_at:
                 _signal_group(proc.pid, signal.SIGKILL)
+        if ending is None and self._read(rec["job_id"]).get("cancel_requested"):
+            # `cancel` signals the job itself: on a loaded machine it may be gone before the
+            # next look above, and a cancelled job is not a failed one.
+            _banner(out, rec, "")
+            ending = "CANCELLED"
         return ending
 
     def _record_usage(self, job_id: str, usage: dict[str, Any]) -> None:

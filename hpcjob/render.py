@@ -167,6 +167,7 @@ def render_script(spec: JobSpec, ctx: RenderContext, dirs: Sequence[Path]) -> st
         "workload_args": workload_argv(spec) if program is None else [],
         "task_args": ctx.task_args,
         "hpcjob_version": __version__,
+        "rank_program": f"{ctx.run_dir.rstrip('/')}/workload/rank.py",
     }
     if program is not None:
         variables.update(

@@ -4,6 +4,7 @@ node of 2 cores) and the cost of the whole allocation."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -107,3 +108,58 @@ def test_the_embedded_scheduler_runs_one_node_of_ranks_with_torchrun(
     logs = cli("logs", run["run_id"]).stdout
     assert "allreduce sum=3 world=2" in logs  # ranks 0 and 1 add 1 + 2
     assert "launcher:   torchrun, 1 node(s) x 2 processes" in logs
+    # The job's output is rank 0's; each rank has its own.
+    assert "rank 0 on" in logs and "rank 1 on" not in logs
+    rank_1 = cli("logs", run["run_id"], "--rank", "1")
+    assert rank_1.exit_code == 0 and rank_1.stdout.startswith("rank 1 on"), rank_1.stderr
+    assert "rank 1 on" in cli("logs", run["run_id"], "--rank", "1", "--tail", "1").stdout
+    refused = cli("logs", run["run_id"], "--rank", "2")
+    assert refused.exit_code == 2 and "had 2 ranks (0 to 1); there is no rank 2" in refused.stderr
+    status = Path(run["run_dir"], "exit-status").read_text().split()
+    assert status[0] == "0" and len(status) == 2  # nothing to add when all went well
+    assert not any(
+        a["name"].startswith("ranks/") for a in cli("show", "last", "--json").json()["artifacts"]
+    )  # hpcjob's own files, not the workload's
+
+
+# Rank 1 fails; rank 0 waits on nothing rank 1 could break, so torchrun stops it (TERM) only
+# after rank 1's end was recorded: who failed first is an order of events, not of timing.
+RANK_1_FAILS = """import os, sys, time
+rank = int(os.environ["RANK"])
+print(f"rank {rank} starting", flush=True)
+if rank == 1:
+    sys.exit("ValueError: shard 7 of rank 1 is damaged")
+while True:
+    time.sleep(1)
+"""
+
+
+def test_a_failing_rank_ends_the_job_and_is_named(cli: Any, tmp_path: Path) -> None:
+    program = tmp_path / "fails.py"
+    program.write_text(RANK_1_FAILS)
+    result = cli(
+        "submit", "--procs-per-node", "2", "--time", "5", "--wait", "--json",
+        "--", "python", str(program),
+    )  # fmt: skip
+    run = result.json()
+    assert run["state"] == "FAILED", result.stderr
+    status = Path(run["run_dir"], "exit-status").read_text().split()
+    host = f"host={os.uname().nodename}"
+    assert status[0] == "1" and status[2:] == ["rank=1", host, "rank_exit=1"]
+    logs = cli("logs", run["run_id"]).stdout
+    assert "[rank 1] ValueError: shard 7 of rank 1 is damaged" in logs  # any rank's errors
+    assert "hpcjob: rank 1 on" in logs and "failed first (exit 1)" in logs
+    shown = cli("show", run["run_id"], "--json").json()
+    assert shown["facts"]["failed_rank"] == 1 and shown["facts"]["failed_rank_exit"] == 1
+    assert "rank 1 on" in shown["facts"]["failure"]["line"]
+
+
+def test_the_exit_status_files_rank_words_become_the_reason() -> None:
+    from hpcjob.run.refresh import failed_rank
+
+    assert failed_rank(["rank=3", "host=tcn2", "rank_exit=137"]) == (
+        "rank 3 on tcn2 failed first (exit 137)"
+    )
+    assert failed_rank(["ranks=checkpointed"]) is None
+    assert failed_rank([]) is None
+    assert failed_rank(["rank=1"]) == "rank 1 failed first"

@@ -160,19 +160,35 @@ def logs(
             "default every attempt is shown, latest last)."
         ),
     ] = None,
+    rank: Annotated[
+        int | None,
+        typer.Option(
+            help="One rank's own output (a job of several processes; by default the job's "
+            "output: rank 0's, and the last lines of any rank that failed)."
+        ),
+    ] = None,
     profile: ProfileOpt = None,
 ) -> None:
     """Print a job's output (each attempt's, for a requeued run); with --follow, keep printing
     until the job ends."""
     from hpcjob.run.harvest import harvest
-    from hpcjob.run.watch import attempt_logs, resolve
+    from hpcjob.run.watch import attempt_logs, resolve, world_size
     from hpcjob.run.watch import follow as follow_output
 
     with session(profile) as context:
         run = resolve(context, ref)
         if run.is_array:
             raise _array_has_no_log(context, run)
-        found = attempt_logs(context, run, tail=tail)
+        if rank is not None:
+            _check_rank(run, rank, world_size(run))
+            if follow:
+                raise HpcjobError(
+                    "--follow shows the job's output, not one rank's.",
+                    hint=f"Follow the job (rank 0): hpcjob logs {ref} --follow; or show rank "
+                    f"{rank} so far: hpcjob logs {ref} --rank {rank}",
+                    exit_code=EXIT_USAGE,
+                )
+        found = attempt_logs(context, run, tail=tail, rank=rank)
         shown = found if attempt is None else [_one_attempt(run, found, attempt)]
         if len(found) > 1 and len(shown) == 1:
             info(shown[0].label)
@@ -197,6 +213,8 @@ def logs(
             harvest(context, run)
         elif not latest.data:
             info(f"Job {run.job_id} is {run.state.value} and has written nothing yet.")
+        if rank is not None and run.state.is_final and not any(log.data for log in shown):
+            info(f"Rank {rank} left no output (its job may have ended before it started).")
 
 
 def _logs_text(shown: list[Any], tail: int | None) -> str:
@@ -211,6 +229,22 @@ def _logs_text(shown: list[Any], tail: int | None) -> str:
             text += "" if text.endswith("\n") else "\n"
         parts.append(text)
     return "".join(parts)
+
+
+def _check_rank(run: Any, rank: int, world: int) -> None:
+    """A rank the run had; a run of one process has no per-rank output."""
+    if world <= 1:
+        raise HpcjobError(
+            f"Run {run.run_id} ran one process: it has no per-rank output.",
+            hint=f"Show its output: hpcjob logs {run.run_id}",
+            exit_code=EXIT_USAGE,
+        )
+    if not 0 <= rank < world:
+        raise HpcjobError(
+            f"Run {run.run_id} had {world} ranks (0 to {world - 1}); there is no rank {rank}.",
+            hint=f"Give --rank 0 to {world - 1}.",
+            exit_code=EXIT_USAGE,
+        )
 
 
 def _one_attempt(run: Any, found: list[Any], attempt: int) -> Any:

@@ -44,6 +44,7 @@ from hpcjob.sweep import Sweep
 
 PCAM_SPLIT_FILE = "camelyonpatch_level_2_split_{split}_{xy}.h5"
 PROVENANCE_PROGRAM = "provenance.py"
+RANK_PROGRAM = "rank.py"  # between the launcher and each rank (multi-process jobs)
 
 
 @dataclass(frozen=True)
@@ -67,10 +68,14 @@ class Prepared:
     def code(self) -> dict[str, bytes]:
         """hpcjob's workload programs staged in `workload/`; a user's program gets only the
         provenance writer (its own code travels as the snapshot)."""
+        launched = self.spec.resources.launcher != "none"
         if self.workload is not None:
+            if launched and RANK_PROGRAM not in self.workload:  # a rerun of an older snapshot
+                return {**self.workload, RANK_PROGRAM: workload_files()[RANK_PROGRAM]}
             return self.workload
         if self.spec.program is not None:
-            return {PROVENANCE_PROGRAM: workload_files()[PROVENANCE_PROGRAM]}
+            names = (PROVENANCE_PROGRAM, RANK_PROGRAM) if launched else (PROVENANCE_PROGRAM,)
+            return {name: workload_files()[name] for name in names}
         return workload_files()
 
     @property

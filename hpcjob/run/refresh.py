@@ -145,13 +145,26 @@ def exit_status_info(ctx: Context, run: Run) -> JobInfo | None:
     if not words or not words[0].lstrip("-").isdigit():
         return None
     code = int(words[0])
+    reason = "from the job's exit-status file (the scheduler no longer reports it)"
+    failed = failed_rank(words[2:])
     return JobInfo(
         job_id=run.job_id,
         state=JobState.COMPLETED if code == 0 else JobState.FAILED,
         exit_code=code,
         ended_at=words[1] if len(words) > 1 else None,
-        reason="from the job's exit-status file (the scheduler no longer reports it)",
+        reason=f"{failed}; {reason}" if failed else reason,
     )
+
+
+def failed_rank(note: Sequence[str]) -> str | None:
+    """`rank 3 on tcn2 failed first (exit 137)` from the words a multi-process job's script adds
+    to its exit-status file (`rank=3 host=tcn2 rank_exit=137`, workloads/rank.py)."""
+    pairs = dict(word.split("=", 1) for word in note if "=" in word)
+    if "rank" not in pairs:
+        return None
+    host = f" on {pairs['host']}" if pairs.get("host") else ""
+    code = f" (exit {pairs['rank_exit']})" if pairs.get("rank_exit") else ""
+    return f"rank {pairs['rank']}{host} failed first{code}"
 
 
 def _record_accounting(ctx: Context, late: list[Run], infos: dict[str, JobInfo]) -> None:

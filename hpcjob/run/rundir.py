@@ -2,8 +2,9 @@
 exit status land, and the one way files are staged into it.
 
 `<run_dir>/job.sh`, `run.json`, the `workload/` snapshot, `slurm-<jobid>.out`, `exit-status`
-(`exit-status.<task>` for array tasks, written by the script's EXIT trap), and what the workload
-writes: `metrics.jsonl`, plots, checkpoints (an array task in `task-<i>/`).
+(`exit-status.<task>` for array tasks, written by the script's EXIT trap), a multi-process job's
+`ranks/<jobid>/rank-<R>.out` and `.exit` (workloads/rank.py), and what the workload writes:
+`metrics.jsonl`, plots, checkpoints (an array task in `task-<i>/`).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ Files = dict[str, tuple[bytes, int]]
 OWN_FILES = frozenset({"job.sh", "run.json", "metrics.jsonl"})
 WORKLOAD_DIR = "workload"  # hpcjob's workload programs, staged with the run
 CODE_DIR = "code"  # a program's working copy of its project's snapshot (program.sbatch.j2)
+RANKS_DIR = "ranks"  # each rank's output and exit record, per job: ranks/<job id>/rank-<R>.out
 
 
 def output_path(run: Run, job_id: str) -> str:
@@ -35,6 +37,11 @@ def output_path(run: Run, job_id: str) -> str:
 def exit_status_path(run: Run) -> str:
     task = run.job_id.split("_", 1)[1] if run.job_id and "_" in run.job_id else None
     return f"{run.run_dir}/exit-status" + (f".{task}" if task else "")
+
+
+def rank_log_path(run: Run, job_id: str, rank: int) -> str:
+    """One rank's own output in a multi-process job (workloads/rank.py, base.sbatch.j2)."""
+    return f"{files_dir(run)}/{RANKS_DIR}/{job_id}/rank-{rank}.out"
 
 
 def files_dir(run: Run) -> str:
@@ -51,7 +58,7 @@ def is_artifact(name: str) -> bool:
     top = name.split("/", 1)[0]
     if (
         name in OWN_FILES
-        or top in (WORKLOAD_DIR, CODE_DIR)
+        or top in (WORKLOAD_DIR, CODE_DIR, RANKS_DIR)
         or name.startswith(("exit-status", "."))
     ):
         return False

@@ -14,7 +14,7 @@ from hpcjob.run.context import Context
 from hpcjob.run.harvest import harvest
 from hpcjob.run.refresh import refresh
 from hpcjob.run.requeue import due as requeue_due
-from hpcjob.run.rundir import exit_status_path, output_path
+from hpcjob.run.rundir import exit_status_path, output_path, rank_log_path
 from hpcjob.shell import Shell
 
 _FILE_TICK_S = 0.25
@@ -169,18 +169,25 @@ class AttemptLog:
         return f"==> {self.label} <=="
 
 
-def attempt_logs(ctx: Context, run: Run, tail: int | None = None) -> list[AttemptLog]:
+def attempt_logs(
+    ctx: Context, run: Run, tail: int | None = None, rank: int | None = None
+) -> list[AttemptLog]:
     """Each attempt's output, oldest first: an `--auto-requeue` run's ended jobs (each wrote its
-    own `slurm-<job id>.out` in the run directory), then the current job. With `tail`, only the
-    end of each file that holds its last `tail` lines is read (at most TAIL_MAX bytes)."""
+    own `slurm-<job id>.out` in the run directory), then the current job; with `rank`, that
+    rank's own output in each (`rank_log_path`). With `tail`, only the end of each file that
+    holds its last `tail` lines is read (at most TAIL_MAX bytes)."""
     past = ctx.ledger.attempts(run.run_id)
     shell = ctx.scheduler.shell
     logs = []
     current = AttemptLog(len(past) + 1, len(past) + 1, run.job_id, run.state.value, b"")
     paths = [output_path(run, e.job_id) if e.job_id else None for e in past]
+    paths.append(run.output_path)
+    if rank is not None:
+        job_ids = [e.job_id for e in past] + [run.job_id]
+        paths = [rank_log_path(run, job, rank) if job else None for job in job_ids]
     for log, path in zip(
         [AttemptLog(e.attempt, len(past) + 1, e.job_id, e.state, b"") for e in past] + [current],
-        [*paths, run.output_path],
+        paths,
         strict=True,
     ):
         if not path or shell.size(path) is None:
@@ -191,6 +198,14 @@ def attempt_logs(ctx: Context, run: Run, tail: int | None = None) -> list[Attemp
             data, cut, size = read_tail(shell, path, tail)
             logs.append(dataclasses.replace(log, data=data, size=size, cut=cut))
     return logs
+
+
+def world_size(run: Run) -> int:
+    """How many ranks the run's job started: nodes × processes per node, with a launcher."""
+    res = run.spec.get("resources", {})
+    if res.get("launcher", "none") == "none":
+        return 1
+    return int(res.get("nodes") or 1) * int(res.get("procs_per_node") or 1)
 
 
 def read_tail(

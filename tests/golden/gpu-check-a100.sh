@@ -18,7 +18,8 @@ export PYTHONUNBUFFERED=1
 # The exit status goes into the run directory, so hpcjob knows how the job ended even where
 # Slurm's accounting is off.
 hpcjob_exit_file="$HPCJOB_RUN_DIR/exit-status${SLURM_ARRAY_TASK_ID:+.$SLURM_ARRAY_TASK_ID}"
-trap 'rc=$?; printf "%s %s\n" "$rc" "$(date -u +%Y-%m-%dT%H:%M:%SZ)" > "$hpcjob_exit_file"' EXIT
+hpcjob_exit_note=""  # what follows the code in that file: the rank that failed first
+trap 'rc=$?; printf "%s %s%s\n" "$rc" "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "${hpcjob_exit_note:+ $hpcjob_exit_note}" > "$hpcjob_exit_file"' EXIT
 # Killed by TERM (the time limit, scancel), bash would run that trap with the last command's
 # status, often 0; exiting as a shell ended by TERM reports itself (143) says what happened.
 trap 'exit 143' TERM

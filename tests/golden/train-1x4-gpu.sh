@@ -20,7 +20,8 @@ export PYTHONUNBUFFERED=1
 # The exit status goes into the run directory, so hpcjob knows how the job ended even where
 # Slurm's accounting is off.
 hpcjob_exit_file="$HPCJOB_RUN_DIR/exit-status${SLURM_ARRAY_TASK_ID:+.$SLURM_ARRAY_TASK_ID}"
-trap 'rc=$?; printf "%s %s\n" "$rc" "$(date -u +%Y-%m-%dT%H:%M:%SZ)" > "$hpcjob_exit_file"' EXIT
+hpcjob_exit_note=""  # what follows the code in that file: the rank that failed first
+trap 'rc=$?; printf "%s %s%s\n" "$rc" "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "${hpcjob_exit_note:+ $hpcjob_exit_note}" > "$hpcjob_exit_file"' EXIT
 # Killed by TERM (the time limit, scancel), bash would run that trap with the last command's
 # status, often 0; exiting as a shell ended by TERM reports itself (143) says what happened.
 trap 'exit 143' TERM
@@ -61,7 +62,26 @@ fi
 hpcjob_launch+=(python3 -m torch.distributed.run --nnodes "${SLURM_NNODES:-1}"
     --nproc-per-node 4 --rdzv-backend c10d
     --rdzv-endpoint "$hpcjob_master:$hpcjob_port" --rdzv-id "${SLURM_JOB_ID:-0}" --no-python)
+# torchrun passes these signals on to every rank (Slurm's warning is USR1) and waits up to 100 s
+# (within the warning's 120) for them to save a checkpoint; older torch reads the second name.
+export PET_SIGNALS_TO_HANDLE=SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1,SIGUSR2
+export TORCHELASTIC_SIGNALS_TO_HANDLE="$PET_SIGNALS_TO_HANDLE"
+export PET_SHUTDOWN_TIMEOUT=100 TORCH_ELASTIC_SHUTDOWN_TIMEOUT=100
 echo "launcher:   torchrun, ${SLURM_NNODES:-1} node(s) x "4" processes, rendezvous $hpcjob_master:$hpcjob_port"
+
+# Every rank runs under workload/rank.py: its output and exit go to ranks/<job id>/ (the job's
+# output shows rank 0's, and the last lines of any rank that fails); once the launcher has
+# ended, hpcjob_ranks_end names the rank that failed first, or gives 75 when every rank stopped
+# with a checkpoint (torchrun itself exits 1 after passing a signal on).
+hpcjob_job_ref="${SLURM_ARRAY_JOB_ID:+${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID:-}}"
+hpcjob_ranks_dir="$HPCJOB_RUN_DIR/ranks/${hpcjob_job_ref:-${SLURM_JOB_ID:-0}}"
+hpcjob_world=$(( ${SLURM_NNODES:-1} * 4 ))
+hpcjob_launch+=(python3 /home/u/hpcjob/runs/r000001/workload/rank.py run --dir "$hpcjob_ranks_dir" --)
+hpcjob_ranks_end() {
+    local line
+    line="$(python3 /home/u/hpcjob/runs/r000001/workload/rank.py summary --dir "$hpcjob_ranks_dir" --ranks "$hpcjob_world" --launcher-rc "$1" --metrics "${HPCJOB_METRICS:-$HPCJOB_RUN_DIR/metrics.jsonl}")" || line="$1"
+    read -r hpcjob_rc hpcjob_exit_note <<< "$line" || true
+}
 
 cd -- "$HPCJOB_RUN_DIR"
 echo "== workload train =="
@@ -88,6 +108,7 @@ while true; do
     # A trapped signal interrupts `wait`; keep waiting while train.py saves its checkpoint.
     kill -0 "$hpcjob_pid" 2>/dev/null || break
 done
+hpcjob_ranks_end "$hpcjob_rc"
 if [ "$hpcjob_rc" -eq 75 ]; then
     echo "hpcjob: training stopped before the time limit with a checkpoint; resubmit to resume." >&2
 fi

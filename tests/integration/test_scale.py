@@ -58,5 +58,8 @@ def test_torchrun_across_two_nodes_all_reduces_over_four_ranks(user: UserSession
     assert run["state"] == "COMPLETED", logs
     assert "allreduce sum=10 world=4" in logs  # 1 + 2 + 3 + 4 from ranks 0-3
     assert "launcher:   torchrun, 2 node(s) x 2 processes, rendezvous tcn1:" in logs
-    # One torchrun on each node: ranks ran on both (SLURM_NODEID 0 and 1).
-    assert "node 0" in logs and "node 1" in logs, logs
+    # One torchrun on each node: ranks ran on both (SLURM_NODEID 0 and 1); the job's output is
+    # rank 0's, each rank's own is in its file.
+    assert "rank 0 on" in logs and "node 0" in logs and "rank 3 on" not in logs, logs
+    rank_3 = user.hpcjob("logs", run["run_id"], "--rank", "3")
+    assert rank_3.exit_code == 0 and "rank 3 on" in rank_3.stdout and "node 1" in rank_3.stdout

@@ -1,11 +1,12 @@
 """Throughput of the built-in train at 1 and 2 CPU processes (issue 18).
 
-    .venv/bin/python bench/ddp_cpu.py [--repeats 2] [--train 4096]
+    .venv/bin/python bench/ddp_cpu.py [--repeats 3] [--train 4096]
 
 Generates synthetic PCAM (official flavour) under bench/out/ddp/ (gitignored), then trains the
 default MLP for 2 epochs at global batch 256 in three ways, interleaved over the repeats:
 1 process with torch's default threads; 1 process with OMP_NUM_THREADS=1; `torchrun
---nproc-per-node 2` (gloo, OMP_NUM_THREADS=1 per rank, as torchrun sets it). Reports the
+--nproc-per-node 2` (gloo, OMP_NUM_THREADS=1 per rank, as torchrun sets it). A fourth way runs the
+two ranks as a job does, each under workloads/rank.py. Reports the
 median images/s of epoch 2 (the first epoch pays imports and first reads) from metrics.jsonl,
 and the scaling efficiency of 2 processes against 1 single-threaded one.
 """
@@ -23,6 +24,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN = ROOT / "workloads" / "train.py"
+RANK = ROOT / "workloads" / "rank.py"
 OUT = ROOT / "bench" / "out" / "ddp"
 ARGS = ["--epochs", "2", "--batch-size", "256", "--seed", "0"]
 TORCHRUN = ("--nproc-per-node", "2")
@@ -31,6 +33,26 @@ MODES = {
     "1 process, 1 thread": ([sys.executable, str(TRAIN)], {"OMP_NUM_THREADS": "1"}),
     "2 processes (torchrun, gloo), 1 thread each": (
         [sys.executable, "-m", "torch.distributed.run", "--standalone", *TORCHRUN, str(TRAIN)],
+        {"OMP_NUM_THREADS": "1"},
+    ),
+    # What a job runs: each rank under workloads/rank.py (its own log; rank 0's also echoed).
+    "2 processes, each under rank.py (as in a job)": (
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            *TORCHRUN,
+            "--no-python",
+            sys.executable,
+            str(RANK),
+            "run",
+            "--dir",
+            str(OUT / "ranks"),
+            "--",
+            sys.executable,
+            str(TRAIN),
+        ],
         {"OMP_NUM_THREADS": "1"},
     ),
 }
@@ -48,7 +70,7 @@ def images_per_s(argv: list[str], env: dict[str, str], data: Path, out: Path) ->
 
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--train", type=int, default=4096)
     a = p.parse_args()
     sys.path.insert(0, str(ROOT / "workloads"))

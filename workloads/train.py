@@ -412,7 +412,10 @@ class Trainer:
             loss_sum += self.loss_fn(logits, y).item() * len(y)
             scores.append(torch.softmax(logits, dim=1)[:, 1].cpu())
             labels.append(y.cpu())
-        local = (loss_sum, torch.cat(labels).numpy(), torch.cat(scores).numpy())
+        # A rank may have nothing to evaluate (a validation set smaller than the world).
+        y_local = torch.cat(labels).numpy() if labels else np.zeros(0, dtype=np.int64)
+        s_local = torch.cat(scores).numpy() if scores else np.zeros(0, dtype=np.float32)
+        local = (loss_sum, y_local, s_local)
         parts = self.dist.gather(local)  # each rank evaluated its slice of each batch
         y_all = np.concatenate([part[1] for part in parts])
         s_all = np.concatenate([part[2] for part in parts])

@@ -67,6 +67,19 @@ def test_a_last_batch_smaller_than_the_world_leaves_a_rank_empty_and_still_match
     assert_same_numbers(two, one)
 
 
+def test_a_rank_with_no_validation_images_at_all_still_matches(tmp_path: Path) -> None:
+    # One validation image for two ranks: rank 1 evaluates nothing.
+    data = tmp_path / "data"
+    synth.generate(data, "official", {"train": 128, "valid": 1, "test": 8}, seed=3)
+    args = ("--data-dir", data, *DDP_ARGS)
+    one = run_workload("train.py", tmp_path / "one", *args, env=no_gpu_env(OMP_NUM_THREADS="1"))
+    two = run_torchrun("train.py", tmp_path / "two", 2, *args)
+    assert one.returncode == 0 and two.returncode == 0, one.stderr + two.stderr
+    for got, want in zip(two.metrics(), one.metrics(), strict=True):
+        for key in ("train_loss", "val_loss", "val_acc"):  # AUC needs both classes
+            assert math.isclose(got[key], want[key], rel_tol=REL_TOL), (key, got, want)
+
+
 def test_a_batch_that_does_not_split_over_the_processes_is_refused(
     official_dir: Path, tmp_path: Path
 ) -> None:

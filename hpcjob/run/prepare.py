@@ -67,7 +67,8 @@ class Prepared:
     @property
     def code(self) -> dict[str, bytes]:
         """hpcjob's workload programs staged in `workload/`; a user's program gets only the
-        provenance writer (its own code travels as the snapshot)."""
+        provenance writer, and the rank wrapper when launched (its own code travels as the
+        snapshot)."""
         launched = self.spec.resources.launcher != "none"
         if self.workload is not None:
             if launched and RANK_PROGRAM not in self.workload:  # a rerun of an older snapshot

@@ -9,9 +9,10 @@ passes USR1/USR2/TERM/INT/HUP on to the command (Slurm's warning before the time
 only the launcher; a command reached directly as well gets the signal twice — handle it
 idempotently) and, when the command ends, writes `DIR/rank-<R>.exit`: `CODE TIME HOST [SIGNAL]`
 (CODE as bash reports it, 128 + N for a command killed by signal N; TIME in seconds since the
-epoch). A rank other than 0 that fails prints its last lines to stderr, prefixed `[rank R]`, so
-the job's output holds the error lines of every rank. The rank is torchrun's RANK, else srun's
-SLURM_PROCID.
+epoch). Started by srun, the command also gets torch's RANK, LOCAL_RANK and WORLD_SIZE from
+SLURM_PROCID, SLURM_LOCALID and SLURM_NTASKS. A rank other than 0 that fails prints its last
+lines to stderr, prefixed `[rank R]`, so the job's output holds the error lines of every rank.
+The rank is torchrun's RANK, else srun's SLURM_PROCID.
 
 `summary`, run by the job script once the launcher has ended, reads the exit records and prints
 `CODE NOTE...`: the job's exit code and what the exit-status file adds. The first rank to fail
@@ -53,6 +54,14 @@ def rank_of(env: dict[str, str] | os._Environ[str]) -> int:
         if value.isdigit():
             return int(value)
     return 0
+
+
+def torch_env(env: dict[str, str] | os._Environ[str]) -> dict[str, str]:
+    """What torch's env:// rendezvous needs, from srun's variables where torchrun set none."""
+    if "RANK" in env or "SLURM_PROCID" not in env:
+        return {}
+    names = {"RANK": "SLURM_PROCID", "LOCAL_RANK": "SLURM_LOCALID", "WORLD_SIZE": "SLURM_NTASKS"}
+    return {ours: env[theirs] for ours, theirs in names.items() if theirs in env}
 
 
 def bash_code(returncode: int) -> int:
@@ -113,6 +122,7 @@ def run(folder: Path, command: list[str]) -> int:
                 command,
                 stdout=subprocess.PIPE if rank == 0 else log,
                 stderr=subprocess.STDOUT,
+                env={**os.environ, **torch_env(os.environ)},
             )
         except OSError as exc:
             message = f"hpcjob: rank {rank} on {host} could not start {command[0]}: {exc}\n"

@@ -58,8 +58,27 @@ def test_torchrun_across_two_nodes_all_reduces_over_four_ranks(user: UserSession
     assert run["state"] == "COMPLETED", logs
     assert "allreduce sum=10 world=4" in logs  # 1 + 2 + 3 + 4 from ranks 0-3
     assert "launcher:   torchrun, 2 node(s) x 2 processes, rendezvous tcn1:" in logs
-    # One torchrun on each node: ranks ran on both (SLURM_NODEID 0 and 1); the job's output is
-    # rank 0's, each rank's own is in its file.
-    assert "rank 0 on" in logs and "node 0" in logs and "rank 3 on" not in logs, logs
-    rank_3 = user.hpcjob("logs", run["run_id"], "--rank", "3")
-    assert rank_3.exit_code == 0 and "rank 3 on" in rank_3.stdout and "node 1" in rank_3.stdout
+    # One torchrun on each node: ranks ran on both (SLURM_NODEID 0 and 1; torchrun's rendezvous
+    # decides which node gets rank 0). The job's output is rank 0's, each rank's is in its file.
+    assert "rank 0 on" in logs and "rank 3 on" not in logs, logs
+    ranks = [user.hpcjob("logs", run["run_id"], "--rank", str(r)).stdout for r in range(4)]
+    assert all(f"rank {r} on" in text for r, text in enumerate(ranks)), ranks
+    assert any("node 0" in t for t in ranks) and any("node 1" in t for t in ranks), ranks
+
+
+@pytest.mark.slurm
+def test_srun_starts_every_rank_with_what_torch_needs(user: UserSession) -> None:
+    program = user.home / "allreduce.py"
+    program.write_text(ALLREDUCE_PROGRAM)  # init_process_group("gloo"): torch's env:// variables
+    shutil.chown(program, user.cluster["HPCJOB_TEST_USER"])
+    result = user.hpcjob(
+        "submit", "-p", MULTI, "--nodes", "2", "--procs-per-node", "2", "--launcher", "srun",
+        "--time", "5", "--wait", "--json", "--", "python", str(program), timeout=400,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.stderr + result.stdout
+    run = result.json()
+    logs = user.hpcjob("logs", run["run_id"]).stdout
+    assert run["state"] == "COMPLETED", logs
+    assert "allreduce sum=10 world=4" in logs and "launcher:   srun, 2 node(s) x 2 tasks" in logs
+    # srun's ranks go in node order: 0 and 1 on the first node, 2 and 3 on the second.
+    assert "node 1" in user.hpcjob("logs", run["run_id"], "--rank", "2").stdout

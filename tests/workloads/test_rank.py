@@ -143,3 +143,23 @@ def test_the_summary_line_names_the_rank_and_adds_facts(tmp_path: Path, capsys) 
     assert rankmod.summary(stopped, ranks=2, launcher_rc=1, metrics=None) == "1 no_record=1"
     (stopped / "rank-1.exit").write_text("75 1.0 tcn2\n")
     assert rankmod.summary(stopped, ranks=2, launcher_rc=1, metrics=None) == "75 ranks=checkpointed"
+
+
+def test_srun_ranks_get_torchs_variables_and_torchruns_are_left_alone() -> None:
+    srun = {"SLURM_PROCID": "5", "SLURM_LOCALID": "1", "SLURM_NTASKS": "8"}
+    assert rankmod.torch_env(srun) == {"RANK": "5", "LOCAL_RANK": "1", "WORLD_SIZE": "8"}
+    assert rankmod.torch_env({**srun, "RANK": "5"}) == {}  # torchrun's own
+    assert rankmod.torch_env({}) == {}
+
+
+def test_a_srun_rank_runs_with_torchs_variables(tmp_path: Path) -> None:
+    env = {**os.environ, "SLURM_PROCID": "1", "SLURM_LOCALID": "1", "SLURM_NTASKS": "2"}
+    env.pop("RANK", None)
+    show = (
+        "import os; print(os.environ['RANK'], os.environ['LOCAL_RANK'], os.environ['WORLD_SIZE'])"
+    )
+    argv = [sys.executable, str(RANK_PY), "run", "--dir", str(tmp_path), "--",
+            sys.executable, "-c", show]  # fmt: skip
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "rank-1.out").read_text() == "1 1 2\n"

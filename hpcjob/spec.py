@@ -234,6 +234,8 @@ class Program:
     src_layout: bool = False  # the project has src/: it goes on PYTHONPATH
     options: dict[str, str] = field(default_factory=dict)  # CLI option → config key
     sbatch_extra: tuple[tuple[str, str], ...] = ()  # a batch script's other #SBATCH options
+    # The launcher the project file declares for the workload (LAUNCHERS); None: not declared.
+    launcher: str | None = None
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Program:
@@ -249,6 +251,7 @@ class Program:
             src_layout=bool(data.get("src_layout")),
             options=dict(data.get("options") or {}),
             sbatch_extra=tuple((str(k), str(v)) for k, v in data.get("sbatch_extra") or ()),
+            launcher=data.get("launcher"),
         )
 
 
@@ -489,10 +492,8 @@ def _build_resources(request: SpecRequest, workload: WorkloadDef, problems: list
         )
     nodes = request.nodes or 1
     gpus = _gpus_per_node(request, nodes, problems)
-    # Only --gpus (or nothing) of these: one process, as before these options existed.
-    scaled = (request.nodes, request.gpus_per_node, request.procs_per_node, request.launcher)
-    procs = request.procs_per_node or (max(1, gpus) if any(v is not None for v in scaled) else 1)
-    launcher = _launcher(request.launcher, nodes, procs, problems)
+    procs = _procs_per_node(request, gpus)
+    launcher = _launcher(request, nodes, procs, problems)
     return Resources(
         partition=request.partition,
         time_s=time_s,
@@ -528,19 +529,66 @@ def _gpus_per_node(request: SpecRequest, nodes: int, problems: list[str]) -> int
     return implied_gpus(given if given is not None else request.gpus, request.partition)
 
 
-def _launcher(given: str | None, nodes: int, procs: int, problems: list[str]) -> str:
-    """The launcher asked for, else torchrun when the job has more than one process."""
-    if given is None:
-        return "torchrun" if nodes * procs > 1 else "none"
-    if given not in LAUNCHERS:
+def _procs_per_node(request: SpecRequest, gpus: int) -> int:
+    """Ranks on each node: those asked, else one per GPU where the job is meant to have ranks —
+    a workload that declares torchrun or srun, or a request with any of the scale options (with
+    only --gpus, one process, as before these options existed); a batch script starts its own."""
+    if request.procs_per_node:
+        return request.procs_per_node
+    program = request.program
+    if program is not None and (program.kind == "script" or program.launcher == "none"):
+        return 1
+    scaled = (request.nodes, request.gpus_per_node, request.procs_per_node, request.launcher)
+    declared = program is not None and program.launcher is not None
+    return max(1, gpus) if declared or any(v is not None for v in scaled) else 1
+
+
+def _launcher(request: SpecRequest, nodes: int, procs: int, problems: list[str]) -> str:
+    """The launcher asked for, else the one the project file declares, else torchrun when the
+    job has more than one process; a batch script is never wrapped."""
+    given, program = request.launcher, request.program
+    if given is not None and given not in LAUNCHERS:
         problems.append(f"--launcher {given!r} is not one of: {', '.join(LAUNCHERS)}")
         return "none"
+    if program is not None and program.kind == "script":
+        problems.extend(_script_launch_problems(request, given, nodes))
+        return "none"
+    declared = program.launcher if program is not None else None
+    if given is None and declared == "none" and nodes * procs > 1:
+        problems.append(
+            f'{request.workload} declares launcher = "none" in {program.source if program else ""}'
+            f" (one process), but --nodes {nodes} × --procs-per-node {procs} asks for "
+            f"{nodes * procs}: give --launcher torchrun or srun"
+        )
+    if given is None:
+        return (declared or "torchrun") if nodes * procs > 1 else "none"
     if given == "none" and nodes > 1:
         problems.append(
             f"--launcher none runs one process on one node, but --nodes {nodes} was asked for: "
             "use --launcher torchrun or srun"
         )
     return given
+
+
+def _script_launch_problems(request: SpecRequest, given: str | None, nodes: int) -> list[str]:
+    """A batch script starts its own processes (its srun): hpcjob runs it once, unwrapped."""
+    script = request.workload
+    problems = []
+    if given not in (None, "none"):
+        problems.append(
+            f"--launcher {given} does not apply to the batch script {script}: hpcjob runs it "
+            "once, as it is, and its own srun starts its processes; leave --launcher out"
+        )
+    asked = [f"--nodes {nodes}"] * (nodes > 1)
+    asked += [f"--procs-per-node {request.procs_per_node}"] * ((request.procs_per_node or 1) > 1)
+    if asked:
+        problems.append(
+            f"{script} is a batch script: hpcjob runs it once, as one task on one node, but "
+            f"{' and '.join(asked)} was asked for; to run on several nodes, submit what the "
+            'script runs as a workload of hpcjob.toml with launcher = "torchrun", or as a '
+            "command: hpcjob submit --nodes N --launcher srun -- CMD"
+        )
+    return problems
 
 
 def with_feature(constraint: str | None, feature: str) -> str:

@@ -361,21 +361,18 @@ def course_project(dest: Path, *, git: bool = True) -> Path:
         (dest / stored).rename(dest / name)
     (dest / "job.sh").chmod(0o755)
     if git:
-        for argv in (
-            ["init", "-q", "-b", "main"],
-            ["add", "-A"],
-            [
-                "-c",
-                "user.name=Student",
-                "-c",
-                "user.email=s@example.org",
-                "commit",
-                "-qm",
-                "skeleton",
-            ],
-        ):
-            subprocess.run(["git", "-C", str(dest), *argv], check=True, capture_output=True)
+        commit_all(dest, "skeleton")
     return dest
+
+
+def commit_all(dest: Path, message: str) -> None:
+    """A new git repository in `dest` with everything in it committed."""
+    for argv in (
+        ["init", "-q", "-b", "main"],
+        ["add", "-A"],
+        ["-c", "user.name=Student", "-c", "user.email=s@example.org", "commit", "-qm", message],
+    ):
+        subprocess.run(["git", "-C", str(dest), *argv], check=True, capture_output=True)
 
 
 def job_template(home: Path, command: str) -> None:
@@ -408,3 +405,39 @@ if rank == 0:
     print(f"allreduce sum={int(value.item())} world={world}", flush=True)
 dist.destroy_process_group()
 """
+
+
+# A user's own DDP program (issue 18): every rank prints its RANK/WORLD_SIZE line; the ranks
+# all-reduce rank + 1 (4 ranks: 1 + 2 + 3 + 4 = 10) and rank 0 alone writes the metrics.
+DDP_SUM_PROGRAM = """\
+import json
+import os
+
+import torch
+import torch.distributed as dist
+
+dist.init_process_group("gloo")
+rank, world = dist.get_rank(), dist.get_world_size()
+value = torch.tensor([float(rank + 1)])
+dist.all_reduce(value)
+total = int(value.item())
+env = {k: os.environ.get(k, "?") for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR")}
+print(f"ddp_sum rank {env['RANK']} local {env['LOCAL_RANK']} of {env['WORLD_SIZE']} "
+      f"master {env['MASTER_ADDR']} node {os.environ.get('SLURM_NODEID', '?')}", flush=True)
+if rank == 0:
+    print(f"ddp_sum sum={total} world={world}", flush=True)
+    with open(os.environ["HPCJOB_METRICS"], "a") as out:
+        out.write(json.dumps({"step": 1, "sum": total, "world_size": world}) + "\\n")
+dist.destroy_process_group()
+"""
+
+
+def ddp_project(dest: Path, launcher: str = "torchrun") -> Path:
+    """A small git project whose workload `train` runs ddp_sum.py and declares `launcher`."""
+    dest.mkdir(parents=True)
+    (dest / "ddp_sum.py").write_text(DDP_SUM_PROGRAM)
+    (dest / "hpcjob.toml").write_text(
+        f'[workloads.train]\ncommand = ["python", "ddp_sum.py"]\nlauncher = "{launcher}"\n'
+    )
+    commit_all(dest, "ddp")
+    return dest

@@ -13,6 +13,7 @@ config = "experiments/configs/train_config.yaml"
 partition = "gpu_a100"          # default resources: partition, time, gpus, cpus, mem
 metrics = ["experiments/results/*/metrics.csv"]
 artifacts = ["experiments/results/*/*.pt"]
+launcher = "torchrun"           # its ranks' launcher with --nodes/--procs-per-node/GPUs (LAUNCHERS)
 
 [workloads.train.options]       # CLI option → config key: `--epochs 3` sets training.epochs
 epochs = "training.epochs"
@@ -32,6 +33,7 @@ from typing import Any
 
 from hpcjob.errors import EXIT_USAGE, HpcjobError
 from hpcjob.project.snapshot import check_patterns, glob_regex
+from hpcjob.spec import LAUNCHERS
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -60,6 +62,7 @@ _WORKLOAD_KEYS: dict[str, type | tuple[type, ...]] = {
     "metrics": list,
     "artifacts": list,
     "description": str,
+    "launcher": str,
 }
 _PROJECT_KEYS: dict[str, type | tuple[type, ...]] = {
     "name": str,
@@ -86,6 +89,7 @@ class ProjectWorkload:
     metrics: tuple[str, ...] = ()
     artifacts: tuple[str, ...] = ()
     description: str = ""
+    launcher: str | None = None  # declared: torchrun, srun or none; None: not declared
 
     @property
     def placeholders(self) -> set[str]:
@@ -274,6 +278,12 @@ def _workload(name: str, raw: Any, lines: _Lines, problems: list[str]) -> Projec
     for key in ("gpus", "cpus"):
         if key in values and values[key] < (0 if key == "gpus" else 1):
             problems.append(f"line {lines.of(table, key)}: {key} must not be {values[key]}")
+    launcher = values.get("launcher")
+    if launcher is not None and launcher not in LAUNCHERS:
+        problems.append(
+            f"line {lines.of(table, 'launcher')}: launcher must be one of "
+            f"{', '.join(LAUNCHERS)}, not {launcher!r}"
+        )
     if len(problems) > before:
         return None
     time = values.get("time")
@@ -290,6 +300,7 @@ def _workload(name: str, raw: Any, lines: _Lines, problems: list[str]) -> Projec
         metrics=tuple(values.get("metrics", ())),
         artifacts=tuple(values.get("artifacts", ())),
         description=values.get("description", ""),
+        launcher=launcher,
     )
 
 

@@ -135,6 +135,7 @@ def _project_plan(
         snapshot=snapshot.sha256,
         src_layout=_has_src(snapshot.files),
         options=dict(workload.options),
+        launcher=workload.launcher,
     )
     request = dataclasses.replace(
         request,

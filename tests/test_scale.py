@@ -163,3 +163,33 @@ def test_the_exit_status_files_rank_words_become_the_reason() -> None:
     assert failed_rank(["ranks=checkpointed"]) is None
     assert failed_rank([]) is None
     assert failed_rank(["rank=1"]) == "rank 1 failed first"
+
+
+def _rerun(spec: Any, **overrides: object) -> Any:
+    from hpcjob.run.rerun import request_from_spec
+
+    return build_spec(request_from_spec(spec.to_dict(), overrides, keep_array=False)).resources
+
+
+def test_a_rerun_keeps_the_scale_and_derives_what_a_change_implies() -> None:
+    two_by_four = _spec(partition="gpu_a100", nodes=2, gpus_per_node=4)
+    same = _rerun(two_by_four, epochs=3)
+    assert (same.nodes, same.gpus, same.procs_per_node, same.launcher) == (2, 4, 4, "torchrun")
+    one = _rerun(two_by_four, nodes=1)
+    assert (one.nodes, one.gpus, one.procs_per_node, one.launcher) == (1, 4, 4, "torchrun")
+    fewer = _rerun(two_by_four, gpus_per_node=2)
+    assert (fewer.gpus, fewer.procs_per_node) == (2, 2)
+
+    plain = _spec(partition="rome")
+    spread = _rerun(plain, nodes=2)
+    assert (spread.nodes, spread.procs_per_node, spread.launcher) == (2, 1, "torchrun")
+    more = _rerun(plain, procs_per_node=2)
+    assert (more.procs_per_node, more.launcher) == (2, "torchrun")
+    assert _rerun(plain).launcher == "none"
+
+    # --gpus alone stays one process, in a rerun as in a submit.
+    two_gpus = _spec(partition="gpu_a100", gpus=2)
+    again = _rerun(two_gpus, gpus=1)
+    assert (again.gpus, again.procs_per_node, again.launcher) == (1, 1, "none")
+    wide = _rerun(two_gpus, nodes=2)  # the recorded GPUs were one node's
+    assert (wide.nodes, wide.gpus, wide.procs_per_node, wide.launcher) == (2, 2, 2, "torchrun")

@@ -48,12 +48,9 @@ def request_from_spec(
         workload=spec["workload"],
         partition=given.get("partition", res.get("partition")),
         time=given.get("time") or (format_time(res["time_s"]) if res.get("time_s") else None),
-        nodes=given.get("nodes", res.get("nodes")),
         cpus_per_task=given.get("cpus_per_task", res.get("cpus_per_task")),
         mem=given.get("mem") or (format_memory(res["mem_mb"]) if res.get("mem_mb") else None),
-        gpus=given.get("gpus", given.get("gpus_per_node", res.get("gpus"))),
-        procs_per_node=given.get("procs_per_node", res.get("procs_per_node")),
-        launcher=given.get("launcher", res.get("launcher")),
+        **_scale(res, given),
         account=res.get("account"),
         constraint=res.get("constraint"),
         job_name=res.get("job_name"),
@@ -64,6 +61,35 @@ def request_from_spec(
         args=args,
         program=program,
     )
+
+
+SCALE_KEYS = ("nodes", "gpus", "gpus_per_node", "procs_per_node", "launcher")
+
+
+def _scale(res: dict[str, Any], given: dict[str, Any]) -> dict[str, Any]:
+    """Nodes, GPUs, processes and launcher for the rerun: as recorded, but what a changed value
+    implies is derived anew (the rules of `build_spec`), as if the request were typed: `--nodes 2`
+    on a one-process run gets torchrun, new GPUs get one rank per GPU. A recorded run's GPUs are
+    one node's: with several processes or nodes they are passed as GPUs per node."""
+    multi = res.get("launcher", "none") != "none"
+    recorded_nodes = int(res.get("nodes") or 1)
+    nodes = given.get("nodes", recorded_nodes if recorded_nodes > 1 else None)
+    gpus_changed = "gpus" in given or "gpus_per_node" in given
+    per_node = multi or (nodes or 1) > 1
+    if gpus_changed:
+        gpus, gpus_per_node = given.get("gpus"), given.get("gpus_per_node")
+    else:
+        gpus = None if per_node else res.get("gpus")
+        gpus_per_node = res.get("gpus") if per_node else None
+    rescaled = any(key in given for key in SCALE_KEYS)
+    procs = res.get("procs_per_node") if multi and not gpus_changed else None
+    return {
+        "nodes": nodes,
+        "gpus": gpus,
+        "gpus_per_node": gpus_per_node,
+        "procs_per_node": given.get("procs_per_node", procs),
+        "launcher": given.get("launcher", res.get("launcher") if multi and not rescaled else None),
+    }
 
 
 SNAPSHOT_FILE_MAX = 4 * 1024 * 1024

@@ -303,7 +303,8 @@ def local_findings(spec: JobSpec) -> list[Finding]:
     if spec.resources.launcher == "srun":
         found.append(
             (
-                "--launcher srun: the embedded scheduler has no srun",
+                "launcher srun (--launcher, or the workload's `launcher` in hpcjob.toml): the "
+                "embedded scheduler has no srun",
                 "Use --launcher torchrun to start several processes on this machine.",
             )
         )

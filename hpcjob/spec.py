@@ -325,6 +325,29 @@ def implied_gpus(gpus: int | None, partition: str | None) -> int:
     return 1 if partition and "gpu" in partition.lower() else 0
 
 
+def implied_procs(request: SpecRequest, gpus: int) -> int:
+    """Processes per node: --procs-per-node, else one per GPU on each node (at least one) once
+    any of --nodes, --gpus-per-node, --procs-per-node, --launcher is given; only --gpus (or
+    nothing) of these: one process, as before these options existed."""
+    scaled = (request.nodes, request.gpus_per_node, request.procs_per_node, request.launcher)
+    if request.procs_per_node:
+        return request.procs_per_node
+    return max(1, gpus) if any(v is not None for v in scaled) else 1
+
+
+def ranks_per_node(request: SpecRequest) -> int:
+    """The processes each node runs as the launcher starts them (1 with --launcher none)."""
+    if request.launcher == "none":
+        return 1
+    return max(1, implied_procs(request, request_gpus_per_node(request)))
+
+
+def request_gpus_per_node(request: SpecRequest) -> int:
+    """GPUs on each node: --gpus-per-node, else --gpus (one node), else 1 on a GPU partition."""
+    given = request.gpus_per_node if request.gpus_per_node is not None else request.gpus
+    return implied_gpus(given, request.partition)
+
+
 # What a check beyond the request's values (prepare's look at the data and the venv where the
 # job runs) finds wrong: the problem, and how to fix it.
 Finding = tuple[str, str]
@@ -489,9 +512,7 @@ def _build_resources(request: SpecRequest, workload: WorkloadDef, problems: list
         )
     nodes = request.nodes or 1
     gpus = _gpus_per_node(request, nodes, problems)
-    # Only --gpus (or nothing) of these: one process, as before these options existed.
-    scaled = (request.nodes, request.gpus_per_node, request.procs_per_node, request.launcher)
-    procs = request.procs_per_node or (max(1, gpus) if any(v is not None for v in scaled) else 1)
+    procs = implied_procs(request, gpus)
     launcher = _launcher(request.launcher, nodes, procs, problems)
     return Resources(
         partition=request.partition,
@@ -525,7 +546,7 @@ def _gpus_per_node(request: SpecRequest, nodes: int, problems: list[str]) -> int
             f"--gpus {request.gpus} with --nodes {nodes} is ambiguous: "
             f"use --gpus-per-node (the GPUs on each node)"
         )
-    return implied_gpus(given if given is not None else request.gpus, request.partition)
+    return request_gpus_per_node(request)
 
 
 def _launcher(given: str | None, nodes: int, procs: int, problems: list[str]) -> str:

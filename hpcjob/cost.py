@@ -178,19 +178,29 @@ def _is_number(value: Any) -> bool:
 
 @dataclass(frozen=True)
 class GpuShare:
-    """The cores and memory that a job's GPUs bring on a per-GPU partition (billed whether the
-    script asks for them or not)."""
+    """The cores and memory that a node's GPUs bring on a per-GPU partition (billed whether the
+    script asks for them or not), and how the cores are split over the node's ranks."""
 
     partition: str
-    gpus: int
-    cores: int
-    mem_mb: int
+    gpus: int  # on each node
+    cores: int  # on each node
+    mem_mb: int  # on each node (Slurm's --mem is per node)
+    ranks: int = 1  # processes the launcher starts on each node
+    nodes: int = 1
+
+    @property
+    def cores_per_rank(self) -> int:
+        """Each rank's cores (--cpus-per-task is per rank; the template multiplies for torchrun's
+        one task per node): the node's share split evenly, at least one."""
+        return max(1, self.cores // self.ranks)
 
 
-def gpu_share(rates: dict[str, Rate], partition: str | None, gpus: int) -> GpuShare | None:
-    """What `gpus` GPUs bring on `partition`: its rate's cores and memory per GPU, times the
-    GPUs; None where the rate does not know them (no rate, per core, no cores or memory per
-    GPU) or no GPU is asked."""
+def gpu_share(
+    rates: dict[str, Rate], partition: str | None, gpus: int, ranks: int = 1, nodes: int = 1
+) -> GpuShare | None:
+    """What `gpus` GPUs on each node bring on `partition`: its rate's cores and memory per GPU,
+    times the GPUs, split over `ranks` processes per node; None where the rate does not know
+    them (no rate, per core, no cores or memory per GPU) or no GPU is asked."""
     rate = rates.get(partition) if partition else None
     if rate is None or rate.per != "gpu" or gpus < 1:
         return None
@@ -199,15 +209,27 @@ def gpu_share(rates: dict[str, Rate], partition: str | None, gpus: int) -> GpuSh
     if not rate.cores_per_gpu or not rate.mem_gib_per_unit:
         return None
     mem_mb = round(rate.mem_gib_per_unit * 1024) * gpus
-    return GpuShare(rate.partition, gpus, rate.cores_per_gpu * gpus, mem_mb)
+    return GpuShare(
+        rate.partition, gpus, rate.cores_per_gpu * gpus, mem_mb, max(1, ranks), max(1, nodes)
+    )
 
 
 def share_line(share: GpuShare, cores: bool, mem: bool) -> str:
-    """What was filled in: `gpu_a100: 1 GPU brings 18 cores + 120 GiB; requested them`."""
+    """What was filled in: `gpu_a100: 1 GPU brings 18 cores + 120 GiB; requested them`; with
+    several ranks or nodes the share per node and each rank's cores."""
+    per_node = share.ranks > 1 or share.nodes > 1
+    each = " per node" if per_node else ""
     gib = f"{share.mem_mb / 1024:g} GiB"
     gpus = f"{share.gpus} GPU" + ("" if share.gpus == 1 else "s")
-    what = "them" if cores and mem else f"the {share.cores} cores" if cores else f"the {gib}"
-    return f"{share.partition}: {gpus} brings {share.cores} cores + {gib}; requested {what}"
+    verb = "brings" if share.gpus == 1 and not per_node else "bring"
+    what = "them" if cores and mem else f"the {share.cores} cores" if cores else f"the {gib}{each}"
+    line = f"{share.partition}: {gpus}{each} {verb} {share.cores} cores + {gib}{each}; requested "
+    line += what
+    if cores and share.ranks > 1:
+        split = share.cores_per_rank * share.ranks
+        rest = "" if split == share.cores else f", {split} of the {share.cores}"
+        line += f" ({share.cores_per_rank} cores for each of {share.ranks} ranks{rest})"
+    return line
 
 
 def unbilled(scheduler: str, rates: dict[str, Rate]) -> bool:

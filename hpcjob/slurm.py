@@ -11,9 +11,10 @@ from __future__ import annotations
 import re
 import shlex
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from enum import Enum
+from typing import Any
 
 from hpcjob.errors import HpcjobError
 from hpcjob.jobstate import JobState
@@ -740,6 +741,211 @@ def _exit_status(
 
 def _float_duration(text: str) -> float | None:
     return parse_slurm_duration(text) if text.strip() else None
+
+
+# ------------------------------------------------------------------------ sacct, per step
+# What each step's tasks used, with where the most and the least was used: under torchrun the
+# launch step (`<jobid>.0`) runs one task per node, so these name each node's CPU time and peak
+# memory (Slurm 22.05 has no MaxCPU field: TRESUsageInMax's `cpu=` is it, in whole seconds).
+SACCT_STEP_FIELDS = (
+    "JobID",
+    "State",
+    "NTasks",
+    "AllocCPUS",
+    "ElapsedRaw",
+    "TotalCPU",
+    "TRESUsageInMax",
+    "TRESUsageInMaxNode",
+    "TRESUsageInMaxTask",
+    "TRESUsageInMin",
+    "TRESUsageInMinNode",
+    "TRESUsageInMinTask",
+    "TRESUsageInTot",
+    "NodeList",
+)
+_MAX_NODES = 100_000
+_HOST_RANGE = re.compile(r"^(?P<prefix>[^\[\],]*)\[(?P<ranges>[^\[\]]+)\](?P<rest>.*)$")
+
+
+def sacct_steps_argv(job_id: str) -> list[str]:
+    """One job's steps in sacct, with what their tasks used and where."""
+    (checked,) = _check_job_ids([job_id], "sacct")
+    fields = ",".join(SACCT_STEP_FIELDS)
+    return ["sacct", "--parsable2", f"--format={fields}", f"--jobs={checked}"]
+
+
+def expand_nodelist(text: str | None) -> list[str]:
+    """Slurm's compressed host list: `tcn[1-2]` → tcn1, tcn2; `gcn[01-02,7],int5` → gcn01,
+    gcn02, gcn7, int5; empty, `None assigned` or `(null)` → none."""
+    value = (text or "").strip()
+    if value in ("", "None assigned", "(null)"):
+        return []
+    names: list[str] = []
+    for part in _split_hosts(value):
+        names.extend(_expand_host(part, text or ""))
+        if len(names) > _MAX_NODES:
+            raise HpcjobError(f"Slurm's node list {value[:200]!r} names too many nodes")
+    return names
+
+
+def _split_hosts(text: str) -> list[str]:
+    """Split at the commas outside brackets."""
+    parts, depth, start = [], 0, 0
+    for index, char in enumerate(text):
+        depth += {"[": 1, "]": -1}.get(char, 0)
+        if char == "," and depth == 0:
+            parts.append(text[start:index])
+            start = index + 1
+    parts.append(text[start:])
+    return [p.strip() for p in parts if p.strip()]
+
+
+def _expand_host(part: str, whole: str) -> list[str]:
+    match = _HOST_RANGE.match(part)
+    if match is None:
+        if "[" in part or "]" in part:
+            raise HpcjobError(f"Not a Slurm node list: {whole[:200]!r}")
+        return [part]
+    tails = _expand_host(match["rest"], whole) if match["rest"] else [""]
+    names: list[str] = []
+    for item in match["ranges"].split(","):
+        lo, _, hi = item.strip().partition("-")
+        if not lo.isdigit() or (hi and not hi.isdigit()) or int(hi or lo) < int(lo):
+            raise HpcjobError(f"Not a Slurm node range: {item!r} in {whole[:200]!r}")
+        if int(hi or lo) - int(lo) > _MAX_NODES:
+            raise HpcjobError(f"Slurm's node list {whole[:200]!r} names too many nodes")
+        width = len(lo)  # `gcn[01-02]`: the zeros are part of the names
+        names.extend(
+            f"{match['prefix']}{n:0{width}d}{tail}"
+            for n in range(int(lo), int(hi or lo) + 1)
+            for tail in tails
+        )
+    return names
+
+
+def parse_tres_usage(text: str) -> dict[str, str]:
+    """A TRES usage string `cpu=00:00:08,mem=224436K,…` (or the node/task names of its
+    …Node/…Task twin, `cpu=tcn2,mem=tcn2`) as a dict."""
+    pairs = (item.partition("=") for item in text.split(",") if "=" in item)
+    return {key.strip(): value.strip() for key, _, value in pairs}
+
+
+@dataclass(frozen=True)
+class TaskExtreme:
+    """The most (or least) any one task of a step used, and where: its node and task id."""
+
+    value: float  # CPU seconds, or bytes of memory
+    node: str | None
+    task: int | None
+
+
+@dataclass(frozen=True)
+class StepUsage:
+    """One job step from sacct: its nodes and tasks, the CPU time and peak memory of its
+    busiest and idlest task (and where), and the sums over its tasks."""
+
+    step_id: str  # "27.0", "27_3.0", "27.batch"
+    state: str
+    nodes: tuple[str, ...]  # expanded from NodeList
+    tasks: int | None
+    alloc_cpus: int | None  # over all its nodes
+    elapsed_s: int | None
+    total_cpu_s: float | None  # over all its tasks (TotalCPU: to the millisecond)
+    cpu_max: TaskExtreme | None = None
+    cpu_min: TaskExtreme | None = None
+    cpu_sum_s: float | None = None  # TRESUsageInTot's cpu
+    mem_max: TaskExtreme | None = None
+    mem_min: TaskExtreme | None = None
+    mem_sum_bytes: int | None = None  # the tasks' peaks added up
+
+    @property
+    def step(self) -> str:
+        """`0`, `batch`, `extern`."""
+        return self.step_id.rsplit(".", 1)[-1]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> StepUsage:
+        extremes = ("cpu_max", "cpu_min", "mem_max", "mem_min")
+        values: dict[str, Any] = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        for key in extremes:
+            if values.get(key) is not None:
+                values[key] = TaskExtreme(**values[key])
+        values["nodes"] = tuple(values.get("nodes") or ())
+        return cls(**values)
+
+
+def parse_sacct_steps(text: str) -> list[StepUsage]:
+    """Read `sacct_steps_argv`'s output by its header: one StepUsage per step row (`27.0`,
+    `27.batch`…); the job's own row (no step) is left out. Empty text gives none."""
+    header, rows = _table(text, lambda line: "JobID" in line.split("|"), "sacct")
+    if not header:
+        return []
+    records = [dict(zip(header, _fit(r, len(header), "sacct", False), strict=True)) for r in rows]
+    return [_step_usage(rec) for rec in records if "." in rec.get("JobID", "")]
+
+
+def _step_usage(rec: dict[str, str]) -> StepUsage:
+    get = rec.get
+    maxima, minima = (
+        parse_tres_usage(get("TRESUsageInMax", "")),
+        parse_tres_usage(get("TRESUsageInMin", "")),
+    )
+    where = {
+        "max": (
+            parse_tres_usage(get("TRESUsageInMaxNode", "")),
+            parse_tres_usage(get("TRESUsageInMaxTask", "")),
+        ),
+        "min": (
+            parse_tres_usage(get("TRESUsageInMinNode", "")),
+            parse_tres_usage(get("TRESUsageInMinTask", "")),
+        ),
+    }
+
+    def extreme(kind: str, values: dict[str, str], key: str) -> TaskExtreme | None:
+        amount = _tres_amount(key, values.get(key, ""))
+        if amount is None:
+            return None
+        nodes, tasks = where[kind]
+        task = tasks.get(key, "")
+        return TaskExtreme(
+            amount, _none_if(nodes.get(key, "")), int(task) if task.isdigit() else None
+        )
+
+    totals = parse_tres_usage(get("TRESUsageInTot", ""))
+    mem_sum = _tres_amount("mem", totals.get("mem", ""))
+    tasks, cpus, elapsed = (
+        get("NTasks", "").strip(),
+        get("AllocCPUS", "").strip(),
+        get("ElapsedRaw", "").strip(),
+    )
+    return StepUsage(
+        step_id=rec["JobID"].strip(),
+        state=get("State", "").strip(),
+        nodes=tuple(expand_nodelist(get("NodeList", ""))),
+        tasks=_int(tasks, "NTasks") if tasks else None,
+        alloc_cpus=_int(cpus, "AllocCPUS") if cpus else None,
+        elapsed_s=_int(elapsed, "ElapsedRaw") if elapsed else None,
+        total_cpu_s=_float_duration(get("TotalCPU", "")),
+        cpu_max=extreme("max", maxima, "cpu"),
+        cpu_min=extreme("min", minima, "cpu"),
+        cpu_sum_s=_tres_amount("cpu", totals.get("cpu", "")),
+        mem_max=extreme("max", maxima, "mem"),
+        mem_min=extreme("min", minima, "mem"),
+        mem_sum_bytes=None if mem_sum is None else int(mem_sum),
+    )
+
+
+def _tres_amount(key: str, value: str) -> float | None:
+    """A TRES usage value: `cpu` a duration in seconds, `mem` a size in bytes."""
+    if not value.strip():
+        return None
+    if key == "cpu":
+        return parse_slurm_duration(value)
+    size = parse_size_bytes(value)
+    return None if size is None else float(size)
 
 
 # ------------------------------------------------------- array tasks cancelled while pending

@@ -328,6 +328,34 @@ def implied_gpus(gpus: int | None, partition: str | None) -> int:
     return 1 if partition and "gpu" in partition.lower() else 0
 
 
+def implied_procs(request: SpecRequest, gpus: int) -> int:
+    """Ranks on each node: those asked, else one per GPU where the job is meant to have ranks —
+    a workload that declares torchrun or srun, or a request with any of --nodes,
+    --gpus-per-node, --procs-per-node, --launcher (with only --gpus, or nothing, one process, as
+    before these options existed); a batch script starts its own."""
+    if request.procs_per_node:
+        return request.procs_per_node
+    program = request.program
+    if program is not None and (program.kind == "script" or program.launcher == "none"):
+        return 1
+    scaled = (request.nodes, request.gpus_per_node, request.procs_per_node, request.launcher)
+    declared = program is not None and program.launcher is not None
+    return max(1, gpus) if declared or any(v is not None for v in scaled) else 1
+
+
+def ranks_per_node(request: SpecRequest) -> int:
+    """The processes each node runs as the launcher starts them (1 with --launcher none)."""
+    if request.launcher == "none":
+        return 1
+    return max(1, implied_procs(request, request_gpus_per_node(request)))
+
+
+def request_gpus_per_node(request: SpecRequest) -> int:
+    """GPUs on each node: --gpus-per-node, else --gpus (one node), else 1 on a GPU partition."""
+    given = request.gpus_per_node if request.gpus_per_node is not None else request.gpus
+    return implied_gpus(given, request.partition)
+
+
 # What a check beyond the request's values (prepare's look at the data and the venv where the
 # job runs) finds wrong: the problem, and how to fix it.
 Finding = tuple[str, str]
@@ -492,7 +520,7 @@ def _build_resources(request: SpecRequest, workload: WorkloadDef, problems: list
         )
     nodes = request.nodes or 1
     gpus = _gpus_per_node(request, nodes, problems)
-    procs = _procs_per_node(request, gpus)
+    procs = implied_procs(request, gpus)
     launcher = _launcher(request, nodes, procs, problems)
     return Resources(
         partition=request.partition,
@@ -526,21 +554,7 @@ def _gpus_per_node(request: SpecRequest, nodes: int, problems: list[str]) -> int
             f"--gpus {request.gpus} with --nodes {nodes} is ambiguous: "
             f"use --gpus-per-node (the GPUs on each node)"
         )
-    return implied_gpus(given if given is not None else request.gpus, request.partition)
-
-
-def _procs_per_node(request: SpecRequest, gpus: int) -> int:
-    """Ranks on each node: those asked, else one per GPU where the job is meant to have ranks —
-    a workload that declares torchrun or srun, or a request with any of the scale options (with
-    only --gpus, one process, as before these options existed); a batch script starts its own."""
-    if request.procs_per_node:
-        return request.procs_per_node
-    program = request.program
-    if program is not None and (program.kind == "script" or program.launcher == "none"):
-        return 1
-    scaled = (request.nodes, request.gpus_per_node, request.procs_per_node, request.launcher)
-    declared = program is not None and program.launcher is not None
-    return max(1, gpus) if declared or any(v is not None for v in scaled) else 1
+    return request_gpus_per_node(request)
 
 
 def _launcher(request: SpecRequest, nodes: int, procs: int, problems: list[str]) -> str:

@@ -245,7 +245,65 @@ def test_a_snellius_gpu_train_asks_for_its_share_and_the_estimate_agrees(
     assert rendered.exit_code == 0, rendered.stderr
     lines = header(rendered.stdout)
     assert "#SBATCH --cpus-per-task=32" in lines and "#SBATCH --mem=360G" in lines
-    assert "gpu_h100: 2 GPUs brings 32 cores + 360 GiB; requested them" in rendered.stderr
+    assert "gpu_h100: 2 GPUs bring 32 cores + 360 GiB; requested them" in rendered.stderr
+
+
+def test_a_node_of_4_a100s_gets_4_shares_split_over_its_ranks(cli: Any, offline_home: Path) -> None:
+    # 4 GPUs on one node: 4 × (18 cores + 120 GiB), 18 cores for each of the 4 torchrun ranks
+    # (the template asks for 4 × 18 in the one task per node), all 480 GiB for the node.
+    write_config(offline_home, OFFLINE_SNELLIUS)
+    dry = cli(
+        *TRAIN, "-P", "snellius", "-p", "gpu_a100", "--gpus-per-node", "4", "--dry-run", "--json"
+    )
+    assert dry.exit_code == 0, dry.stderr
+    lines = header(dry.json()["script"])
+    assert "#SBATCH --nodes=1" in lines and "#SBATCH --ntasks-per-node=1" in lines
+    assert "#SBATCH --cpus-per-task=72" in lines and "#SBATCH --mem=480G" in lines
+    assert "#SBATCH --gpus-per-node=4" in lines
+    assert (
+        "gpu_a100: 4 GPUs per node bring 72 cores + 480 GiB per node; requested them "
+        "(18 cores for each of 4 ranks)"
+    ) in dry.stderr
+    assert dry.json()["sbu_estimate"]["units"] == 4
+
+
+def test_two_nodes_of_4_a100s_get_the_share_on_each_node(cli: Any, offline_home: Path) -> None:
+    write_config(offline_home, OFFLINE_SNELLIUS)
+    args = [*TRAIN, "-P", "snellius", "-p", "gpu_a100", "--nodes", "2", "--gpus-per-node", "4"]
+    dry = cli(*args, "--dry-run", "--json")
+    assert dry.exit_code == 0, dry.stderr
+    lines = header(dry.json()["script"])
+    assert "#SBATCH --nodes=2" in lines and "#SBATCH --ntasks-per-node=1" in lines
+    assert "#SBATCH --cpus-per-task=72" in lines and "#SBATCH --mem=480G" in lines  # per node
+    assert "gpu_a100: 4 GPUs per node bring 72 cores + 480 GiB per node" in dry.stderr
+    assert dry.json()["sbu_estimate"]["units"] == 8  # 2 nodes × 4 GPUs, nothing more
+    # srun starts each rank as its own task: --cpus-per-task is one rank's share.
+    srun = cli(*args, "--launcher", "srun", "--dry-run", "--json")
+    assert srun.exit_code == 0, srun.stderr
+    lines = header(srun.json()["script"])
+    assert "#SBATCH --ntasks-per-node=4" in lines and "#SBATCH --cpus-per-task=18" in lines
+    assert "#SBATCH --mem=480G" in lines
+    # Fewer ranks than GPUs: each rank gets the cores of the GPUs it drives.
+    two = cli(*args, "--procs-per-node", "2", "--dry-run", "--json")
+    assert two.exit_code == 0, two.stderr
+    assert "#SBATCH --cpus-per-task=72" in header(two.json()["script"])
+    assert "(36 cores for each of 2 ranks)" in two.stderr
+
+
+def test_the_share_fills_only_what_is_not_given_on_several_nodes(
+    cli: Any, offline_home: Path
+) -> None:
+    write_config(offline_home, OFFLINE_SNELLIUS)
+    args = [*TRAIN, "-P", "snellius", "-p", "gpu_h100", "--nodes", "2", "--gpus-per-node", "2"]
+    cpus = cli(*args, "--cpus", "4", "--dry-run", "--json")
+    assert cpus.exit_code == 0, cpus.stderr
+    lines = header(cpus.json()["script"])
+    assert "#SBATCH --cpus-per-task=8" in lines and "#SBATCH --mem=360G" in lines
+    assert "requested the 360 GiB per node" in cpus.stderr
+    mem = cli(*args, "--mem", "64G", "--dry-run", "--json")
+    lines = header(mem.json()["script"])
+    assert "#SBATCH --cpus-per-task=32" in lines and "#SBATCH --mem=64G" in lines
+    assert "requested the 32 cores (16 cores for each of 2 ranks)" in mem.stderr
 
 
 def test_explicit_cpus_and_mem_win_over_the_share(cli: Any, offline_home: Path) -> None:

@@ -61,8 +61,12 @@ def test_most_query_fixtures_are_per_job() -> None:
 def test_fixture_command_is_what_hpcjob_runs(name: str) -> None:
     command = load(name)["command"]
     ids = next(a for a in command if a.startswith("--jobs=")).removeprefix("--jobs=").split(",")
-    build = slurm.squeue_argv if command[0] == "squeue" else slurm.sacct_argv
-    assert command == build(ids)
+    if command[0] == "squeue":
+        assert command == slurm.squeue_argv(ids)
+    elif name.startswith("sacct_steps"):  # one job's steps
+        assert command == slurm.sacct_steps_argv(*ids)
+    else:
+        assert command == slurm.sacct_argv(ids)
 
 
 @pytest.mark.parametrize("name", [n for n in ALL if n.startswith("sinfo")])

@@ -23,6 +23,7 @@ How a DDP run stays equal to a single-process run of the same seed and global ba
 from __future__ import annotations
 
 import os
+import socket
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +32,8 @@ import torch.distributed as torch_dist
 
 # Order of the values agreed on before each batch.
 _ROWS, _USR1, _TERM = 0, 1, 2
+# The epoch metric of GPU utilisation (percent busy), and each rank's under DDP on GPUs.
+GPU_UTIL, GPU_UTIL_RANK = "gpu_util_pct", "gpu_util_r"
 
 
 @dataclass(frozen=True)
@@ -116,6 +119,29 @@ class Dist:
         found: list[Any] = [None] * self.world
         torch_dist.all_gather_object(found, obj)
         return found
+
+    def gpu_numbers(self, numbers: dict[str, float], on_gpu: bool) -> dict[str, float]:
+        """An epoch's GPU numbers for rank 0 to write. Under DDP on GPUs each rank samples its
+        own GPU: every rank's epoch mean, as `gpu_util_r<rank>`, and `gpu_util_pct` their
+        mean. A single process, or ranks on the CPU, keep their own (every rank calls this
+        alike: it is a collective)."""
+        if not (self.active and on_gpu):
+            return numbers
+        found = self.gather(numbers.get(GPU_UTIL))
+        per_rank = {f"{GPU_UTIL_RANK}{rank}": v for rank, v in enumerate(found) if v is not None}
+        if not per_rank:
+            return {}
+        return {GPU_UTIL: sum(per_rank.values()) / len(per_rank), **per_rank}
+
+    def gpu_placement(self, on_gpu: bool) -> list[dict[str, Any]]:
+        """Where each rank's GPU is (rank 0 writes it as the fact `gpu_ranks`): its node
+        (Slurm's name, else the host's) and local rank, the GPU's index on that node. A
+        collective under DDP on GPUs; empty otherwise."""
+        if not (self.active and on_gpu):
+            return []
+        node = os.environ.get("SLURMD_NODENAME") or socket.gethostname()
+        found = self.gather({"rank": self.rank, "node": node, "local_rank": self.local_rank})
+        return sorted(found, key=lambda place: int(place["rank"]))
 
     def wrap(self, model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
         """The model DDP-wrapped (gradients averaged over the ranks), or as is."""

@@ -469,7 +469,9 @@ def finish_epoch(
         **numbers,
         images_per_s=images / max(seconds, 1e-9),
         epoch_seconds=seconds,
-        **(gpu.epoch_numbers() if gpu else {}),
+        **trainer.dist.gpu_numbers(
+            gpu.epoch_numbers() if gpu else {}, trainer.device.type == "cuda"
+        ),
     )
     p.history.append({"epoch": epoch, **numbers})
     p.epoch, p.batch, p.loss_sum, p.seen = epoch + 1, 0, 0.0, 0
@@ -513,6 +515,9 @@ def train(args: argparse.Namespace, dist: ddp.Dist) -> int:
         seed_everything(args.seed)
         trainer = Trainer(args, report, device, dist)
         gpu = GpuSampler.for_device(trainer.device)  # None on CPU: nothing is recorded
+        placement = dist.gpu_placement(trainer.device.type == "cuda")  # each rank's GPU
+        if placement:
+            report.facts(gpu_ranks=placement)
         try:
             status = train_epochs(trainer, args, report, gpu)
             dist.barrier()  # every rank done (and rank 0's files written) before the group ends

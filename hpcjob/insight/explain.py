@@ -10,10 +10,11 @@ from typing import Any
 from hpcjob import cost, provenance
 from hpcjob.clock import parse_utc
 from hpcjob.config import profile_rates
-from hpcjob.insight import curves, efficiency
+from hpcjob.insight import curves, efficiency, nodes
 from hpcjob.insight.rows import attempt_rows, elapsed_s, rows, run_row
 from hpcjob.ledger.records import Attempt, Run
 from hpcjob.run.context import Context
+from hpcjob.run.steps import STEPS_FACT, step_usage
 
 
 def run_detail(ctx: Context, run: Run) -> dict[str, Any]:
@@ -46,7 +47,20 @@ def run_detail(ctx: Context, run: Run) -> dict[str, Any]:
     )
     detail["failure"] = detail["facts"].get("failure")  # why it failed, and the fix
     detail.update(explain(ctx, run, detail))  # provenance, cost, efficiency
+    detail["nodes"] = nodes_detail(ctx, run, detail)
     return detail
+
+
+def nodes_detail(ctx: Context, run: Run, detail: dict[str, Any]) -> dict[str, Any] | None:
+    """A run over several nodes or ranks: its nodes, ranks, each node's use (sacct per step,
+    asked once the job ended) and each GPU's; None for one process on one node."""
+    resources = run.spec.get("resources") or {}
+    detail["facts"].pop(STEPS_FACT, None)
+    if run.is_array or not nodes.is_scaled(resources):
+        return None
+    gpus = nodes.gpu_rows(detail["facts"].pop("gpu_ranks", None), detail.get("metrics") or [])
+    found = step_usage(ctx, run)
+    return nodes.nodes_section(resources, run.node, found.steps, found.note, gpus)
 
 
 def _submit_facts(ctx: Context, run: Run, facts: dict[str, Any]) -> dict[str, Any]:
@@ -170,6 +184,7 @@ def show_text(detail: dict[str, Any]) -> str:
         ("Provenance", detail.get("provenance"), provenance.show_lines),
         ("Cost", detail.get("cost"), cost.show_lines),
         ("Efficiency", detail.get("efficiency"), efficiency.show_lines),
+        ("Nodes and ranks", detail.get("nodes"), nodes.show_lines),
     ):
         if section:
             parts.append(f"\n{title}:\n" + "\n".join(show_lines(section)) + "\n")

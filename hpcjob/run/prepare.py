@@ -37,7 +37,8 @@ from hpcjob.spec import (
     SpecRequest,
     build_spec,
     format_memory,
-    implied_gpus,
+    ranks_per_node,
+    request_gpus_per_node,
     with_feature,
 )
 from hpcjob.sweep import Sweep
@@ -342,16 +343,19 @@ def _with_gpu_share(
     ctx: Context, request: SpecRequest, partitions: Sequence[Partition] | None = None
 ) -> SpecRequest:
     """A GPU job on a partition whose rate knows a GPU's share of the node (Snellius's: 18 cores
-    + 120 GiB per A100) asks for that share where --cpus/--mem are not given: it is billed
-    anyway, and the loader gets its workers. Said in the invocation's notes. One node only
-    (Slurm's --gpus counts the job's GPUs, --cpus-per-task one task's cores)."""
-    if request.nodes not in (None, 1):
-        return request
+    + 120 GiB per A100) asks for that share on each node where --cpus/--mem are not given: it
+    is billed anyway, and the loaders get their workers. --cpus is per rank (the node's share
+    split over its ranks), --mem per node (as Slurm's). Said in the invocation's notes."""
     if request.cpus_per_task is not None and request.mem is not None:
         return request
-    gpus = implied_gpus(request.gpus, request.partition)
     rates = profile_rates(ctx.settings, ctx.profile, ctx.profile.name)
-    share = cost.gpu_share(rates, request.partition, gpus)
+    share = cost.gpu_share(
+        rates,
+        request.partition,
+        request_gpus_per_node(request),
+        ranks=ranks_per_node(request),
+        nodes=request.nodes or 1,
+    )
     if share is None:
         return request
     node = next((p for p in partitions or () if p.name == request.partition), None)
@@ -361,7 +365,7 @@ def _with_gpu_share(
     ctx.notes.append(cost.share_line(share, cores, mem))
     return dataclasses.replace(
         request,
-        cpus_per_task=share.cores if cores else request.cpus_per_task,
+        cpus_per_task=share.cores_per_rank if cores else request.cpus_per_task,
         mem=format_memory(share.mem_mb) if mem else request.mem,
     )
 

@@ -16,7 +16,7 @@ from hpcjob.jobstate import JobInfo
 from hpcjob.shell import Shell
 
 if TYPE_CHECKING:
-    from hpcjob.slurm import AccountAccess, Partition
+    from hpcjob.slurm import AccountAccess, Partition, StepUsage
 
 
 class Scheduler(Protocol):
@@ -66,6 +66,13 @@ class Scheduler(Protocol):
         """Which partitions each of the user's accounts may use (one query); None where there
         are no accounts (embedded: any partition, any account). Where accounting cannot answer,
         an `AccountAccess` whose `unknown` says why."""
+        ...
+
+    def step_usage(self, job_id: str) -> list[StepUsage] | None:
+        """What each step of a job used, per task and where (one query): the per-node numbers
+        of a job over several nodes. None where the scheduler keeps no accounting per step (the
+        embedded one); [] where it has none for the job (yet, or accounting is off:
+        `accounting_off` says why)."""
         ...
 
     def close(self) -> None:

@@ -183,6 +183,10 @@ class LocalScheduler:
         """No accounts here: any partition, any account."""
         return None
 
+    def step_usage(self, job_id: str) -> None:
+        """No accounting per step here: a job's ranks are one process tree on this machine."""
+        return None
+
     def close(self) -> None:
         self.shell.close()
 

@@ -128,6 +128,15 @@ class SlurmScheduler:
         self.accounting_off = None
         return slurm.parse_sacct(result.stdout)
 
+    def step_usage(self, job_id: str) -> list[slurm.StepUsage]:
+        argv = slurm.sacct_steps_argv(job_id)
+        result = self.shell.run(argv, check=False, timeout=60, idempotent=True)
+        if result.returncode != 0:
+            self.accounting_off = slurm.parse_slurm_error(result.stderr).message
+            return []
+        self.accounting_off = None
+        return slurm.parse_sacct_steps(result.stdout)
+
     def cancel(self, job_ids: Sequence[str]) -> None:
         result = self.shell.run(
             slurm.scancel_argv(job_ids), check=False, timeout=60, idempotent=True

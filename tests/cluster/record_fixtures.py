@@ -37,6 +37,7 @@ from hpcjob.slurm import (  # noqa: E402
     SQUEUE_FORMAT,
     access_argv,
     sacct_argv,
+    sacct_steps_argv,
     scontrol_config_argv,
     sinfo_argv,
     squeue_argv,
@@ -375,6 +376,69 @@ def record_states() -> dict[str, str]:
     return jobs
 
 
+# Each rank burns CPU and holds memory in proportion to its node (node 1 twice node 0's), so the
+# per-node numbers differ and name their node.
+RANK_WORK = """\
+import sys, time
+node = int(sys.argv[1])
+keep = bytearray((40 + 60 * node) * 1024 * 1024)
+t = time.process_time()
+while time.process_time() - t < 2.0 + 2.0 * node:
+    sum(range(10000))
+time.sleep(3)
+"""
+
+
+def record_steps() -> None:
+    """sacct per step of real 2-node jobs on `multi`, laid out as hpcjob's job scripts launch
+    them: torchrun's (one srun task per node holding its 2 ranks) and srun's (a task per rank)."""
+    print("sacct per step of 2-node jobs", file=sys.stderr)
+    program = WORK / "rank_work.py"
+    program.write_text(RANK_WORK)
+    shutil.chown(program, ENV["HPCJOB_TEST_USER"], ENV["HPCJOB_TEST_USER"])
+    rank = f"python3 {program} $SLURM_NODEID"
+    torchrun = sbatch(
+        script(
+            "fx-steps-torchrun",
+            f"srun --ntasks-per-node=1 bash -c '{rank} & {rank} & wait'",
+            partition="multi",
+            nodes="2",
+            ntasks_per_node="1",
+            cpus_per_task="2",
+            mem="500M",
+            time="2",
+        )
+    )
+    wait_final([torchrun], 120)
+    record(
+        "sacct_steps_torchrun",
+        sacct_steps_argv(torchrun),
+        "--nodes 2, 2 processes per node under one srun task per node (hpcjob's torchrun "
+        "layout): step .0 has 2 tasks, one per node; node 1's ranks use twice node 0's CPU "
+        "and more memory",
+        jobs={"torchrun": torchrun},
+    )
+    srun = sbatch(
+        script(
+            "fx-steps-srun",
+            f"srun --ntasks-per-node=2 bash -c '{rank}'",
+            partition="multi",
+            nodes="2",
+            ntasks_per_node="2",
+            cpus_per_task="1",
+            mem="500M",
+            time="2",
+        )
+    )
+    wait_final([srun], 120)
+    record(
+        "sacct_steps_srun",
+        sacct_steps_argv(srun),
+        "--nodes 2 --launcher srun: step .0 has a task per rank (4), 2 on each node",
+        jobs={"srun": srun},
+    )
+
+
 def record_scancel_other() -> None:
     print("scancel of another user's job", file=sys.stderr)
     root_job = sbatch(
@@ -498,6 +562,9 @@ def main() -> None:
     if ONLY and ONLY.startswith("access"):  # a group of its own: no job needs to run for it
         record_access()
         return
+    if ONLY and ONLY.startswith("sacct_steps"):  # a group of its own: two 2-node jobs
+        record_steps()
+        return
     record_access()
     record_sinfo()
     record_config()
@@ -505,6 +572,7 @@ def main() -> None:
     record_scancel_other()
     record_lag()
     jobs = record_states()
+    record_steps()
     if not args.skip_outages:
         record_outages(jobs["completed"])
     print("done", file=sys.stderr)

@@ -582,3 +582,18 @@ def start_setup_env(requirements: Path, gated: GatedPackage) -> Streamed:
     )
     assert running.proc.poll() is None, running.finish()
     return running
+
+
+MULTI = "multi"  # tcn1 + tcn2, 2 cores each (tests/cluster/slurm.conf.in)
+
+
+def require_multi_partition() -> None:
+    """A cluster started by an older start.sh lacks the two-node partitions: say how to get them
+    rather than fail obscurely."""
+    shown = subprocess.run(
+        ["scontrol", "-o", "show", "partition", MULTI], capture_output=True, text=True, timeout=60
+    ).stdout
+    assert "Nodes=tcn[1-2]" in shown or "Nodes=tcn1,tcn2" in shown, (
+        f"the test cluster lacks the two-node partition {MULTI}: re-run "
+        "`flock /tmp/hpcjob-cluster.lock bash tests/cluster/start.sh` from this checkout"
+    )

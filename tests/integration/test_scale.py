@@ -5,28 +5,17 @@ the partition has is refused before sbatch, with the numbers."""
 from __future__ import annotations
 
 import shutil
-import subprocess
 import uuid
 
 import pytest
 
 from tests.helpers import ALLREDUCE_PROGRAM
-from tests.integration.support import UserSession
-
-MULTI = "multi"  # tcn1 + tcn2, 2 cores each (tests/cluster/slurm.conf.in)
+from tests.integration.support import MULTI, UserSession, require_multi_partition
 
 
 @pytest.fixture(autouse=True)
 def multi_node_cluster(cluster: dict[str, str]) -> None:
-    """A cluster started by an older start.sh lacks the two-node partitions: say how to get them
-    rather than fail obscurely."""
-    shown = subprocess.run(
-        ["scontrol", "-o", "show", "partition", MULTI], capture_output=True, text=True, timeout=60
-    ).stdout
-    assert "Nodes=tcn[1-2]" in shown or "Nodes=tcn1,tcn2" in shown, (
-        f"the test cluster lacks the two-node partition {MULTI}: re-run "
-        "`flock /tmp/hpcjob-cluster.lock bash tests/cluster/start.sh` from this checkout"
-    )
+    require_multi_partition()
 
 
 @pytest.mark.slurm

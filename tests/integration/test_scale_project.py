@@ -13,9 +13,7 @@ from typing import Any
 import pytest
 
 from tests.helpers import ddp_project
-from tests.integration.support import UserSession
-
-MULTI = "multi"  # tcn1 + tcn2, 2 cores each (tests/cluster/slurm.conf.in)
+from tests.integration.support import MULTI, UserSession, require_multi_partition
 
 
 @pytest.fixture
@@ -23,13 +21,7 @@ def project(user: UserSession) -> UserSession:
     """The DDP project in the test user's folder (theirs, .git included), hpcjob run inside it."""
     root = ddp_project(user.home / "ddp")
     subprocess.run(["chown", "-R", user.cluster["HPCJOB_TEST_USER"], str(root)], check=True)
-    shown = subprocess.run(
-        ["scontrol", "-o", "show", "partition", MULTI], capture_output=True, text=True, timeout=60
-    ).stdout
-    assert "Nodes=tcn[1-2]" in shown or "Nodes=tcn1,tcn2" in shown, (
-        f"the test cluster lacks the two-node partition {MULTI}: re-run "
-        "`flock /tmp/hpcjob-cluster.lock bash tests/cluster/start.sh` from this checkout"
-    )
+    require_multi_partition()
     return dataclasses.replace(user, workdir=root)
 
 

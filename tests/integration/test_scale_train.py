@@ -103,6 +103,15 @@ def submit(user: UserSession, *args: str) -> subprocess.Popen[str]:
     )  # fmt: skip
 
 
+def _release(proc: subprocess.Popen[str], stopped: list[int]) -> None:
+    """A failed test leaves nothing stopped and no submit waiting (the fixture cancels jobs)."""
+    if proc.poll() is None:
+        proc.kill()
+    for pid in stopped:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGCONT)
+
+
 def run_dir_of(user: UserSession) -> Path:
     return wait_until(lambda: next((user.home / "runs").glob("*"), None), "the run directory")
 
@@ -152,11 +161,7 @@ def test_a_rank_killed_mid_epoch_ends_the_job_at_once_and_is_named(
             os.kill(pid, signal.SIGCONT)
         out, err = proc.communicate(timeout=600)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-        for pid in stopped:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGCONT)
+        _release(proc, stopped)
     run = json.loads(out)
     assert run["state"] == "FAILED", err  # not TIMEOUT: no rank hung until the limit
     ended = run_dir / "exit-status"
@@ -207,11 +212,7 @@ def test_the_warning_reaches_every_rank_and_the_requeued_run_resumes_to_the_same
             os.kill(pid, signal.SIGCONT)
         out, err = proc.communicate(timeout=900)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-        for pid in stopped:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGCONT)
+        _release(proc, stopped)
     assert proc.returncode == 0, err + user.hpcjob("logs", "last").stdout
     run = json.loads(out)
     assert run["state"] == "COMPLETED" and "auto-requeue 1 of 2" in err, err

@@ -15,14 +15,16 @@ import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hpcjob.clock import utc_now
 from hpcjob.errors import HpcjobError
-from hpcjob.joblog import Metric
 from hpcjob.jobstate import JobInfo, JobState
 from hpcjob.ledger import schema
 from hpcjob.ledger.records import Attempt, NewRun, Run, StateChange, fresh_run_id
+
+if TYPE_CHECKING:
+    from hpcjob.joblog import Metric  # loaded where metrics are read (start-up)
 
 
 class Ledger:
@@ -563,6 +565,8 @@ class Ledger:
         return len(rows)
 
     def metrics(self, run_id: str) -> list[Metric]:
+        from hpcjob.joblog import Metric
+
         rows = self.db.execute(
             "SELECT step, key, value, at FROM metrics WHERE run_id = ? ORDER BY step, key",
             (run_id,),
@@ -573,6 +577,8 @@ class Ledger:
         """Each run's metrics at its highest step."""
         if not run_ids:
             return {}
+        from hpcjob.joblog import Metric
+
         marks = ",".join("?" * len(run_ids))
         rows = self.db.execute(
             f"SELECT m.run_id, m.step, m.key, m.value, m.at FROM metrics m "

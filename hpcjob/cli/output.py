@@ -9,7 +9,6 @@ itself which of the two it is printing.
 from __future__ import annotations
 
 import contextlib
-import json
 import re
 import sys
 import time
@@ -57,6 +56,8 @@ def duration(seconds: int | float | None) -> str:
 
 
 def print_json(data: Any) -> None:
+    import json  # not loaded by `hpcjob --help`
+
     sys.stdout.write(json.dumps(data, indent=2, default=str, allow_nan=False) + "\n")
     sys.stdout.flush()
 
@@ -158,6 +159,8 @@ def _plain(value: Any) -> str:
     if value is None:
         return ""
     if isinstance(value, (list, dict)):
+        import json
+
         return json.dumps(value)
     return str(value)
 

@@ -81,6 +81,15 @@ def test_a_lookup_of_status_runs_or_show_reads_no_more_than_it_shows(lookup: str
         assert _reads_all(sql, plan) is None, f"{_reads_all(sql, plan)}:\n{sql}\n{plan}"
 
 
+def test_runs_of_one_state_are_walked_in_order_among_that_state_alone() -> None:
+    """`runs --state FAILED` reads the failed runs only, newest first, however few they are."""
+    ledger = Ledger(":memory:")
+    _crowded(ledger)
+    plans = _plans(ledger, lambda: ledger.list_runs(profile="local", state="FAILED", limit=20))
+    [(sql, plan)] = plans.items()
+    assert "(profile=? AND state=?)" in plan and "TEMP B-TREE" not in plan, f"{sql}\n{plan}"
+
+
 def _schema_4_ledger(path: Path) -> None:
     """A ledger as hpcjob wrote it at schema 4: two runs and an array (tasks created later)."""
     old = Ledger.__new__(Ledger)

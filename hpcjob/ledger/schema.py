@@ -154,7 +154,7 @@ MIGRATIONS += (
         "has an index: `runs` walks `runs_listed` in its own order and stops after the rows it "
         "shows, which needs the time an array's tasks sort by (their array's creation) in a "
         "column of its own, `listed_at`; `runs --state X` walks the runs of that state in the "
-        "same order (runs_state_listed, which replaces runs_state); the newest run, a job id, "
+        "same order (runs_state_listed); the newest run, a job id, "
         "the unfinished runs, the runs awaiting their accounting record and those "
         "`--auto-requeue` may resubmit are each found by an index instead of reading all runs "
         "of the profile.",
@@ -168,7 +168,6 @@ MIGRATIONS += (
             (listed_at, COALESCE(parent_run_id, run_id), COALESCE(array_task, -1) DESC);
         CREATE INDEX runs_state_listed ON runs (profile, state, listed_at,
             COALESCE(parent_run_id, run_id), COALESCE(array_task, -1) DESC);
-        DROP INDEX runs_state;
         CREATE INDEX runs_top ON runs (parent_run_id, created_at);
         CREATE INDEX runs_job_id ON runs (job_id);
         CREATE INDEX runs_ended ON runs (profile, COALESCE(ended_at, updated_at));

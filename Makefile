@@ -39,6 +39,7 @@ lint: $(VENV)/.installed
 
 bench: $(VENV)/.installed
 	$(PY) bench/startup.py
+	$(PY) bench/ledger_growth.py
 	$(PY) bench/loader.py
 
 clean:

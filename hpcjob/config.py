@@ -18,11 +18,6 @@ from typing import Any
 from hpcjob.cost import SNELLIUS_SBU_RATES, Rate, parse_rates
 from hpcjob.errors import EXIT_USAGE, HpcjobError
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - Python 3.10
-    import tomli as tomllib
-
 SCHEDULERS = ("local", "slurm")
 # Profile names end up in file names (the partition cache): no path separators, no spaces.
 _PROFILE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -155,6 +150,11 @@ def read_config_file(path: Path) -> dict[str, Any]:
     """The parsed config file, or {} when there is none; a broken file is an error."""
     if not path.exists():
         return {}
+    # The TOML parser loads only where there is a file to parse (~2 ms of every start).
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover - Python 3.10
+        import tomli as tomllib
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:

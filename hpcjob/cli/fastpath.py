@@ -1,7 +1,7 @@
 """Start-up and exit costs of the `hpcjob` process, which every command pays (bench/startup.py,
 bench/ssh.py measure them).
 
-Two costs have nothing to do with the command's work:
+Three costs have nothing to do with the command's work:
 
 - Typer (≥ 0.26) converts every option through a pydantic `TypeAdapter`, so each command imports
   pydantic: ~60 ms on each run. `plain_options` converts the plain ones (`str`, `int`, `float`,
@@ -9,6 +9,11 @@ Two costs have nothing to do with the command's work:
   the error a user sees from Typer, and leaves every other annotation to Typer. It reaches into
   Typer's private `core.build_runtime_param`; when a Typer release changes that, it does nothing
   and Typer's own path runs (only slower).
+- Typer turns every registered command into a Click command (each parameter's annotation read
+  and converted) before it looks at the command line: ~12 ms for hpcjob's 25 commands.
+  `only_the_command` registers just the one the command line names (a group with its commands),
+  so Typer converts that one; with no command, an unknown one, `--help` or `--version` before it,
+  every command stays, so the listing and Typer's suggestions are as before.
 - Tearing the interpreter down (module finalisers of cryptography, pydantic-core …) costs another
   ~60 ms after the command is done. `exit_now` flushes the output, runs the `atexit` handlers and
   ends the process without that, unless a non-daemon thread still runs.
@@ -110,6 +115,47 @@ def plain_options() -> None:
 
     build_runtime_param.hpcjob_plain = True  # type: ignore[attr-defined]
     setattr(core, "build_runtime_param", build_runtime_param)  # noqa: B010
+
+
+# The root's options (cli/root.py) that take a value, so the word after them is not the command.
+_ROOT_VALUE_OPTIONS = ("--profile", "-P")
+
+
+def command_word(argv: list[str]) -> str | None:
+    """The command the command line names (`status` in `--profile lab status --json`); None when
+    it names none or a root option other than --profile comes first (Typer decides then)."""
+    words = iter(argv)
+    for word in words:
+        if word in _ROOT_VALUE_OPTIONS:
+            next(words, None)
+        elif word.startswith("--profile="):
+            continue
+        elif word.startswith("-"):
+            return None  # --help, --version, an unknown option, `--`: every command stays
+        else:
+            return word
+    return None
+
+
+def only_the_command(app: Any, argv: list[str]) -> None:
+    """Keep on `app` (a Typer) only the command or group that `argv` invokes; all when it names
+    none that is registered (see the module docstring)."""
+    word = command_word(argv)
+    if word is None:
+        return
+    commands = [c for c in app.registered_commands if _command_name(c) == word]
+    groups = [g for g in app.registered_groups if g.name == word]
+    if commands or groups:
+        app.registered_commands = commands
+        app.registered_groups = groups
+
+
+def _command_name(info: Any) -> str | None:
+    """The name Typer gives a registered command (its own, else the function's, dashed)."""
+    if info.name:
+        return str(info.name)
+    callback = info.callback
+    return None if callback is None else callback.__name__.lower().replace("_", "-")
 
 
 def exit_now(code: Any) -> None:

@@ -1,5 +1,9 @@
 """The rows `status`, `runs`, `submit`, `wait` and `partitions` print: the same keys in the table
-and in `--json` (ISO-8601 UTC times, durations in seconds), and the attempts of a requeued run."""
+and in `--json` (ISO-8601 UTC times, durations in seconds), and the attempts of a requeued run.
+
+`status` and `runs` import this module on every start: what only some rows need (the metric
+parser, spec's formats, the refresh pipeline) loads inside the function that needs it.
+"""
 
 from __future__ import annotations
 
@@ -7,15 +11,13 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 from hpcjob.clock import parse_utc
-from hpcjob.joblog import Metric, headline
 from hpcjob.jobstate import JobState
-from hpcjob.ledger.records import Run
-from hpcjob.ledger.store import Ledger
-from hpcjob.run.context import Context
-from hpcjob.run.refresh import refresh
-from hpcjob.spec import format_memory, format_time
 
 if TYPE_CHECKING:
+    from hpcjob.joblog import Metric
+    from hpcjob.ledger.records import Run
+    from hpcjob.ledger.store import Ledger
+    from hpcjob.run.context import Context
     from hpcjob.slurm import AccountAccess, Partition
 
 
@@ -29,6 +31,8 @@ def partition_rows(found: list[Partition], access: AccountAccess | None) -> list
 def partition_row(part: Partition, accounts: list[str] | None = None) -> dict[str, Any]:
     """A partition as `hpcjob partitions` shows it (same keys in the table and in --json);
     `accounts`: the user's accounts that may use it (None: not known)."""
+    from hpcjob.spec import format_memory, format_time
+
     gpus = ", ".join(f"{n}× {kind}" for kind, n in sorted(part.gpus_per_node.items()))
     shown = "?" if accounts is None else ", ".join(accounts) or "-"
     return {
@@ -59,6 +63,8 @@ def elapsed_s(run: Run, now: datetime | None = None) -> int | None:
 
 def run_row(run: Run, latest: list[Metric] | None = None) -> dict[str, Any]:
     """The row `status`, `runs` and `submit` print: same keys in the table and in --json."""
+    from hpcjob.joblog import headline
+
     spec = run.spec
     return {
         "run_id": run.run_id,
@@ -98,6 +104,8 @@ def sort_runs(runs: list[Run]) -> list[Run]:
 def recent_runs(ctx: Context, limit: int) -> list[Run]:
     """`status`: the profile's unfinished runs (refreshed first) and its `limit` most recent
     finished ones, sorted as `runs` lists them."""
+    from hpcjob.run.refresh import refresh
+
     refresh(ctx)
     ledger = ctx.ledger
     active = ledger.unfinished(ctx.profile.name)

@@ -3,7 +3,7 @@ change, an attempt of an auto-requeued run."""
 
 from __future__ import annotations
 
-import secrets
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -15,7 +15,7 @@ from hpcjob.jobstate import JobState
 def new_run_id(nbytes: int = 3) -> str:
     """Short, typeable, never all digits (so it cannot be mistaken for a job id): `r` and six hex
     digits, more when the ledger asks for them (`fresh_run_id`)."""
-    return "r" + secrets.token_hex(nbytes)
+    return "r" + os.urandom(nbytes).hex()  # secrets.token_hex, without loading OpenSSL
 
 
 # Tries per id length before a longer one: six hex digits are 16.7 M ids, so a ledger must be
@@ -41,7 +41,7 @@ def fresh_run_id(taken: Callable[[str], bool]) -> str:
 
 def new_token() -> str:
     """The run's token: in sbatch's --comment, so a job is found by it after a crash."""
-    return "hpcjob-" + secrets.token_hex(16)
+    return "hpcjob-" + os.urandom(16).hex()
 
 
 @dataclass(frozen=True)

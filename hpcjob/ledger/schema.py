@@ -145,6 +145,37 @@ MIGRATIONS += (
     ),
 )
 
+MIGRATIONS += (
+    Migration(
+        5,
+        "indexes-for-a-growing-ledger",
+        "`status`, `runs` and `show last` read every run of the ledger (a full scan and a sort of "
+        "100,000 runs: 0.5 s), so they slowed down as runs piled up. Each of their lookups now "
+        "has an index: `runs` walks `runs_listed` in its own order and stops after the rows it "
+        "shows, which needs the time an array's tasks sort by (their array's creation) in a "
+        "column of its own, `listed_at`; `runs --state X` walks the runs of that state in the "
+        "same order (runs_state_listed); the newest run, a job id, "
+        "the unfinished runs, the runs awaiting their accounting record and those "
+        "`--auto-requeue` may resubmit are each found by an index instead of reading all runs "
+        "of the profile.",
+        """
+        ALTER TABLE runs ADD COLUMN listed_at TEXT;
+        UPDATE runs SET listed_at = COALESCE(
+            (SELECT p.created_at FROM runs p WHERE p.run_id = runs.parent_run_id), created_at);
+        CREATE INDEX runs_listed ON runs
+            (profile, listed_at, COALESCE(parent_run_id, run_id), COALESCE(array_task, -1) DESC);
+        CREATE INDEX runs_listed_all ON runs
+            (listed_at, COALESCE(parent_run_id, run_id), COALESCE(array_task, -1) DESC);
+        CREATE INDEX runs_state_listed ON runs (profile, state, listed_at,
+            COALESCE(parent_run_id, run_id), COALESCE(array_task, -1) DESC);
+        CREATE INDEX runs_top ON runs (parent_run_id, created_at);
+        CREATE INDEX runs_job_id ON runs (job_id);
+        CREATE INDEX runs_ended ON runs (profile, COALESCE(ended_at, updated_at));
+        CREATE INDEX runs_requeue ON runs (profile, state) WHERE max_requeues > 0
+        """,
+    ),
+)
+
 SCHEMA_VERSION = MIGRATIONS[-1].version
 
 

@@ -15,14 +15,16 @@ import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hpcjob.clock import utc_now
 from hpcjob.errors import HpcjobError
-from hpcjob.joblog import Metric
 from hpcjob.jobstate import JobInfo, JobState
 from hpcjob.ledger import schema
 from hpcjob.ledger.records import Attempt, NewRun, Run, StateChange, fresh_run_id
+
+if TYPE_CHECKING:
+    from hpcjob.joblog import Metric  # loaded where metrics are read (start-up)
 
 
 class Ledger:
@@ -111,8 +113,8 @@ class Ledger:
             [
                 (
                     "INSERT INTO runs (run_id, token, profile, cluster, scheduler, workload, "
-                    "spec_json, script, script_hash, run_dir, state, created_at, updated_at) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    "spec_json, script, script_hash, run_dir, state, created_at, updated_at, "
+                    "listed_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (
                         new.run_id,
                         new.token,
@@ -125,6 +127,7 @@ class Ledger:
                         new.script_hash,
                         new.run_dir,
                         JobState.SUBMITTING.value,
+                        now,
                         now,
                         now,
                     ),
@@ -237,12 +240,13 @@ class Ledger:
     def requeue_due(self, profile: str, checkpoint_exit: int) -> list[Run]:
         """Runs of the profile that ended TIMEOUT (or FAILED with `checkpoint_exit`) with
         requeues left: what `--auto-requeue` resubmits."""
+        timeout, failed = JobState.TIMEOUT.value, JobState.FAILED.value
         rows = self.db.execute(
             "SELECT * FROM runs WHERE profile = ? AND max_requeues > 0 AND job_id IS NOT NULL "
-            "AND (state = ? OR (state = ? AND exit_code = ?)) "
+            "AND state IN (?, ?) AND (state = ? OR exit_code = ?) "  # runs_requeue finds them
             "AND max_requeues > (SELECT COUNT(*) FROM attempts a WHERE a.run_id = runs.run_id) "
             "ORDER BY created_at",
-            (profile, JobState.TIMEOUT.value, JobState.FAILED.value, checkpoint_exit),
+            (profile, timeout, failed, timeout, checkpoint_exit),
         ).fetchall()
         return [_run(r) for r in rows]
 
@@ -290,8 +294,8 @@ class Ledger:
             (
                 "INSERT INTO runs (run_id, token, job_id, profile, cluster, scheduler, "
                 "workload, spec_json, script, script_hash, run_dir, output_path, state, "
-                "created_at, submitted_at, updated_at, parent_run_id, array_task) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "created_at, submitted_at, updated_at, parent_run_id, array_task, listed_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     run_id,
                     f"{parent.token}.{task}",
@@ -311,6 +315,7 @@ class Ledger:
                     now,
                     parent.run_id,
                     task,
+                    parent.created_at,  # listed with its array (migration 5)
                 ),
             ),
             _history(run_id, JobState.PENDING, now, "scheduler", f"task {task} of {parent.job_id}"),
@@ -491,11 +496,13 @@ class Ledger:
 
     def unfinished(self, profile: str) -> list[Run]:
         """Runs of a profile whose state may still change."""
-        final = [s.value for s in JobState if s.is_final]
-        marks = ",".join("?" * len(final))
+        # `IN` the states that may change, not `NOT IN` the final ones: the index on (profile,
+        # state) then finds them without reading the profile's finished runs.
+        active = [s.value for s in JobState if not s.is_final]
+        marks = ",".join("?" * len(active))
         rows = self.db.execute(
-            f"SELECT * FROM runs WHERE profile = ? AND state NOT IN ({marks}) ORDER BY created_at",
-            (profile, *final),
+            f"SELECT * FROM runs WHERE profile = ? AND state IN ({marks}) ORDER BY created_at",
+            (profile, *active),
         ).fetchall()
         return [_run(r) for r in rows]
 
@@ -530,11 +537,11 @@ class Ledger:
             clauses.append("(created_at >= ? OR ended_at IS NULL OR ended_at >= ?)")
             params += [since, since]
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
-        # Newest first; an array's tasks right after it, in task order.
+        # Newest first; an array's tasks right after it, in task order: the order of the index
+        # runs_listed (runs_listed_all), walked backwards until the LIMIT (migration 5).
         sql = (
-            f"SELECT * FROM runs {where} ORDER BY COALESCE("
-            "(SELECT p.created_at FROM runs p WHERE p.run_id = runs.parent_run_id), created_at) "
-            "DESC, COALESCE(parent_run_id, run_id) DESC, COALESCE(array_task, -1)"
+            f"SELECT * FROM runs {where} ORDER BY listed_at DESC, "
+            "COALESCE(parent_run_id, run_id) DESC, COALESCE(array_task, -1)"
         )
         if limit is not None:
             sql += f" LIMIT {int(limit)}"
@@ -558,6 +565,8 @@ class Ledger:
         return len(rows)
 
     def metrics(self, run_id: str) -> list[Metric]:
+        from hpcjob.joblog import Metric
+
         rows = self.db.execute(
             "SELECT step, key, value, at FROM metrics WHERE run_id = ? ORDER BY step, key",
             (run_id,),
@@ -568,6 +577,8 @@ class Ledger:
         """Each run's metrics at its highest step."""
         if not run_ids:
             return {}
+        from hpcjob.joblog import Metric
+
         marks = ",".join("?" * len(run_ids))
         rows = self.db.execute(
             f"SELECT m.run_id, m.step, m.key, m.value, m.at FROM metrics m "
@@ -641,6 +652,7 @@ def _like_prefix(ref: str) -> str:
 
 def _run(row: sqlite3.Row) -> Run:
     data = dict(row)
+    data.pop("listed_at", None)  # a sort key, not part of the run
     data["spec"] = json.loads(data.pop("spec_json"))
     data["state"] = JobState.parse(data["state"])
     return Run(**data)

@@ -20,13 +20,12 @@ from hpcjob.config import Profile, Settings, load_settings, resolve_profile
 from hpcjob.errors import HpcjobError
 from hpcjob.ledger.records import new_run_id
 from hpcjob.ledger.store import Ledger
-from hpcjob.scheduler.base import Scheduler
-from hpcjob.scheduler.factory import scheduler_for
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
     from pathlib import Path
 
+    from hpcjob.scheduler.base import Scheduler
     from hpcjob.slurm import AccountAccess, Partition
 
 
@@ -54,6 +53,9 @@ class Context:
     @property
     def scheduler(self) -> Scheduler:
         if self._scheduler is None:
+            # Loaded on first use: a command that only reads the ledger never needs it.
+            from hpcjob.scheduler.factory import scheduler_for
+
             self._scheduler = scheduler_for(self.profile, self.settings)
         return self._scheduler
 

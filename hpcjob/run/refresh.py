@@ -21,9 +21,7 @@ from collections.abc import Sequence
 from hpcjob.jobstate import JobInfo, JobState
 from hpcjob.ledger.records import Run
 from hpcjob.run.context import Context, cluster_key, cluster_key_resolved
-from hpcjob.run.harvest import harvest
 from hpcjob.run.requeue import requeue
-from hpcjob.run.rundir import exit_status_path
 
 
 def refresh(ctx: Context, watched: frozenset[str] = frozenset()) -> list[Run]:
@@ -54,8 +52,8 @@ def refresh(ctx: Context, watched: frozenset[str] = frozenset()) -> list[Run]:
     return updated
 
 
-# Steps 1 and 7 load their modules only when a run needs them: `hpcjob status` with nothing to
-# recover stays as quick to start as the commands that never refresh.
+# Steps 1, 3 and 7 load their modules only when a run needs them: `hpcjob status` with nothing
+# to recover, record or harvest stays as quick to start as the commands that never refresh.
 
 
 def _recover(ctx: Context, pending: list[Run]) -> list[Run]:
@@ -93,6 +91,8 @@ def _poll(
 
 def _record(ctx: Context, run: Run, info: JobInfo | None, harvest_running: bool) -> Run:
     """Store what the scheduler (or the job's exit-status file) says of one run."""
+    from hpcjob.run.harvest import harvest
+
     info = _settle(ctx, run, info)
     if info is None:
         return run  # unknown to the scheduler (yet): never taken for done
@@ -137,6 +137,8 @@ def _settle(ctx: Context, run: Run, info: JobInfo | None) -> JobInfo | None:
 def exit_status_info(ctx: Context, run: Run) -> JobInfo | None:
     """How a job the scheduler no longer reports ended, from the file its script's EXIT trap
     wrote — where accounting is off, this is the only record."""
+    from hpcjob.run.rundir import exit_status_path
+
     shell = ctx.scheduler.shell
     path = exit_status_path(run)
     if not run.job_id or not shell.exists(path):

@@ -21,7 +21,6 @@ from hpcjob.jobstate import JobState
 from hpcjob.ledger.records import Run
 from hpcjob.run.context import Context, cluster_key, cluster_key_resolved
 from hpcjob.run.lock import SubmitterLock
-from hpcjob.run.rundir import exit_status_path
 
 EXIT_CHECKPOINTED = 75  # workloads/train.py: stopped by SIGUSR1/SIGTERM after a checkpoint
 MAX_REQUEUES = 20
@@ -85,6 +84,7 @@ def resubmit(ctx: Context, run: Run, attempt: int) -> Run:
     The submission itself is submit.py's (exactly once, by token, under the run's submitter
     lock); a failure is said once on stderr and leaves the run as the ledger then shows it.
     """
+    from hpcjob.run.rundir import exit_status_path
     from hpcjob.run.submit import hand_over  # the submit path loads only when one is due
 
     earlier = ctx.ledger.attempts(run.run_id)

@@ -105,6 +105,47 @@ def test_the_exit_status_file_ends_a_long_back_off_early(tmp_path: Path) -> None
     assert shell.polled_at[3] == pytest.approx(7.25)
 
 
+def test_a_short_job_is_noticed_within_a_tick_of_its_end(tmp_path: Path) -> None:
+    """In a wait's first seconds the exit-status file (cheap: a file, not the scheduler) is
+    looked at every 0.05 s, so a trivial job's end is seen within 0.05 s, not at the next
+    quarter second."""
+    clock = FakeClock()
+    shell = TimedShell(clock, squeue=["squeue_live", "squeue_final"], sacct=["sacct_final"])
+    ctx, run = started_run(tmp_path, shell, clock, "101")
+    ended = b"3 2026-11-27T22:23:07Z"
+    clock.at(0.62, lambda: shell.files.__setitem__(exit_status_path(run), ended))
+    done = wait(ctx, run)
+    assert done.state == JobState.FAILED and done.exit_code == 3  # the file's code
+    assert shell.polled_at == [0.0, pytest.approx(0.65)]
+    # squeue said it ended and the file how: sacct (seconds behind) is left to a later status.
+    assert [argv[0] for argv in shell.calls if argv[0] in ("squeue", "sacct")] == ["squeue"] * 2
+
+
+def test_an_ending_job_is_asked_about_again_soon_backing_off(tmp_path: Path) -> None:
+    """The file is there but squeue still shows the job (Slurm is finishing it): ask again
+    after 0.1 s, then 0.2, 0.4 … — not after a whole poll interval."""
+    clock = FakeClock()
+    shell = TimedShell(clock, squeue=["squeue_live"] * 3 + ["squeue_final"], sacct=["sacct_final"])
+    ctx, run = started_run(tmp_path, shell, clock, "101")
+    shell.files[exit_status_path(run)] = b"3 2026-11-27T22:23:07Z"
+    done = wait(ctx, run)
+    assert done.state == JobState.FAILED
+    assert shell.polled_at == pytest.approx([0.0, 0.1, 0.3, 0.7])
+
+
+def test_a_wait_that_goes_on_looks_at_the_file_every_quarter_second(tmp_path: Path) -> None:
+    """Past its first seconds a wait looks at the file four times a second and asks the
+    scheduler only at its backed-off pace."""
+    clock = FakeClock()
+    shell = TimedShell(clock, squeue=["squeue_live"] * 4 + ["squeue_final"], sacct=["sacct_final"])
+    ctx, run = started_run(tmp_path, shell, clock, "101")
+    clock.at(20.0, lambda: shell.files.__setitem__(exit_status_path(run), b"0 x"))
+    wait(ctx, run)
+    assert shell.polled_at[:4] == [0.0, 2.0, 6.0, 14.0]
+    assert shell.polled_at[4] == pytest.approx(20.0)
+    assert max(clock.slept) <= 0.25 and set(clock.slept[-10:]) == {0.25}
+
+
 def test_wait_gives_up_at_its_timeout_and_leaves_the_run(tmp_path: Path) -> None:
     clock = FakeClock()
     shell = TimedShell(clock, squeue=["squeue_live"])  # pending for ever

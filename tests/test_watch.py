@@ -176,9 +176,30 @@ def test_follow_streams_by_offset_and_asks_the_scheduler_at_its_own_pace(tmp_pat
     ended = follow(ctx, run, 0, shown.append)
     assert ended.state == JobState.CANCELLED
     assert "".join(shown) == b"".join(written).decode()  # every byte once, in order
-    # The state is asked every 2 × the start interval (4 s), never on each 0.5 s read.
-    assert shell.polled_at == [4.0, 8.0, 12.0, 16.0]
-    assert set(clock.slept) == {0.5}
+    # The state is asked every 2 × the start interval (4 s), never on each 0.2 s read.
+    gaps = [b - a for a, b in zip([0.0, *shell.polled_at], shell.polled_at, strict=False)]
+    assert len(gaps) == 4 and all(4.0 - 1e-9 <= gap <= 4.2 + 1e-9 for gap in gaps)
+    assert set(clock.slept) == {0.2}
+
+
+def test_follow_shows_a_new_line_within_a_fifth_of_a_second(tmp_path: Path) -> None:
+    """The output file is read five times a second (a file: the scheduler is not asked), so a
+    line the job writes is shown within 0.2 s."""
+    clock = FakeClock()
+    shell = TimedShell(clock, squeue=["squeue_live"] * 2 + ["squeue_final"], sacct=["sacct_final"])
+    ctx, run = started_run(tmp_path, shell, clock, "104")
+    out = run.output_path
+    assert out is not None
+    writes = {1.03: b"first line\n", 2.51: b"second line\n"}
+    for when, line in writes.items():
+        clock.at(
+            when, lambda line=line: shell.files.__setitem__(out, shell.files.get(out, b"") + line)
+        )
+    shown: list[tuple[float, str]] = []
+    follow(ctx, run, 0, lambda text: shown.append((clock.t, text)))
+    assert [text for _, text in shown] == ["first line\n", "second line\n"]
+    for (when, _), (at, _) in zip(writes.items(), shown, strict=True):
+        assert 0 <= at - when <= 0.2 + 1e-9
 
 
 def test_follow_goes_on_to_the_next_attempt_of_a_requeued_run(tmp_path: Path) -> None:

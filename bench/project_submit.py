@@ -344,7 +344,12 @@ def main() -> None:
 def summary(rtt: int, times: dict[str, list[float]]) -> str:
     med = {name: statistics.median(values) for name, values in times.items()}
     ratio = med[NEW] / (med[BUILTIN] + med[BYTES])
-    return f"rtt {rtt} ms: " + ", ".join(f"{v:.0f}" for v in med.values()) + f" → {ratio:.2f}"
+    verdict = "met" if ratio <= TARGET else "NOT met"
+    return (
+        f"rtt {rtt} ms: "
+        + ", ".join(f"{v:.0f}" for v in med.values())
+        + f" → new code / (built in + bytes) = {ratio:.2f} (target ≤ {TARGET:g}: {verdict})"
+    )
 
 
 def ratio_of(times: dict[str, list[float]]) -> float:

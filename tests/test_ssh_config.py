@@ -207,6 +207,16 @@ def test_paramiko_is_imported_without_importlib_metadata_yet_knows_its_version()
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["False", "True", "True"]
+    # A module imported meanwhile that asks the stand-in for more gets the real module's.
+    code = (
+        "import sys, hpcjob.ssh as h\n"
+        "sys.modules['importlib.metadata'] = h._METADATA\n"
+        "print(h._METADATA.PackageNotFoundError.__module__)\n"
+        "import importlib.metadata as m\n"
+        "print(m is not h._METADATA)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.stdout.split() == ["importlib.metadata", "True"], done.stderr
 
 
 @pytest.mark.skipif(not hasattr(socket, "TCP_QUICKACK"), reason="TCP_QUICKACK is Linux's")

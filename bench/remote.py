@@ -113,17 +113,19 @@ def submit_wait(root: Path) -> list[str]:
 def read_until(
     proc: subprocess.Popen[bytes], marker: bytes, deadline: float
 ) -> tuple[bytes, float]:
-    """Lines of the process's stdout until one holds `marker`: that line and when it came."""
+    """Read the process's stdout (unbuffered: select() sees only the pipe) until a line holds
+    `marker`: that line and when it came."""
     assert proc.stdout is not None
+    fd, seen = proc.stdout.fileno(), b""
     while time.time() < deadline:
-        ready, _, _ = select.select([proc.stdout], [], [], deadline - time.time())
-        if not ready:
+        ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.time()))
+        chunk = os.read(fd, 65536) if ready else b""
+        if not chunk:
             break
-        line = proc.stdout.readline()
-        if not line:
-            break
-        if marker in line:
-            return line, time.time()
+        seen += chunk
+        for line in seen.splitlines(keepends=True):
+            if marker in line and line.endswith(b"\n"):
+                return line, time.time()
     raise SystemExit(f"`logs --follow` never printed {marker!r}")
 
 
@@ -138,7 +140,7 @@ def follow_latency(argv: list[str], env: dict[str, str], home: Path, local_dir: 
         raise SystemExit(done.stderr.decode())
     row = json.loads(done.stdout)
     proc = subprocess.Popen(
-        [*argv, "logs", "--follow", row["run_id"]], env=env,
+        [*argv, "logs", "--follow", row["run_id"]], env=env, bufsize=0,
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     try:
@@ -148,6 +150,7 @@ def follow_latency(argv: list[str], env: dict[str, str], home: Path, local_dir: 
     finally:
         proc.terminate()
         proc.wait()
+        (local_dir(row["run_dir"]) / "go").touch()  # a job still waiting ends
     return seen - float(line.split()[1])
 
 

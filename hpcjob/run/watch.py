@@ -19,7 +19,7 @@ from hpcjob.shell import Shell
 
 # How often a wait looks at the job's exit-status file (a file: it costs the scheduler nothing):
 # closely in the first seconds, where a short job ends, then four times a second.
-_FILE_TICK_EARLY_S = 0.05
+_FILE_TICK_EARLY_S = 0.02
 _EARLY_S = 3.0
 _FILE_TICK_S = 0.25
 # Once the file is there, Slurm reports the end within moments: it is asked again after 0.1 s,

@@ -234,6 +234,9 @@ def status_measure(bench: Any, env: dict[str, str]) -> list[str]:
     def part(k: str) -> float:
         return statistics.median(r[k] for r in records) * 1000
 
+    def count(k: str) -> str:
+        return f"{statistics.median(r[k] for r in records):g}"
+
     wall, total, imported = part("t_wall"), part("t_total"), part("t_import")
     before = part("t_first") - imported
     after = total - part("t_last")
@@ -259,8 +262,8 @@ def status_measure(bench: Any, env: dict[str, str]) -> list[str]:
         f"{imported:.0f} ms; config, ledger and lazy imports {before:.0f} ms; connecting (TCP, "
         f"key exchange, login) {part('t_connect'):.0f} ms; the one remote command (squeue) "
         f"{part('t_commands'):.0f} ms; SFTP {part('t_files'):.0f} ms; output and closing "
-        f"{after:.0f} ms. Channels {part('channels'):.0f}, commands {part('commands'):.0f}, SFTP "
-        f"requests {part('sftp_requests'):.0f}. Without its own handshake (a connection kept "
+        f"{after:.0f} ms. Channels {count('channels')}, commands {count('commands')}, SFTP "
+        f"requests {count('sftp_requests')}. Without its own handshake (a connection kept "
         f"between invocations, as OpenSSH's ControlMaster does) it would take about "
         f"{floor:.0f} ms ({floor / base:.2f}×).",
     ]

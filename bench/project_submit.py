@@ -344,7 +344,12 @@ def main() -> None:
 def summary(rtt: int, times: dict[str, list[float]]) -> str:
     med = {name: statistics.median(values) for name, values in times.items()}
     ratio = med[NEW] / (med[BUILTIN] + med[BYTES])
-    return f"rtt {rtt} ms: " + ", ".join(f"{v:.0f}" for v in med.values()) + f" → {ratio:.2f}"
+    verdict = "met" if ratio <= TARGET else "NOT met"
+    return (
+        f"rtt {rtt} ms: "
+        + ", ".join(f"{v:.0f}" for v in med.values())
+        + f" → new code / (built in + bytes) = {ratio:.2f} (target ≤ {TARGET:g}: {verdict})"
+    )
 
 
 def ratio_of(times: dict[str, list[float]]) -> float:
@@ -446,8 +451,9 @@ def report(
         *profile_rows,
         "",
         "`SFTP: open session` holds the first channel of each connection, which waits about 40 ms "
-        "beyond its round trips for sshd (Nagle) to get the client's delayed ACK: every SSH "
-        "command of hpcjob pays it, built in or not. A project submit adds to a built-in one: "
+        "beyond its round trips for sshd (Nagle) to get a delayed ACK — here the relay's: its "
+        "socket to sshd ACKs late, as hpcjob's own no longer does (TCP_QUICKACK, issue 19), so "
+        "both sides of the ratio pay it. A project submit adds to a built-in one: "
         "the snapshot (git ls-files, reading and hashing 20 MiB), the provenance git calls, the "
         "marker's `exists` (one SFTP request) and, with new code, the tar of the snapshot and "
         "its own `write_files` command.",

@@ -45,6 +45,7 @@ from collections import Counter
 t0 = time.perf_counter()
 record_path = sys.argv[1]
 import hpcjob.cli
+import hpcjob.ssh  # imports paramiko as hpcjob does (without invoke, importlib.metadata)
 import paramiko
 from hpcjob.ssh.session import SSHShell
 imported = time.perf_counter() - t0

@@ -202,3 +202,43 @@ def test_ended_before_sacct_knew_it_gets_its_record_on_a_later_refresh(tmp_path:
     assert "sacct_elapsed_s" not in ctx.ledger.facts("r1")
     refresh(ctx)  # the accounting record has arrived: asked for in the one sacct call
     assert "sacct_elapsed_s" in ctx.ledger.facts("r1")
+
+
+def test_a_job_known_ended_by_its_file_is_not_asked_of_sacct() -> None:
+    """Its script has ended (the exit-status file is there) and squeue shows it ended: that is
+    enough for now; sacct (slow, and seconds behind) is asked on a later poll. A job squeue no
+    longer shows is still asked of sacct: missing is never done."""
+    shell = ReplayShell({"squeue": [recorded("squeue_final")], "sacct": [recorded("sacct_final")]})
+    infos = SlurmScheduler(shell, "c").poll(["103", "104"], ended=["103", "104"])
+    assert shell.commands() == ["squeue"]
+    assert infos["103"].state == JobState.COMPLETED and infos["103"].accounting_pending
+    assert infos["104"].state == JobState.CANCELLED
+    shell = ReplayShell(
+        {"squeue": [recorded("squeue_unknown_job")], "sacct": [recorded("sacct_lag_complete")]}
+    )
+    infos = SlurmScheduler(shell, "c").poll(["92"], ended=["92"])
+    assert shell.commands() == ["squeue", "sacct"] and infos["92"].state == JobState.COMPLETED
+
+
+def test_a_waits_refresh_settles_its_run_from_squeue_and_the_file(tmp_path: Path) -> None:
+    """The refresh of a wait whose job's file is there: squeue's end and the file's exit code,
+    without sacct — neither for this run nor for other runs' late records (`status` asks)."""
+    shell = ReplayShell(
+        {
+            "sbatch": [CommandResult(("sbatch",), 0, "103\n", "")],
+            "squeue": [recorded("squeue_final")],
+            "sacct": [recorded("sacct_final")],
+        }
+    )
+    ctx = context_with(shell, tmp_path)
+    submit(ctx, prepared())
+    shell.files["/runs/r1/exit-status"] = f"0 {utc_now()}\n".encode()
+    shell.calls.clear()
+    refresh(ctx, watched=frozenset({"r1"}), ended=frozenset({"r1"}), late_accounting=False)
+    run = ctx.ledger.get_run("r1")
+    assert run.state == JobState.COMPLETED and run.exit_code == 0
+    assert shell.commands() == ["squeue"]
+    shell.calls.clear()
+    refresh(ctx)  # a later status: sacct's record for it, as a late record
+    assert "sacct" in shell.commands()
+    assert ctx.ledger.facts("r1").get("sacct_elapsed_s") is not None

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -27,7 +28,7 @@ from hpcjob.ssh.hostkeys import (
     unknown_host_error,
 )
 from hpcjob.ssh.login import auth_failed_error
-from hpcjob.ssh.session import SSHShell
+from hpcjob.ssh.session import QuickAckSocket, SSHShell
 from hpcjob.ssh.target import Hop, parse_jump, read_ssh_config, resolve_target
 
 CONFIG = """
@@ -191,6 +192,54 @@ def test_match_exec_works_although_paramiko_is_imported_without_invoke() -> None
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["False", "yes.example.org", "me"]
+
+
+def test_paramiko_is_imported_without_importlib_metadata_yet_knows_its_version() -> None:
+    """paramiko's __init__ asks importlib.metadata for its own version (~30 ms of every command
+    over SSH); hpcjob.ssh answers from the installed dist-info folder's name instead, and a
+    later `import importlib.metadata` still gets the real module."""
+    code = (
+        "import sys, hpcjob.ssh, paramiko\n"
+        "print('importlib.metadata' in sys.modules)\n"
+        "import importlib.metadata as m\n"
+        "print(paramiko.__version__ == m.version('paramiko'), hasattr(m, 'distributions'))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["False", "True", "True"]
+    # A module imported meanwhile that asks the stand-in for more gets the real module's.
+    code = (
+        "import sys, hpcjob.ssh as h\n"
+        "sys.modules['importlib.metadata'] = h._METADATA\n"
+        "print(h._METADATA.PackageNotFoundError.__module__)\n"
+        "import importlib.metadata as m\n"
+        "print(m is not h._METADATA)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.stdout.split() == ["importlib.metadata", "True"], done.stderr
+
+
+@pytest.mark.skipif(not hasattr(socket, "TCP_QUICKACK"), reason="TCP_QUICKACK is Linux's")
+def test_the_socket_acks_at_once_after_each_read_and_that_can_be_turned_off() -> None:
+    """sshd sends a command's reply in small writes; with the client's ACK delayed (~40 ms on
+    Linux), Nagle holds the second one back. hpcjob's socket asks for an immediate ACK after
+    each read (TCP_QUICKACK; the kernel drops that mode again by itself)."""
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        port = server.getsockname()[1]
+        for quick in (True, False):
+            target = resolve_target({"host": "127.0.0.1", "port": port}, "", local_user="me")
+            shell = SSHShell(target)
+            shell.quick_ack = quick
+            sock = shell._first_socket(target.hops[0], 5)
+            peer, _ = server.accept()
+            with sock, peer:
+                peer.sendall(b"reply")
+                assert sock.recv(5) == b"reply"
+                assert sock.gettimeout() == 5
+                assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+                if quick:  # set again by the read (off, the kernel decides)
+                    assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK) != 0
+                assert isinstance(sock, QuickAckSocket) is quick
 
 
 def test_bad_host_and_bad_port_are_errors() -> None:

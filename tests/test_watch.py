@@ -105,6 +105,48 @@ def test_the_exit_status_file_ends_a_long_back_off_early(tmp_path: Path) -> None
     assert shell.polled_at[3] == pytest.approx(7.25)
 
 
+def test_a_short_job_is_noticed_within_a_tick_of_its_end(tmp_path: Path) -> None:
+    """In a wait's first seconds the exit-status file (cheap: a file, not the scheduler) is
+    looked at every 0.02 s, so a trivial job's end is seen within 0.02 s, not at the next
+    quarter second."""
+    clock = FakeClock()
+    shell = TimedShell(clock, squeue=["squeue_live", "squeue_final"], sacct=["sacct_final"])
+    ctx, run = started_run(tmp_path, shell, clock, "101")
+    ended = b"3 2026-11-27T22:23:07Z"
+    clock.at(0.62, lambda: shell.files.__setitem__(exit_status_path(run), ended))
+    done = wait(ctx, run)
+    assert done.state == JobState.FAILED and done.exit_code == 3  # the file's code
+    assert shell.polled_at[0] == 0.0 and 0.62 <= shell.polled_at[1] <= 0.64 + 1e-9
+    assert len(shell.polled_at) == 2
+    # squeue said it ended and the file how: sacct (seconds behind) is left to a later status.
+    assert [argv[0] for argv in shell.calls if argv[0] in ("squeue", "sacct")] == ["squeue"] * 2
+
+
+def test_an_ending_job_is_asked_about_again_soon_backing_off(tmp_path: Path) -> None:
+    """The file is there but squeue still shows the job (Slurm is finishing it): ask again
+    after 0.1 s, then 0.2, 0.4 … — not after a whole poll interval."""
+    clock = FakeClock()
+    shell = TimedShell(clock, squeue=["squeue_live"] * 3 + ["squeue_final"], sacct=["sacct_final"])
+    ctx, run = started_run(tmp_path, shell, clock, "101")
+    shell.files[exit_status_path(run)] = b"3 2026-11-27T22:23:07Z"
+    done = wait(ctx, run)
+    assert done.state == JobState.FAILED
+    assert shell.polled_at == pytest.approx([0.0, 0.1, 0.3, 0.7])
+
+
+def test_a_wait_that_goes_on_looks_at_the_file_every_quarter_second(tmp_path: Path) -> None:
+    """Past its first seconds a wait looks at the file four times a second and asks the
+    scheduler only at its backed-off pace."""
+    clock = FakeClock()
+    shell = TimedShell(clock, squeue=["squeue_live"] * 4 + ["squeue_final"], sacct=["sacct_final"])
+    ctx, run = started_run(tmp_path, shell, clock, "101")
+    clock.at(20.0, lambda: shell.files.__setitem__(exit_status_path(run), b"0 x"))
+    wait(ctx, run)
+    assert shell.polled_at[:4] == [0.0, 2.0, 6.0, 14.0]
+    assert shell.polled_at[4] == pytest.approx(20.0)
+    assert max(clock.slept) <= 0.25 and set(clock.slept[-10:]) == {0.25}
+
+
 def test_wait_gives_up_at_its_timeout_and_leaves_the_run(tmp_path: Path) -> None:
     clock = FakeClock()
     shell = TimedShell(clock, squeue=["squeue_live"])  # pending for ever
@@ -135,9 +177,30 @@ def test_follow_streams_by_offset_and_asks_the_scheduler_at_its_own_pace(tmp_pat
     ended = follow(ctx, run, 0, shown.append)
     assert ended.state == JobState.CANCELLED
     assert "".join(shown) == b"".join(written).decode()  # every byte once, in order
-    # The state is asked every 2 × the start interval (4 s), never on each 0.5 s read.
-    assert shell.polled_at == [4.0, 8.0, 12.0, 16.0]
-    assert set(clock.slept) == {0.5}
+    # The state is asked every 2 × the start interval (4 s), never on each 0.2 s read.
+    gaps = [b - a for a, b in zip([0.0, *shell.polled_at], shell.polled_at, strict=False)]
+    assert len(gaps) == 4 and all(4.0 - 1e-9 <= gap <= 4.2 + 1e-9 for gap in gaps)
+    assert set(clock.slept) == {0.2}
+
+
+def test_follow_shows_a_new_line_within_a_fifth_of_a_second(tmp_path: Path) -> None:
+    """The output file is read five times a second (a file: the scheduler is not asked), so a
+    line the job writes is shown within 0.2 s."""
+    clock = FakeClock()
+    shell = TimedShell(clock, squeue=["squeue_live"] * 2 + ["squeue_final"], sacct=["sacct_final"])
+    ctx, run = started_run(tmp_path, shell, clock, "104")
+    out = run.output_path
+    assert out is not None
+    writes = {1.03: b"first line\n", 2.51: b"second line\n"}
+    for when, line in writes.items():
+        clock.at(
+            when, lambda line=line: shell.files.__setitem__(out, shell.files.get(out, b"") + line)
+        )
+    shown: list[tuple[float, str]] = []
+    follow(ctx, run, 0, lambda text: shown.append((clock.t, text)))
+    assert [text for _, text in shown] == ["first line\n", "second line\n"]
+    for (when, _), (at, _) in zip(writes.items(), shown, strict=True):
+        assert 0 <= at - when <= 0.2 + 1e-9
 
 
 def test_follow_goes_on_to_the_next_attempt_of_a_requeued_run(tmp_path: Path) -> None:

@@ -24,21 +24,32 @@ from hpcjob.run.context import Context, cluster_key, cluster_key_resolved
 from hpcjob.run.requeue import requeue
 
 
-def refresh(ctx: Context, watched: frozenset[str] = frozenset()) -> list[Run]:
+def refresh(
+    ctx: Context,
+    watched: frozenset[str] = frozenset(),
+    *,
+    ended: frozenset[str] = frozenset(),
+    late_accounting: bool = True,
+) -> list[Run]:
     """Refresh the profile's runs (see the module docstring); returns the runs it looked at.
     Running runs' metrics are read on each refresh only where that is cheap (jobs on this
-    machine) or for the runs being `watched` (a wait, a follow)."""
+    machine) or for the runs being `watched` (a wait, a follow). A wait names the runs whose
+    exit-status file it saw (`ended`: the scheduler's quick word on them suffices) and leaves
+    other runs' late accounting records to the next `status` (`late_accounting=False`)."""
     ledger = ctx.ledger
-    pending = ledger.unfinished(ctx.profile.name)
-    late = ledger.awaiting_accounting(ctx.profile.name)
+    profile = ctx.profile.name
+
+    def late_runs() -> list[Run]:
+        return ledger.awaiting_accounting(profile) if late_accounting else []
+
+    pending, late = ledger.unfinished(profile), late_runs()
     if (pending or late) and not cluster_key_resolved(ctx):
         cluster_key(ctx)  # learning it may move these runs to the cluster's name: read again
-        pending = ledger.unfinished(ctx.profile.name)
-        late = ledger.awaiting_accounting(ctx.profile.name)
+        pending, late = ledger.unfinished(profile), late_runs()
     updated: list[Run] = []
     if pending or late:
         pending = _recover(ctx, pending)
-        polled, late, infos = _poll(ctx, pending, late)
+        polled, late, infos = _poll(ctx, pending, late, ended)
         cheap = ctx.scheduler.jobs_run_here
         updated = [
             _record(ctx, run, infos.get(run.job_id or ""), cheap or run.run_id in watched)
@@ -73,14 +84,15 @@ def _settle_login_runs(ctx: Context, runs: list[Run]) -> list[Run]:
 
 
 def _poll(
-    ctx: Context, pending: list[Run], late: list[Run]
+    ctx: Context, pending: list[Run], late: list[Run], ended: frozenset[str]
 ) -> tuple[list[Run], list[Run], dict[str, JobInfo]]:
     """The runs this scheduler answers for, and its one answer about all of them."""
     scheduler = ctx.scheduler
     key = cluster_key(ctx)
     polled = [r for r in pending if r.job_id and r.cluster == key and not r.is_array]
     late = [r for r in late if r.cluster == key]
-    infos = scheduler.poll([r.job_id for r in polled + late if r.job_id])
+    known_ended = [r.job_id for r in polled if r.job_id and r.run_id in ended]
+    infos = scheduler.poll([r.job_id for r in polled + late if r.job_id], ended=known_ended)
     if scheduler.accounting_off:
         ctx.notes.append(
             f"Slurm's accounting (sacct) is not answering ({scheduler.accounting_off}); states "

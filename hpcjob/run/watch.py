@@ -17,8 +17,17 @@ from hpcjob.run.requeue import due as requeue_due
 from hpcjob.run.rundir import exit_status_path, output_path, rank_log_path
 from hpcjob.shell import Shell
 
+# How often a wait looks at the job's exit-status file (a file: it costs the scheduler nothing):
+# closely in the first seconds, where a short job ends, then four times a second.
+_FILE_TICK_EARLY_S = 0.02
+_EARLY_S = 3.0
 _FILE_TICK_S = 0.25
-_FOLLOW_TICK_S = 0.5
+# Once the file is there, Slurm reports the end within moments: it is asked again after 0.1 s,
+# then doubling up to the poll interval (a few extra squeue calls, once per job).
+_ENDING_TICK_S = 0.1
+# `follow` reads new output five times a second (a file: the scheduler is not asked), so a line
+# is shown within 0.2 s of the job writing it.
+_FOLLOW_TICK_S = 0.2
 # `wait` retries failed polls (backing off as usual) for this long before it gives up.
 _POLL_FAILURES_S = 30
 # Reads of a job's output are bounded: `follow` takes it a chunk at a time, `logs --tail` seeks
@@ -50,15 +59,20 @@ def wait(
     on_tick: Callable[[Run], None] | None = None,
     timeout_s: float | None = None,
 ) -> Run:
-    """Refresh until the run is final, backing off from the start interval up to the cap."""
+    """Refresh until the run is final, backing off from the start interval up to the cap. Other
+    runs' late accounting records are left to the next `status`; once the job's exit-status
+    file is there, squeue's word that it ended suffices (sacct's record follows later)."""
     clock = ctx.clock
     interval = ctx.scheduler.poll_start_s
+    ending = _ENDING_TICK_S  # the next pause once the exit-status file is there
     started = clock.monotonic()
     failing_since: float | None = None  # a controller restart or a network blip is waited out
+    seen = False  # the job's exit-status file is there: its script has ended
     while True:
         job_before = run.job_id
         try:
-            refresh(ctx, watched=frozenset({run.run_id}))
+            watched = frozenset({run.run_id})
+            refresh(ctx, watched, ended=watched if seen else frozenset(), late_accounting=False)
             failing_since = None
         except HpcjobError as exc:
             failing_since = failing_since or clock.monotonic()
@@ -74,11 +88,18 @@ def wait(
         if run.state.is_final and not requeue_due(ctx, run):
             return run
         if run.job_id != job_before and job_before:  # resubmitted (--auto-requeue): a new job
-            interval = ctx.scheduler.poll_start_s
-        if failing_since is None:
-            _sleep_until_due(ctx, run, interval)
-        else:
+            interval, ending = ctx.scheduler.poll_start_s, _ENDING_TICK_S
+        if failing_since is not None:
             clock.sleep(interval)
+        elif seen := ctx.scheduler.shell.exists(exit_status_path(run)):
+            # The job's script has ended (its EXIT trap wrote the file) and the scheduler will
+            # say so within moments (Slurm keeps a job COMPLETING briefly): ask again soon.
+            clock.sleep(min(ending, interval))
+            ending *= 2
+        else:
+            early = clock.monotonic() - started < _EARLY_S
+            tick = _FILE_TICK_EARLY_S if early else _FILE_TICK_S
+            seen = _sleep_until_due(ctx, run, interval, tick)
         interval = min(interval * 2, ctx.scheduler.poll_cap_s)
         if timeout_s is not None and clock.monotonic() - started > timeout_s:
             raise HpcjobError(
@@ -88,31 +109,25 @@ def wait(
             )
 
 
-def _sleep_until_due(ctx: Context, run: Run, interval: float) -> None:
-    """Sleep until the next poll is due — or until the job's exit-status file appears, which
-    costs the scheduler nothing to watch and ends a wait as soon as the job has ended."""
+def _sleep_until_due(ctx: Context, run: Run, interval: float, tick: float) -> bool:
+    """Sleep until the next poll is due — or until the job's exit-status file appears (looked
+    at every `tick`), which ends a wait as soon as the job has ended; whether it did."""
     clock = ctx.clock
-    if interval <= _FILE_TICK_S:
-        clock.sleep(interval)
-        return
     deadline = clock.monotonic() + interval
     path = exit_status_path(run)
     shell = ctx.scheduler.shell
-    if shell.exists(path):
-        # Already there: the job is ending and the scheduler will say so within seconds (Slurm
-        # keeps a job COMPLETING briefly); ask again soon rather than after a long back-off.
-        clock.sleep(min(interval, 2 * ctx.scheduler.poll_start_s))
-        return
     while clock.monotonic() < deadline:
-        clock.sleep(_FILE_TICK_S)
+        clock.sleep(min(tick, deadline - clock.monotonic()))
         if shell.exists(path):
-            return
+            return True
+    return False
 
 
 def follow(ctx: Context, run: Run, offset: int, emit: Callable[[str], None]) -> Run:
     """Hand the job's new output to `emit` as it comes, until the job has ended and everything
-    it wrote is out; then harvest it. New bytes are read by offset twice a second; the scheduler
-    is asked about the state only at its own pace (every 0.4 s embedded, every 4 s on Slurm).
+    it wrote is out; then harvest it. New bytes are read by offset five times a second; the
+    scheduler is asked about the state only at its own pace (every 0.4 s embedded, every 4 s on
+    Slurm).
     A run `--auto-requeue` resubmits goes on with the new job's own output, under a header."""
     clock = ctx.clock
     state_every = 2 * ctx.scheduler.poll_start_s

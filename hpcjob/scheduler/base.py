@@ -9,7 +9,7 @@ the job after all (`last_submit_ambiguous`), the name all of a cluster's address
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import TYPE_CHECKING, Protocol
 
 from hpcjob.jobstate import JobInfo
@@ -42,8 +42,10 @@ class Scheduler(Protocol):
         """Submit a staged script; return the job id."""
         ...
 
-    def poll(self, job_ids: Sequence[str]) -> dict[str, JobInfo]:
-        """The state of many jobs in one query; jobs the scheduler does not know are left out."""
+    def poll(self, job_ids: Sequence[str], ended: Collection[str] = ()) -> dict[str, JobInfo]:
+        """The state of many jobs in one query; jobs the scheduler does not know are left out.
+        `ended`: jobs whose script is known to have ended (their exit-status file is there):
+        the scheduler's quick word on them suffices, a slower record may come on a later poll."""
         ...
 
     def cancel(self, job_ids: Sequence[str]) -> None: ...

@@ -3,7 +3,7 @@ most one sacct per poll, scancel, sinfo. Everything above the seam only sees `Jo
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -49,7 +49,7 @@ class SlurmScheduler:
         self.last_submit_ambiguous = False
         return job_id
 
-    def poll(self, job_ids: Sequence[str]) -> dict[str, JobInfo]:
+    def poll(self, job_ids: Sequence[str], ended: Collection[str] = ()) -> dict[str, JobInfo]:
         if not job_ids:
             return {}
         live: dict[str, slurm.SqueueRow] = {}
@@ -58,14 +58,17 @@ class SlurmScheduler:
             for task in row.task_ids() if row.is_array_rest else [row.job_id]:
                 live[task] = row
             live.setdefault(row.raw_job_id, row)
-        ended = [j for j in job_ids if j not in live or live[j].state.is_final]
-        accounted = self._accounted(ended)
+        gone = [j for j in job_ids if j not in live or live[j].state.is_final]
+        # A job squeue shows ended whose script is known to have ended needs no sacct now: its
+        # record lags seconds behind and costs a slurmdbd query; a later poll fetches it.
+        asked = [j for j in gone if not (j in ended and j in live)]
+        accounted = self._accounted(asked)
         # Array tasks cancelled while pending have no record of their own (slurm.py says why).
         unstarted = slurm.cancelled_before_start(
-            [j for j in ended if "_" in j],
+            [j for j in asked if "_" in j],
             rows,
             list(accounted.values()),
-            sacct_answered=bool(ended) and not self.accounting_off,
+            sacct_answered=bool(asked) and not self.accounting_off,
         )
         infos: dict[str, JobInfo] = {}
         for job_id in job_ids:

@@ -39,16 +39,55 @@ channel's output, SFTP helpers), `login` (keys, agent, passphrase, password, sec
 from __future__ import annotations
 
 import sys
+import types
+from pathlib import Path
+
+
+def _real_metadata() -> types.ModuleType:
+    """The real importlib.metadata, in place of the stand-in from here on."""
+    if sys.modules.get("importlib.metadata") is _METADATA:
+        del sys.modules["importlib.metadata"]
+    import importlib.metadata
+
+    return importlib.metadata
+
+
+def _version_from_dist_info(name: str) -> str:
+    """`importlib.metadata.version(name)` for a package being imported, read from the name of
+    its `<name>-<version>.dist-info` folder; the real lookup where that folder is not found."""
+    origin = getattr(sys.modules.get(name), "__file__", None)
+    if origin:
+        found = sorted(Path(origin).parent.parent.glob(f"{name}-*.dist-info"))
+        if len(found) == 1:
+            return found[0].name[len(name) + 1 : -len(".dist-info")]
+    return str(_real_metadata().version(name))
+
+
+def _anything_else(attribute: str) -> object:
+    """Whatever else a module imported meanwhile asks of importlib.metadata: the real thing."""
+    return getattr(_real_metadata(), attribute)
+
+
+_METADATA = types.ModuleType("importlib.metadata")
+_METADATA.version = _version_from_dist_info  # type: ignore[attr-defined]
+_METADATA.__getattr__ = _anything_else  # type: ignore[method-assign]
+
 
 # paramiko.config imports `invoke` (asyncio, unittest.mock, yaml: ~36 ms of every command over
 # SSH) only to run `Match exec` lines of ~/.ssh/config. Import paramiko without it, here, before
 # any module of this package can import it; `target._lookup` imports `invoke` after all when a
-# config needs it.
+# config needs it. paramiko's __init__ also imports importlib.metadata (~30 ms: email, zipfile,
+# a scan of sys.path) only to learn its own version: a stand-in answers that one question.
 _BLOCK_INVOKE = "invoke" not in sys.modules
+_STAND_IN = "importlib.metadata" not in sys.modules
 if _BLOCK_INVOKE:
     sys.modules["invoke"] = None  # type: ignore[assignment]  # `import invoke` → ImportError
+if _STAND_IN:
+    sys.modules["importlib.metadata"] = _METADATA
 try:
     import paramiko  # noqa: F401  # for the side effect above: the modules import it again
 finally:
     if _BLOCK_INVOKE and sys.modules.get("invoke", False) is None:
         del sys.modules["invoke"]
+    if _STAND_IN and sys.modules.get("importlib.metadata") is _METADATA:
+        del sys.modules["importlib.metadata"]

@@ -245,6 +245,13 @@ def ledger_rows(home: Path) -> list[dict[str, Any]]:
         db.close()
 
 
+def current_job(user: UserSession, not_: str | None = None) -> str | None:
+    """The run's job id in the ledger, once it is there (and is not `not_`)."""
+    rows = ledger_rows(user.home) if (user.home / "ledger.db").exists() else []
+    job = rows[0]["job_id"] if rows else None
+    return job if job != not_ else None
+
+
 def backdate_run(home: Path, run_id: str, seconds: float, owner: str | None = None) -> None:
     """Move the run's last change (`updated_at`) `seconds` into the past, in the ledger file
     itself — as `owner` when the test user's ledger it is, so that its WAL files stay theirs."""

@@ -24,7 +24,7 @@ import pytest
 from tests.integration.support import (
     REPO,
     UserSession,
-    ledger_rows,
+    current_job,
     pending_signals,
     processes_matching,
     synthetic_pcam,
@@ -44,13 +44,6 @@ KEYS = ("train_loss", "val_loss", "val_acc", "val_auc")
 def requeue_pcam(cluster: dict[str, str], user_python: str) -> Path:
     scratch = Path(cluster["HPCJOB_TEST_SCRATCH"])
     return synthetic_pcam(scratch, user_python, train=1024, valid=256, test=64, seed=4)
-
-
-def current_job(user: UserSession, not_: str | None = None) -> str | None:
-    """The run's job id in the ledger, once it is there (and is not `not_`)."""
-    rows = ledger_rows(user.home) if (user.home / "ledger.db").exists() else []
-    job = rows[0]["job_id"] if rows else None
-    return job if job != not_ else None
 
 
 def train_processes(run_dir: Path, but: int | None = None) -> list[int]:

@@ -30,7 +30,7 @@ import pytest
 from tests.integration.support import (
     REPO,
     UserSession,
-    ledger_rows,
+    current_job,
     pending_signals,
     processes_matching,
     synthetic_pcam,
@@ -200,7 +200,7 @@ def test_the_warning_reaches_every_rank_and_the_requeued_run_resumes_to_the_same
             os.kill(pid, signal.SIGSTOP)
             stopped.append(pid)
         assert not (checkpoints / "epoch-002.pt").exists(), "epoch 2 ended before the freeze"
-        job = wait_until(lambda: _current_job(user), "the job id")
+        job = wait_until(lambda: current_job(user), "the job id")
         warned = user.as_user("scancel", "--signal=USR1", "--batch", job)
         assert warned.returncode == 0, warned.stderr
         for rank, pid in ranks.items():
@@ -225,8 +225,3 @@ def test_the_warning_reaches_every_rank_and_the_requeued_run_resumes_to_the_same
     second = (run_dir / f"slurm-{run['job_id']}.out").read_text()
     assert "Resumed from" in second and "Done: 2 epochs" in second, second[-3000:]
     assert_same_numbers(metrics_of(user, run["run_id"]), reference)
-
-
-def _current_job(user: UserSession) -> str | None:
-    rows = ledger_rows(user.home) if (user.home / "ledger.db").exists() else []
-    return rows[0]["job_id"] if rows and rows[0]["job_id"] else None
